@@ -1,0 +1,110 @@
+"""Find initializers that are bit-exact copies or axis permutations of another.
+
+Equality is checked on the raw bits (NaN and -0.0 included), never inferred
+from names or shapes. Candidates are grouped first by dtype, element count,
+sorted shape and an order-independent fingerprint, so the full comparisons
+run only between tensors that can possibly match.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+__all__ = ["Duplicate", "find_duplicates", "initializer_arrays"]
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """``copy`` equals ``np.transpose(source, perm)`` bit for bit.
+
+    ``perm`` is the identity for an exact copy (relation ``"identity"``).
+    """
+
+    source: str
+    copy: str
+    perm: tuple[int, ...]
+
+    @property
+    def relation(self) -> str:
+        return "identity" if self.perm == tuple(range(len(self.perm))) else "transpose"
+
+
+def initializer_arrays(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """Name -> numpy array for every initializer of ``graph`` (main graph only)."""
+    return {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+
+
+_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def _bits(array: np.ndarray) -> np.ndarray:
+    """A view of the array's raw bits, so comparison is bitwise (NaN == NaN, -0 != 0)."""
+    array = np.ascontiguousarray(array)
+    if array.dtype == object:  # ONNX string tensors
+        return array
+    uint = _UINT.get(array.dtype.itemsize)
+    if uint is None:  # complex128 and other wide types: compare bytes per element
+        return array.view(np.uint8).reshape(*array.shape, array.dtype.itemsize)
+    return array.view(uint)
+
+
+def _fingerprint(array: np.ndarray) -> tuple:
+    """Order-independent summary: equal for any axis permutation of the same data."""
+    flat = _bits(array).reshape(array.size, -1) if array.size else np.zeros((0, 1), np.uint8)
+    if flat.dtype == object:
+        return (hash(tuple(sorted(map(str, flat.reshape(-1))))),)
+    words = flat.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        return (int(words.sum(dtype=np.uint64)), int((words * words).sum(dtype=np.uint64)))
+
+
+def _matching_perms(src_shape: tuple, dst_shape: tuple):
+    for perm in itertools.permutations(range(len(src_shape))):
+        if tuple(src_shape[p] for p in perm) == tuple(dst_shape):
+            yield perm
+
+
+def find_duplicates(arrays: dict[str, np.ndarray], *, prefer: list[str] | None = None) -> list[Duplicate]:
+    """Return every initializer that duplicates (or permutes) an earlier one.
+
+    Args:
+        arrays: name -> array, in graph order.
+        prefer: names to keep as the stored copy when they are part of a group
+            (e.g. the initializer whose layout matches the Keras variable).
+
+    Returns:
+        One :class:`Duplicate` per redundant tensor; each ``source`` is a tensor
+        that stays. A group of ``k`` equal tensors yields ``k - 1`` entries.
+    """
+    prefer = list(prefer or [])
+    groups: dict[tuple, list[str]] = {}
+    for name, array in arrays.items():
+        key = (array.dtype.str, array.size, tuple(sorted(array.shape)), _fingerprint(array))
+        groups.setdefault(key, []).append(name)
+
+    found: list[Duplicate] = []
+    for names in groups.values():
+        if len(names) < 2:
+            continue
+        # Preferred names first, then graph order.
+        names = sorted(names, key=lambda n: (n not in prefer, 0))
+        kept: list[str] = []
+        for name in names:
+            match = None
+            for source in kept:
+                for perm in _matching_perms(arrays[source].shape, arrays[name].shape):
+                    if np.array_equal(_bits(np.transpose(arrays[source], perm)), _bits(arrays[name])):
+                        match = Duplicate(source=source, copy=name, perm=tuple(perm))
+                        break
+                if match:
+                    break
+            if match:
+                found.append(match)
+            else:
+                kept.append(name)
+    return found

@@ -1,0 +1,399 @@
+"""Tied-weight Keras layers that stay tied in every execution mode.
+
+The layer in the original question computed ``K.transpose(tied_to.kernel)`` in
+``build()``. Under TF2 eager execution that evaluates the transpose once and
+keeps the resulting tensor: training then updates the encoder's variable while
+the decoder keeps using a frozen copy. These layers hold a *reference* to the
+encoder's variable and transpose it inside ``call()``, so every forward pass,
+eager, ``tf.function`` or XLA, reads the encoder's current value.
+
+The reference is kept in a plain holder object (:class:`_TieRef`) instead of an
+attribute holding the layer: Keras auto-tracks layer attributes, which would
+make the encoder a sublayer of the decoder and list the shared kernel among the
+decoder's own weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+from .errors import TieError
+
+__all__ = ["DenseTied", "Conv2DTransposeTied"]
+
+_PACKAGE = "tiedonnx"
+
+
+class _TieRef:
+    """Untracked holder of the layer a tied layer reads its kernel from."""
+
+    __slots__ = ("layer",)
+
+    def __init__(self, layer: keras.layers.Layer | None = None):
+        self.layer = layer
+
+
+def _find_upstream_layer(inputs: Any, name: str) -> keras.layers.Layer | None:
+    """Search the symbolic graph that produced ``inputs`` for a layer called ``name``.
+
+    Used when a model is deserialized: the tied layer is known only by name
+    until the decoder is called on the rebuilt graph.
+    """
+    seen: set[int] = set()
+    stack = list(keras.tree.flatten(inputs))
+    while stack:
+        tensor = stack.pop()
+        history = getattr(tensor, "_keras_history", None)
+        if history is None:
+            continue
+        op = history.operation
+        if id(op) in seen:
+            continue
+        seen.add(id(op))
+        if getattr(op, "name", None) == name:
+            return op
+        for node in getattr(op, "_inbound_nodes", []):
+            stack.extend(keras.tree.flatten(node.arguments.keras_tensors))
+    return None
+
+
+class _TiedBase(keras.layers.Layer):
+    """Shared mechanics: the tie reference, its lazy resolution and serialization."""
+
+    _expected_kind: type = keras.layers.Layer
+    _expected_label = "layer"
+
+    def __init__(self, *, tied_to, activation=None, use_bias: bool = True,
+                 bias_initializer="zeros", bias_regularizer=None, activity_regularizer=None,
+                 bias_constraint=None, **kwargs):
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        self._tie = _TieRef()
+        if isinstance(tied_to, keras.layers.Layer):
+            self._check_kind(tied_to)
+            self._tie.layer = tied_to
+            self._tied_name = tied_to.name
+        elif isinstance(tied_to, str) and tied_to:
+            self._tied_name = tied_to
+        else:
+            raise TieError(
+                f"`tied_to` must be a {self._expected_label} instance (or, when loading a "
+                f"saved model, its name). Received: tied_to={tied_to!r}. "
+                f"Pass the encoder layer, e.g. {type(self).__name__}(tied_to=encoder)."
+            )
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.bias = None
+
+    def _check_kind(self, layer):
+        if not isinstance(layer, self._expected_kind):
+            raise TieError(
+                f"{type(self).__name__} can only be tied to a {self._expected_label}. "
+                f"Received: tied_to={layer.name!r} of type {type(layer).__name__}. "
+                f"Tie it to a {self._expected_label} whose kernel it should reuse."
+            )
+
+    @property
+    def tied_to(self) -> keras.layers.Layer:
+        """The layer whose kernel this layer reuses.
+
+        Raises:
+            TieError: the tie is known only by name and has not been resolved yet.
+        """
+        if self._tie.layer is None:
+            raise TieError(
+                f"Layer {self.name!r} is tied to {self._tied_name!r}, which has not been "
+                "found yet. The tie is resolved when the layer is first called on a "
+                "graph that contains that layer; check that the model has a layer "
+                f"named {self._tied_name!r} upstream of {self.name!r}."
+            )
+        return self._tie.layer
+
+    @property
+    def tied_variable(self):
+        """The shared kernel variable (owned by the tied layer)."""
+        tied = self.tied_to
+        if not tied.built:
+            raise TieError(
+                f"Layer {self.name!r} is tied to {tied.name!r}, which is not built yet, "
+                "so its kernel does not exist. Call the tied layer before this one."
+            )
+        return tied.kernel
+
+    def _resolve(self, inputs) -> None:
+        if self._tie.layer is not None:
+            return
+        found = _find_upstream_layer(inputs, self._tied_name)
+        if found is None:
+            raise TieError(
+                f"Layer {self.name!r} is tied to a layer named {self._tied_name!r}, but no "
+                f"layer of that name feeds into it. Received inputs from the graph: "
+                f"{[getattr(getattr(t, '_keras_history', None), 'operation', None) and t._keras_history.operation.name for t in keras.tree.flatten(inputs)]}. "
+                "Make sure the tied layer is part of the model and is called before this one."
+            )
+        self._check_kind(found)
+        self._tie.layer = found
+
+    def __call__(self, inputs, *args, **kwargs):
+        if self._tie.layer is None:
+            self._resolve(inputs)
+        return super().__call__(inputs, *args, **kwargs)
+
+    def _add_bias(self, size: int) -> None:
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias", shape=(size,), initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer, constraint=self.bias_constraint,
+            )
+
+    def get_config(self) -> dict:
+        config = {
+            "tied_to": self._tied_name,
+            "activation": keras.activations.serialize(self.activation),
+            "use_bias": self.use_bias,
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+            "activity_regularizer": keras.regularizers.serialize(self.activity_regularizer),
+            "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+        }
+        return {**super().get_config(), **config}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class DenseTied(_TiedBase):
+    """Dense layer whose kernel is the transpose of another Dense layer's kernel.
+
+    ``y = activation(x @ transpose(tied_to.kernel) + bias)``. The kernel is not a
+    weight of this layer: the model holds it once, in the tied layer, and
+    training updates both uses.
+
+    Args:
+        units: output size. Optional: it is always the tied layer's input size;
+            when given it must match (the question's ``DenseTied(4, ...)``).
+        activation: Keras activation name or callable.
+        use_bias: whether the layer has its own bias vector.
+        tied_to: the ``keras.layers.Dense`` layer to reuse the kernel of.
+        bias_initializer, bias_regularizer, activity_regularizer, bias_constraint:
+            as in ``keras.layers.Dense``.
+
+    Raises:
+        TieError: ``tied_to`` is not a Dense layer, or ``units`` contradicts it.
+
+    Example:
+        >>> encoder = keras.layers.Dense(2, activation="sigmoid")
+        >>> decoder = DenseTied(4, activation="sigmoid", tied_to=encoder)
+        >>> model = keras.Sequential([encoder, decoder])
+    """
+
+    _expected_kind = keras.layers.Dense
+    _expected_label = "keras.layers.Dense layer"
+
+    def __init__(self, units: int | None = None, activation=None, use_bias: bool = True,
+                 tied_to=None, bias_initializer="zeros", bias_regularizer=None,
+                 activity_regularizer=None, bias_constraint=None, **kwargs):
+        super().__init__(
+            tied_to=tied_to, activation=activation, use_bias=use_bias,
+            bias_initializer=bias_initializer, bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer, bias_constraint=bias_constraint,
+            **kwargs,
+        )
+        if units is not None and (isinstance(units, bool) or not isinstance(units, int) or units <= 0):
+            raise TieError(f"`units` must be a positive integer or None. Received: units={units!r}.")
+        self.units = units
+        if self._tie.layer is not None and self._tie.layer.built:
+            self._check_units(self._tie.layer.kernel.shape[0])
+
+    def _check_units(self, tied_input_size: int) -> None:
+        if self.units is not None and self.units != tied_input_size:
+            raise TieError(
+                f"DenseTied {self.name!r} is tied to {self._tied_name!r}, whose input size is "
+                f"{tied_input_size}, so its output size must be {tied_input_size}. "
+                f"Received: units={self.units}. Pass units={tied_input_size} or leave units out."
+            )
+        self.units = int(tied_input_size)
+
+    def build(self, input_shape):
+        # During deserialization Keras builds this layer before the graph is
+        # wired, so build must work from the config alone (units is saved).
+        tied = self._tie.layer
+        if tied is not None:
+            if not tied.built:
+                raise TieError(
+                    f"DenseTied {self.name!r} is tied to {tied.name!r}, which is not built. "
+                    "Call the tied layer first (put it before this one in the model)."
+                )
+            in_size, out_size = tied.kernel.shape
+            self._check_units(in_size)
+            if input_shape[-1] is not None and input_shape[-1] != out_size:
+                raise TieError(
+                    f"DenseTied {self.name!r} reuses the kernel of {tied.name!r} (shape "
+                    f"{tuple(tied.kernel.shape)}), so it expects inputs with last dimension "
+                    f"{out_size}. Received: input_shape={tuple(input_shape)}."
+                )
+        elif self.units is None:
+            raise TieError(
+                f"DenseTied {self.name!r} cannot be built: its tied layer {self._tied_name!r} "
+                "is not resolved and `units` is unknown. Pass the layer object as tied_to."
+            )
+        self._add_bias(self.units)
+
+    @property
+    def kernel(self):
+        """The effective kernel, ``transpose(tied_to.kernel)`` (read-only)."""
+        return ops.transpose(self.tied_variable)
+
+    def call(self, inputs):
+        # Transposing here, not in build(), is what keeps the tie alive.
+        outputs = ops.matmul(inputs, ops.transpose(self.tied_variable))
+        if self.bias is not None:
+            outputs = ops.add(outputs, self.bias)
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Conv2DTransposeTied(_TiedBase):
+    """Transposed convolution that reuses a ``Conv2D`` layer's kernel.
+
+    A ``Conv2D`` kernel of shape ``(kh, kw, c_in, c_out)`` is exactly the kernel a
+    transposed convolution from ``c_out`` back to ``c_in`` channels expects, so
+    the decoder reads the encoder's variable as it is (relation "identity").
+
+    Args:
+        tied_to: the ``keras.layers.Conv2D`` layer to reuse the kernel of.
+        strides, padding: default to the tied layer's, which inverts its shape
+            change (for ``padding="same"``, or ``"valid"`` with sizes that divide).
+        activation, use_bias, bias_*: as in ``keras.layers.Conv2DTranspose``.
+
+    Raises:
+        TieError: ``tied_to`` is not a Conv2D layer, or it uses groups.
+    """
+
+    _expected_kind = keras.layers.Conv2D
+    _expected_label = "keras.layers.Conv2D layer"
+
+    def __init__(self, tied_to=None, strides=None, padding: str | None = None,
+                 activation=None, use_bias: bool = True, bias_initializer="zeros",
+                 bias_regularizer=None, activity_regularizer=None, bias_constraint=None,
+                 **kwargs):
+        super().__init__(
+            tied_to=tied_to, activation=activation, use_bias=use_bias,
+            bias_initializer=bias_initializer, bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer, bias_constraint=bias_constraint,
+            **kwargs,
+        )
+        if padding is not None and str(padding).lower() not in ("same", "valid"):
+            raise TieError(f"`padding` must be 'same' or 'valid'. Received: padding={padding!r}.")
+        self.strides = None if strides is None else _pair(strides, "strides")
+        self.padding = None if padding is None else str(padding).lower()
+        self.filters = None
+        if self._tie.layer is not None:
+            self._inherit(self._tie.layer)
+
+    def _inherit(self, tied) -> None:
+        if getattr(tied, "groups", 1) != 1:
+            raise TieError(
+                f"Conv2DTransposeTied cannot reuse a grouped convolution. Received: "
+                f"{tied.name!r} with groups={tied.groups}. Use groups=1 in the encoder."
+            )
+        if self.strides is None:
+            self.strides = tuple(tied.strides)
+        if self.padding is None:
+            self.padding = tied.padding
+        self.data_format = tied.data_format
+        self.dilation_rate = tuple(tied.dilation_rate)
+
+    def __call__(self, inputs, *args, **kwargs):
+        if self._tie.layer is None:
+            self._resolve(inputs)
+            self._inherit(self._tie.layer)
+        return super().__call__(inputs, *args, **kwargs)
+
+    def build(self, input_shape):
+        tied = self._tie.layer
+        if tied is not None:
+            if not tied.built:
+                raise TieError(
+                    f"Conv2DTransposeTied {self.name!r} is tied to {tied.name!r}, which is not "
+                    "built. Call the tied layer first."
+                )
+            self.filters = int(tied.kernel.shape[-2])
+            channel_axis = -1 if tied.data_format == "channels_last" else 1
+            expected = int(tied.kernel.shape[-1])
+            if input_shape[channel_axis] is not None and input_shape[channel_axis] != expected:
+                raise TieError(
+                    f"Conv2DTransposeTied {self.name!r} reuses the kernel of {tied.name!r} "
+                    f"(shape {tuple(tied.kernel.shape)}), so it expects {expected} input channels. "
+                    f"Received: input_shape={tuple(input_shape)}."
+                )
+        elif self.filters is None:
+            raise TieError(
+                f"Conv2DTransposeTied {self.name!r} cannot be built: its tied layer "
+                f"{self._tied_name!r} is not resolved. Pass the layer object as tied_to."
+            )
+        self._add_bias(self.filters)
+
+    @property
+    def kernel(self):
+        """The shared kernel, read-only (a Conv2D kernel doubles as this layer's)."""
+        return ops.convert_to_tensor(self.tied_variable)
+
+    def call(self, inputs):
+        outputs = ops.conv_transpose(
+            inputs, self.tied_variable, strides=self.strides, padding=self.padding,
+            data_format=self.data_format, dilation_rate=self.dilation_rate,
+        )
+        if self.bias is not None:
+            shape = (1, 1, 1, -1) if self.data_format == "channels_last" else (1, -1, 1, 1)
+            outputs = ops.add(outputs, ops.reshape(self.bias, shape))
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "strides": list(self.strides) if self.strides else None,
+            "padding": self.padding,
+            "filters": self.filters,
+            "data_format": getattr(self, "data_format", None),
+            "dilation_rate": list(getattr(self, "dilation_rate", (1, 1))),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        filters = config.pop("filters", None)
+        data_format = config.pop("data_format", None)
+        dilation = config.pop("dilation_rate", None)
+        layer = cls(**config)
+        layer.filters = filters
+        if data_format is not None:
+            layer.data_format = data_format
+        if dilation is not None:
+            layer.dilation_rate = tuple(dilation)
+        return layer
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    try:
+        a, b = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise TieError(f"`{name}` must be an int or a pair of ints. Received: {name}={value!r}.") from None
+    if a <= 0 or b <= 0:
+        raise TieError(f"`{name}` must be positive. Received: {name}={value!r}.")
+    return (a, b)

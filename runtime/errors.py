@@ -1,0 +1,52 @@
+"""Typed errors for tiedonnx.
+
+Every error says what was wrong, what was received and how to fix it. The CLI
+turns any :class:`TiedOnnxError` into one line on stderr and exits with the
+error's ``exit_code`` (2 for bad input or usage, 1 for a parity failure).
+"""
+
+from __future__ import annotations
+
+
+class TiedOnnxError(Exception):
+    """Base class of every error tiedonnx raises on purpose."""
+
+    exit_code = 2
+
+
+class UsageError(TiedOnnxError, ValueError):
+    """An argument has a value the function cannot work with."""
+
+
+class InputError(TiedOnnxError, ValueError):
+    """Input data does not match the model: names, ranks, sizes or dtypes."""
+
+
+class ModelFileError(TiedOnnxError, ValueError):
+    """A model file is missing, empty, truncated, corrupt or not a model."""
+
+
+class UnsafeModelError(ModelFileError):
+    """A model file asks for something that is refused by default (code, paths)."""
+
+
+class OutputExistsError(TiedOnnxError, FileExistsError):
+    """The output path exists and overwriting was not asked for."""
+
+
+class ProviderError(TiedOnnxError, RuntimeError):
+    """An execution provider that was asked for is not available or not active."""
+
+
+class ParityError(TiedOnnxError, RuntimeError):
+    """Outputs of two runs of the same model differ beyond the tolerance.
+
+    Attributes:
+        mismatches: one entry per output that missed, with its figures.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, mismatches: list | None = None):
+        super().__init__(message)
+        self.mismatches = list(mismatches or [])
