@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-__all__ = ["Duplicate", "find_duplicates", "initializer_arrays"]
+__all__ = ["Duplicate", "find_duplicates", "find_permutations_of", "initializer_arrays"]
 
 
 @dataclass(frozen=True)
@@ -107,4 +107,19 @@ def find_duplicates(arrays: dict[str, np.ndarray], *, prefer: list[str] | None =
                 found.append(match)
             else:
                 kept.append(name)
+    return found
+
+
+def find_permutations_of(target: np.ndarray, arrays: dict[str, np.ndarray]) -> list[tuple[str, tuple[int, ...]]]:
+    """Names (and perms) of the arrays equal to some axis permutation of ``target``, bit for bit."""
+    target = np.asarray(target)
+    key = (target.dtype.str, target.size, tuple(sorted(target.shape)), _fingerprint(target))
+    found = []
+    for name, array in arrays.items():
+        if (array.dtype.str, array.size, tuple(sorted(array.shape)), _fingerprint(array)) != key:
+            continue
+        for perm in _matching_perms(target.shape, array.shape):
+            if np.array_equal(_bits(np.transpose(target, perm)), _bits(array)):
+                found.append((name, tuple(perm)))
+                break
     return found

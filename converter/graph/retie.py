@@ -21,7 +21,7 @@ from .metadata import TIES_KEY, read_ties, ties_json, write_metadata
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RetieReport", "retie"]
+__all__ = ["RetieReport", "record_ties", "retie"]
 
 
 @dataclass
@@ -88,15 +88,21 @@ def retie(model: onnx.ModelProto, *, prefer: list[str] | None = None,
         for d in dups:
             logger.info("retie: %s is %s of %s; stored once", d.copy, d.relation, d.source)
 
-    ties = _merge_record(read_ties(model), dups, initializer_arrays_meta(graph), keras_ties or {})
-    if ties:
-        write_metadata(out, {TIES_KEY: ties_json(ties)})
+    record_ties(out, dups=dups, keras_ties=keras_ties)
     report.folded = dups
     report.bytes_after = out.ByteSize()
     return out, report
 
 
-def initializer_arrays_meta(graph: onnx.GraphProto) -> dict[str, tuple[list[int], str]]:
+def record_ties(model: onnx.ModelProto, *, dups: list[Duplicate] = (),
+                keras_ties: dict[str, dict] | None = None) -> None:
+    """Merge folded duplicates and Keras tie descriptions into the metadata (in place)."""
+    ties = _merge_record(read_ties(model), list(dups), _initializer_meta(model.graph), keras_ties or {})
+    if ties:
+        write_metadata(model, {TIES_KEY: ties_json(ties)})
+
+
+def _initializer_meta(graph: onnx.GraphProto) -> dict[str, tuple[list[int], str]]:
     return {
         i.name: (list(i.dims), onnx.helper.tensor_dtype_to_np_dtype(i.data_type).name)
         for i in graph.initializer
@@ -136,3 +142,29 @@ def _merge_record(existing: list[dict], dups: list[Duplicate],
                                           "dtype": dtype, "uses": []})
         entry["keras"] = desc
     return list(by_init.values())
+
+
+def retie_file(source, target, *, force: bool = False) -> dict:
+    """Retie the ONNX file ``source`` and write the result to ``target`` atomically.
+
+    The input is read with the same checks as any model the toolkit runs
+    (:func:`tiedonnx.runtime.model_file.read_model`), and the output is
+    checked with ``onnx.checker`` (full check) before it is written.
+
+    Returns:
+        A JSON-friendly report: bytes before/after/saved and the folded tensors.
+    """
+    from tiedonnx.runtime._atomic import check_output_path, write_bytes_atomic
+    from tiedonnx.runtime.model_file import read_model
+
+    check_output_path(target, force=force)
+    model = read_model(source).proto
+    out, report = retie(model)
+    onnx.checker.check_model(out, full_check=True)
+    write_bytes_atomic(target, out.SerializeToString(), force=force)
+    return {
+        "bytes_before": report.bytes_before, "bytes_after": report.bytes_after,
+        "bytes_saved": report.bytes_saved,
+        "folded": [{"source": d.source, "copy": d.copy, "relation": d.relation, "perm": list(d.perm)}
+                   for d in report.folded],
+    }

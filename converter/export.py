@@ -1,0 +1,206 @@
+"""Export a tied Keras model to ONNX: tf2onnx, then retie, then parity, then an atomic write.
+
+Pipeline (order matters):
+
+1. :func:`~tiedonnx.converter.tf_convert.keras_to_onnx`: tf2onnx, which
+   constant-folds ``transpose(W)`` and stores every tie twice.
+2. :func:`~tiedonnx.converter.graph.retie`: one initializer per tie, the
+   transpose as a graph op; ties from :func:`find_ties` are recorded with
+   their Keras names. Must run before any precision change, which would
+   otherwise quantize the two copies independently.
+3. optional precision change (fp16 / int8), tie-aware.
+4. proofs: ``onnx.checker`` (full check), no initializer that is a copy or
+   permutation of another, parity against Keras. Any failure writes nothing.
+5. atomic write (and optionally an ORT-format copy).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tiedonnx.runtime._atomic import check_output_path, write_bytes_atomic
+from tiedonnx.runtime.options import PRECISIONS
+
+from .errors import ConversionError, UsageError
+from .graph import find_duplicates, read_ties, retie, write_metadata
+from .graph.retie import record_ties
+from .graph.duplicates import find_permutations_of, initializer_arrays
+from .parity import DEFAULT_BATCH_SIZES, ParityReport, verify as verify_parity
+from .ties import find_ties
+from .tf_convert import DEFAULT_OPSET, SUPPORTED_OPSETS, keras_to_onnx
+
+logger = logging.getLogger(__name__)
+
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export` wrote and measured."""
+
+    path: str
+    bytes: int
+    untied_bytes: int
+    opset: int
+    precision: str
+    ties: list[dict] = field(default_factory=list)
+    folded: int = 0
+    parity: ParityReport | None = None
+    convert_seconds: float = 0.0
+    total_seconds: float = 0.0
+    ort_path: str | None = None
+
+    def as_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k != "parity"}
+        d["parity"] = self.parity.as_dict() if self.parity else None
+        return d
+
+
+def _versions(opset: int) -> dict:
+    import keras
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+
+    from tiedonnx.runtime import __version__
+
+    return {"tiedonnx": __version__, "keras": keras.__version__, "tensorflow": tf.__version__,
+            "tf2onnx": tf2onnx.__version__, "onnx": onnx.__version__, "opset": opset}
+
+
+def _preferred_names(model_proto, ties) -> list[str]:
+    """Initializers that hold a tied kernel in its Keras layout: the copy to keep."""
+    arrays = initializer_arrays(model_proto.graph)
+    prefer = []
+    for tie in ties:
+        value = tie.variable.numpy()
+        prefer += [n for n, perm in find_permutations_of(value, arrays) if perm == tuple(range(value.ndim))][:1]
+    return prefer
+
+
+def _describe_ties(model_proto, ties) -> dict[str, dict]:
+    """Initializer name -> Keras description, for each tie, after retie (one match each)."""
+    arrays = initializer_arrays(model_proto.graph)
+    described = {}
+    for tie in ties:
+        matches = find_permutations_of(tie.variable.numpy(), arrays)
+        if not matches:
+            raise ConversionError(
+                f"The tied kernel {tie.variable.path!r} (shape {tie.shape}) is not stored as-is in the "
+                "converted graph (tf2onnx fused or rewrote it), so its tie cannot be kept. "
+                f"Layers involved: {tie.decoder.name!r} tied to {tie.tied.name!r}."
+            )
+        described[matches[0][0]] = tie.as_dict()
+    return described
+
+
+def _resolve_model(model, unsafe: bool):
+    if isinstance(model, (str, os.PathLike)):
+        from .keras_io import load_keras_model
+
+        return load_keras_model(model, unsafe=unsafe)
+    return model
+
+
+def _check_options(opset: int, precision: str) -> None:
+    if opset not in SUPPORTED_OPSETS:
+        raise UsageError(f"Unsupported ONNX opset. Received: opset={opset!r}. Use one of "
+                         f"{list(SUPPORTED_OPSETS)} (default {DEFAULT_OPSET}).")
+    if precision not in PRECISIONS:
+        raise UsageError(f"Unknown precision. Received: precision={precision!r}. Use one of {list(PRECISIONS)}.")
+
+
+def _name_batch_dimension(proto) -> None:
+    """tf2onnx names the dynamic batch axis ``unk__N``; call it ``batch`` on inputs and outputs."""
+    for value in [*proto.graph.input, *proto.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_param = "batch"
+
+
+def _prove_invariants(proto) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:
+        raise ConversionError(f"The exported graph fails onnx.checker: {str(exc).splitlines()[0][:300]}") from exc
+    left = find_duplicates(initializer_arrays(proto.graph))
+    if left:
+        raise ConversionError(f"Tie invariant broken: initializers still duplicated: "
+                              f"{[(d.copy, d.relation, d.source) for d in left]}")
+
+
+def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify: bool = True,
+           precision: str = "fp32", force: bool = False, ort: bool = False,
+           batch_sizes=DEFAULT_BATCH_SIZES, unsafe: bool = False) -> ExportReport:
+    """Export a (tied) Keras model to an ONNX file with one initializer per tie.
+
+    Args:
+        model: a built Keras model, or the path of a ``.keras`` file.
+        path: the ``.onnx`` file to write.
+        opset: ONNX opset (default :data:`DEFAULT_OPSET`).
+        verify: compare Keras and onnxruntime outputs at ``batch_sizes`` before writing.
+        precision: "fp32", "fp16" or "int8" weights.
+        force: overwrite an existing file.
+        ort: also write an ORT-format copy (``path`` with suffix ``.ort``).
+        unsafe: when ``model`` is a path, allow code stored in the file to run.
+
+    Returns:
+        An :class:`ExportReport`.
+
+    Raises:
+        UsageError, OutputExistsError: bad options or an existing output (checked first).
+        ModelFileError, UnsafeModelError: the ``.keras`` file cannot be loaded safely.
+        ConversionError: conversion failed or an invariant could not be proven.
+        ParityError: outputs differ from Keras; nothing is written.
+
+    Example:
+        >>> report = export(model, "ae.onnx")  # doctest: +SKIP
+        >>> report.bytes, report.untied_bytes  # doctest: +SKIP
+        (803810, 1606318)
+    """
+    _check_options(opset, precision)
+    path = check_output_path(path, force=force)
+    ort_path = path.with_suffix(".ort") if ort else None
+    if ort_path is not None:
+        check_output_path(ort_path, force=force)
+    start = time.perf_counter()
+    keras_model = _resolve_model(model, unsafe)
+    ties = find_ties(keras_model)
+
+    plain = keras_to_onnx(keras_model, opset=opset)
+    convert_seconds = time.perf_counter() - start
+    proto, retie_report = retie(plain, prefer=_preferred_names(plain, ties))
+    record_ties(proto, keras_ties=_describe_ties(proto, ties))
+    _name_batch_dimension(proto)
+    proto.producer_name, proto.producer_version = "tiedonnx", _versions(opset)["tiedonnx"]
+    write_metadata(proto, {"tiedonnx.versions": json.dumps(_versions(opset), sort_keys=True)})
+    if precision != "fp32":
+        from .graph.quantize import to_precision
+
+        proto = to_precision(proto, precision)
+    _prove_invariants(proto)
+
+    parity = None
+    if verify:
+        parity = verify_parity(keras_model, proto, batch_sizes=batch_sizes, precision=precision)
+    data = proto.SerializeToString()
+    write_bytes_atomic(path, data, force=force)
+    if ort_path is not None:
+        from .graph.ort_format import save_ort
+
+        save_ort(proto, ort_path, force=force)
+    report = ExportReport(
+        path=str(path), bytes=len(data), untied_bytes=retie_report.bytes_before, opset=opset,
+        precision=precision, ties=read_ties(proto), folded=len(retie_report.folded), parity=parity,
+        convert_seconds=convert_seconds, total_seconds=time.perf_counter() - start,
+        ort_path=str(ort_path) if ort_path else None,
+    )
+    logger.info("exported %s: %d bytes (%d untied), %d tie(s)", path, report.bytes,
+                report.untied_bytes, len(report.ties))
+    return report

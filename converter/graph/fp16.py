@@ -1,0 +1,95 @@
+"""fp16 weight storage that keeps the tie: each float32 initializer stored once as float16.
+
+Each float32 initializer ``W`` becomes a float16 initializer ``W__fp16`` plus a
+``Cast`` back to float32 whose output keeps the name ``W``, so every consumer,
+the tie's ``Transpose`` included, is untouched and reads the one fp16 tensor.
+Inputs, outputs and arithmetic stay float32: callers pass and receive float32,
+and onnxruntime's CPU provider (which has few float16 kernels and would
+otherwise insert casts around every node) folds the ``Cast`` once at session
+load and runs its fp32 kernels. Only the weights' rounding changes results.
+
+This is a weight-storage conversion, deliberately not
+``onnxruntime.transformers.float16.convert_float_to_float16``: that one moves
+the arithmetic to float16 too (slower on CPU, larger error through sigmoid
+activations).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import ConversionError
+from .metadata import TIES_KEY, read_ties, ties_json, write_metadata
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FP16_SUFFIX", "to_fp16"]
+
+FP16_SUFFIX = "__fp16"
+_FP16_MAX = float(np.finfo(np.float16).max)
+
+
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a copy of ``model`` whose float32 initializers are stored as float16.
+
+    Run :func:`~tiedonnx.converter.graph.retie` first (``to_precision`` does):
+    a tie folded into one initializer stays one fp16 initializer.
+
+    Args:
+        model: the model; not modified. Initializers that are also graph
+            inputs (overridable at run time) are left in float32.
+
+    Returns:
+        The new model, with its ``tiedonnx.ties`` record naming the fp16
+        initializers.
+
+    Raises:
+        ConversionError: a weight is too large for float16 (|w| > 65504).
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    overridable = {i.name for i in graph.input}
+    casts, converted, kept = [], {}, []
+    underflow = 0
+    for init in graph.initializer:
+        if init.data_type != onnx.TensorProto.FLOAT or init.name in overridable:
+            kept.append(init)
+            continue
+        data = numpy_helper.to_array(init)
+        peak = float(np.abs(data).max()) if data.size else 0.0
+        if not np.isfinite(data).all() or peak > _FP16_MAX:
+            raise ConversionError(
+                f"Initializer {init.name!r} does not fit float16 (largest |value| {peak:g}, "
+                f"float16 max {_FP16_MAX:g}). Export it with precision='fp32' or 'int8'.")
+        half = data.astype(np.float16)
+        underflow += int(np.count_nonzero((half == 0) & (data != 0)))
+        name = init.name + FP16_SUFFIX
+        kept.append(numpy_helper.from_array(half, name))
+        casts.append(helper.make_node("Cast", [name], [init.name], to=onnx.TensorProto.FLOAT,
+                                      name=f"tiedonnx_fp16/{init.name}"))
+        converted[init.name] = name
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    # The casts read only initializers, so they can lead the node list.
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    if underflow:
+        logger.info("fp16: %d nonzero weights rounded to 0 (|w| < 6e-8)", underflow)
+    logger.info("fp16: %d initializers stored as float16", len(converted))
+
+    ties = read_ties(model)
+    for entry in ties:
+        name = entry.get("initializer")
+        if name in converted:
+            entry.update(initializer=converted[name], dtype="float16", source=name)
+            entry.setdefault("uses", []).insert(
+                0, {"relation": "cast", "output": name, "to": "float32"})
+    if ties:
+        write_metadata(out, {TIES_KEY: ties_json(ties)})
+    return out
