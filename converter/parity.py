@@ -157,9 +157,15 @@ def verify(keras_model, onnx_model, *, inputs: list[np.ndarray] | None = None,
     specs = input_specs(keras_model)
     onnx_inputs = [i.name for i in session.get_inputs()]
     batches = [list(inputs)] if inputs is not None else [make_inputs(keras_model, specs, b) for b in batch_sizes]
-    if inputs is not None and len(inputs) != len(onnx_inputs):
-        raise InputError(f"The model has {len(onnx_inputs)} input(s) {onnx_inputs}; received "
-                         f"{len(inputs)} array(s). Pass one array per input.")
+    if inputs is not None:
+        from tiedonnx.runtime.inputs import TensorSpec, check_inputs
+
+        if len(inputs) != len(onnx_inputs):
+            raise InputError(f"The model has {len(onnx_inputs)} input(s) {onnx_inputs}; received "
+                             f"{len(inputs)} array(s). Pass one array per input.")
+        # Same checks (names, ranks, sizes, dtypes) as tiedonnx.runtime before running.
+        check_inputs(dict(zip(onnx_inputs, inputs)),
+                     tuple(TensorSpec.from_ort(i) for i in session.get_inputs()))
     names = [o.name for o in session.get_outputs()]
     keras_names = output_names(keras_model, len(names))
     worst: dict[str, OutputParity] = {}

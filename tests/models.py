@@ -1,0 +1,118 @@
+"""Small reference models for tests: every kind of tie the converter must handle."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import keras
+from tiedonnx.converter import Conv2DTransposeTied, DenseTied
+
+
+def question_sequential():
+    """The question's model, verbatim: Sequential without Input, built by a call."""
+    encoded1 = keras.layers.Dense(2, activation="sigmoid")
+    decoded1 = DenseTied(4, activation="sigmoid", tied_to=encoded1)
+    model = keras.Sequential([encoded1, decoded1])
+    model(np.zeros((1, 4), "float32"))
+    return model
+
+
+def dense_ae(features=64, hidden=16, activation="sigmoid", use_bias=True):
+    inputs = keras.Input((features,), name="pixels")
+    enc = keras.layers.Dense(hidden, activation=activation, name="enc", use_bias=use_bias,
+                             bias_initializer="random_normal")
+    dec = DenseTied(activation="sigmoid", tied_to=enc, name="dec", use_bias=use_bias,
+                    bias_initializer="random_normal")
+    return keras.Model(inputs, dec(enc(inputs)), name="dense_ae")
+
+
+def stacked_ae(sizes=(48, 24, 12, 6)):
+    inputs = keras.Input((sizes[0],), name="pixels")
+    x, encoders = inputs, []
+    for i, size in enumerate(sizes[1:]):
+        enc = keras.layers.Dense(size, activation="relu", name=f"enc{i}", bias_initializer="random_normal")
+        encoders.append(enc)
+        x = enc(x)
+    for i, enc in reversed(list(enumerate(encoders))):
+        x = DenseTied(activation="sigmoid" if i == 0 else "relu", tied_to=enc, name=f"dec{i}",
+                      bias_initializer="random_normal")(x)
+    return keras.Model(inputs, x, name="stacked_ae")
+
+
+def conv_ae():
+    inputs = keras.Input((8, 8, 3), name="image")
+    c1 = keras.layers.Conv2D(6, 3, strides=2, padding="same", activation="relu", name="c1",
+                             bias_initializer="random_normal")
+    c2 = keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="c2",
+                             bias_initializer="random_normal")
+    x = c2(c1(inputs))
+    x = Conv2DTransposeTied(tied_to=c2, activation="relu", name="d2")(x)
+    x = Conv2DTransposeTied(tied_to=c1, activation="sigmoid", name="d1")(x)
+    return keras.Model(inputs, x, name="conv_ae")
+
+
+def text_model(vocab=50, dim=8, length=6):
+    """Tied input/output embeddings (Keras 3's ReversibleEmbedding)."""
+    tokens = keras.Input((length,), dtype="int32", name="tokens")
+    emb = keras.layers.ReversibleEmbedding(vocab, dim, tie_weights=True, name="emb")
+    x = emb(tokens)
+    x = keras.layers.Dense(dim, activation="gelu", name="mix")(x)
+    logits = emb(x, reverse=True)
+    return keras.Model(tokens, logits, name="text")
+
+
+def mixed_model():
+    """Tied and untied layers with Dropout and BatchNormalization between them."""
+    inputs = keras.Input((20,), name="x")
+    enc = keras.layers.Dense(10, activation="relu", name="enc", bias_initializer="random_normal")
+    h = keras.layers.Dropout(0.3)(enc(inputs))
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.Dense(10, activation="tanh", name="untied")(h)
+    out = DenseTied(activation="sigmoid", tied_to=enc, name="dec")(h)
+    model = keras.Model(inputs, out, name="mixed")
+    bn = model.get_layer("bn")
+    rng = np.random.default_rng(1)
+    bn.moving_mean.assign(rng.normal(size=10).astype("float32"))
+    bn.moving_variance.assign(rng.uniform(0.5, 2, size=10).astype("float32"))
+    return model
+
+
+def untied_model():
+    inputs = keras.Input((12,), name="x")
+    x = keras.layers.Dense(6, activation="relu")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(12)(x), name="untied")
+
+
+class SubclassedAE(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.enc = keras.layers.Dense(5, activation="relu", name="enc")
+        self.dec = DenseTied(10, activation="sigmoid", tied_to=self.enc, name="dec")
+
+    def call(self, x):
+        return self.dec(self.enc(x))
+
+
+def subclassed():
+    model = SubclassedAE(name="subclassed")
+    model(np.zeros((1, 10), "float32"))
+    return model
+
+
+def activations_model(activation: str):
+    inputs = keras.Input((12,), name="x")
+    enc = keras.layers.Dense(6, activation=activation, name="enc")
+    return keras.Model(inputs, DenseTied(activation=activation, tied_to=enc, name="dec")(enc(inputs)))
+
+
+MODELS = {
+    "question_sequential": question_sequential,
+    "dense_ae": dense_ae,
+    "dense_ae_no_bias": lambda: dense_ae(use_bias=False),
+    "stacked_ae": stacked_ae,
+    "conv_ae": conv_ae,
+    "text_reversible_embedding": text_model,
+    "mixed_dropout_batchnorm": mixed_model,
+    "no_ties": untied_model,
+    "subclassed": subclassed,
+}

@@ -1,0 +1,144 @@
+"""Export: one initializer per tie, proven by loading each saved file, and parity with Keras."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from tiedonnx.converter import find_ties  # noqa: E402
+from tiedonnx.converter.export import export  # noqa: E402
+from tiedonnx.converter.errors import OutputExistsError, ParityError, UsageError  # noqa: E402
+from tiedonnx.converter.graph import find_duplicates, read_ties  # noqa: E402
+from tiedonnx.converter.graph.duplicates import find_permutations_of, initializer_arrays  # noqa: E402
+from tiedonnx.converter.parity import FP32_TOL, make_inputs  # noqa: E402
+from tiedonnx.converter.tf_convert import input_specs  # noqa: E402
+
+from . import models  # noqa: E402
+
+
+def _assert_tied_file(path, model):
+    """The invariant, checked on the saved file itself."""
+    saved = onnx.load(path)
+    onnx.checker.check_model(saved, full_check=True)
+    arrays = initializer_arrays(saved.graph)
+    assert find_duplicates(arrays) == [], "an initializer is a copy or transpose of another"
+    ties = find_ties(model)
+    for tie in ties:
+        matches = find_permutations_of(tie.variable.numpy(), arrays)
+        assert len(matches) == 1, f"{tie.variable.path} stored {len(matches)} times"
+    recorded = read_ties(saved)
+    assert {e["keras"]["variable"] for e in recorded} == {t.variable.path for t in ties}
+    for entry in recorded:
+        uses = [u for u in entry["uses"] if u["relation"] == "transpose"]
+        producers = {o: n for n in saved.graph.node for o in n.output}
+        for use in uses:
+            node = producers[use["output"]]
+            assert node.op_type == "Transpose" and list(node.input) == [entry["initializer"]]
+    return saved
+
+
+def _independent_parity(path, model, batch=5):
+    """Parity through a fresh onnxruntime session, not the exporter's own check."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    arrays = make_inputs(model, input_specs(model), batch, seed=123)
+    feed = {i.name: a for i, a in zip(session.get_inputs(), arrays)}
+    got = session.run(None, feed)[0]
+    want = model(arrays[0] if len(arrays) == 1 else arrays, training=False)
+    want = keras.ops.convert_to_numpy(keras.tree.flatten(want)[0])
+    atol, rtol = FP32_TOL
+    np.testing.assert_allclose(got, want, atol=atol, rtol=rtol)
+    return np.abs(got - want).max()
+
+
+@pytest.mark.parametrize("kind", list(models.MODELS))
+def test_export_keeps_one_initializer_per_tie(kind, tmp_path):
+    model = models.MODELS[kind]()
+    path = tmp_path / f"{kind}.onnx"
+    report = export(model, path)
+    assert path.stat().st_size == report.bytes
+    _assert_tied_file(path, model)
+    _independent_parity(path, model)
+    assert report.parity is not None and report.parity.ok
+    assert report.parity.batch_sizes == (1, 3, 64)
+    n_ties = len(find_ties(model))
+    assert len(report.ties) == n_ties
+
+
+def test_dense_tie_halves_the_file(tmp_path):
+    model = models.dense_ae(features=784, hidden=256)
+    report = export(model, tmp_path / "ae.onnx")
+    # The plain tf2onnx file stores W and W^T; the tied one stores W once.
+    assert report.bytes / report.untied_bytes <= 0.505
+    saved = onnx.load(tmp_path / "ae.onnx")
+    assert sum(1 for n in saved.graph.node if n.op_type == "Transpose") == 1
+    assert [list(i.dims) for i in saved.graph.initializer if len(i.dims) == 2] == [[784, 256]]
+
+
+def test_io_names_and_dynamic_batch(tmp_path):
+    model = models.dense_ae()
+    export(model, tmp_path / "m.onnx")
+    saved = onnx.load(tmp_path / "m.onnx")
+    assert [i.name for i in saved.graph.input] == ["pixels"]
+    assert [o.name for o in saved.graph.output] == ["dec"]
+    assert saved.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    meta = {p.key: p.value for p in saved.metadata_props}
+    versions = json.loads(meta["tiedonnx.versions"])
+    assert {"keras", "tensorflow", "tf2onnx", "onnx", "tiedonnx"} <= set(versions)
+    assert saved.producer_name == "tiedonnx"
+
+
+@pytest.mark.parametrize("activation", ["celu", "gelu", "elu", "selu", "softplus", "swish", "mish",
+                                        "hard_sigmoid", "relu6", "leaky_relu", "tanh", "log_sigmoid"])
+def test_standard_activations_convert(activation, tmp_path):
+    """celu (Expm1) and exact gelu (Erfc) fail in plain tf2onnx; our handlers convert them."""
+    model = models.activations_model(activation)
+    export(model, tmp_path / "a.onnx")
+    _independent_parity(tmp_path / "a.onnx", model)
+
+
+def test_export_from_keras_file(tmp_path):
+    model = models.stacked_ae()
+    model.save(tmp_path / "s.keras")
+    report = export(tmp_path / "s.keras", tmp_path / "s.onnx")
+    assert len(report.ties) == 3
+    _assert_tied_file(tmp_path / "s.onnx", model)
+
+
+def test_refuses_to_overwrite_and_writes_nothing_on_bad_options(tmp_path):
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"old")
+    with pytest.raises(OutputExistsError, match="already exists.*--force"):
+        export(models.dense_ae(), target)
+    assert target.read_bytes() == b"old"
+    with pytest.raises(UsageError, match=r"Received: opset=7"):
+        export(models.dense_ae(), tmp_path / "n.onnx", opset=7)
+    with pytest.raises(UsageError, match=r"Received: precision='int4'"):
+        export(models.dense_ae(), tmp_path / "n.onnx", precision="int4")
+    assert not (tmp_path / "n.onnx").exists()
+
+
+def test_parity_failure_lists_every_output_and_writes_nothing(tmp_path, monkeypatch):
+    import tiedonnx.converter.export as export_module
+
+    model = models.dense_ae()
+    real = export_module.keras_to_onnx
+
+    def corrupted(m, **kw):
+        proto = real(m, **kw)
+        init = proto.graph.initializer[0]
+        array = onnx.numpy_helper.to_array(init).copy()
+        array.flat[0] += 1.0  # one wrong weight
+        init.CopyFrom(onnx.numpy_helper.from_array(array, init.name))
+        return proto
+
+    monkeypatch.setattr(export_module, "keras_to_onnx", corrupted)
+    with pytest.raises(ParityError, match=r"output 'dec': max abs diff .* exceeds atol") as info:
+        export(model, tmp_path / "bad.onnx")
+    assert len(info.value.mismatches) == 3  # one per batch size, all listed
+    assert not (tmp_path / "bad.onnx").exists()
