@@ -168,6 +168,12 @@ def verify(keras_model, onnx_model, *, inputs: list[np.ndarray] | None = None,
                      tuple(TensorSpec.from_ort(i) for i in session.get_inputs()))
     names = [o.name for o in session.get_outputs()]
     keras_names = output_names(keras_model, len(names))
+    if set(keras_names) != set(names):
+        # Files made by other exporters name outputs their own way (tf2onnx: output_0):
+        # pair outputs by position, and say so.
+        logger.warning("ONNX outputs %s do not carry the Keras names %s; comparing by position",
+                       names, keras_names)
+        keras_names = names
     worst: dict[str, OutputParity] = {}
     problems: list[str] = []
     for arrays in batches:
