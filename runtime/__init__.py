@@ -1,8 +1,59 @@
 """tiedonnx.runtime: run tied ONNX models on onnxruntime.
 
-Imports numpy and onnxruntime only, so an edge install never pulls TensorFlow.
+Imports numpy and onnxruntime only, so an edge install never pulls TensorFlow
+(``onnx`` is imported lazily when a model file is read). The names below load
+on first use, so building the ``tiedonnx`` CLI parser imports neither.
+
+Example:
+    >>> from tiedonnx.runtime import load  # doctest: +SKIP
+    >>> model = load("ae.onnx")
+    >>> outputs = model.run(x)            # {output name: array}
 """
 
 from __future__ import annotations
 
+import importlib
+
+from .errors import (
+    InputError,
+    ModelFileError,
+    OutputExistsError,
+    ProviderError,
+    TiedOnnxError,
+    UnsafeModelError,
+    UsageError,
+)
+
 __version__ = "0.1.0"
+
+_LAZY = {
+    "load": ".session",
+    "TiedModel": ".session",
+    "TensorSpec": ".inputs",
+    "load_array_file": ".inputs",
+}
+
+__all__ = sorted([
+    *_LAZY,
+    "InputError",
+    "ModelFileError",
+    "OutputExistsError",
+    "ProviderError",
+    "TiedOnnxError",
+    "UnsafeModelError",
+    "UsageError",
+    "__version__",
+])
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tiedonnx.runtime' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,265 @@
+"""Benchmarks measured side by side in one run: tiedonnx, Keras, numpy's sgemm.
+
+Every figure a report holds was measured in the same process and run as the
+figures it is compared with, so ratios hold on a busy machine too (each is
+still a median; rerun for error bars). The numpy sgemm figure is the practical
+ceiling: the same matrix products the model does, at the same batch size,
+through numpy's BLAS.
+
+TensorFlow is imported only when a Keras model is given.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+
+def median_seconds(fn: Callable[[], object], *, min_time: float = 0.25, min_calls: int = 5,
+                   max_calls: int = 20000) -> float:
+    """Median wall time of ``fn()`` over at least ``min_calls`` calls and ``min_time`` s.
+
+    One untimed warm-up call comes first (session arenas, tracing).
+    """
+    fn()
+    times: list[float] = []
+    deadline = time.perf_counter() + min_time
+    while len(times) < min_calls or (time.perf_counter() < deadline and len(times) < max_calls):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_shapes(proto) -> list[tuple[int, int]] | None:
+    """Per-row matrix products ``(K, N)`` of a model; None if it has other heavy ops.
+
+    Counts MatMul/Gemm whose weight is an initializer or a Transpose of one.
+    """
+    inits = {i.name: tuple(i.dims) for i in proto.graph.initializer}
+    transposed = {n.output[0]: inits[n.input[0]][::-1] for n in proto.graph.node
+                  if n.op_type == "Transpose" and n.input[0] in inits and len(inits[n.input[0]]) == 2}
+    shapes = []
+    for node in proto.graph.node:
+        if node.op_type in ("Conv", "ConvTranspose", "Attention", "LSTM", "GRU"):
+            return None
+        if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
+            continue
+        dims = inits.get(node.input[1]) or transposed.get(node.input[1])
+        if dims is None or len(dims) != 2:
+            return None
+        trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+        shapes.append(dims[::-1] if trans_b else dims)
+    return shapes or None
+
+
+def numpy_sgemm_seconds(shapes: Sequence[tuple[int, int]], batch: int, *,
+                        min_time: float = 0.25, seed: int = 0) -> float:
+    """Median time of the same float32 matrix products through numpy's BLAS."""
+    rng = np.random.default_rng(seed)
+    pairs = [(rng.random((batch, k), dtype=np.float32), rng.random((k, n), dtype=np.float32))
+             for k, n in shapes]
+
+    def products():
+        for a, b in pairs:
+            a @ b
+
+    return median_seconds(products, min_time=min_time)
+
+
+@dataclass
+class BenchRow:
+    """One batch size. Times are median seconds per call; None = not measured."""
+
+    batch: int
+    tiedonnx_s: float
+    gflops: float | None = None
+    numpy_gflops: float | None = None
+    keras_call_s: float | None = None
+    keras_predict_s: float | None = None
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.batch / self.tiedonnx_s
+
+    @property
+    def pct_of_numpy(self) -> float | None:
+        return None if not self.numpy_gflops else 100.0 * self.gflops / self.numpy_gflops
+
+    @property
+    def x_vs_call(self) -> float | None:
+        return None if self.keras_call_s is None else self.keras_call_s / self.tiedonnx_s
+
+    @property
+    def x_vs_predict(self) -> float | None:
+        return None if self.keras_predict_s is None else self.keras_predict_s / self.tiedonnx_s
+
+    def as_dict(self) -> dict:
+        extra = {k: getattr(self, k) for k in ("samples_per_s", "pct_of_numpy", "x_vs_call",
+                                               "x_vs_predict")}
+        return {**asdict(self), **extra}
+
+
+@dataclass
+class BenchReport:
+    """Everything :func:`bench_model` measured, in one run."""
+
+    model: str
+    providers: list[str]
+    memory: str
+    flops_per_row: int | None
+    rows: list[BenchRow] = field(default_factory=list)
+    keras_max_abs_diff: float | None = None
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data["rows"] = [r.as_dict() for r in self.rows]
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2)
+
+
+def bench_model(path: str | os.PathLike, *, batch_sizes: Sequence[int] = (1, 64, 1024),
+                keras_path: str | os.PathLike | None = None, providers="auto",
+                memory: str = "fast", threads: int | None = None,
+                min_time: float = 0.25, seed: int = 0) -> BenchReport:
+    """Median latency, throughput and GFLOP/s per batch size, with Keras and numpy beside.
+
+    Args:
+        path: the ``.onnx`` model.
+        batch_sizes: rows per call to measure.
+        keras_path: a ``.keras`` file of the same model to compare with (needs
+            TensorFlow; its compiled ``tf.function`` call and ``predict`` are timed).
+        providers, memory, threads: as for :func:`tiedonnx.runtime.load`.
+        min_time: seconds spent timing each figure at least.
+
+    Raises:
+        UsageError: empty or non-positive batch sizes, or an input with a
+            dynamic axis other than the batch.
+    """
+    from .model_file import read_model
+    from .session import load
+
+    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
+        raise UsageError(f"batch sizes must be positive integers; received {list(batch_sizes)}.")
+    model = load(path, providers=providers, memory=memory, threads=threads)
+    shapes = matmul_shapes(read_model(path).proto)
+    flops_per_row = sum(2 * k * n for k, n in shapes) if shapes else None
+    keras = _KerasTimer(keras_path) if keras_path is not None else None
+    report = BenchReport(str(path), model.providers, memory, flops_per_row)
+    rng = np.random.default_rng(seed)
+    for batch in batch_sizes:
+        feeds = synthetic_inputs(model.inputs, int(batch), rng)
+        row = BenchRow(int(batch), median_seconds(lambda: model.run(feeds), min_time=min_time))
+        if shapes:
+            row.gflops = flops_per_row * batch / row.tiedonnx_s / 1e9
+            np_s = numpy_sgemm_seconds(shapes, int(batch), min_time=min_time, seed=seed)
+            row.numpy_gflops = flops_per_row * batch / np_s / 1e9
+        if keras is not None:
+            row.keras_call_s, row.keras_predict_s = keras.time(feeds, min_time=min_time)
+            diff = keras.max_abs_diff(feeds, model.run(feeds))
+            report.keras_max_abs_diff = max(diff, report.keras_max_abs_diff or 0.0)
+        report.rows.append(row)
+        logger.info("bench batch %d: %.1f us", batch, row.tiedonnx_s * 1e6)
+    return report
+
+
+def synthetic_inputs(specs, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Uniform [0, 1) inputs of each spec's shape with ``batch`` rows."""
+    feeds = {}
+    for spec in specs:
+        dims = [d for d in spec.shape[1:]]
+        if any(not isinstance(d, int) for d in dims):
+            raise UsageError(
+                f"Input {spec.name!r} has shape {spec.shape_text()}: only the batch axis may be "
+                "dynamic for a benchmark. Export with fixed feature sizes."
+            )
+        feeds[spec.name] = rng.random((batch, *dims)).astype(spec.dtype)
+    return feeds
+
+
+class _KerasTimer:
+    """Keras side of the benchmark; imports TensorFlow on construction only."""
+
+    def __init__(self, keras_path):
+        import tiedonnx.converter  # noqa: F401  registers the tied layers with Keras
+        import keras
+        import tensorflow as tf
+
+        self._tf = tf
+        self.model = keras.saving.load_model(str(keras_path), safe_mode=True)
+        self._call = tf.function(lambda x: self.model(x, training=False))
+
+    def _arg(self, feeds):
+        return next(iter(feeds.values())) if len(feeds) == 1 else feeds
+
+    def _numpy(self, value):
+        return self._tf.nest.map_structure(lambda t: np.asarray(t), value)
+
+    def time(self, feeds, *, min_time: float) -> tuple[float, float]:
+        x = self._arg(feeds)
+        batch = next(iter(feeds.values())).shape[0]
+        call = median_seconds(lambda: self._numpy(self._call(x)), min_time=min_time)
+        predict = median_seconds(lambda: self.model.predict(x, batch_size=batch, verbose=0),
+                                 min_time=min_time, min_calls=3)
+        return call, predict
+
+    def max_abs_diff(self, feeds, outputs: dict[str, np.ndarray]) -> float:
+        ref = self._tf.nest.flatten(self._numpy(self._call(self._arg(feeds))))
+        ours = list(outputs.values())
+        return max(float(np.max(np.abs(np.asarray(r) - o))) for r, o in zip(ref, ours))
+
+
+_MEMORY_PROBE = """
+import gc, json, sys
+import numpy as np, onnx, onnxruntime
+import tiedonnx.runtime.session, tiedonnx.runtime.lean, tiedonnx.runtime.model_file
+from tiedonnx.runtime.bench import synthetic_inputs
+def rss():
+    with open("/proc/self/status") as fh:
+        return next(int(l.split()[1]) * 1024 for l in fh if l.startswith("VmRSS"))
+path, memory, providers = sys.argv[1:4]
+def session():
+    model = tiedonnx.runtime.session.load(path, memory=memory, providers=providers)
+    model.run(synthetic_inputs(model.inputs, 1, np.random.default_rng(0)))
+    return model
+# Warm-up: lazy imports, onnxruntime's environment and thread pools stay
+# resident; the large buffers of this first session go back to the OS.
+first = session(); del first; gc.collect()
+before = rss()
+model = session(); gc.collect()
+print(json.dumps({"bytes": rss() - before}))
+"""
+
+
+def session_memory_mb(path: str | os.PathLike, *, memory: str = "fast",
+                      providers: str = "cpu") -> float:
+    """Resident memory a fresh process gains by loading ``path`` and running it once (MiB).
+
+    Measured in a subprocess so earlier sessions and allocator caches do not
+    blur it. Linux only (reads /proc/self/status).
+    """
+    if not os.path.exists("/proc/self/status"):
+        raise UsageError("session_memory_mb needs Linux (/proc/self/status).")
+    # A fixed mmap threshold keeps glibc from moving large buffers onto the
+    # heap after the warm-up frees them, where RSS would not drop.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    proc = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(path), memory, providers],
+                          capture_output=True, text=True, check=False, env=env)
+    if proc.returncode != 0:
+        raise UsageError(f"Memory probe failed for {str(path)!r}: {proc.stderr.strip()[-500:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])["bytes"] / 2**20

@@ -1,0 +1,76 @@
+"""``tiedonnx bench``: latency and throughput per batch size, beside Keras and numpy."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import UsageError
+from ..options import MEMORY_MODES, PROVIDER_CHOICES
+
+HELP = ("Benchmark a model: median latency, throughput and GFLOP/s per batch size, "
+        "with Keras (--keras) and numpy's sgemm measured in the same run.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="the .onnx file")
+    parser.add_argument("--keras", default=None, metavar="MODEL.keras",
+                        help="the same model as .keras, to time its compiled call and predict "
+                             "(needs TensorFlow)")
+    parser.add_argument("--batch-sizes", default="1,64,1024", metavar="1,64,1024",
+                        help="comma-separated batch sizes (default 1,64,1024)")
+    parser.add_argument("--provider", choices=PROVIDER_CHOICES, default="auto")
+    parser.add_argument("--memory", choices=MEMORY_MODES, default="fast")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads")
+    parser.add_argument("--min-time", type=float, default=0.25, metavar="S",
+                        help="seconds spent timing each figure at least (default 0.25)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    """``"1,64,1024"`` -> ``[1, 64, 1024]``; raises UsageError on anything else."""
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or any(s < 1 for s in sizes):
+        raise UsageError(
+            f"--batch-sizes must be comma-separated positive integers like 1,64,1024; "
+            f"received {text!r}."
+        )
+    return sizes
+
+
+def run(args: argparse.Namespace) -> int:
+    sizes = parse_batch_sizes(args.batch_sizes)
+    if args.min_time <= 0:
+        raise UsageError(f"--min-time must be positive; received {args.min_time}.")
+    from ..bench import bench_model
+
+    report = bench_model(args.model, batch_sizes=sizes, keras_path=args.keras,
+                         providers=args.provider, memory=args.memory, threads=args.threads,
+                         min_time=args.min_time)
+    print(report.to_json() if args.json else render(report))
+    return 0
+
+
+def render(report) -> str:
+    """The report as a text table with a header line."""
+    from .._term import format_table
+
+    keras = report.rows and report.rows[0].keras_call_s is not None
+    headers = ["batch", "tiedonnx ms", "rows/s", "GFLOP/s", "numpy GFLOP/s", "% numpy"]
+    if keras:
+        headers += ["keras call ms", "x faster", "predict ms", "x faster"]
+    rows = []
+    for r in report.rows:
+        row = [r.batch, r.tiedonnx_s * 1e3, r.samples_per_s, r.gflops, r.numpy_gflops,
+               r.pct_of_numpy]
+        if keras:
+            row += [r.keras_call_s * 1e3, r.x_vs_call, r.keras_predict_s * 1e3, r.x_vs_predict]
+        rows.append(row)
+    lines = [f"{report.model} on {report.providers[0]} (memory={report.memory}); "
+             "medians measured in this run"]
+    lines.append(format_table(headers, rows))
+    if report.keras_max_abs_diff is not None:
+        lines.append(f"max |tiedonnx - keras| = {report.keras_max_abs_diff:.3g}")
+    return "\n".join(lines)

@@ -1,0 +1,235 @@
+"""Input checking, casting and loading, before onnxruntime sees the data.
+
+Checking is split in two so that inputs larger than memory stream:
+:func:`check_inputs` looks only at names, ranks, shapes and dtypes (it never
+reads the data, so a memory-mapped ``.npy`` stays on disk), and
+:func:`materialize` casts and checks the values of one chunk at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+logger = logging.getLogger(__name__)
+
+# onnxruntime's type strings for the tensor types a tied model takes.
+_ORT_DTYPES = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+    "tensor(int8)": np.int8, "tensor(int16)": np.int16, "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64, "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16,
+    "tensor(uint32)": np.uint32, "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_,
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape and dtype of a model input or output.
+
+    ``shape`` holds an int for a fixed axis and a str (the symbolic name, or
+    ``"?"``) for a dynamic one.
+    """
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: np.dtype
+
+    @classmethod
+    def from_ort(cls, arg) -> TensorSpec:
+        dtype = _ORT_DTYPES.get(arg.type)
+        shape = tuple(d if isinstance(d, int) else (d or "?") for d in (arg.shape or ()))
+        return cls(arg.name, shape, np.dtype(dtype) if dtype else np.dtype(object))
+
+    def shape_text(self) -> str:
+        return _shape_text(self.shape)
+
+
+def _shape_text(shape) -> str:
+    inner = ", ".join(str(d) for d in shape)
+    return f"({inner},)" if len(shape) == 1 else f"({inner})"
+
+
+def check_inputs(inputs, specs: tuple[TensorSpec, ...]) -> tuple[dict[str, np.ndarray], int]:
+    """Match ``inputs`` to ``specs`` by name, rank, shape and dtype kind.
+
+    Args:
+        inputs: one array (models with one input) or a mapping by input name.
+        specs: the model's inputs.
+
+    Returns:
+        ``(arrays by input name, batch size)``. Data are not read or copied.
+
+    Raises:
+        InputError: every problem found, in one message.
+    """
+    arrays = _by_name(inputs, specs)
+    problems: list[str] = []
+    for spec in specs:
+        problems.extend(_check_one(spec, arrays[spec.name]))
+    if problems:
+        raise InputError("; ".join(problems))
+    batches = {name: a.shape[0] for name, a in arrays.items()}
+    if len(set(batches.values())) > 1:
+        raise InputError(
+            f"Inputs have different batch sizes: {batches}. Pass the same number of rows to each."
+        )
+    batch = next(iter(batches.values()))
+    if batch == 0:
+        raise InputError(
+            f"Input {specs[0].name!r} is an empty batch (received shape "
+            f"{_shape_text(arrays[specs[0].name].shape)}). Pass at least one row."
+        )
+    return arrays, batch
+
+
+def _by_name(inputs, specs) -> dict[str, np.ndarray]:
+    names = [s.name for s in specs]
+    if isinstance(inputs, Mapping):
+        missing = [n for n in names if n not in inputs]
+        unexpected = [str(k) for k in inputs if k not in names]
+        if missing or unexpected:
+            raise InputError(
+                f"Input names do not match the model. Missing: {missing}; unexpected: "
+                f"{unexpected}. The model takes {names}."
+            )
+        return {n: _as_array(inputs[n], n) for n in names}
+    if len(specs) != 1:
+        raise InputError(
+            f"The model takes {len(specs)} inputs {names}; received one "
+            f"{type(inputs).__name__}. Pass a dict keyed by input name."
+        )
+    return {names[0]: _as_array(inputs, names[0])}
+
+
+def _as_array(value, name: str) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        return np.asarray(value)
+    except Exception as exc:
+        raise InputError(
+            f"Input {name!r} could not be read as an array (received {type(value).__name__}: "
+            f"{exc}). Pass a numpy array."
+        ) from exc
+
+
+def _check_one(spec: TensorSpec, array: np.ndarray) -> list[str]:
+    expected, got = spec.shape_text(), _shape_text(array.shape)
+    if array.ndim != len(spec.shape):
+        hint = " Add a batch axis: x[None]." if array.ndim == len(spec.shape) - 1 else ""
+        return [f"Input {spec.name!r} expects shape {expected} (rank {len(spec.shape)}); "
+                f"received shape {got} (rank {array.ndim}).{hint}"]
+    problems = []
+    bad_axes = [i for i, d in enumerate(spec.shape) if isinstance(d, int) and array.shape[i] != d]
+    if bad_axes:
+        problems.append(
+            f"Input {spec.name!r} expects shape {expected}; received shape {got} "
+            f"(axis {bad_axes[0]} is {array.shape[bad_axes[0]]}, expected {spec.shape[bad_axes[0]]})."
+        )
+    kind, want = array.dtype.kind, spec.dtype.kind
+    compatible = kind == want or (want in "iu" and kind in "iu")
+    if not compatible:
+        problems.append(
+            f"Input {spec.name!r} expects dtype {spec.dtype}; received {array.dtype}. Convert it "
+            f"explicitly (x.astype('{spec.dtype}')), scaling first if the values need it."
+        )
+    return problems
+
+
+def materialize(arrays: dict[str, np.ndarray], specs: tuple[TensorSpec, ...], *,
+                allow_nonfinite: bool = False, row_offset: int = 0) -> dict[str, np.ndarray]:
+    """Cast one chunk to the model's dtypes and check its values.
+
+    Floating inputs of another precision are cast (as Keras accepts float64);
+    integers are cast to the model's integer type only when every value fits.
+
+    Raises:
+        InputError: NaN/inf (unless ``allow_nonfinite``) or integers out of range.
+    """
+    feeds = {}
+    for spec in specs:
+        array = arrays[spec.name]
+        if array.dtype != spec.dtype:
+            if spec.dtype.kind in "iu":
+                _check_int_range(spec, array)
+            array = array.astype(spec.dtype)
+        if spec.dtype.kind == "f" and not allow_nonfinite and not all_finite(array):
+            row = int(np.argwhere(~np.isfinite(array))[0][0]) + row_offset
+            raise InputError(
+                f"Input {spec.name!r} contains NaN or inf (first at row {row}). Clean the data, "
+                "or pass allow_nonfinite=True (CLI: --allow-nonfinite) to run it anyway."
+            )
+        feeds[spec.name] = np.ascontiguousarray(array)
+    return feeds
+
+
+def all_finite(array: np.ndarray) -> bool:
+    """Whether every value is finite; one reduction, no boolean temporary.
+
+    A NaN or inf makes the sum NaN or inf. Float16/32 sum in float64, which
+    finite values cannot overflow; a non-finite float64 sum of finite values
+    falls back to the exact element-wise check.
+    """
+    if array.dtype.itemsize < 8:
+        return math.isfinite(np.add.reduce(array, axis=None, dtype=np.float64)) or _exact(array)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return math.isfinite(np.add.reduce(array, axis=None)) or _exact(array)
+
+
+def _exact(array: np.ndarray) -> bool:
+    return bool(np.isfinite(array).all())
+
+
+def _check_int_range(spec: TensorSpec, array: np.ndarray) -> None:
+    info = np.iinfo(spec.dtype)
+    if array.size and (array.min() < info.min or array.max() > info.max):
+        raise InputError(
+            f"Input {spec.name!r} expects {spec.dtype}; received {array.dtype} values from "
+            f"{array.min()} to {array.max()}, outside {spec.dtype}'s range. Fix the data."
+        )
+
+
+def load_array_file(path: str | os.PathLike) -> np.ndarray | dict[str, np.ndarray]:
+    """Load ``.npy`` (memory-mapped, so larger than memory works) or ``.npz`` (dict).
+
+    Pickled object arrays are refused.
+
+    Raises:
+        InputError: missing file, unknown suffix, or not a readable numpy file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"Input file not found: {str(path)!r}. Check the path.")
+    suffix = path.suffix.lower()
+    if suffix not in (".npy", ".npz"):
+        raise InputError(
+            f"Input file must be .npy or .npz; received {str(path)!r}. Save it with np.save."
+        )
+    try:
+        if suffix == ".npy":
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except Exception as exc:  # ValueError (pickles, bad header), OSError, zipfile errors
+        raise InputError(
+            f"Could not read {str(path)!r} as a numpy {suffix} file ({exc}). "
+            "Object arrays and corrupt files are refused; save plain numeric arrays with np.save."
+        ) from exc
+
+
+def match_archive(arrays: dict[str, np.ndarray], specs: tuple[TensorSpec, ...]):
+    """Map an ``.npz``'s arrays to the model's inputs.
+
+    A one-array archive feeds a one-input model whatever its key (``arr_0``).
+    """
+    if len(arrays) == 1 and len(specs) == 1:
+        return next(iter(arrays.values()))
+    return arrays

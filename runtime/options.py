@@ -1,0 +1,21 @@
+"""Choices shared by the library and the CLI, kept import-free.
+
+The CLI builds its parser from these without importing numpy or onnxruntime,
+and :func:`tiedonnx.runtime.load` validates against the same tuples, so a flag
+and its keyword cannot drift apart.
+"""
+
+from __future__ import annotations
+
+#: ``providers=`` shorthands accepted by :func:`tiedonnx.runtime.load` and ``--provider``.
+PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
+
+#: ``memory=`` modes: "fast" = onnxruntime's full optimizations; "lean" = one
+#: in-memory copy per tied weight (see :mod:`tiedonnx.runtime.lean`).
+MEMORY_MODES = ("fast", "lean")
+
+#: Default chunk size of ``tiedonnx run`` so large (memory-mapped) inputs stream.
+DEFAULT_RUN_BATCH = 4096
+
+#: Weight precisions of ``export(precision=...)``, ``--precision`` and ``quantize``.
+PRECISIONS = ("fp32", "fp16", "int8")

@@ -1,0 +1,288 @@
+"""Load a tied ONNX model into onnxruntime and run it.
+
+Example:
+    >>> from tiedonnx.runtime import load  # doctest: +SKIP
+    >>> model = load("ae.onnx", providers="cpu", memory="lean")
+    >>> y = model.run(x, batch_size=1024)["out"]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import ProviderError, UsageError
+from .inputs import TensorSpec, all_finite, check_inputs, materialize
+from .model_file import _PROTOBUF_LIMIT, DEFAULT_MAX_BYTES, read_model
+from .options import MEMORY_MODES, PROVIDER_CHOICES
+
+logger = logging.getLogger(__name__)
+
+CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+_ALIASES = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT}
+# Shorthand -> (providers in priority order, the ones that must end up active).
+# CPU stays last for "cuda"/"tensorrt": onnxruntime places nodes an accelerator
+# cannot run there, which is partitioning, not a fallback of the whole model.
+_SHORTHANDS = {
+    "cpu": ([CPU], [CPU]),
+    "cuda": ([CUDA, CPU], [CUDA]),
+    "tensorrt": ([TENSORRT, CUDA, CPU], [TENSORRT]),
+}
+
+ProviderArg = str | Sequence[str | tuple[str, dict]]
+
+
+def resolve_providers(providers: ProviderArg, *, available: Sequence[str] | None = None):
+    """Normalize ``providers`` into onnxruntime's list and the names that must be active.
+
+    Returns:
+        ``(providers for InferenceSession, required active names)``; ``auto``
+        requires nothing (it is the one case allowed to fall back).
+
+    Raises:
+        UsageError: an unknown shorthand or malformed list.
+        ProviderError: a named provider that this onnxruntime install lacks.
+    """
+    available = list(ort.get_available_providers() if available is None else available)
+    if isinstance(providers, str):
+        if providers == "auto":
+            return ([CUDA, CPU] if CUDA in available else [CPU]), []
+        if providers not in _SHORTHANDS:
+            raise UsageError(
+                f"Unknown provider {providers!r}. Choose one of {list(PROVIDER_CHOICES)} "
+                "or pass a list of onnxruntime provider names."
+            )
+        chosen, required = _SHORTHANDS[providers]
+        chosen = [p for p in chosen if p in available or p in required]
+    else:
+        chosen = [_provider_entry(p) for p in providers]
+        if not chosen:
+            raise UsageError("providers is an empty list. Pass 'auto' or at least one provider.")
+        required = [p if isinstance(p, str) else p[0] for p in chosen]
+    missing = [p for p in required if p not in available]
+    if missing:
+        raise ProviderError(
+            f"Execution provider {missing} was asked for but is not available in this "
+            f"onnxruntime install (available: {available}). For CUDA install the GPU extra "
+            "(pip install 'tiedonnx[gpu]'), or pass providers='auto' or 'cpu'."
+        )
+    return chosen, required
+
+
+def _provider_entry(entry):
+    if isinstance(entry, str):
+        return _ALIASES.get(entry, entry)
+    if isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[1], Mapping):
+        return (_ALIASES.get(entry[0], entry[0]), dict(entry[1]))
+    raise UsageError(
+        f"Each provider must be a name or a (name, options) pair; received {entry!r}."
+    )
+
+
+def load(path: str | os.PathLike, *, providers: ProviderArg = "auto", memory: str = "fast",
+         threads: int | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> TiedModel:
+    """Load an ONNX model for inference.
+
+    Args:
+        path: the ``.onnx`` file; validated and checked before onnxruntime reads it.
+        providers: "auto" (CUDA if available, else CPU), "cpu", "cuda",
+            "tensorrt", or a list of onnxruntime provider names / (name, options).
+        memory: "fast" (full optimizations) or "lean" (one copy per tied weight).
+        threads: intra-op threads; None lets onnxruntime choose.
+        max_bytes: cap on model size, against allocation bombs.
+
+    Returns:
+        A :class:`TiedModel`, safe to share between threads.
+
+    Raises:
+        ModelFileError, UnsafeModelError: the file is refused.
+        ProviderError: a provider asked for by name is unavailable or inactive.
+        UsageError: a bad ``memory``, ``threads`` or ``providers`` value.
+    """
+    if memory not in MEMORY_MODES:
+        raise UsageError(f"memory must be one of {list(MEMORY_MODES)}; received {memory!r}.")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise UsageError(f"threads must be a positive integer or None; received {threads!r}.")
+    chosen, required = resolve_providers(providers)
+    model_file = read_model(path, max_bytes=max_bytes)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # onnxruntime's own warnings go through our errors
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    extra: dict = {}
+    proto = model_file.proto
+    if memory == "lean":
+        from .lean import LEAN_SESSION_CONFIG, lean_rewrite
+
+        proto, report = lean_rewrite(proto)
+        for key, value in LEAN_SESSION_CONFIG.items():
+            options.add_session_config_entry(key, value)
+        if report.disabled_optimizers:
+            extra["disabled_optimizers"] = report.disabled_optimizers
+    source = _session_source(model_file, proto, memory)
+    del proto, model_file.proto
+    session = ort.InferenceSession(source, options, providers=chosen, **extra)
+    # onnxruntime would otherwise retry a failing accelerator run on CPU (a
+    # silent fallback), and it keeps the model bytes for that retry: a full
+    # extra copy of every weight for the session's lifetime.
+    session.disable_fallback()
+    session._model_bytes = None
+    del source
+    return TiedModel(session, path=path, memory=memory, required=required,
+                     auto=isinstance(providers, str) and providers == "auto")
+
+
+def _session_source(model_file, proto, memory: str):
+    if proto.ByteSize() < _PROTOBUF_LIMIT:
+        return proto.SerializeToString()
+    if memory == "lean":
+        raise UsageError(
+            f"memory='lean' supports models under 2 GiB; {str(model_file.path)!r} is larger. "
+            "Use memory='fast'."
+        )
+    return str(model_file.path)
+
+
+class TiedModel:
+    """A loaded model. Create it with :func:`load`.
+
+    Attributes:
+        inputs, outputs: :class:`TensorSpec` of each, in model order.
+        providers: execution providers active in the session, in priority order.
+        memory: "fast" or "lean".
+    """
+
+    def __init__(self, session: ort.InferenceSession, *, path, memory: str,
+                 required: Sequence[str] = (), auto: bool = False):
+        self._session = session
+        self.path = str(path)
+        self.memory = memory
+        self.providers = list(session.get_providers())
+        inactive = [p for p in required if p not in self.providers]
+        if inactive:
+            raise ProviderError(
+                f"Execution provider {inactive} was asked for but is not active after session "
+                f"creation (active: {self.providers}); onnxruntime could not initialize it "
+                "(check the CUDA/cuDNN install). Refusing to fall back silently; pass "
+                "providers='auto' to allow it."
+            )
+        if auto:
+            logger.info("providers='auto': running %s on %s", self.path, self.providers[0])
+        self.inputs = tuple(TensorSpec.from_ort(a) for a in session.get_inputs())
+        self.outputs = tuple(TensorSpec.from_ort(a) for a in session.get_outputs())
+        self._output_names = [o.name for o in self.outputs]
+        self._fast = _fast_check(self.inputs)
+        # I/O binding on accelerators: one explicit host->device copy of the
+        # inputs per call, outputs copied back once; weights stay on the device.
+        self._io_binding = self.providers[0] in (CUDA, TENSORRT)
+
+    def __repr__(self) -> str:
+        ins = ", ".join(f"{s.name}{s.shape_text()}" for s in self.inputs)
+        return f"TiedModel({self.path!r}, inputs=[{ins}], providers={self.providers}, memory={self.memory!r})"
+
+    def run(self, inputs, *, batch_size: int | None = None, allow_nonfinite: bool = False,
+            out: Mapping[str, np.ndarray] | None = None,
+            progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
+        """Run the model.
+
+        Args:
+            inputs: one array (one-input models) or a dict by input name. Floats
+                of another precision are cast to the model's dtype.
+            batch_size: run in chunks of this many rows into a preallocated
+                output (memory-mapped inputs then stream from disk).
+            allow_nonfinite: accept NaN/inf inputs instead of raising.
+            out: preallocated outputs by name (e.g. memory-mapped ``.npy``).
+            progress: called as ``progress(rows_done, rows_total)`` after each chunk.
+
+        Returns:
+            Output name -> array.
+
+        Raises:
+            InputError: names, ranks, shapes, dtypes or values do not fit the model.
+            UsageError: a bad ``batch_size`` or ``out``.
+        """
+        if self._fast is not None and batch_size is None and out is None and progress is None:
+            feeds = self._fast(inputs, allow_nonfinite)
+            if feeds is not None:
+                return dict(zip(self._output_names, self._run_feeds(feeds)))
+        arrays, n = check_inputs(inputs, self.inputs)
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise UsageError(f"batch_size must be a positive integer; received {batch_size!r}.")
+        step = n if batch_size is None else min(batch_size, n)
+        results = dict(out) if out is not None else None
+        for start in range(0, n, step):
+            chunk = arrays if step == n else {k: a[start:start + step] for k, a in arrays.items()}
+            feeds = materialize(chunk, self.inputs, allow_nonfinite=allow_nonfinite,
+                                row_offset=start)
+            values = self._run_feeds(feeds)
+            if results is None and step == n:
+                results = dict(zip(self._output_names, values))
+            else:
+                results = self._store(results, values, start, n, min(step, n - start))
+            if progress is not None:
+                progress(min(start + step, n), n)
+        return results
+
+    def _run_feeds(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if not self._io_binding:
+            return self._session.run(self._output_names, feeds)
+        binding = self._session.io_binding()  # one per call: bindings are not shared
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, array)
+        for name in self._output_names:
+            binding.bind_output(name, self._device())
+        self._session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+    def _device(self) -> str:
+        return "cuda" if self.providers[0] in (CUDA, TENSORRT) else "cpu"
+
+    def _store(self, results, values, start: int, n: int, rows: int) -> dict[str, np.ndarray]:
+        if results is None:
+            results = {name: np.empty((n, *v.shape[1:]), v.dtype)
+                       for name, v in zip(self._output_names, values)}
+        for name, value in zip(self._output_names, values):
+            target = results.get(name)
+            fits = value.ndim > 0 and value.shape[0] == rows
+            if not fits or target is None or target.shape != (n, *value.shape[1:]):
+                raise UsageError(
+                    f"Output {name!r} of one chunk has shape {value.shape}; it cannot be written "
+                    f"into {None if target is None else target.shape} for {n} rows. Outputs "
+                    "without a leading batch axis cannot be chunked: run without batch_size."
+                )
+            target[start:start + rows] = value
+        return results
+
+
+def _fast_check(specs: tuple[TensorSpec, ...]):
+    """A check for the common call (one array that already fits) in ~1 us.
+
+    Returns ``feeds`` when ``inputs`` needs no cast, copy or error message,
+    else None, and :meth:`TiedModel.run` takes the full path (which also
+    builds the error). Keeps the wrapper within a few percent of a raw
+    ``InferenceSession.run`` at batch 1.
+    """
+    if len(specs) != 1 or specs[0].dtype.kind not in "fiub":
+        return None
+    name, dtype, ndim = specs[0].name, specs[0].dtype, len(specs[0].shape)
+    fixed = [(axis, size) for axis, size in enumerate(specs[0].shape) if isinstance(size, int)]
+    is_float = dtype.kind == "f"
+
+    def check(inputs, allow_nonfinite: bool):
+        if (type(inputs) is not np.ndarray or inputs.dtype != dtype or inputs.ndim != ndim
+                or not inputs.shape[0] or not inputs.flags.c_contiguous):
+            return None
+        shape = inputs.shape
+        for axis, size in fixed:
+            if shape[axis] != size:
+                return None
+        if is_float and not allow_nonfinite and not all_finite(inputs):
+            return None
+        return {name: inputs}
+
+    return check

@@ -1,0 +1,132 @@
+"""Benchmark tiedonnx.runtime against its targets (issue 4), all measured in this one run.
+
+  python scripts/bench_runtime.py                 # CPU, with Keras (needs the convert extra)
+  python scripts/bench_runtime.py --no-keras      # runtime only (hand-built ONNX)
+  python scripts/bench_runtime.py --provider cuda --no-keras
+
+Targets, each printed as a ratio of figures measured side by side here:
+  batch 1:   >= 8x faster than a compiled tf.function Keras call, >= 200x than predict
+  batch 1:   wrapper overhead over raw InferenceSession.run (same session) <= 10%
+  batch 1024: >= 80% of numpy's sgemm GFLOP/s on the same matrix products
+  memory:    lean session memory <= 0.6x fast for a 4096x2048 tie (CPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from tiedonnx.runtime import load  # noqa: E402
+from tiedonnx.runtime._term import format_table  # noqa: E402
+from tiedonnx.runtime.bench import bench_model, session_memory_mb  # noqa: E402
+
+
+def hand_built_ae(n_in: int, n_h: int, path: Path, seed: int = 0) -> str:
+    """The graph export + retie produce for Dense/DenseTied: W once, Transpose(W) for the decoder."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array((rng.standard_normal((n_in, n_h)) * 0.05).astype(np.float32), "W"),
+             numpy_helper.from_array(np.zeros(n_h, np.float32), "b1"),
+             numpy_helper.from_array(np.zeros(n_in, np.float32), "b2")]
+    nodes = [helper.make_node("Transpose", ["W"], ["W__T"], perm=[1, 0]),
+             helper.make_node("MatMul", ["pixels", "W"], ["m1"]), helper.make_node("Add", ["m1", "b1"], ["a1"]),
+             helper.make_node("Sigmoid", ["a1"], ["h"]), helper.make_node("MatMul", ["h", "W__T"], ["m2"]),
+             helper.make_node("Add", ["m2", "b2"], ["a2"]), helper.make_node("Sigmoid", ["a2"], ["out"])]
+    graph = helper.make_graph(nodes, "tied_ae",
+                              [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", n_in])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", n_in])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def keras_ae(folder: Path) -> tuple[str, str]:
+    """The 784-256 tied AE in Keras, saved as .keras and exported by tiedonnx.converter.export."""
+    import keras
+
+    from tiedonnx.converter import DenseTied, export
+
+    inputs = keras.Input((784,), name="pixels")
+    enc = keras.layers.Dense(256, activation="sigmoid", name="enc")
+    out = DenseTied(activation="sigmoid", tied_to=enc, name="dec")(enc(inputs))
+    model = keras.Model(inputs, out, name="tied_ae_784_256")
+    model.save(folder / "ae.keras")
+    export(model, folder / "ae.onnx", verify=True)
+    return str(folder / "ae.onnx"), str(folder / "ae.keras")
+
+
+def wrapper_overhead(path: str, provider: str, *, rounds: int = 40, calls: int = 200) -> tuple[float, float]:
+    """Median per-call seconds of TiedModel.run and of its own session's raw run, interleaved."""
+    model = load(path, providers=provider)
+    x = np.random.default_rng(0).random((1, model.inputs[0].shape[1]), dtype=np.float32)
+    session, feeds = model._session, {model.inputs[0].name: x}
+    ours, raw = [], []
+    runners = [(ours, lambda: model.run(x)), (raw, lambda: session.run(None, feeds))]
+    for fn in (r for _, r in runners):
+        for _ in range(calls):
+            fn()
+    for i in range(rounds):
+        for times, fn in (runners if i % 2 else runners[::-1]):  # alternate the order
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            times.append((time.perf_counter() - start) / calls)
+    return statistics.median(ours), statistics.median(raw)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--provider", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--no-keras", action="store_true", help="skip the Keras comparison")
+    parser.add_argument("--min-time", type=float, default=1.0, help="seconds per timed figure")
+    args = parser.parse_args()
+    print(f"python {sys.version.split()[0]}, numpy {np.__version__}, onnx {onnx.__version__}, "
+          f"{os.cpu_count()} CPUs; provider {args.provider}")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        if args.no_keras:
+            onnx_path, keras_path = hand_built_ae(784, 256, folder / "ae.onnx"), None
+        else:
+            onnx_path, keras_path = keras_ae(folder)
+        report = bench_model(onnx_path, batch_sizes=[1, 64, 1024], keras_path=keras_path,
+                             providers=args.provider, min_time=args.min_time)
+        from tiedonnx.runtime.commands.bench import render
+
+        print("\n784-256 tied AE")
+        print(render(report))
+        ours, raw = wrapper_overhead(onnx_path, args.provider)
+        big = hand_built_ae(4096, 2048, folder / "big.onnx")
+        fast_mb = session_memory_mb(big, memory="fast", providers="cpu")
+        lean_mb = session_memory_mb(big, memory="lean", providers="cpu")
+    rows = {r.batch: r for r in report.rows}
+    checks = [
+        ("batch 1: x faster than compiled Keras call", rows[1].x_vs_call, ">= 8", lambda v: v >= 8),
+        ("batch 1: x faster than Keras predict", rows[1].x_vs_predict, ">= 200", lambda v: v >= 200),
+        ("batch 1: wrapper overhead over raw session.run %", 100 * (ours / raw - 1), "<= 10",
+         lambda v: v <= 10),
+        ("batch 1024: % of numpy sgemm GFLOP/s", rows[1024].pct_of_numpy, ">= 80", lambda v: v >= 80),
+        ("4096x2048 tie: lean / fast session memory", lean_mb / fast_mb, "<= 0.6", lambda v: v <= 0.6),
+    ]
+    print(f"\nwrapper {ours * 1e6:.1f} us vs raw session.run {raw * 1e6:.1f} us per batch-1 call "
+          "(median of 40 interleaved rounds of 200 calls)")
+    print(f"4096x2048 tie session memory (CPU, RSS growth): fast {fast_mb:.1f} MiB, lean {lean_mb:.1f} MiB")
+    print()
+    table = [(name, None if v is None else float(v), target,
+              "n/a" if v is None else ("PASS" if ok(v) else "MISS")) for name, v, target, ok in checks]
+    print(format_table(["target", "measured", "goal", ""], table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
