@@ -249,14 +249,19 @@ class TiedModel:
         for name, value in zip(self._output_names, values):
             target = results.get(name)
             fits = value.ndim > 0 and value.shape[0] == rows
-            if not fits or target is None or target.shape != (n, *value.shape[1:]):
+            if (not fits or target is None or target.shape != (n, *value.shape[1:])
+                    or target.dtype != value.dtype):
                 raise UsageError(
-                    f"Output {name!r} of one chunk has shape {value.shape}; it cannot be written "
-                    f"into {None if target is None else target.shape} for {n} rows. Outputs "
+                    f"Output {name!r} of one chunk has shape {value.shape} and dtype {value.dtype}; "
+                    f"it cannot be written into {_describe(target)} for {n} rows. Outputs "
                     "without a leading batch axis cannot be chunked: run without batch_size."
                 )
             target[start:start + rows] = value
         return results
+
+
+def _describe(array) -> str:
+    return "nothing" if array is None else f"an array of shape {array.shape} and dtype {array.dtype}"
 
 
 def _fast_check(specs: tuple[TensorSpec, ...]):

@@ -125,8 +125,12 @@ def test_bad_batch_size_and_unchunkable_outputs(ae, tmp_path, rng):
     for bad in (0, -1, 2.5):
         with pytest.raises(UsageError, match=f"batch_size must be a positive integer; received {bad}"):
             ae.run(x, batch_size=bad)
-    with pytest.raises(UsageError, match=r"cannot be written into \(3, 8\) for 4 rows"):
+    with pytest.raises(UsageError, match=r"cannot be written into an array of shape \(3, 8\) and dtype float32 for 4 rows"):
         ae.run(x, out={"y": np.empty((3, 8), np.float32)})
+    with pytest.raises(UsageError, match=r"dtype float32; it cannot be written into an array of shape \(4, 8\) and dtype float64"):
+        ae.run(x, out={"y": np.empty((4, 8), np.float64)})
+    with pytest.raises(UsageError, match="into nothing for 4 rows"):
+        ae.run(x, out={})
     summed = load(save(total_sum(), tmp_path / "sum.onnx"), providers="cpu")
     assert summed.run(np.ones((4, 4), np.float32))["s"] == 16
     with pytest.raises(UsageError, match="without a leading batch axis cannot be chunked"):
