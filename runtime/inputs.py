@@ -171,17 +171,30 @@ def materialize(arrays: dict[str, np.ndarray], specs: tuple[TensorSpec, ...], *,
     return feeds
 
 
-def all_finite(array: np.ndarray) -> bool:
-    """Whether every value is finite; one reduction, no boolean temporary.
+# Read-only zeros per float dtype for all_finite; shared by all threads.
+_ZEROS_SIZE = 1 << 16
+_ZEROS: dict[np.dtype, np.ndarray] = {}
 
-    A NaN or inf makes the sum NaN or inf. Float16/32 sum in float64, which
-    finite values cannot overflow; a non-finite float64 sum of finite values
-    falls back to the exact element-wise check.
+
+def all_finite(array: np.ndarray) -> bool:
+    """Whether every value is finite, as cheaply as numpy allows.
+
+    Small arrays: ``vdot(array, zeros)`` is 0 when all values are finite and
+    NaN otherwise (0 * inf = NaN), cannot overflow, and is one BLAS call that
+    sets no numpy warnings; measured at batch 1 it costs a third of a ufunc
+    reduction. Large arrays: a float64 sum (finite float16/32 values cannot
+    overflow it; a non-finite sum falls back to the exact element-wise check).
     """
-    if array.dtype.itemsize < 8:
-        return math.isfinite(np.add.reduce(array, axis=None, dtype=np.float64)) or _exact(array)
-    with np.errstate(over="ignore", invalid="ignore"):
-        return math.isfinite(np.add.reduce(array, axis=None)) or _exact(array)
+    if array.size <= _ZEROS_SIZE and array.flags.c_contiguous:
+        zeros = _ZEROS.get(array.dtype)
+        if zeros is None:  # a race here only builds the same array twice
+            zeros = np.zeros(_ZEROS_SIZE, array.dtype)
+            zeros.flags.writeable = False
+            _ZEROS[array.dtype] = zeros
+        return math.isfinite(np.vdot(array, zeros[:array.size]))
+    wide = np.float64 if array.dtype.itemsize < 8 else None
+    with np.errstate(over="ignore", invalid="ignore"):  # inf + -inf, float64 overflow
+        return math.isfinite(np.add.reduce(array, axis=None, dtype=wide)) or _exact(array)
 
 
 def _exact(array: np.ndarray) -> bool:

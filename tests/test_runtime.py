@@ -240,11 +240,15 @@ def test_fast_path_skips_the_full_check_only_when_nothing_needs_doing(ae, rng, m
 
 @pytest.mark.filterwarnings("error")  # and without RuntimeWarnings
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
-def test_all_finite_survives_overflowing_sums(dtype):
+@pytest.mark.parametrize("rows", [2, 10_000])  # the small (vdot) and the large (sum) path
+def test_all_finite_survives_overflowing_sums(dtype, rows):
     from tiedonnx.runtime.inputs import all_finite
 
-    big = np.full((2, 8), np.finfo(dtype).max, dtype)  # sums past the max, yet all finite
-    assert all_finite(big)
-    assert not all_finite(np.array([[np.nan, 1]], dtype))
+    big = np.full((rows, 8), np.finfo(dtype).max, dtype)  # sums past the max, yet all finite
+    assert all_finite(big) and all_finite(big[:, :3])  # contiguous and strided
+    big[1, 3] = np.nan
+    assert not all_finite(big)
     big[1, 3] = -np.inf
     assert not all_finite(big)
+    big[0, 0] = np.inf  # inf and -inf: a NaN sum
+    assert not all_finite(big) and not all_finite(big[:, :1])
