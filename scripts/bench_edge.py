@@ -1,0 +1,228 @@
+"""Edge benchmark: bytes, accuracy and throughput of every way to ship the 784-256 tied AE.
+
+One run, side by side, same data, same machine:
+
+* tiedonnx ``.onnx`` at fp32, fp16, int8 (per-tensor and per-channel);
+* the plain tf2onnx file (tie stored twice);
+* onnxruntime ``quantize_dynamic`` of the plain file and of the tied file;
+* ``.ort`` files: tiedonnx's ``save_ort`` vs ``python -m onnxruntime.tools.convert_onnx_models_to_ort``;
+* TFLite fp32 and dynamic-range int8, when the TFLite converter is available.
+
+The model is trained for a few epochs on scikit-learn's bundled digits (8x8,
+upscaled 3x and padded to 28x28); "max abs" and "MSE" are measured on 297
+held-out images against the Keras fp32 model. Throughput is samples/s,
+the median of ``--repeats`` timed windows per batch size.
+
+Run: python scripts/bench_edge.py [--seconds 0.4] [--repeats 3] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+BATCHES = (1, 64, 256, 1024)
+
+
+def digits_784():
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images.astype("float32") / 16.0
+    x = np.pad(np.kron(images, np.ones((3, 3), "float32")), ((0, 0), (2, 2), (2, 2)))
+    x = x.reshape(len(x), 784)
+    return x[:1500], x[1500:]
+
+
+def train_model(x_train):
+    import keras
+
+    from tiedonnx.converter import DenseTied
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((784,), name="pixels")
+    enc = keras.layers.Dense(256, activation="sigmoid", name="enc")
+    model = keras.Model(inputs, DenseTied(784, activation="sigmoid", tied_to=enc, name="dec")(enc(inputs)))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    model.fit(x_train, x_train, epochs=5, batch_size=64, verbose=0)
+    return model
+
+
+def plain_onnx(model):
+    import tensorflow as tf
+    import tf2onnx
+
+    spec = [tf.TensorSpec((None, 784), tf.float32, name="pixels")]
+    fn = tf.function(lambda z: {"out": model(z, training=False)}, input_signature=spec)
+    proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=17)
+    return proto
+
+
+def build_onnx_files(model, out: Path) -> dict[str, Path]:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from tiedonnx.converter.graph.quantize import to_precision
+
+    plain = plain_onnx(model)
+    files = {"tf2onnx plain fp32": out / "plain.onnx"}
+    onnx.save(plain, files["tf2onnx plain fp32"])
+    for label, precision, per_channel in [("tiedonnx fp32", "fp32", None), ("tiedonnx fp16", "fp16", None),
+                                          ("tiedonnx int8", "int8", None),
+                                          ("tiedonnx int8 per-channel", "int8", True)]:
+        files[label] = out / f"{label.replace(' ', '_')}.onnx"
+        onnx.save(to_precision(plain, precision, per_channel=per_channel), files[label])
+    for label, src in [("ort quantize_dynamic(plain)", "tf2onnx plain fp32"),
+                       ("ort quantize_dynamic(tied)", "tiedonnx fp32")]:
+        files[label] = out / f"{label.split('(')[1][:-1]}_qd.onnx"
+        quantize_dynamic(files[src], files[label], weight_type=QuantType.QInt8)
+    return files
+
+
+def build_ort_files(files: dict[str, Path], out: Path) -> dict[str, Path]:
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    from tiedonnx.converter.graph.ort_format import save_ort
+
+    ort_files = {}
+    for precision in ("fp32", "fp16", "int8"):
+        label = f"tiedonnx .ort {precision}"
+        ort_files[label] = out / f"tied_{precision}.ort"
+        save_ort(files[f"tiedonnx {precision}"], ort_files[label])
+        stock_dir = out / f"stock_{precision}"
+        convert_onnx_models_to_ort(files[f"tiedonnx {precision}"], output_dir=stock_dir,
+                                   optimization_styles=[OptimizationStyle.Fixed])
+        ort_files[f"ort converter .ort {precision}"] = next(stock_dir.glob("*.ort"))
+    return ort_files
+
+
+def build_tflite(model, out: Path) -> dict[str, Path]:
+    try:
+        import tensorflow as tf
+
+        converter_cls = tf.lite.TFLiteConverter
+    except (ImportError, AttributeError) as exc:
+        print(f"TFLite converter not available ({exc}); skipping TFLite rows", file=sys.stderr)
+        return {}
+    files = {}
+    for label, optimize in [("tflite fp32", False), ("tflite dynamic-range int8", True)]:
+        converter = converter_cls.from_keras_model(model)
+        if optimize:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        path = out / f"{label.replace(' ', '_')}.tflite"
+        path.write_bytes(converter.convert())
+        files[label] = path
+    return files
+
+
+def onnx_runner(path: Path, threads: int | None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})[0]
+
+
+def tflite_runner(path: Path, threads: int | None):
+    import tensorflow as tf
+
+    interp = tf.lite.Interpreter(model_path=str(path), num_threads=threads)
+    inp, outp = interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
+    state = {"batch": None}
+
+    def call(x):
+        if state["batch"] != len(x):
+            interp.resize_tensor_input(inp, list(x.shape))
+            interp.allocate_tensors()
+            state["batch"] = len(x)
+        interp.set_tensor(inp, x)
+        interp.invoke()
+        return interp.get_tensor(outp)
+
+    return call
+
+
+def throughput(fn, x, *, seconds: float, repeats: int) -> float:
+    fn(x)  # warm-up (allocations, prepacking)
+    rates = []
+    for _ in range(repeats):
+        n, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds:
+            fn(x)
+            n += 1
+        rates.append(n * len(x) / elapsed)
+    return statistics.median(rates)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=0.4, help="length of one timed window")
+    parser.add_argument("--repeats", type=int, default=3, help="timed windows per batch size")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: runtime's)")
+    args = parser.parse_args(argv)
+
+    x_train, x_test = digits_784()
+    model = train_model(x_train)
+    keras_y = np.asarray(model(x_test, training=False))
+    keras_mse = float(np.mean((keras_y - x_test) ** 2))
+    pool = x_train[:1024]
+
+    with tempfile.TemporaryDirectory(prefix="tiedonnx-bench-") as tmp:
+        out = Path(tmp)
+        # The converters print progress to stdout; keep the table readable.
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            files = build_onnx_files(model, out)
+            files |= build_ort_files(files, out)
+            files |= build_tflite(model, out)
+        rows = []
+        for label, path in files.items():
+            with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice
+                warnings.simplefilter("ignore")
+                runner = (tflite_runner if path.suffix == ".tflite" else onnx_runner)(path, args.threads)
+            y = runner(x_test)
+            rates = [throughput(runner, pool[:b], seconds=args.seconds, repeats=args.repeats)
+                     for b in BATCHES]
+            rows.append((label, path.stat().st_size, float(np.abs(y - keras_y).max()),
+                         float(np.mean((y - x_test) ** 2)) / keras_mse - 1, rates))
+    print_table(rows, keras_mse)
+    return 0
+
+
+def print_table(rows, keras_mse: float) -> None:
+    head = f"{'model':<30}{'bytes':>11}{'max abs':>10}{'MSE vs fp32':>12}" + "".join(
+        f"{'b=' + str(b) + ' /s':>13}" for b in BATCHES)
+    print(f"784-256 tied AE, digits held-out Keras fp32 MSE {keras_mse:.5f}; throughput in samples/s")
+    print(head)
+    print("-" * len(head))
+    for label, size, max_abs, mse_rel, rates in rows:
+        print(f"{label:<30}{size:>11,}{max_abs:>10.4f}{mse_rel:>+11.2%} " + "".join(f"{r:>13,.0f}" for r in rates))
+    by = {r[0]: r for r in rows}
+    i8, f32, f16 = by["tiedonnx int8"], by["tiedonnx fp32"], by["tiedonnx fp16"]
+    untied_int8 = min(by[k][1] for k in by if k in ("ort quantize_dynamic(plain)", "tflite dynamic-range int8"))
+    print()
+    print(f"int8 file {i8[1]:,} bytes (target <= 215,000); {i8[1] / untied_int8:.3f}x of the best untied int8 "
+          f"file (target <= 0.53)")
+    print(f"int8 / fp32 throughput at batch 256: {i8[4][2] / f32[4][2]:.2f}x (target >= 2)")
+    print(f"fp16 file {f16[1] / f32[1]:.3f}x of the fp32 tied file (target <= 0.52)")
+    for p in ("fp32", "fp16", "int8"):
+        mine, stock = by[f"tiedonnx .ort {p}"][1], by[f"ort converter .ort {p}"][1]
+        print(f".ort {p}: {mine:,} vs onnxruntime converter {stock:,} bytes = {mine / stock:.3f}x (target <= 0.52)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""fp16: each tie stored once as float16; float32 in and out; runs on the CPU provider."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, numpy_helper
+
+from tiedonnx.converter.errors import ConversionError
+from tiedonnx.converter.graph.fp16 import to_fp16
+from tiedonnx.converter.graph.metadata import read_ties
+from tiedonnx.converter.graph.quantize import read_precision, to_precision
+
+from .test_quantize import resolve, run, tied_graph
+
+# Hand-built 64-16-64 sigmoid AE, W ~ N(0, 0.3), vs the fp32 graph: measured
+# max abs 1.1e-4 (weights rounded to 11 significant bits, fp32 arithmetic).
+TINY_FP16_ATOL = 5e-4
+
+
+@pytest.mark.parametrize("untied", [False, True], ids=["tied_input", "exporter_copy_input"])
+def test_fp16_stores_each_tie_once(tmp_path, rng, untied):
+    model = tied_graph(untied=untied)
+    path = tmp_path / "fp16.onnx"
+    onnx.save(to_precision(model, "fp16"), path)
+    saved = onnx.load(path)
+    onnx.checker.check_model(saved, full_check=True)
+    graph = saved.graph
+
+    big = [i for i in graph.initializer if int(np.prod(i.dims)) == 64 * 16]
+    assert [(i.data_type, list(i.dims)) for i in big] == [(TensorProto.FLOAT16, [64, 16])]
+    assert not any(i.data_type == TensorProto.FLOAT for i in graph.initializer)
+    (tie,) = read_ties(saved)
+    assert (tie["initializer"], tie["dtype"]) == (big[0].name, "float16")
+    assert read_precision(saved) == "fp16"
+    # Both matmuls read the one fp16 tensor (through its Cast, and the tie's Transpose).
+    producers = {o: n for n in graph.node for o in n.output}
+    matmuls = [n for n in graph.node if n.op_type == "MatMul"]
+    assert len(matmuls) == 2
+    for node in matmuls:
+        cast = producers[resolve(graph, node.input[1])]
+        assert (cast.op_type, cast.input[0]) == ("Cast", big[0].name)
+
+    # float32 in, float32 out, CPU provider only.
+    assert graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    x = rng.random((32, 64), dtype=np.float32)
+    y = session.run(None, {"x": x})[0]
+    assert y.dtype == np.float32
+    assert np.abs(y - run(model, x)).max() <= TINY_FP16_ATOL
+
+
+def test_fp16_values_are_the_rounded_weights():
+    model = tied_graph()
+    w = numpy_helper.to_array(model.graph.initializer[0])
+    half = next(i for i in to_fp16(model).graph.initializer if i.name == "W__fp16")
+    np.testing.assert_array_equal(numpy_helper.to_array(half), w.astype(np.float16))
+
+
+def test_fp16_out_of_range_weight_is_refused():
+    model = tied_graph()
+    w = numpy_helper.to_array(model.graph.initializer[0]).copy()
+    w[0, 0] = 1e5
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, "W"))
+    with pytest.raises(ConversionError, match=r"'W' does not fit float16 \(largest \|value\| 100000"):
+        to_precision(model, "fp16")
+
+
+def test_fp16_leaves_overridable_initializers_in_fp32():
+    model = tied_graph()
+    model.graph.input.append(onnx.helper.make_tensor_value_info("b1", TensorProto.FLOAT, [16]))
+    out = to_fp16(model)
+    kinds = {i.name: i.data_type for i in out.graph.initializer}
+    assert kinds["b1"] == TensorProto.FLOAT and kinds["W__fp16"] == TensorProto.FLOAT16
