@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -87,11 +86,10 @@ def _check_out_dir(out_dir: Path, force: bool) -> None:
 
 
 def _save_keras_atomic(model, path: Path) -> None:
-    # Keras insists on a .keras suffix, so the temporary file is a .keras in a
-    # temporary folder next to the target, moved into place when complete.
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".tiedonnx-") as tmp:
-        model.save(Path(tmp) / path.name)
-        os.replace(Path(tmp) / path.name, path)
+    from tiedonnx.runtime._atomic import atomic_path
+
+    with atomic_path(path, force=True) as tmp:  # the temporary name keeps the .keras suffix
+        model.save(tmp)
 
 
 def _plain_export(model, path: Path) -> int:

@@ -57,8 +57,10 @@ def atomic_path(path: str | os.PathLike, *, force: bool = False) -> Iterator[Pat
         ...     np.save(tmp, array)
     """
     path = check_output_path(path, force=force)
+    # The temporary name ends with the target's suffix: writers such as np.save
+    # and Keras append or demand one, and would otherwise write elsewhere.
     fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else "."
+        prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent if str(path.parent) else "."
     )
     os.close(fd)
     tmp = Path(tmp_name)
