@@ -24,9 +24,13 @@ logger = logging.getLogger(__name__)
 # Dense+exponential model with outputs near 3; 1e-5 + 1e-5 * |y| keeps a 5x margin
 # over the worst case seen while still catching any wrong weight or op.
 FP32_TOL = (1e-5, 1e-5)
-# fp16 weights: rounding each weight to 11 significant bits. Issue bound 2e-3.
+# fp16 weights (11 significant bits), fp32 compute: measured max abs 2e-4 on the
+# digits-trained 784-256 AE (scripts/bench_edge.py) and 6e-4 on the demo's 64-32
+# AE; the issue's bound 2e-3 leaves a 3x margin.
 FP16_TOL = (2e-3, 0.0)
-# int8 weights and dynamically quantized activations. Issue bound 0.05.
+# int8 weights (7-bit range, per tensor) and activations quantized at run time:
+# measured max abs 0.023 on the digits-trained 784-256 AE and 0.044 on the demo's
+# 64-32 AE (coarser per-tensor scales on a small matrix). The issue's bound 0.05.
 INT8_TOL = (5e-2, 0.0)
 TOLERANCES = {"fp32": FP32_TOL, "fp16": FP16_TOL, "int8": INT8_TOL}
 

@@ -196,12 +196,13 @@ class _KerasTimer:
     """Keras side of the benchmark; imports TensorFlow on construction only."""
 
     def __init__(self, keras_path):
-        import tiedonnx.converter  # noqa: F401  registers the tied layers with Keras
-        import keras
         import tensorflow as tf
 
+        from tiedonnx.converter.keras_io import load_keras_model
+
         self._tf = tf
-        self.model = keras.saving.load_model(str(keras_path), safe_mode=True)
+        # Same safe loading as export/verify: safe mode plus the config scan.
+        self.model = load_keras_model(keras_path)
         self._call = tf.function(lambda x: self.model(x, training=False))
 
     def _arg(self, feeds):
