@@ -1,0 +1,402 @@
+"""Score a large ``.npy`` array with Ray Data: one loaded model per actor.
+
+How it works:
+
+* The driver validates everything first (model file, input names, ranks,
+  shapes, dtypes, output path), without reading the data.
+* The Ray Data dataset holds one row per chunk (``batch_size`` input rows).
+  A fixed-size actor pool loads the model once per actor with
+  :func:`tiedonnx.runtime.load`; each actor memory-maps the input itself and
+  reads only the rows of the chunks it is given, so the input never travels
+  through Ray's object store.
+* Results come back tagged with their row numbers and are written into the
+  output at those rows (a memory-mapped ``.npy``, or an ``.npz`` of every
+  output), so the file is in the input's row order whatever order Ray finishes
+  in. The output appears atomically, only when every chunk succeeded.
+
+Chunk boundaries are those of ``TiedModel.run(x, batch_size=batch_size)``, so
+the result equals the single-process run bit for bit.
+
+On a cluster (``address=``), every node needs tiedonnx installed and the model
+and input paths readable at the same absolute path (a shared filesystem).
+
+Example:
+    >>> from tiedonnx.runtime.distributed import run_ray
+    >>> report = run_ray("ae.onnx", "x.npy", "y.npy", batch_size=1024)  # doctest: +SKIP
+    >>> report["rows"], report["workers"]  # doctest: +SKIP
+    (1000000, 2)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ._atomic import atomic_path, check_output_path
+from .errors import InputError, TiedOnnxError, UsageError
+
+logger = logging.getLogger(__name__)
+
+#: Rows per chunk. Each chunk is one Ray Data task on one actor: 1024 rows of a
+#: 784-wide float32 input is 3 MB, large enough that Ray's per-task cost (about
+#: a millisecond) stays small next to the model call.
+DEFAULT_BATCH_SIZE = 1024
+
+# Column carrying each result row's index in the input.
+_ROW = "__tiedonnx_row__"
+_GPU_PROVIDERS = ("cuda", "tensorrt")
+_INSTALL_HINT = "pip install 'tiedonnx[ray]'"
+
+
+def run_ray(
+    model_path: str | os.PathLike,
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    address: str | None = None,
+    force: bool = False,
+    providers: str = "cpu",
+    memory: str = "fast",
+    num_workers: int | None = None,
+    allow_nonfinite: bool = False,
+) -> dict:
+    """Score ``input_path`` (``.npy``) with the model on Ray and write ``output_path``.
+
+    Args:
+        model_path: the tied ``.onnx`` file.
+        input_path: a ``.npy`` array for the model's one input; memory-mapped.
+        output_path: ``.npy`` (models with one output) or ``.npz`` (every
+            output, keyed by name).
+        batch_size: input rows per chunk (one task on one actor).
+        address: a running Ray cluster (``"auto"``, ``"ray://host:10001"``,
+            ``"host:6379"``). ``None`` starts a local Ray instance for this
+            call, or uses the one this process already started.
+        force: overwrite ``output_path`` if it exists.
+        providers: execution providers for each actor's model (see
+            :func:`tiedonnx.runtime.load`); ``"cuda"``/``"tensorrt"`` reserve
+            one GPU per actor.
+        memory: ``"fast"`` or ``"lean"``, passed to :func:`tiedonnx.runtime.load`.
+        num_workers: actors in the pool, each with one onnxruntime thread;
+            default: the CPUs (GPUs for GPU providers) of the Ray cluster.
+        allow_nonfinite: accept NaN/inf inputs instead of raising.
+
+    Returns:
+        A report: ``rows``, ``batch_size``, ``chunks``, ``workers``,
+        ``address``, ``providers``, ``memory``, ``output``, ``outputs``
+        (name -> shape), ``startup_seconds`` (starting or reaching Ray),
+        ``seconds`` (scoring, actor start-up included),
+        ``first_result_seconds`` (until the first chunk's result reached the
+        driver: actor start-up plus one chunk) and ``rows_per_second``
+        (rows / ``seconds``). ``.npy`` outputs stream into a memory-mapped
+        file; ``.npz`` outputs are gathered in memory, then saved.
+
+    Raises:
+        UsageError: Ray is not installed, or a bad option or path.
+        InputError: the input does not fit the model.
+        ModelFileError: the model file is refused.
+        OutputExistsError: ``output_path`` exists and ``force`` is False.
+    """
+    ray = _import_ray()
+    plan = _plan(model_path, input_path, output_path, batch_size=batch_size, force=force,
+                 providers=providers, memory=memory, num_workers=num_workers)
+    started = time.perf_counter()
+    with _ray_session(ray, address=address, num_workers=num_workers) as ray_address:
+        # No idle actors: a pool larger than the chunk count only costs start-up.
+        workers = min(_pool_size(ray, providers, num_workers), plan["chunks"])
+        startup = time.perf_counter() - started
+        logger.info("scoring %d rows in %d chunks on %d Ray actors at %s",
+                    plan["rows"], plan["chunks"], workers, ray_address)
+        scoring = time.perf_counter()
+        shapes, first = _score(ray, plan, workers=workers, allow_nonfinite=allow_nonfinite)
+        seconds = time.perf_counter() - scoring
+    return {
+        "rows": plan["rows"], "batch_size": batch_size, "chunks": plan["chunks"],
+        "workers": workers, "address": ray_address, "providers": providers, "memory": memory,
+        "output": str(output_path), "outputs": shapes, "startup_seconds": startup,
+        "first_result_seconds": first - scoring, "seconds": seconds, "rows_per_second": plan["rows"] / seconds if seconds else math.inf,
+    }
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the [data] extra: pandas, pyarrow)
+    except ImportError as exc:
+        raise UsageError(
+            f"Scoring on Ray needs Ray Data, which is not installed ({exc}). "
+            f"Install it with: {_INSTALL_HINT}"
+        ) from exc
+    return ray
+
+
+def _plan(model_path, input_path, output_path, *, batch_size, force, providers, memory,
+          num_workers) -> dict:
+    """Validate every argument and the input against the model, reading no data."""
+    from .inputs import check_inputs, load_array_file
+    from .options import PROVIDER_CHOICES
+    from .session import load
+
+    problems = []
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        problems.append(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
+    if num_workers is not None and (isinstance(num_workers, bool)
+                                    or not isinstance(num_workers, int) or num_workers < 1):
+        problems.append(f"num_workers must be a positive integer or None. "
+                        f"Received: num_workers={num_workers!r}")
+    if not isinstance(providers, str) or providers not in PROVIDER_CHOICES:
+        problems.append(f"providers must be one of {list(PROVIDER_CHOICES)} for Ray scoring. "
+                        f"Received: providers={providers!r}")
+    suffix = Path(output_path).suffix.lower()
+    if suffix not in (".npy", ".npz"):
+        problems.append(f"output must be a .npy or .npz path. Received: {str(output_path)!r}")
+    if Path(input_path).suffix.lower() != ".npy":
+        problems.append(f"Ray scoring reads one memory-mapped .npy input. Received: "
+                        f"{str(input_path)!r}; save the array with np.save")
+    if problems:
+        raise UsageError("; ".join(problems) + ".")
+    check_output_path(output_path, force=force)
+    # The driver's copy only checks the model and the input's header; CPU with
+    # one thread so a GPU-less driver can plan a GPU run.
+    model = load(model_path, providers="cpu", memory=memory, threads=1)
+    if len(model.inputs) != 1:
+        raise UsageError(f"Ray scoring feeds one .npy to a one-input model; the model takes "
+                         f"{[s.name for s in model.inputs]}. Use `tiedonnx run` with an .npz.")
+    outputs = [s.name for s in model.outputs]
+    if suffix == ".npy" and len(outputs) != 1:
+        raise UsageError(f"The model has {len(outputs)} outputs {outputs}; a .npy holds one. "
+                         "Pass an .npz output path to get all of them.")
+    array = load_array_file(input_path)
+    _, rows = check_inputs(array, model.inputs)
+    return {
+        "model": str(Path(model_path).resolve()), "input": str(Path(input_path).resolve()),
+        "output": Path(output_path), "npz": suffix == ".npz", "outputs": outputs,
+        "rows": rows, "chunks": math.ceil(rows / batch_size), "batch_size": batch_size,
+        "force": force, "providers": providers, "memory": memory,
+    }
+
+
+@contextlib.contextmanager
+def _ray_session(ray, *, address: str | None, num_workers: int | None):
+    """Use this process's Ray connection, or open one for the call and close it after."""
+    if ray.is_initialized():
+        if address is not None:
+            logger.warning("Ray is already initialized in this process; using it, not %s", address)
+        yield ray.get_runtime_context().gcs_address
+        return
+    options = {"address": address, "include_dashboard": False, "log_to_driver": False,
+               "logging_level": logging.WARNING}
+    if address is None and num_workers:
+        # A local instance: room for every actor asked for.
+        options["num_cpus"] = max(os.cpu_count() or 1, num_workers)
+    try:
+        ray.init(**options)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        raise UsageError(f"Could not start or reach Ray at address={address!r} ({exc}). "
+                         "Check the address (ray status on the head node), or omit it to "
+                         "run on a local Ray instance.") from exc
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def _pool_size(ray, providers: str, num_workers: int | None) -> int:
+    """Actors to start: ``num_workers``, or one per CPU (GPU) of the cluster."""
+    resources = ray.cluster_resources()
+    key = "GPU" if providers in _GPU_PROVIDERS else "CPU"
+    have = int(resources.get(key, 0))
+    if num_workers is not None:
+        if num_workers > have:
+            logger.warning("%d actors asked for but the Ray cluster has %d %s now; the pool "
+                           "waits until the cluster has room for all of them", num_workers,
+                           have, key)
+        return num_workers
+    if have < 1:
+        raise UsageError(f"The Ray cluster has no {key} to run actors on "
+                         f"(resources: {resources}). Pass providers='cpu' or add nodes.")
+    return have
+
+
+class _ChunkScorer:
+    """Ray Data actor: one model, one memory-mapped input, one chunk per call."""
+
+    def __init__(self, *, model: str, input: str, batch_size: int, rows: int, providers: str,
+                 memory: str, allow_nonfinite: bool):
+        from tiedonnx.runtime.session import load
+
+        threads = None if providers in _GPU_PROVIDERS else 1
+        try:
+            self.model = load(model, providers=providers, memory=memory, threads=threads)
+        except TiedOnnxError as exc:  # e.g. no CUDA on this node
+            raise _chunk_error(exc) from None
+        self.array = np.load(input, mmap_mode="r", allow_pickle=False)
+        if self.array.shape[0] != rows:
+            raise _chunk_error(InputError(
+                f"Input {input!r} has {self.array.shape[0]} rows on this node; the driver saw "
+                f"{rows}. Point every node at the same file (a shared filesystem)."))
+        self.batch_size, self.rows, self.allow_nonfinite = batch_size, rows, allow_nonfinite
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        (chunk,) = batch["id"]  # batch_size=1: one chunk per call
+        start = int(chunk) * self.batch_size
+        stop = min(start + self.batch_size, self.rows)
+        try:
+            results = self.model.run(self.array[start:stop], allow_nonfinite=self.allow_nonfinite)
+        except InputError as exc:  # its row numbers count within this chunk
+            raise _chunk_error(InputError(f"{exc} (Row numbers here count from input row "
+                                         f"{start}, where the failing chunk starts.)")) from None
+        except TiedOnnxError as exc:
+            raise _chunk_error(exc) from None
+        return {_ROW: np.arange(start, stop, dtype=np.int64), **results}
+
+
+def _score(ray, plan: dict, *, workers: int, allow_nonfinite: bool):
+    """Run the pool and write the output atomically.
+
+    Returns:
+        ``(output name -> shape, perf_counter time of the first result)``.
+    """
+    with _data_context(ray):
+        return _execute(ray, plan, workers=workers, allow_nonfinite=allow_nonfinite)
+
+
+def _execute(ray, plan: dict, *, workers: int, allow_nonfinite: bool):
+    gpus = 1 if plan["providers"] in _GPU_PROVIDERS else 0
+    # The chunk list is made on the driver, one block per chunk: a read task
+    # (ray.data.range) would wait forever for a CPU the actor pool holds, and
+    # one chunk per block lets idle actors take the next chunk.
+    chunks = ray.data.from_items([{"id": i} for i in range(plan["chunks"])],
+                                 override_num_blocks=plan["chunks"])
+    dataset = chunks.map_batches(
+        _ChunkScorer, batch_size=1, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=0 if gpus else 1, num_gpus=gpus,
+        fn_constructor_kwargs={
+            "model": plan["model"], "input": plan["input"], "batch_size": plan["batch_size"],
+            "rows": plan["rows"], "providers": plan["providers"], "memory": plan["memory"],
+            "allow_nonfinite": allow_nonfinite,
+        },
+    )
+    with atomic_path(plan["output"], force=plan["force"]) as tmp:
+        sink = _Sink(tmp, rows=plan["rows"], names=plan["outputs"], npz=plan["npz"])
+        try:
+            for block in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                sink.write(block)
+        except Exception as exc:
+            _reraise_ours(exc)
+            raise
+        return sink.close(), sink.first_result
+
+
+class _Sink:
+    """Output arrays, allocated from the first result, filled by row index."""
+
+    def __init__(self, tmp: Path, *, rows: int, names: list[str], npz: bool):
+        self.tmp, self.rows, self.names, self.npz = tmp, rows, names, npz
+        self.arrays: dict[str, np.ndarray] = {}
+        self.written = np.zeros(rows, dtype=bool)
+        self.first_result: float | None = None
+
+    def write(self, block: dict[str, np.ndarray]) -> None:
+        index = block[_ROW]
+        if not self.arrays:
+            self.first_result = time.perf_counter()
+            self.arrays = {name: self._allocate(name, block[name]) for name in self.names}
+        for name in self.names:
+            self.arrays[name][index] = block[name]
+        self.written[index] = True
+
+    def _allocate(self, name: str, first: np.ndarray) -> np.ndarray:
+        shape = (self.rows, *first.shape[1:])
+        if self.npz:
+            return np.empty(shape, first.dtype)
+        return np.lib.format.open_memmap(self.tmp, mode="w+", dtype=first.dtype, shape=shape)
+
+    def close(self) -> dict[str, list[int]]:
+        missing = np.flatnonzero(~self.written)
+        if missing.size:  # a Ray bug or a lost block, never a silent hole
+            raise RuntimeError(f"Ray returned no result for {missing.size} rows "
+                               f"(first: row {missing[0]}); the output was not written.")
+        shapes = {name: list(a.shape) for name, a in self.arrays.items()}
+        if self.npz:
+            with open(self.tmp, "wb") as fh:
+                np.savez(fh, **self.arrays)
+        else:
+            (array,) = self.arrays.values()
+            array.flush()
+        self.arrays.clear()  # drops the memmap before the file is moved into place
+        return shapes
+
+
+# Ray Data settings for one run, restored after. Progress bars: a library does
+# not write to the terminal. raise_original_map_exception: without it Ray Data
+# wraps the actor's _ChunkError in its own UserCodeException, which reaches the
+# driver as text only, and the caller could not catch InputError.
+_DATA_CONTEXT = {"enable_progress_bars": False, "print_on_execution_start": False,
+                 "raise_original_map_exception": True}
+
+
+@contextlib.contextmanager
+def _data_context(ray):
+    """Apply :data:`_DATA_CONTEXT` to the current Ray Data context, then restore it."""
+    ctx = ray.data.DataContext.get_current()
+    saved = {key: getattr(ctx, key) for key in _DATA_CONTEXT}
+    for key, value in _DATA_CONTEXT.items():
+        setattr(ctx, key, value)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            setattr(ctx, key, value)
+
+
+def _reraise_ours(exc: BaseException) -> None:
+    """Raise the tiedonnx error a Ray actor raised, unwrapped from Ray's wrappers."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        # Ray raises RayTaskError(_ChunkError); the _ChunkError sits in .cause.
+        if isinstance(getattr(exc, "error", None), TiedOnnxError):
+            raise exc.error from None
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+
+
+def _chunk_error_type() -> type:
+    """Build :class:`_ChunkError` on first use, so that importing this module needs no Ray.
+
+    It subclasses Ray's ``UserCodeException`` so that Ray Data reports it as a
+    user error (one line, no "internal error, open an issue"), and it pickles
+    the tiedonnx error it carries, so the driver re-raises that error intact:
+    Ray Data's own wrapper keeps only the text of the original.
+    """
+    from ray.exceptions import UserCodeException
+
+    class _ChunkError(UserCodeException):
+        def __init__(self, error: TiedOnnxError):
+            super().__init__(f"{type(error).__name__}: {error}")
+            self.error = error
+
+        def __reduce__(self):
+            return (type(self), (self.error,))
+
+    _ChunkError.__qualname__ = "_ChunkError"  # picklable by reference via __getattr__
+    return _ChunkError
+
+
+def _chunk_error(error: TiedOnnxError) -> Exception:
+    cls = globals().get("_ChunkError") or __getattr__("_ChunkError")
+    return cls(error)
+
+
+def __getattr__(name: str):
+    if name == "_ChunkError":
+        globals()[name] = _chunk_error_type()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
