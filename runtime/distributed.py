@@ -9,16 +9,20 @@ How it works:
   :func:`tiedonnx.runtime.load`; each actor memory-maps the input itself and
   reads only the rows of the chunks it is given, so the input never travels
   through Ray's object store.
-* Results come back tagged with their row numbers and are written into the
-  output at those rows (a memory-mapped ``.npy``, or an ``.npz`` of every
-  output), so the file is in the input's row order whatever order Ray finishes
-  in. The output appears atomically, only when every chunk succeeded.
+* The driver sizes the output files first (one ``.npy`` per output, memory-
+  mapped, next to the output path); each actor writes its chunk's results
+  straight into their rows, so results do not travel through the object store
+  either, and the file is in the input's row order whatever order Ray
+  finishes in. Only chunk numbers come back to the driver, which checks that
+  every chunk was done. The output appears atomically, only when every chunk
+  succeeded (an ``.npz`` is packed from the per-output files at the end).
 
 Chunk boundaries are those of ``TiedModel.run(x, batch_size=batch_size)``, so
 the result equals the single-process run bit for bit.
 
-On a cluster (``address=``), every node needs tiedonnx installed and the model
-and input paths readable at the same absolute path (a shared filesystem).
+On a cluster (``address=``), every node needs tiedonnx installed, the model
+and input readable and the output folder writable at the same absolute paths
+(a shared filesystem).
 
 Example:
     >>> from tiedonnx.runtime.distributed import run_ray
@@ -33,6 +37,7 @@ import contextlib
 import logging
 import math
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,8 +53,6 @@ logger = logging.getLogger(__name__)
 #: a millisecond) stays small next to the model call.
 DEFAULT_BATCH_SIZE = 1024
 
-# Column carrying each result row's index in the input.
-_ROW = "__tiedonnx_row__"
 _GPU_PROVIDERS = ("cuda", "tensorrt")
 _INSTALL_HINT = "pip install 'tiedonnx[ray]'"
 
@@ -92,10 +95,9 @@ def run_ray(
         ``address``, ``providers``, ``memory``, ``output``, ``outputs``
         (name -> shape), ``startup_seconds`` (starting or reaching Ray),
         ``seconds`` (scoring, actor start-up included),
-        ``first_result_seconds`` (until the first chunk's result reached the
-        driver: actor start-up plus one chunk) and ``rows_per_second``
-        (rows / ``seconds``). ``.npy`` outputs stream into a memory-mapped
-        file; ``.npz`` outputs are gathered in memory, then saved.
+        ``first_result_seconds`` (until the driver heard of the first
+        finished chunk: actor start-up plus one chunk) and
+        ``rows_per_second`` (rows / ``seconds``).
 
     Raises:
         UsageError: Ray is not installed, or a bad option or path.
@@ -120,7 +122,8 @@ def run_ray(
         "rows": plan["rows"], "batch_size": batch_size, "chunks": plan["chunks"],
         "workers": workers, "address": ray_address, "providers": providers, "memory": memory,
         "output": str(output_path), "outputs": shapes, "startup_seconds": startup,
-        "first_result_seconds": first - scoring, "seconds": seconds, "rows_per_second": plan["rows"] / seconds if seconds else math.inf,
+        "first_result_seconds": first - scoring, "seconds": seconds,
+        "rows_per_second": plan["rows"] / seconds if seconds else math.inf,
     }
 
 
@@ -174,9 +177,13 @@ def _plan(model_path, input_path, output_path, *, batch_size, force, providers, 
                          "Pass an .npz output path to get all of them.")
     array = load_array_file(input_path)
     _, rows = check_inputs(array, model.inputs)
+    # One row gives each output's per-row shape and dtype, to size the files
+    # the actors write into (NaN in it is the actors' to report, by row).
+    probe = model.run(array[:1], allow_nonfinite=True)
     return {
         "model": str(Path(model_path).resolve()), "input": str(Path(input_path).resolve()),
-        "output": Path(output_path), "npz": suffix == ".npz", "outputs": outputs,
+        "output": Path(output_path), "npz": suffix == ".npz",
+        "outputs": {name: (probe[name].shape[1:], probe[name].dtype) for name in outputs},
         "rows": rows, "chunks": math.ceil(rows / batch_size), "batch_size": batch_size,
         "force": force, "providers": providers, "memory": memory,
     }
@@ -225,10 +232,11 @@ def _pool_size(ray, providers: str, num_workers: int | None) -> int:
 
 
 class _ChunkScorer:
-    """Ray Data actor: one model, one memory-mapped input, one chunk per call."""
+    """Ray Data actor: one model; reads its chunks from the memory-mapped input
+    and writes their results straight into the memory-mapped output files."""
 
-    def __init__(self, *, model: str, input: str, batch_size: int, rows: int, providers: str,
-                 memory: str, allow_nonfinite: bool):
+    def __init__(self, *, model: str, input: str, targets: dict[str, str], batch_size: int,
+                 rows: int, providers: str, memory: str, allow_nonfinite: bool):
         from tiedonnx.runtime.session import load
 
         threads = None if providers in _GPU_PROVIDERS else 1
@@ -241,20 +249,24 @@ class _ChunkScorer:
             raise _chunk_error(InputError(
                 f"Input {input!r} has {self.array.shape[0]} rows on this node; the driver saw "
                 f"{rows}. Point every node at the same file (a shared filesystem)."))
+        self.targets = {name: np.load(path, mmap_mode="r+") for name, path in targets.items()}
         self.batch_size, self.rows, self.allow_nonfinite = batch_size, rows, allow_nonfinite
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         (chunk,) = batch["id"]  # batch_size=1: one chunk per call
         start = int(chunk) * self.batch_size
         stop = min(start + self.batch_size, self.rows)
+        out = {name: target[start:stop] for name, target in self.targets.items()}
         try:
-            results = self.model.run(self.array[start:stop], allow_nonfinite=self.allow_nonfinite)
+            self.model.run(self.array[start:stop], allow_nonfinite=self.allow_nonfinite, out=out)
         except InputError as exc:  # its row numbers count within this chunk
             raise _chunk_error(InputError(f"{exc} (Row numbers here count from input row "
                                          f"{start}, where the failing chunk starts.)")) from None
         except TiedOnnxError as exc:
             raise _chunk_error(exc) from None
-        return {_ROW: np.arange(start, stop, dtype=np.int64), **results}
+        for target in self.targets.values():
+            target.flush()  # on disk before the driver hears the chunk is done (shared FS)
+        return {"id": np.array([chunk])}
 
 
 def _score(ray, plan: dict, *, workers: int, allow_nonfinite: bool):
@@ -263,11 +275,45 @@ def _score(ray, plan: dict, *, workers: int, allow_nonfinite: bool):
     Returns:
         ``(output name -> shape, perf_counter time of the first result)``.
     """
-    with _data_context(ray):
-        return _execute(ray, plan, workers=workers, allow_nonfinite=allow_nonfinite)
+    with _data_context(ray), atomic_path(plan["output"], force=plan["force"]) as tmp:
+        with _output_files(tmp, plan) as targets:
+            first = _execute(ray, plan, targets=targets, workers=workers,
+                             allow_nonfinite=allow_nonfinite)
+            if plan["npz"]:
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, **{name: np.load(path, mmap_mode="r")
+                                    for name, path in targets.items()})
+    return {name: [plan["rows"], *shape] for name, (shape, _) in plan["outputs"].items()}, first
 
 
-def _execute(ray, plan: dict, *, workers: int, allow_nonfinite: bool):
+@contextlib.contextmanager
+def _output_files(tmp: Path, plan: dict):
+    """Create the memory-mapped output ``.npy`` files the actors write into.
+
+    A ``.npy`` output is written in place at ``tmp`` (moved onto the output
+    path on success); an ``.npz`` gets one ``.npy`` per output in a temporary
+    folder beside it, packed into ``tmp`` at the end and then removed.
+    """
+    folder = None
+    if plan["npz"]:
+        folder = tempfile.TemporaryDirectory(prefix=f".{tmp.name}.", dir=tmp.parent)
+        paths = {name: Path(folder.name) / f"{i}.npy" for i, name in enumerate(plan["outputs"])}
+    else:
+        paths = {name: tmp for name in plan["outputs"]}
+    try:
+        for name, (shape, dtype) in plan["outputs"].items():
+            target = np.lib.format.open_memmap(paths[name], mode="w+", dtype=dtype,
+                                               shape=(plan["rows"], *shape))
+            del target  # header and size on disk; the actors fill it
+        yield {name: str(path.resolve()) for name, path in paths.items()}
+    finally:
+        if folder is not None:
+            folder.cleanup()
+
+
+def _execute(ray, plan: dict, *, targets: dict[str, str], workers: int,
+             allow_nonfinite: bool) -> float:
+    """Score every chunk; returns the perf_counter time the first chunk was done."""
     gpus = 1 if plan["providers"] in _GPU_PROVIDERS else 0
     # The chunk list is made on the driver, one block per chunk: a read task
     # (ray.data.range) would wait forever for a CPU the actor pool holds, and
@@ -279,60 +325,26 @@ def _execute(ray, plan: dict, *, workers: int, allow_nonfinite: bool):
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=0 if gpus else 1, num_gpus=gpus,
         fn_constructor_kwargs={
-            "model": plan["model"], "input": plan["input"], "batch_size": plan["batch_size"],
-            "rows": plan["rows"], "providers": plan["providers"], "memory": plan["memory"],
+            "model": plan["model"], "input": plan["input"], "targets": targets,
+            "batch_size": plan["batch_size"], "rows": plan["rows"],
+            "providers": plan["providers"], "memory": plan["memory"],
             "allow_nonfinite": allow_nonfinite,
         },
     )
-    with atomic_path(plan["output"], force=plan["force"]) as tmp:
-        sink = _Sink(tmp, rows=plan["rows"], names=plan["outputs"], npz=plan["npz"])
-        try:
-            for block in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                sink.write(block)
-        except Exception as exc:
-            _reraise_ours(exc)
-            raise
-        return sink.close(), sink.first_result
-
-
-class _Sink:
-    """Output arrays, allocated from the first result, filled by row index."""
-
-    def __init__(self, tmp: Path, *, rows: int, names: list[str], npz: bool):
-        self.tmp, self.rows, self.names, self.npz = tmp, rows, names, npz
-        self.arrays: dict[str, np.ndarray] = {}
-        self.written = np.zeros(rows, dtype=bool)
-        self.first_result: float | None = None
-
-    def write(self, block: dict[str, np.ndarray]) -> None:
-        index = block[_ROW]
-        if not self.arrays:
-            self.first_result = time.perf_counter()
-            self.arrays = {name: self._allocate(name, block[name]) for name in self.names}
-        for name in self.names:
-            self.arrays[name][index] = block[name]
-        self.written[index] = True
-
-    def _allocate(self, name: str, first: np.ndarray) -> np.ndarray:
-        shape = (self.rows, *first.shape[1:])
-        if self.npz:
-            return np.empty(shape, first.dtype)
-        return np.lib.format.open_memmap(self.tmp, mode="w+", dtype=first.dtype, shape=shape)
-
-    def close(self) -> dict[str, list[int]]:
-        missing = np.flatnonzero(~self.written)
-        if missing.size:  # a Ray bug or a lost block, never a silent hole
-            raise RuntimeError(f"Ray returned no result for {missing.size} rows "
-                               f"(first: row {missing[0]}); the output was not written.")
-        shapes = {name: list(a.shape) for name, a in self.arrays.items()}
-        if self.npz:
-            with open(self.tmp, "wb") as fh:
-                np.savez(fh, **self.arrays)
-        else:
-            (array,) = self.arrays.values()
-            array.flush()
-        self.arrays.clear()  # drops the memmap before the file is moved into place
-        return shapes
+    done = np.zeros(plan["chunks"], dtype=bool)
+    first = None
+    try:
+        for block in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            done[block["id"]] = True
+            first = first or time.perf_counter()
+    except Exception as exc:
+        _reraise_ours(exc)
+        raise
+    if not done.all():  # a lost block must never leave a silent hole in the output
+        missing = np.flatnonzero(~done)
+        raise RuntimeError(f"Ray reported no result for {missing.size} chunks (first: chunk "
+                           f"{missing[0]}); the output was not written.")
+    return first
 
 
 # Ray Data settings for one run, restored after. Progress bars: a library does

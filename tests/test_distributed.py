@@ -78,7 +78,9 @@ def test_ray_equals_single_process_in_row_order(ray_local, files, tmp_path):
     assert report["rows"] == 2500 and report["chunks"] == 5 and report["workers"] == 2
     assert report["outputs"] == {"out": [2500, FEATURES], "code": [2500, HIDDEN]}
     assert 0 < report["first_result_seconds"] <= report["seconds"]
-    assert not list(tmp_path.glob("*.tmp"))
+    # No temporary file or folder is left beside the output.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.onnx", "two.onnx", "x.npy",
+                                                          "y.npz"]
 
 
 def test_npy_output_force_and_lean_memory(ray_local, files, tmp_path):
@@ -104,7 +106,8 @@ def test_bad_rows_raise_input_error_and_leave_no_output(ray_local, files, tmp_pa
                                          r"row 1524"):
         run_ray(files["one"], tmp_path / "bad.npy", out, batch_size=762)
     assert not out.exists()
-    assert not list(tmp_path.glob("*.tmp"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npy", "one.onnx", "two.onnx",
+                                                          "x.npy"]
 
 
 @pytest.mark.parametrize("kwargs, output, error, message", [
