@@ -8,8 +8,10 @@ The repository uses Triton's ONNX Runtime backend::
                           # max_batch_size, dynamic batching, instance group
         1/model.onnx      # the tied file, byte for byte
 
-The config is written in protobuf text format by hand (no Triton package is
-needed to write it); the tests parse it with Triton's own schema
+The model is validated like every model tiedonnx reads
+(:func:`tiedonnx.runtime.model_file.read_model`: onnx checker, size caps,
+safe paths). The config is written in protobuf text format by hand (no Triton
+package is needed to write it); the tests parse it with Triton's own schema
 (``tritonclient``'s ``model_config_pb2``). ``onnx`` is imported lazily.
 
 Example:
@@ -86,15 +88,17 @@ def write_model_repository(
 
     Raises:
         UsageError: a bad option, or a model whose shapes do not fit batching.
-        ModelFileError: the model file is missing or not a readable ONNX model.
+        ModelFileError: the model file is missing, corrupt or fails the onnx checker.
+        UnsafeModelError: the model points at data outside its folder.
         OutputExistsError: the files exist and ``force`` is False.
     """
     _check_options(max_batch_size=max_batch_size, instances=instances)
     model_path = Path(model_path)
-    data = _read_model_bytes(model_path)
     name = model_path.stem if name is None else name
     _check_name(name)
-    inputs, outputs = _signature(data, model_path, max_batch_size=max_batch_size)
+    proto = _read_checked(model_path)
+    inputs, outputs = _signature(proto, model_path, max_batch_size=max_batch_size)
+    data = model_path.read_bytes()  # copied as it is, byte for byte
     kind = "KIND_GPU" if gpu else "KIND_CPU"
     config = render_config(name=name, inputs=inputs, outputs=outputs,
                            max_batch_size=max_batch_size, instances=instances, kind=kind)
@@ -136,34 +140,22 @@ def _check_name(name: str) -> None:
         )
 
 
-def _read_model_bytes(path: Path) -> bytes:
-    if not path.is_file():
-        raise ModelFileError(f"Model file not found: {str(path)!r}. Check the path.")
-    data = path.read_bytes()
-    if not data:
-        raise ModelFileError(f"Model file is empty: {str(path)!r}. Re-export the model.")
-    return data
+def _read_checked(path: Path):
+    """The model, validated like every model tiedonnx reads (checker, safety, size)."""
+    from .model_file import read_model  # lazy: imports onnx
 
-
-def _signature(data: bytes, path: Path, *, max_batch_size: int) -> tuple[list[dict], list[dict]]:
-    """Return Triton-style input and output specs read from the ONNX graph."""
-    import onnx  # lazy: the runtime imports onnx only where it needs it
-
-    try:
-        model = onnx.load_from_string(data)
-    except Exception as exc:  # onnx raises DecodeError or RuntimeError, by version
-        raise ModelFileError(
-            f"Not a readable ONNX model: {str(path)!r} ({type(exc).__name__}: {exc}). "
-            "Re-export it with `tiedonnx export`."
-        ) from exc
-    external = [t.name for t in model.graph.initializer
-                if t.data_location == onnx.TensorProto.EXTERNAL]
-    if external:
+    model_file = read_model(path)
+    if model_file.has_external_data:
         raise UsageError(
-            f"Model stores {len(external)} initializer(s) in external data files "
-            f"(first: {external[0]!r}); a Triton repository copies one model.onnx. "
-            "Save the model with its weights inside the file (tied models are small)."
+            f"Model {str(path)!r} stores weights in external data files; a Triton repository "
+            "copies one model.onnx. Save the model with its weights inside the file "
+            "(tied models are small)."
         )
+    return model_file.proto
+
+
+def _signature(model, path: Path, *, max_batch_size: int) -> tuple[list[dict], list[dict]]:
+    """Return Triton-style input and output specs read from the ONNX graph."""
     initializers = {t.name for t in model.graph.initializer}
     graph_inputs = [v for v in model.graph.input if v.name not in initializers]
     problems: list[str] = []

@@ -194,8 +194,19 @@ def test_bad_model_files(tmp_path):
     with pytest.raises(ModelFileError, match="Model file not found"):
         write_model_repository(tmp_path / "missing.onnx", tmp_path / "repo")
     (tmp_path / "junk.onnx").write_bytes(b"\xff\x00not a model")
-    with pytest.raises(ModelFileError, match="Not a readable ONNX model"):
+    with pytest.raises(ModelFileError, match="not a readable ONNX model"):
         write_model_repository(tmp_path / "junk.onnx", tmp_path / "repo")
+    # Decodes as protobuf but has no opset_import (onnxruntime would refuse it): refused too.
+    graph = helper.make_graph([helper.make_node("Identity", ["a"], ["b"])], "g",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n", 2])],
+                              [helper.make_tensor_value_info("b", TensorProto.FLOAT, ["n", 2])])
+    model = helper.make_model(graph)
+    del model.opset_import[:]
+    (tmp_path / "no_opset.onnx").write_bytes(model.SerializeToString())
+    with pytest.raises(ModelFileError,
+                       match=r"parsed but is not an ONNX model \(no IR version, graph or opset\)"):
+        write_model_repository(tmp_path / "no_opset.onnx", tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
 
 
 def test_names_with_quotes_round_trip(tmp_path, pb2):
