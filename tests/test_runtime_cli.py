@@ -133,16 +133,19 @@ def test_object_arrays_are_refused(ae_path, tmp_path, capsys):
     assert "Object arrays and corrupt files are refused" in capsys.readouterr().err
 
 
-def test_ray_flag_calls_the_distributed_runner(ae_path, x_path, tmp_path, monkeypatch):
+def test_ray_flag_calls_the_distributed_runner(ae_path, x_path, tmp_path, monkeypatch, capsys):
     calls = []
     fake = types.ModuleType("tiedonnx.runtime.distributed")
-    fake.run_ray = lambda *args, **kwargs: calls.append((args, kwargs))
+    fake.run_ray = lambda *args, **kwargs: calls.append((args, kwargs)) or {"rows": 7, "chunks": 2,
+                                                                            "workers": 2}
     monkeypatch.setitem(sys.modules, "tiedonnx.runtime.distributed", fake)
     out = str(tmp_path / "y.npy")
     assert main(["run", ae_path, "-i", x_path, "-o", out, "--ray", "--address", "ray://h:1",
-                 "--batch-size", "5", "--force", "--memory", "lean"]) == 0
+                 "--batch-size", "5", "--force", "--memory", "lean", "--allow-nonfinite"]) == 0
     assert calls == [((ae_path, x_path, out), dict(batch_size=5, address="ray://h:1", force=True,
-                                                     providers="auto", memory="lean"))]
+                                                     providers="auto", memory="lean",
+                                                     allow_nonfinite=True))]
+    assert "7 rows in 2 chunks on 2 Ray actor(s)" in capsys.readouterr().out
 
 
 def test_ray_flag_without_ray_support_is_a_usage_error(ae_path, x_path, tmp_path, monkeypatch, capsys):

@@ -114,6 +114,9 @@ def _run_ray(args: argparse.Namespace) -> int:
             f"Ray support is not available in this install ({missing} is missing). "
             "Install it with: pip install 'tiedonnx[ray]', or run without --ray."
         ) from exc
-    run_ray(args.model, args.input, args.output, batch_size=args.batch_size,
-            address=args.address, force=args.force, providers=args.provider, memory=args.memory)
+    report = run_ray(args.model, args.input, args.output, batch_size=args.batch_size,
+                     address=args.address, force=args.force, providers=args.provider,
+                     memory=args.memory, allow_nonfinite=args.allow_nonfinite)
+    print(f"wrote {args.output}: {report.get('rows')} rows in {report.get('chunks')} chunks on "
+          f"{report.get('workers')} Ray actor(s)")
     return 0
