@@ -144,8 +144,6 @@ def verify(keras_model, onnx_model, *, inputs: list[np.ndarray] | None = None,
         ParityError: any output missed; the message lists every one.
         InputError: ``inputs`` do not fit the model.
     """
-    import onnxruntime as ort
-
     from .tf_convert import input_specs, output_names
 
     default_atol, default_rtol = TOLERANCES[precision]
@@ -157,7 +155,10 @@ def verify(keras_model, onnx_model, *, inputs: list[np.ndarray] | None = None,
         source = onnx_model
     else:
         source = onnx_model.SerializeToString()
-    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    from tiedonnx.runtime.session import open_session
+
+    session = open_session(source, providers=["CPUExecutionProvider"],
+                           label=str(onnx_model) if isinstance(source, str) else "the exported model")
     specs = input_specs(keras_model)
     onnx_inputs = [i.name for i in session.get_inputs()]
     batches = [list(inputs)] if inputs is not None else [make_inputs(keras_model, specs, b) for b in batch_sizes]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from .errors import ProviderError, UsageError
+from .errors import ModelFileError, ProviderError, UsageError
 from .inputs import TensorSpec, all_finite, check_inputs, materialize
 from .model_file import _PROTOBUF_LIMIT, DEFAULT_MAX_BYTES, read_model
 from .options import MEMORY_MODES, PROVIDER_CHOICES
@@ -126,7 +126,7 @@ def load(path: str | os.PathLike, *, providers: ProviderArg = "auto", memory: st
             extra["disabled_optimizers"] = report.disabled_optimizers
     source = _session_source(model_file, proto, memory)
     del proto, model_file.proto
-    session = ort.InferenceSession(source, options, providers=chosen, **extra)
+    session = open_session(source, options, providers=chosen, label=str(path), **extra)
     # onnxruntime would otherwise retry a failing accelerator run on CPU (a
     # silent fallback), and it keeps the model bytes for that retry: a full
     # extra copy of every weight for the session's lifetime.
@@ -135,6 +135,23 @@ def load(path: str | os.PathLike, *, providers: ProviderArg = "auto", memory: st
     del source
     return TiedModel(session, path=path, memory=memory, required=required,
                      auto=isinstance(providers, str) and providers == "auto")
+
+
+def open_session(source, options=None, *, providers, label: str, **kwargs) -> ort.InferenceSession:
+    """``ort.InferenceSession`` whose refusals become one-line :class:`ModelFileError`.
+
+    A model can pass ``onnx.checker`` and still be refused by onnxruntime (an
+    opset it does not implement, an op without a kernel); that is bad input,
+    not a crash.
+    """
+    try:
+        return ort.InferenceSession(source, options, providers=providers, **kwargs)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... classes
+        detail = " ".join(str(exc).split())[:300]
+        raise ModelFileError(
+            f"onnxruntime cannot load model {label!r}: {detail}. Re-export it with a supported "
+            "opset and standard ops (see `tiedonnx inspect`)."
+        ) from None
 
 
 def _session_source(model_file, proto, memory: str):

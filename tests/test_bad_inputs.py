@@ -295,20 +295,7 @@ def test_bad_onnx_file(cmd, kind, valid, tmp_path, capsys):
     _assert_clean_failure(argv, outputs, out, capsys)
 
 
-ORT_REFUSES = (
-    "BUG: onnxruntime.InferenceSession is created without catching its errors (runtime/session.py "
-    "load(); converter/parity.py verify()): a model that passes onnx.checker but that onnxruntime "
-    "refuses (opset 1000000) escapes as onnxruntime...Fail, a traceback, instead of ModelFileError")
-
-
-@pytest.mark.parametrize("cmd", [
-    pytest.param("run", marks=pytest.mark.xfail(strict=True, reason=ORT_REFUSES)),
-    pytest.param("bench", marks=pytest.mark.xfail(strict=True, reason=ORT_REFUSES)),
-    pytest.param("verify", marks=pytest.mark.xfail(strict=True, reason=ORT_REFUSES)),
-    pytest.param("ort", marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG: converter/graph/ort_format.py save_ort puts onnxruntime's message, which ends in a "
-        "newline, inside its ConversionError: exit 2 but the error takes two stderr lines"))),
-])
+@pytest.mark.parametrize("cmd", ["run", "bench", "verify", "ort"])
 def test_model_onnxruntime_refuses(cmd, valid, tmp_path, capsys):
     """Found by scripts/fuzz_loaders.py: onnx.checker accepts an unreleased opset, onnxruntime does not."""
     import onnx

@@ -174,8 +174,9 @@ def save_ort(model: onnx.ModelProto | str | os.PathLike, out_path: str | os.Path
         except Exception as exc:
             if isinstance(exc, ConversionError):
                 raise
+            detail = " ".join(str(exc).split())[:300]  # one line: the CLI prints one
             raise ConversionError(f"onnxruntime could not write or reload the ORT-format file "
-                                  f"({exc}). Check that the model loads with onnxruntime.") from exc
+                                  f"({detail}). Check that the model loads with onnxruntime.") from exc
         if broken:
             raise ConversionError(f"The ORT-format file stores ties {broken} more than once. "
                                   "Please report this model.")
