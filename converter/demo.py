@@ -109,23 +109,27 @@ def _evaluate(variant: Variant, x_test: np.ndarray, keras_out: np.ndarray, model
     return out
 
 
-def _time_variants(variants, runners, keras_model, x_test) -> None:
+def _time_variants(variants, runners, keras_model, x_test, *, rounds: int = 3) -> None:
+    """Median latency per variant and batch; rounds interleave the variants so a
+    burst of load on a shared machine does not land on one of them."""
     import tensorflow as tf
 
     from tiedonnx.runtime.bench import median_seconds
 
     call = tf.function(lambda t: keras_model(t, training=False))
+    fns = {"keras call (tf.function)": lambda x: call(x).numpy(),
+           "keras predict": lambda x: keras_model.predict(x, batch_size=len(x), verbose=0), **runners}
     for batch in BENCH_BATCHES:
         x = np.ascontiguousarray(np.resize(x_test, (batch, 64)))
+        samples: dict[str, list[float]] = {v.name: [] for v in variants if v.name in fns}
+        for _ in range(rounds):
+            for name in samples:
+                slow = name == "keras predict"
+                samples[name].append(median_seconds(lambda: fns[name](x), min_time=0.1,
+                                                    min_calls=2 if slow else 5))
         for v in variants:
-            if v.name == "keras call (tf.function)":
-                v.latency_us[batch] = 1e6 * median_seconds(lambda: call(x).numpy())
-            elif v.name == "keras predict":
-                v.latency_us[batch] = 1e6 * median_seconds(
-                    lambda: keras_model.predict(x, batch_size=batch, verbose=0), min_calls=3)
-            elif v.name in runners:
-                run = runners[v.name]
-                v.latency_us[batch] = 1e6 * median_seconds(lambda: run(x))
+            if v.name in samples:
+                v.latency_us[batch] = 1e6 * float(np.median(samples[v.name]))
 
 
 def run_demo(out_dir: str | os.PathLike = "demo-out", *, epochs: int = DEFAULT_EPOCHS, force: bool = False,
