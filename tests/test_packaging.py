@@ -1,0 +1,31 @@
+"""Packaging: the wheel installs tiedonnx.converter / tiedonnx.runtime and nothing at the top level."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_wheel_has_only_the_tiedonnx_namespace(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
+        capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        pytest.fail(f"pip wheel failed: {proc.stderr[-2000:]}")
+    (wheel,) = tmp_path.glob("tiedonnx-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top == {"tiedonnx"}, f"unexpected top-level entries: {sorted(top)}"
+    for module in ("tiedonnx/converter/layers.py", "tiedonnx/converter/graph/retie.py",
+                   "tiedonnx/runtime/session.py", "tiedonnx/runtime/commands/run.py"):
+        assert module in names
+    entry = zipfile.ZipFile(wheel).read(
+        next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "tiedonnx = tiedonnx.runtime.cli:main" in entry
