@@ -30,7 +30,9 @@ def _tied_by_copy_graph(w: np.ndarray, *, extra_copy: bool = False) -> onnx.Mode
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n_in])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n_in])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    # IR version 8: what tf2onnx writes, and what older onnxruntime builds (1.23 on
+    # Python 3.10) still load; make_model would stamp onnx's newest.
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)], ir_version=8)
 
 
 def _run(model, x):
