@@ -63,10 +63,39 @@ def _fingerprint(array: np.ndarray) -> tuple:
         return (int(words.sum(dtype=np.uint64)), int((words * words).sum(dtype=np.uint64)))
 
 
-def _matching_perms(src_shape: tuple, dst_shape: tuple):
-    for perm in itertools.permutations(range(len(src_shape))):
-        if tuple(src_shape[p] for p in perm) == tuple(dst_shape):
-            yield perm
+def _permutation_between(src: np.ndarray, dst: np.ndarray) -> tuple[int, ...] | None:
+    """The axis permutation ``perm`` with ``np.transpose(src, perm)`` equal to ``dst``
+    bit for bit (identity first), or None."""
+    for perm in itertools.permutations(range(src.ndim)):
+        if tuple(src.shape[p] for p in perm) == dst.shape and \
+                np.array_equal(_bits(np.transpose(src, perm)), _bits(dst)):
+            return perm
+    return None
+
+
+def _shape_key(array: np.ndarray) -> tuple:
+    """What any axis permutation keeps, read without touching the data."""
+    return (array.dtype.str, array.size, tuple(sorted(array.shape)))
+
+
+def _candidate_groups(arrays: dict[str, np.ndarray]) -> list[list[str]]:
+    """Names that may be permutations of each other, in graph order (groups of 2+).
+
+    Grouped by shape first; only tensors that share a shape key pay for the
+    fingerprint, a full pass over their data.
+    """
+    by_shape: dict[tuple, list[str]] = {}
+    for name, array in arrays.items():
+        by_shape.setdefault(_shape_key(array), []).append(name)
+    groups: list[list[str]] = []
+    for names in by_shape.values():
+        if len(names) < 2:
+            continue
+        by_print: dict[tuple, list[str]] = {}
+        for name in names:
+            by_print.setdefault(_fingerprint(arrays[name]), []).append(name)
+        groups += [g for g in by_print.values() if len(g) > 1]
+    return groups
 
 
 def find_duplicates(arrays: dict[str, np.ndarray], *, prefer: list[str] | None = None) -> list[Duplicate]:
@@ -82,29 +111,16 @@ def find_duplicates(arrays: dict[str, np.ndarray], *, prefer: list[str] | None =
         that stays. A group of ``k`` equal tensors yields ``k - 1`` entries.
     """
     prefer = list(prefer or [])
-    groups: dict[tuple, list[str]] = {}
-    for name, array in arrays.items():
-        key = (array.dtype.str, array.size, tuple(sorted(array.shape)), _fingerprint(array))
-        groups.setdefault(key, []).append(name)
-
     found: list[Duplicate] = []
-    for names in groups.values():
-        if len(names) < 2:
-            continue
-        # Preferred names first, then graph order.
-        names = sorted(names, key=lambda n: (n not in prefer, 0))
+    for names in _candidate_groups(arrays):
+        # Preferred names first, then graph order (sorted is stable).
+        names = sorted(names, key=lambda n: n not in prefer)
         kept: list[str] = []
         for name in names:
-            match = None
-            for source in kept:
-                for perm in _matching_perms(arrays[source].shape, arrays[name].shape):
-                    if np.array_equal(_bits(np.transpose(arrays[source], perm)), _bits(arrays[name])):
-                        match = Duplicate(source=source, copy=name, perm=tuple(perm))
-                        break
-                if match:
-                    break
+            match = next(((source, perm) for source in kept
+                          if (perm := _permutation_between(arrays[source], arrays[name])) is not None), None)
             if match:
-                found.append(match)
+                found.append(Duplicate(source=match[0], copy=name, perm=match[1]))
             else:
                 kept.append(name)
     return found
@@ -113,13 +129,13 @@ def find_duplicates(arrays: dict[str, np.ndarray], *, prefer: list[str] | None =
 def find_permutations_of(target: np.ndarray, arrays: dict[str, np.ndarray]) -> list[tuple[str, tuple[int, ...]]]:
     """Names (and perms) of the arrays equal to some axis permutation of ``target``, bit for bit."""
     target = np.asarray(target)
-    key = (target.dtype.str, target.size, tuple(sorted(target.shape)), _fingerprint(target))
+    key, fingerprint = _shape_key(target), _fingerprint(target)
     found = []
     for name, array in arrays.items():
-        if (array.dtype.str, array.size, tuple(sorted(array.shape)), _fingerprint(array)) != key:
+        # The cheap key first: most arrays differ in shape, and skip the data pass.
+        if _shape_key(array) != key or _fingerprint(array) != fingerprint:
             continue
-        for perm in _matching_perms(target.shape, array.shape):
-            if np.array_equal(_bits(np.transpose(target, perm)), _bits(array)):
-                found.append((name, tuple(perm)))
-                break
+        perm = _permutation_between(target, array)
+        if perm is not None:
+            found.append((name, perm))
     return found
