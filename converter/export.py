@@ -178,8 +178,9 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
     proto, retie_report = retie(plain, prefer=_preferred_names(plain, ties))
     record_ties(proto, keras_ties=_describe_ties(proto, ties))
     _name_batch_dimension(proto)
-    proto.producer_name, proto.producer_version = "tiedonnx", _versions(opset)["tiedonnx"]
-    write_metadata(proto, {"tiedonnx.versions": json.dumps(_versions(opset), sort_keys=True)})
+    versions = _versions(opset)
+    proto.producer_name, proto.producer_version = "tiedonnx", versions["tiedonnx"]
+    write_metadata(proto, {"tiedonnx.versions": json.dumps(versions, sort_keys=True)})
     if precision != "fp32":
         from .graph.quantize import to_precision
 
