@@ -151,7 +151,8 @@ def load_keras_model(path: str | os.PathLike, *, unsafe: bool = False):
         return keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
     except Exception as exc:  # Keras raises bare ValueError/TypeError/OSError for all of these
         text = str(exc)
-        if "safe_mode" in text or "unsafe" in text.lower() or "deserializ" in text.lower() and "lambda" in text.lower():
+        if ("safe_mode" in text or "unsafe" in text.lower()
+                or ("deserializ" in text.lower() and "lambda" in text.lower())):
             raise UnsafeModelError(
                 f"Refusing to load {str(path)!r}: it contains code (for example a Lambda layer or a "
                 f"reference to an arbitrary module), which safe mode blocks. Pass unsafe=True (CLI: "
