@@ -1,25 +1,34 @@
-"""tiedonnx.converter: the Keras side of tiedonnx.
+"""tiedonnx.converter: the Keras side of tiedonnx (needs the ``convert`` extra).
 
-Tied layers, tie discovery, export through tf2onnx, ONNX graph passes and
-parity checks against Keras. Importing this package registers the tied layers
-with Keras, so ``keras.saving.load_model`` finds them in safe mode.
+The only package that imports TensorFlow, Keras or tf2onnx: tied layers, tie
+discovery, safe Keras loading, tf2onnx conversion, parity against Keras,
+export and the demo. Everything that needs only numpy, onnx and onnxruntime
+(graph passes, sessions, the CLI) lives in :mod:`tiedonnx.runtime`; imports
+run one way, converter -> runtime.
 
-The ONNX graph passes (:mod:`tiedonnx.converter.graph`) need only onnx and
-numpy; on an install without the ``convert`` extra they still work, and the
-Keras-side names raise an error that says how to install it.
+Importing this package registers the tied layers with Keras, so
+``keras.saving.load_model`` finds them in safe mode. Without the ``convert``
+extra it raises :class:`~tiedonnx.runtime.errors.MissingExtraError` (an
+``ImportError``) that names the install command.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 
-from .graph import RetieReport, find_duplicates, retie
+from tiedonnx.runtime.extras import require
 
-_KERAS_NAMES = {
-    "DenseTied": ".layers",
-    "Conv2DTransposeTied": ".layers",
-    "Tie": ".ties",
-    "find_ties": ".ties",
+require("convert", what="tiedonnx.converter")
+
+from ._quiet import import_tensorflow  # noqa: E402
+
+import_tensorflow()
+
+# Eager: registers DenseTied and Conv2DTransposeTied with Keras.
+from .layers import Conv2DTransposeTied, DenseTied  # noqa: E402
+from .ties import Tie, find_ties  # noqa: E402
+
+_LAZY = {
     "export": ".export",
     "ExportReport": ".export",
     "verify": ".parity",
@@ -27,25 +36,13 @@ _KERAS_NAMES = {
     "load_keras_model": ".keras_io",
 }
 
-__all__ = sorted([*_KERAS_NAMES, "retie", "RetieReport", "find_duplicates"])
-
-if importlib.util.find_spec("keras") is not None:
-    # Eager import: registers DenseTied and Conv2DTransposeTied with Keras.
-    from .layers import Conv2DTransposeTied, DenseTied  # noqa: E402
-    from .ties import Tie, find_ties  # noqa: E402
+__all__ = sorted([*_LAZY, "Conv2DTransposeTied", "DenseTied", "Tie", "find_ties"])
 
 
 def __getattr__(name: str):
-    module = _KERAS_NAMES.get(name)
+    module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'tiedonnx.converter' has no attribute {name!r}")
-    if importlib.util.find_spec("keras") is None:
-        from .errors import UsageError
-
-        raise UsageError(
-            f"tiedonnx.converter.{name} needs Keras and TensorFlow, which are not installed. "
-            "Install them with: pip install 'tiedonnx[convert]'"
-        )
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value

@@ -86,14 +86,14 @@ def _check_out_dir(out_dir: Path, force: bool) -> None:
 
 
 def _save_keras_atomic(model, path: Path) -> None:
-    from tiedonnx.runtime._atomic import atomic_path
+    from tiedonnx.runtime.atomic import atomic_path
 
     with atomic_path(path, force=True) as tmp:  # the temporary name keeps the .keras suffix
         model.save(tmp)
 
 
 def _plain_export(model, path: Path) -> int:
-    from tiedonnx.runtime._atomic import write_bytes_atomic
+    from tiedonnx.runtime.atomic import write_bytes_atomic
 
     from .tf_convert import keras_to_onnx
 
@@ -203,7 +203,7 @@ def run_demo(out_dir: str | os.PathLike = "demo-out", *, epochs: int = DEFAULT_E
     draw_size_latency(out / "size_latency.png", report)
     report.seconds = time.perf_counter() - start
     write_markdown(out / "report.md", report)
-    from tiedonnx.runtime._atomic import write_bytes_atomic
+    from tiedonnx.runtime.atomic import write_bytes_atomic
 
     write_bytes_atomic(out / "report.json", json.dumps(report.as_dict(), indent=2).encode(), force=True)
     return report

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tiedonnx.runtime._atomic import write_bytes_atomic
+from tiedonnx.runtime.atomic import write_bytes_atomic
 
 N_DIGITS = 10
 

@@ -7,6 +7,7 @@ CLI handles both packages' errors the same way.
 from __future__ import annotations
 
 from tiedonnx.runtime.errors import (  # noqa: F401  (re-exported)
+    ConversionError,
     InputError,
     ModelFileError,
     OutputExistsError,
@@ -19,7 +20,3 @@ from tiedonnx.runtime.errors import (  # noqa: F401  (re-exported)
 
 class TieError(TiedOnnxError, ValueError):
     """A tie is malformed: wrong layer kind, contradicting sizes, unresolved name."""
-
-
-class ConversionError(TiedOnnxError, RuntimeError):
-    """tf2onnx could not convert the model, or the result broke an invariant."""

@@ -4,7 +4,7 @@ Pipeline (order matters):
 
 1. :func:`~tiedonnx.converter.tf_convert.keras_to_onnx`: tf2onnx, which
    constant-folds ``transpose(W)`` and stores every tie twice.
-2. :func:`~tiedonnx.converter.graph.retie`: one initializer per tie, the
+2. :func:`~tiedonnx.runtime.graph.retie`: one initializer per tie, the
    transpose as a graph op; ties from :func:`find_ties` are recorded with
    their Keras names. Must run before any precision change, which would
    otherwise quantize the two copies independently.
@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tiedonnx.runtime._atomic import check_output_path, write_bytes_atomic
+from tiedonnx.runtime.atomic import check_output_path, write_bytes_atomic
 from tiedonnx.runtime.options import PRECISIONS
 
 from .errors import ConversionError, UsageError

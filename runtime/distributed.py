@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._atomic import atomic_path, check_output_path
+from .atomic import atomic_path, check_output_path
 from .errors import InputError, TiedOnnxError, UsageError
 from .options import DEFAULT_RUN_BATCH
 

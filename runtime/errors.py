@@ -38,6 +38,24 @@ class ProviderError(TiedOnnxError, RuntimeError):
     """An execution provider that was asked for is not available or not active."""
 
 
+class ConversionError(TiedOnnxError, RuntimeError):
+    """A conversion or graph pass failed, or its result broke an invariant."""
+
+
+class MissingExtraError(UsageError, ImportError):
+    """A command or module needs an optional dependency (an extra) that is not installed.
+
+    Also an :class:`ImportError`, so ``import tiedonnx.converter`` without the
+    ``convert`` extra fails the way Python users expect, with the install hint.
+    """
+
+    def __init__(self, what: str, extra: str, module: str | None = None):
+        missing = f" ({module} is not installed)" if module else ""
+        super().__init__(f"{what} needs the [{extra}] extra{missing}. "
+                         f"Install it with: pip install 'tiedonnx[{extra}]'")
+        self.extra = extra
+
+
 class ParityError(TiedOnnxError, RuntimeError):
     """Outputs of two runs of the same model differ beyond the tolerance.
 

@@ -28,7 +28,7 @@ import os
 import re
 from pathlib import Path
 
-from ._atomic import write_bytes_atomic
+from .atomic import write_bytes_atomic
 from .errors import ModelFileError, OutputExistsError, UsageError
 
 logger = logging.getLogger(__name__)

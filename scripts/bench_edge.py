@@ -73,7 +73,7 @@ def build_onnx_files(model, out: Path) -> dict[str, Path]:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from tiedonnx.converter.graph.quantize import to_precision
+    from tiedonnx.runtime.graph.quantize import to_precision
 
     plain = plain_onnx(model)
     files = {"tf2onnx plain fp32": out / "plain.onnx"}
@@ -93,7 +93,7 @@ def build_onnx_files(model, out: Path) -> dict[str, Path]:
 def build_ort_files(files: dict[str, Path], out: Path) -> dict[str, Path]:
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
-    from tiedonnx.converter.graph.ort_format import save_ort
+    from tiedonnx.runtime.graph.ort_format import save_ort
 
     ort_files = {}
     for precision in ("fp32", "fp16", "int8"):

@@ -16,8 +16,8 @@ import pytest
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("keras")
 
-from tiedonnx.converter.graph import find_duplicates  # noqa: E402
-from tiedonnx.converter.graph.duplicates import initializer_arrays  # noqa: E402
+from tiedonnx.runtime.graph import find_duplicates  # noqa: E402
+from tiedonnx.runtime.graph.duplicates import initializer_arrays  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def test_sigkill_leaves_old_or_complete_file(delay, tmp_path):
 
 def test_interrupted_write_keeps_old_file(tmp_path):
     """An exception in the middle of an atomic write leaves the target untouched."""
-    from tiedonnx.runtime._atomic import atomic_path
+    from tiedonnx.runtime.atomic import atomic_path
 
     target = tmp_path / "out.npy"
     target.write_bytes(b"old")

@@ -25,7 +25,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from tiedonnx.converter.graph.ort_format import config_path_for  # noqa: E402
+from tiedonnx.runtime.graph.ort_format import config_path_for  # noqa: E402
 from tiedonnx.runtime.cli import main  # noqa: E402
 
 from . import models  # noqa: E402

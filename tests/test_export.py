@@ -14,8 +14,8 @@ ort = pytest.importorskip("onnxruntime")
 from tiedonnx.converter import find_ties  # noqa: E402
 from tiedonnx.converter.export import export  # noqa: E402
 from tiedonnx.converter.errors import OutputExistsError, ParityError, UsageError  # noqa: E402
-from tiedonnx.converter.graph import find_duplicates, read_ties  # noqa: E402
-from tiedonnx.converter.graph.duplicates import find_permutations_of, initializer_arrays  # noqa: E402
+from tiedonnx.runtime.graph import find_duplicates, read_ties  # noqa: E402
+from tiedonnx.runtime.graph.duplicates import find_permutations_of, initializer_arrays  # noqa: E402
 from tiedonnx.converter.parity import FP32_TOL, make_inputs  # noqa: E402
 from tiedonnx.converter.tf_convert import input_specs  # noqa: E402
 

@@ -9,9 +9,9 @@ import pytest
 from onnx import TensorProto, numpy_helper
 
 from tiedonnx.converter.errors import ConversionError
-from tiedonnx.converter.graph.fp16 import to_fp16
-from tiedonnx.converter.graph.metadata import read_ties
-from tiedonnx.converter.graph.quantize import read_precision, to_precision
+from tiedonnx.runtime.graph.fp16 import to_fp16
+from tiedonnx.runtime.graph.metadata import read_ties
+from tiedonnx.runtime.graph.quantize import read_precision, to_precision
 
 from .test_quantize import resolve, run, tied_graph
 

@@ -8,9 +8,9 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from tiedonnx.converter.graph.metadata import read_ties
-from tiedonnx.converter.graph.ort_format import config_path_for, ort_initializers, save_ort
-from tiedonnx.converter.graph.quantize import to_precision
+from tiedonnx.runtime.graph.metadata import read_ties
+from tiedonnx.runtime.graph.ort_format import config_path_for, ort_initializers, save_ort
+from tiedonnx.runtime.graph.quantize import to_precision
 from tiedonnx.runtime.cli import main as cli_main
 from tiedonnx.runtime.errors import ModelFileError, OutputExistsError
 

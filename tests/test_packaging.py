@@ -23,7 +23,7 @@ def test_wheel_has_only_the_tiedonnx_namespace(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"tiedonnx"}, f"unexpected top-level entries: {sorted(top)}"
-    for module in ("tiedonnx/converter/layers.py", "tiedonnx/converter/graph/retie.py",
+    for module in ("tiedonnx/converter/layers.py", "tiedonnx/runtime/graph/retie.py",
                    "tiedonnx/runtime/session.py", "tiedonnx/runtime/commands/run.py"):
         assert module in names
     entry = zipfile.ZipFile(wheel).read(

@@ -14,8 +14,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tiedonnx.converter.errors import ConversionError, UsageError
-from tiedonnx.converter.graph.metadata import read_ties
-from tiedonnx.converter.graph.quantize import PRECISION_KEY, PRECISIONS, read_precision, to_precision
+from tiedonnx.runtime.graph.metadata import read_ties
+from tiedonnx.runtime.graph.quantize import PRECISION_KEY, PRECISIONS, read_precision, to_precision
 from tiedonnx.runtime import options
 from tiedonnx.runtime.cli import main as cli_main
 
@@ -91,7 +91,7 @@ def test_graph_modules_import_no_tensorflow_or_keras():
     import ast
     from pathlib import Path
 
-    import tiedonnx.converter.graph as graph_pkg
+    import tiedonnx.runtime.graph as graph_pkg
 
     root = Path(graph_pkg.__file__).parent
     allowed = {"onnx", "numpy", "onnxruntime", "ort_flatbuffers_py", "tiedonnx", "__future__",

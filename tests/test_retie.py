@@ -8,8 +8,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tiedonnx.converter.graph import find_duplicates, read_ties, retie
-from tiedonnx.converter.graph.duplicates import initializer_arrays
+from tiedonnx.runtime.graph import find_duplicates, read_ties, retie
+from tiedonnx.runtime.graph.duplicates import initializer_arrays
 
 
 def _tied_by_copy_graph(w: np.ndarray, *, extra_copy: bool = False) -> onnx.ModelProto:

@@ -7,7 +7,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from tiedonnx.converter.graph.inspect import inspect_model
+    from tiedonnx.runtime.graph.inspect import inspect_model
     from tiedonnx.runtime.model_file import read_model
 
     from ._report import emit, human_bytes

@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tiedonnx.converter.graph.ort_format import save_ort
+    from tiedonnx.runtime.graph.ort_format import save_ort
 
     report = save_ort(args.input, args.output, force=args.force)
     ops = "; ".join(f"{k}: {','.join(v)}" for k, v in report["operators"].items())

@@ -17,17 +17,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "activations quantized at run time; fp32: retie only")
     parser.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None,
                         help="int8 only: per-channel weight scales (default: per-tensor, "
-                             "see tiedonnx.converter.graph.quantize)")
+                             "see tiedonnx.runtime.graph.quantize)")
     parser.add_argument("--force", action="store_true", help="overwrite OUT.onnx if it exists")
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tiedonnx.converter.graph.metadata import read_ties
-    from tiedonnx.converter.graph.ort_format import load_onnx
-    from tiedonnx.converter.graph.quantize import to_precision
-    from tiedonnx.runtime._atomic import check_output_path, write_bytes_atomic
+    from tiedonnx.runtime.graph.metadata import read_ties
+    from tiedonnx.runtime.graph.ort_format import load_onnx
+    from tiedonnx.runtime.graph.quantize import to_precision
+    from tiedonnx.runtime.atomic import check_output_path, write_bytes_atomic
 
     check_output_path(args.output, force=args.force)
     model = load_onnx(args.input)

@@ -9,7 +9,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from tiedonnx.converter.graph.retie import retie_file
+    from tiedonnx.runtime.graph.retie import retie_file
 
     from ._report import emit, human_bytes
 

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_output(path: str, *, force: bool):
-    from .._atomic import check_output_path
+    from ..atomic import check_output_path
 
     output = check_output_path(path, force=force)
     if output.suffix not in (".npy", ".npz"):
@@ -76,7 +76,7 @@ def _write(model, arrays, rows: int, output, args) -> dict[str, tuple]:
     """Run into the output file atomically; return output name -> shape."""
     import numpy as np
 
-    from .._atomic import atomic_path
+    from ..atomic import atomic_path
     from .._term import ProgressBar
 
     bar = ProgressBar(label="tiedonnx run ", enabled=None if rows > args.batch_size else False)

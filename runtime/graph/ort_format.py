@@ -153,7 +153,7 @@ def save_ort(model: onnx.ModelProto | str | os.PathLike, out_path: str | os.Path
         ConversionError: onnxruntime cannot save or reload the model, or a tie
             is split even without optimizations.
     """
-    from tiedonnx.runtime._atomic import atomic_path, check_output_path
+    from tiedonnx.runtime.atomic import atomic_path, check_output_path
 
     out_path, config = Path(out_path), config_path_for(out_path)
     for path in (out_path, config):

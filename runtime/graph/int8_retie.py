@@ -1,6 +1,6 @@
 """Re-tie a quantized graph: every use of a tie reads one stored int8 tensor.
 
-Second half of :func:`tiedonnx.converter.graph.quantize.to_precision` for
+Second half of :func:`tiedonnx.runtime.graph.quantize.to_precision` for
 int8 (see that module for why ``quantize_dynamic`` needs it). Input: the graph
 ``quantize_dynamic`` wrote for an *untied* working copy, where each transposed
 use of a tie had its own initializer and got its own ``<name>_quantized``,

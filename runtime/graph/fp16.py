@@ -36,7 +36,7 @@ _FP16_MAX = float(np.finfo(np.float16).max)
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return a copy of ``model`` whose float32 initializers are stored as float16.
 
-    Run :func:`~tiedonnx.converter.graph.retie` first (``to_precision`` does):
+    Run :func:`~tiedonnx.runtime.graph.retie` first (``to_precision`` does):
     a tie folded into one initializer stays one fp16 initializer.
 
     Args:

@@ -154,7 +154,7 @@ def retie_file(source, target, *, force: bool = False) -> dict:
     Returns:
         A JSON-friendly report: bytes before/after/saved and the folded tensors.
     """
-    from tiedonnx.runtime._atomic import check_output_path, write_bytes_atomic
+    from tiedonnx.runtime.atomic import check_output_path, write_bytes_atomic
     from tiedonnx.runtime.model_file import read_model
 
     check_output_path(target, force=force)

@@ -1,0 +1,38 @@
+"""Flags that several commands share, defined once (same name, help and default)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..options import MEMORY_MODES, PROVIDER_CHOICES
+
+
+def add_force(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite existing output files (default: refuse)")
+
+
+def add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def add_unsafe_load_code(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--unsafe-load-code", action="store_true",
+                        help="DANGEROUS: let code stored in the .keras/.h5 file run "
+                             "(trusted files only; see SECURITY.md)")
+
+
+def add_provider(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--provider", choices=PROVIDER_CHOICES, default="auto",
+                        help="execution provider (default: auto, CUDA if active, else CPU)")
+
+
+def add_memory(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--memory", choices=MEMORY_MODES, default="fast",
+                        help="fast: onnxruntime's full optimizations; lean: one in-memory copy "
+                             "per tied weight (default: fast)")
+
+
+def add_threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="intra-op threads (default: onnxruntime's choice)")
