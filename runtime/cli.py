@@ -30,6 +30,7 @@ COMMANDS = (
     "run",
     "bench",
     "triton",
+    "web",
 )
 
 
