@@ -68,3 +68,13 @@ class ParityError(TiedOnnxError, RuntimeError):
     def __init__(self, message: str, mismatches: list | None = None):
         super().__init__(message)
         self.mismatches = list(mismatches or [])
+
+
+def short_error(exc: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of ``exc``'s message, at most ``limit`` characters.
+
+    For wrapping a library's exception into one line of a tiedonnx error.
+    """
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
