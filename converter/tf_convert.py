@@ -23,12 +23,8 @@ from .errors import ConversionError
 
 logger = logging.getLogger(__name__)
 
-# ONNX opset 15 is tf2onnx's own default (PREFERRED_OPSET) and runs on
-# onnxruntime >= 1.10, TensorRT >= 8.2 and ORT Mobile builds from 2021 on;
-# tied autoencoders need nothing newer (opset 17 adds LayerNormalization and
-# DFT, which tf2onnx decomposes anyway). Edge runtimes lag, so we stay low.
-DEFAULT_OPSET = 15
-SUPPORTED_OPSETS = range(13, 19)  # 13: per-axis quantization ops; 18: tf2onnx 1.17's tested max
+# Defined beside the CLI's other choices (see tiedonnx.runtime.options).
+from tiedonnx.runtime.options import DEFAULT_OPSET, SUPPORTED_OPSETS  # noqa: E402
 
 
 @dataclass(frozen=True)

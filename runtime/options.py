@@ -19,3 +19,12 @@ DEFAULT_RUN_BATCH = 4096
 
 #: Weight precisions of ``export(precision=...)``, ``--precision`` and ``quantize``.
 PRECISIONS = ("fp32", "fp16", "int8")
+
+# ONNX opset 15 is tf2onnx's own default (PREFERRED_OPSET) and runs on
+# onnxruntime >= 1.10, TensorRT >= 8.2 and ORT Mobile builds from 2021 on;
+# tied autoencoders need nothing newer (opset 17 adds LayerNormalization and
+# DFT, which tf2onnx decomposes anyway). Edge runtimes lag, so we stay low.
+#: ``export(opset=...)`` and ``--opset`` default.
+DEFAULT_OPSET = 15
+#: Opsets export accepts. 13: per-axis quantization ops; 18: tf2onnx 1.17's tested max.
+SUPPORTED_OPSETS = range(13, 19)
