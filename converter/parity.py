@@ -204,12 +204,13 @@ def verify(keras_model, onnx_model, *, inputs: list[np.ndarray] | None = None,
     return report
 
 
-def verify_files(keras_path, onnx_path, *, input_path=None, precision: str = "fp32",
+def verify_files(keras_path, onnx_path, *, input_path=None, precision: str | None = None,
                  unsafe: bool = False) -> ParityReport:
     """:func:`verify` for files: a ``.keras`` model, an ``.onnx`` model, optional ``.npy``/``.npz`` inputs.
 
     The ONNX file is read with the runtime's checks; ``.npz`` inputs are matched
-    by input name, a ``.npy`` goes to a model's single input.
+    by input name, a ``.npy`` goes to a model's single input. ``precision``
+    (which selects the tolerance) defaults to the one the file records.
     """
     from tiedonnx.runtime.inputs import load_array_file
     from tiedonnx.runtime.model_file import read_model
@@ -218,6 +219,10 @@ def verify_files(keras_path, onnx_path, *, input_path=None, precision: str = "fp
     from .tf_convert import input_specs
 
     proto = read_model(onnx_path).proto
+    if precision is None:
+        from tiedonnx.runtime.graph.quantize import read_precision
+
+        precision = read_precision(proto)
     model = load_keras_model(keras_path, unsafe=unsafe)
     inputs = None
     if input_path is not None:
