@@ -220,7 +220,7 @@ def verify_files(keras_path, onnx_path, *, input_path=None, precision: str | Non
 
     proto = read_model(onnx_path).proto
     if precision is None:
-        from tiedonnx.runtime.graph.quantize import read_precision
+        from tiedonnx.runtime.graph.metadata import read_precision
 
         precision = read_precision(proto)
     model = load_keras_model(keras_path, unsafe=unsafe)
