@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tiedonnx.runtime.options import check_positive_int
+
 from .errors import OutputExistsError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -156,8 +158,7 @@ def run_demo(out_dir: str | os.PathLike = "demo-out", *, epochs: int = DEFAULT_E
     from .export import export
     from .demo_plots import draw_reconstructions, draw_size_latency, write_markdown
 
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise UsageError(f"epochs must be a positive integer. Received: epochs={epochs!r}.")
+    check_positive_int("epochs", epochs)
     step = on_step or (lambda msg: logger.info("%s", msg))
     out = Path(out_dir)
     _check_out_dir(out, force)

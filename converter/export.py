@@ -24,15 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tiedonnx.runtime.atomic import check_output_path, write_bytes_atomic
-from tiedonnx.runtime.options import PRECISIONS
+from tiedonnx.runtime.errors import short_error
+from tiedonnx.runtime.graph import TieRecord, find_duplicates, read_ties, retie, untied_bytes, write_metadata
+from tiedonnx.runtime.graph.duplicates import find_permutations_of, initializer_arrays
+from tiedonnx.runtime.graph.retie import record_ties
+from tiedonnx.runtime.options import DEFAULT_OPSET, PRECISIONS, SUPPORTED_OPSETS
 
 from .errors import ConversionError, UsageError
-from .graph import find_duplicates, read_ties, retie, write_metadata
-from .graph.retie import record_ties
-from .graph.duplicates import find_permutations_of, initializer_arrays
 from .parity import DEFAULT_BATCH_SIZES, ParityReport, verify as verify_parity
 from .ties import find_ties
-from .tf_convert import DEFAULT_OPSET, SUPPORTED_OPSETS, keras_to_onnx
+from .tf_convert import keras_to_onnx
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +46,10 @@ class ExportReport:
     path: str
     bytes: int
     untied_bytes: int
+    plain_bytes: int
     opset: int
     precision: str
-    ties: list[dict] = field(default_factory=list)
+    ties: list[TieRecord] = field(default_factory=list)
     folded: int = 0
     parity: ParityReport | None = None
     convert_seconds: float = 0.0
@@ -55,7 +57,8 @@ class ExportReport:
     ort_path: str | None = None
 
     def as_dict(self) -> dict:
-        d = {k: v for k, v in self.__dict__.items() if k != "parity"}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("parity", "ties")}
+        d["ties"] = [t.as_dict() for t in self.ties]
         d["parity"] = self.parity.as_dict() if self.parity else None
         return d
 
@@ -128,7 +131,7 @@ def _prove_invariants(proto) -> None:
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:
-        raise ConversionError(f"The exported graph fails onnx.checker: {str(exc).splitlines()[0][:300]}") from exc
+        raise ConversionError(f"The exported graph fails onnx.checker: {short_error(exc, 300)}") from exc
     left = find_duplicates(initializer_arrays(proto.graph))
     if left:
         raise ConversionError(f"Tie invariant broken: initializers still duplicated: "
@@ -167,8 +170,11 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
     _check_options(opset, precision)
     path = check_output_path(path, force=force)
     ort_path = path.with_suffix(".ort") if ort else None
-    if ort_path is not None:
+    if ort_path is not None:  # every output is checked before any work
+        from tiedonnx.runtime.graph.ort_format import config_path_for
+
         check_output_path(ort_path, force=force)
+        check_output_path(config_path_for(ort_path), force=force)
     start = time.perf_counter()
     keras_model = _resolve_model(model, unsafe)
     ties = find_ties(keras_model)
@@ -182,7 +188,7 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
     proto.producer_name, proto.producer_version = "tiedonnx", versions["tiedonnx"]
     write_metadata(proto, {"tiedonnx.versions": json.dumps(versions, sort_keys=True)})
     if precision != "fp32":
-        from .graph.quantize import to_precision
+        from tiedonnx.runtime.graph.quantize import to_precision
 
         proto = to_precision(proto, precision)
     _prove_invariants(proto)
@@ -193,11 +199,12 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
     data = proto.SerializeToString()
     write_bytes_atomic(path, data, force=force)
     if ort_path is not None:
-        from .graph.ort_format import save_ort
+        from tiedonnx.runtime.graph.ort_format import save_ort
 
         save_ort(proto, ort_path, force=force)
     report = ExportReport(
-        path=str(path), bytes=len(data), untied_bytes=retie_report.bytes_before, opset=opset,
+        path=str(path), bytes=len(data), untied_bytes=untied_bytes(proto, len(data)),
+        plain_bytes=retie_report.bytes_before, opset=opset,
         precision=precision, ties=read_ties(proto), folded=len(retie_report.folded), parity=parity,
         convert_seconds=convert_seconds, total_seconds=time.perf_counter() - start,
         ort_path=str(ort_path) if ort_path else None,

@@ -1,30 +1,70 @@
 """Atomic file writes: a failed or interrupted write never leaves a partial file.
 
 Every file tiedonnx writes goes to a temporary file in the target folder, is
-flushed and fsynced, and then replaces the target with :func:`os.replace`
-(atomic on POSIX and Windows within one filesystem).
+flushed and fsynced, and is then published:
+
+* with ``force``: :func:`os.replace` over whatever is there;
+* without ``force``: :func:`os.link` of the finished temporary file, which
+  fails if *anything* exists at the target (a file, a dangling link), so of
+  several writers racing for the same new path exactly one wins and the others
+  get :class:`OutputExistsError`. The temporary name is then unlinked.
+
+A write that fails with an ``OSError`` (read-only folder, full disk, file-size
+limit) raises :class:`OutputWriteError`, a one-line :class:`TiedOnnxError` with
+exit code 2, and leaves the target as it was.
+
+Temporary names are ``.<target name>.tiedonnx-<pid>-<random>.tmp<suffix>``. A
+process killed mid-write (SIGKILL, power loss) cannot remove its own; the next
+write to the same target removes those older than :data:`LEFTOVER_AGE_S` whose
+process is gone (:func:`remove_leftovers`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import re
+import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import OutputExistsError, UsageError
+from .errors import OutputExistsError, TiedOnnxError, UsageError, short_error
 
 logger = logging.getLogger(__name__)
+
+#: A leftover temporary file is removed only once it is this old (seconds) and
+#: its writer's pid is not a live process: a slow writer on another machine
+#: sharing the folder (whose pid we cannot see) keeps touching its file.
+LEFTOVER_AGE_S = 300.0
+
+_TAG = "tiedonnx"
+# Keep temporary names under the usual 255-byte limit whatever the target's name.
+_NAME_KEEP = 100
+# link(2) errors that mean "this filesystem has no hard links", not "refused".
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK}
+
+
+class OutputWriteError(TiedOnnxError, OSError):
+    """The output could not be written (read-only folder, full disk, size limit).
+
+    Also an :class:`OSError`, so callers that caught the raw error still do.
+    """
 
 
 def check_output_path(path: str | os.PathLike, *, force: bool = False) -> Path:
     """Validate an output path before any work is done.
 
+    Any directory entry at ``path`` counts as existing, a dangling symbolic
+    link included (``Path.exists()`` is False for one).
+
     Raises:
-        OutputExistsError: the file exists and ``force`` is False.
+        OutputExistsError: something exists at ``path`` and ``force`` is False.
         UsageError: the path is a directory or its folder does not exist.
+        OutputWriteError: the folder is not writable.
     """
     path = Path(path)
     if path.is_dir():
@@ -32,62 +72,184 @@ def check_output_path(path: str | os.PathLike, *, force: bool = False) -> Path:
             f"Output path is a directory, expected a file path. Received: {str(path)!r}. "
             "Pass a file name inside that folder instead."
         )
-    parent = path.parent if str(path.parent) else Path(".")
+    parent = path.parent
     if not parent.is_dir():
         raise UsageError(
             f"Output folder does not exist. Received: {str(parent)!r}. Create it first."
         )
-    if path.exists() and not force:
+    if os.path.lexists(path) and not force:
+        what = "a dangling symbolic link" if not path.exists() else "a file"
         raise OutputExistsError(
-            f"Output file already exists: {str(path)!r}. "
+            f"Output path already exists ({what}): {str(path)!r}. "
             "Pass force=True (CLI: --force) to overwrite it, or choose another path."
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputWriteError(
+            f"Output folder {str(parent)!r} is not writable (read-only file system or no "
+            "permission). Choose a folder you can write to."
         )
     return path
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success move it into place.
+    """Yield a temporary path next to ``path``; on success publish it there.
 
     The caller writes the complete file to the yielded path. If the block
     raises (or the process dies), the target is left exactly as it was.
+
+    Raises:
+        OutputExistsError: ``path`` exists (or appeared meanwhile) without ``force``.
+        OutputWriteError: an ``OSError`` while creating, writing, syncing or
+            publishing the file (including one raised by the block).
 
     Example:
         >>> with atomic_path("out.npy", force=True) as tmp:  # doctest: +SKIP
         ...     np.save(tmp, array)
     """
     path = check_output_path(path, force=force)
-    # The temporary name ends with the target's suffix: writers such as np.save
-    # and Keras append or demand one, and would otherwise write elsewhere.
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent if str(path.parent) else "."
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
+    remove_leftovers(path)
+    tmp = _make_temp(path)
     try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            fh.flush()
-            os.fsync(fh.fileno())
-        # Re-check just before replacing: another writer may have created it.
-        if path.exists() and not force:
-            raise OutputExistsError(
-                f"Output file appeared while writing: {str(path)!r}. "
-                "Pass force=True (CLI: --force) to overwrite it."
-            )
-        # mkstemp makes the file 0600; give it the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        try:
+            yield tmp
+            _sync(tmp)
+            _publish(tmp, path, force=force)
+        except TiedOnnxError:
+            raise
+        except OSError as exc:
+            raise _write_error(path, exc) from None
         logger.debug("wrote %s", path)
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # gone already when published by rename
             tmp.unlink()
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, force: bool = False) -> Path:
-    """Write ``data`` to ``path`` atomically and return the path."""
+    """Write ``data`` to ``path`` atomically and return the path.
+
+    Raises:
+        OutputExistsError, OutputWriteError: see :func:`atomic_path`.
+    """
     with atomic_path(path, force=force) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def remove_leftovers(path: str | os.PathLike, *, older_than: float = LEFTOVER_AGE_S) -> list[Path]:
+    """Remove temporary files of ``path`` left by killed writers; return what was removed.
+
+    Only regular files named like this module's temporary files for this very
+    target, modified more than ``older_than`` seconds ago, whose pid is not a
+    live process, are removed. Errors are ignored: this is housekeeping.
+    """
+    path = Path(path)
+    pattern = re.compile(re.escape(_temp_prefix(path)) + r"(\d+)-[a-z0-9_]+"
+                         + re.escape(_temp_suffix(path)) + r"\Z")
+    removed: list[Path] = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match is None:
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if (not stat.S_ISREG(info.st_mode) or now - info.st_mtime < older_than
+                or _pid_alive(int(match.group(1)))):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+            logger.info("removed %s, left by process %s that is gone", entry.path, match.group(1))
+    return removed
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name[:_NAME_KEEP]}.{_TAG}-"
+
+
+def _temp_suffix(path: Path) -> str:
+    # Ends with the target's suffix: writers such as np.save and Keras append or
+    # demand one, and would otherwise write elsewhere.
+    return f".tmp{path.suffix[:_NAME_KEEP]}"
+
+
+def _make_temp(path: Path) -> Path:
+    try:
+        fd, name = tempfile.mkstemp(prefix=f"{_temp_prefix(path)}{os.getpid()}-",
+                                    suffix=_temp_suffix(path), dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    os.close(fd)
+    return Path(name)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError, ValueError):  # EPERM: alive, someone else's
+        return True
+    return True
+
+
+def _sync(tmp: Path) -> None:
+    with open(tmp, "rb+") as fh:
+        fh.flush()
+        os.fsync(fh.fileno())
+    # mkstemp makes the file 0600; give it the mode a plain open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+
+
+def _publish(tmp: Path, path: Path, *, force: bool) -> None:
+    if force:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise _appeared(path) from None
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        _publish_without_links(tmp, path)
+
+
+def _publish_without_links(tmp: Path, path: Path) -> None:
+    """Exclusive publish on filesystems without hard links (FAT, some network mounts).
+
+    ``O_EXCL`` creation still lets exactly one writer win; the winner then
+    renames its file over the empty placeholder (visible for that instant).
+    """
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    except FileExistsError:
+        raise _appeared(path) from None
+    os.replace(tmp, path)
+
+
+def _appeared(path: Path) -> OutputExistsError:
+    return OutputExistsError(
+        f"Output path appeared while writing: {str(path)!r} (another process wrote it first). "
+        "Pass force=True (CLI: --force) to overwrite it, or choose another path."
+    )
+
+
+def _write_error(path: Path, exc: OSError) -> OutputWriteError:
+    error = OutputWriteError(
+        f"Could not write {str(path)!r}: {short_error(exc)}. Nothing was changed at that path; "
+        "free disk space, raise the file-size limit, or choose a writable folder."
+    )
+    error.errno = exc.errno
+    return error

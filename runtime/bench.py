@@ -6,7 +6,9 @@ still a median; rerun for error bars). The numpy sgemm figure is the practical
 ceiling: the same matrix products the model does, at the same batch size,
 through numpy's BLAS.
 
-TensorFlow is imported only when a Keras model is given.
+The Keras side (``tiedonnx bench --keras``) is
+:class:`tiedonnx.converter.keras_bench.KerasTimer`, passed in as ``keras``:
+this module never imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from .errors import UsageError
+from .options import check_positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +137,36 @@ class BenchReport:
         return json.dumps(self.as_dict(), indent=2)
 
 
+def numpy_sgemm_seconds_clean(shapes: Sequence[tuple[int, int]], batch: int, *,
+                              min_time: float = 0.25, seed: int = 0) -> float:
+    """:func:`numpy_sgemm_seconds` in a fresh Python process.
+
+    Used when TensorFlow is loaded in this one: its thread pools share the
+    cores with numpy's BLAS threads and made the reference 1,000x slower
+    (0.14 GFLOP/s instead of 139 on the 784-256 model, 2 cores).
+    """
+    code = ("import json, sys; from tiedonnx.runtime.bench import numpy_sgemm_seconds as f; "
+            "a = json.loads(sys.argv[1]); "
+            "print(f([tuple(s) for s in a['shapes']], a['batch'], min_time=a['min_time'], seed=a['seed']))")
+    arg = json.dumps({"shapes": [list(s) for s in shapes], "batch": batch, "min_time": min_time,
+                      "seed": seed})
+    proc = subprocess.run([sys.executable, "-c", code, arg], capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        raise UsageError(f"The numpy reference failed in a subprocess: {proc.stderr.strip()[-300:]}")
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+class KerasReference(Protocol):
+    """The Keras side of a benchmark (see ``tiedonnx.converter.keras_bench.KerasTimer``)."""
+
+    def time(self, feeds: dict[str, np.ndarray], *, min_time: float) -> tuple[float, float]: ...
+
+    def max_abs_diff(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> float: ...
+
+
 def bench_model(path: str | os.PathLike, *, batch_sizes: Sequence[int] = (1, 64, 1024),
-                keras_path: str | os.PathLike | None = None, providers="auto",
+                keras: KerasReference | None = None, providers="auto",
                 memory: str = "fast", threads: int | None = None,
                 min_time: float = 0.25, seed: int = 0) -> BenchReport:
     """Median latency, throughput and GFLOP/s per batch size, with Keras and numpy beside.
@@ -142,8 +174,9 @@ def bench_model(path: str | os.PathLike, *, batch_sizes: Sequence[int] = (1, 64,
     Args:
         path: the ``.onnx`` model.
         batch_sizes: rows per call to measure.
-        keras_path: a ``.keras`` file of the same model to compare with (needs
-            TensorFlow; its compiled ``tf.function`` call and ``predict`` are timed).
+        keras: the same model on the Keras side, timed beside it (its compiled
+            ``tf.function`` call and ``predict``); the numpy reference then runs
+            in a clean subprocess, away from TensorFlow's threads.
         providers, memory, threads: as for :func:`tiedonnx.runtime.load`.
         min_time: seconds spent timing each figure at least.
 
@@ -154,12 +187,13 @@ def bench_model(path: str | os.PathLike, *, batch_sizes: Sequence[int] = (1, 64,
     from .model_file import read_model
     from .session import load
 
-    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
-        raise UsageError(f"batch sizes must be positive integers; received {list(batch_sizes)}.")
+    if not batch_sizes:
+        raise UsageError("batch_sizes is empty. Pass at least one positive integer, e.g. (1, 64).")
+    for batch in batch_sizes:
+        check_positive_int("batch_sizes[i]", batch)
     model = load(path, providers=providers, memory=memory, threads=threads)
     shapes = matmul_shapes(read_model(path).proto)
     flops_per_row = sum(2 * k * n for k, n in shapes) if shapes else None
-    keras = _KerasTimer(keras_path) if keras_path is not None else None
     report = BenchReport(str(path), model.providers, memory, flops_per_row)
     rng = np.random.default_rng(seed)
     for batch in batch_sizes:
@@ -167,7 +201,8 @@ def bench_model(path: str | os.PathLike, *, batch_sizes: Sequence[int] = (1, 64,
         row = BenchRow(int(batch), median_seconds(lambda: model.run(feeds), min_time=min_time))
         if shapes:
             row.gflops = flops_per_row * batch / row.tiedonnx_s / 1e9
-            np_s = numpy_sgemm_seconds(shapes, int(batch), min_time=min_time, seed=seed)
+            sgemm = numpy_sgemm_seconds if keras is None else numpy_sgemm_seconds_clean
+            np_s = sgemm(shapes, int(batch), min_time=min_time, seed=seed)
             row.numpy_gflops = flops_per_row * batch / np_s / 1e9
         if keras is not None:
             row.keras_call_s, row.keras_predict_s = keras.time(feeds, min_time=min_time)
@@ -190,39 +225,6 @@ def synthetic_inputs(specs, batch: int, rng: np.random.Generator) -> dict[str, n
             )
         feeds[spec.name] = rng.random((batch, *dims)).astype(spec.dtype)
     return feeds
-
-
-class _KerasTimer:
-    """Keras side of the benchmark; imports TensorFlow on construction only."""
-
-    def __init__(self, keras_path):
-        import tensorflow as tf
-
-        from tiedonnx.converter.keras_io import load_keras_model
-
-        self._tf = tf
-        # Same safe loading as export/verify: safe mode plus the config scan.
-        self.model = load_keras_model(keras_path)
-        self._call = tf.function(lambda x: self.model(x, training=False))
-
-    def _arg(self, feeds):
-        return next(iter(feeds.values())) if len(feeds) == 1 else feeds
-
-    def _numpy(self, value):
-        return self._tf.nest.map_structure(lambda t: np.asarray(t), value)
-
-    def time(self, feeds, *, min_time: float) -> tuple[float, float]:
-        x = self._arg(feeds)
-        batch = next(iter(feeds.values())).shape[0]
-        call = median_seconds(lambda: self._numpy(self._call(x)), min_time=min_time)
-        predict = median_seconds(lambda: self.model.predict(x, batch_size=batch, verbose=0),
-                                 min_time=min_time, min_calls=3)
-        return call, predict
-
-    def max_abs_diff(self, feeds, outputs: dict[str, np.ndarray]) -> float:
-        ref = self._tf.nest.flatten(self._numpy(self._call(self._arg(feeds))))
-        ours = list(outputs.values())
-        return max(float(np.max(np.abs(np.asarray(r) - o))) for r, o in zip(ref, ours))
 
 
 _MEMORY_PROBE = """

@@ -145,16 +145,12 @@ def _plan(model_path, input_path, output_path, *, batch_size, force, providers, 
           num_workers) -> dict:
     """Validate every argument and the input against the model, reading no data."""
     from .inputs import check_inputs, load_array_file
-    from .options import PROVIDER_CHOICES
+    from .options import PROVIDER_CHOICES, positive_int_problem
     from .session import load
 
     problems = []
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        problems.append(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
-    if num_workers is not None and (isinstance(num_workers, bool)
-                                    or not isinstance(num_workers, int) or num_workers < 1):
-        problems.append(f"num_workers must be a positive integer or None. "
-                        f"Received: num_workers={num_workers!r}")
+    problems += filter(None, [positive_int_problem("batch_size", batch_size),
+                              positive_int_problem("num_workers", num_workers, allow_none=True)])
     if not isinstance(providers, str) or providers not in PROVIDER_CHOICES:
         problems.append(f"providers must be one of {list(PROVIDER_CHOICES)} for Ray scoring. "
                         f"Received: providers={providers!r}")

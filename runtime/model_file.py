@@ -10,7 +10,11 @@ A model file is untrusted input. :func:`read_model` refuses, with a
 * external data that points outside the model's folder (absolute paths,
   ``..``, symlinks out): :class:`UnsafeModelError`;
 * tensors whose declared size exceeds the cap (allocation bombs: a tiny file
-  that declares a multi-GB external tensor).
+  that declares a multi-GB external tensor, or a sparse tensor whose dense
+  form is that large);
+* external-data entries that are not what onnx writes (unknown or repeated
+  keys, a NUL byte in the location, an offset or length that is not a plain
+  whole number).
 
 ``onnx`` is imported lazily here so ``import tiedonnx.runtime`` stays light.
 """
@@ -20,11 +24,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ModelFileError, UnsafeModelError
+from .errors import ModelFileError, UnsafeModelError, short_error
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -72,7 +77,7 @@ def read_model(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES) -
         proto = onnx.ModelProto.FromString(data)
     except Exception as exc:  # google.protobuf DecodeError and friends
         raise ModelFileError(
-            f"{str(path)!r} is not a readable ONNX model (protobuf decode failed: {exc}). "
+            f"{str(path)!r} is not a readable ONNX model (protobuf decode failed: {short_error(exc)}). "
             "The file is corrupt, truncated or not ONNX; re-export it."
         ) from exc
     del data
@@ -113,27 +118,57 @@ def _check_structure(proto: onnx.ModelProto, path: Path) -> None:
         raise ModelFileError(f"{str(path)!r} has a graph with no outputs; re-export it.")
 
 
-def _all_tensors(graph) -> list:
-    """Every TensorProto in ``graph``: initializers, Constant values, subgraphs."""
-    tensors = list(graph.initializer)
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                tensors.append(attr.t)
-            tensors.extend(attr.tensors)
-            if attr.HasField("g"):
-                tensors.extend(_all_tensors(attr.g))
-            for sub in attr.graphs:
-                tensors.extend(_all_tensors(sub))
-    return tensors
+def _all_tensors(proto: onnx.ModelProto) -> tuple[list, list]:
+    """Every TensorProto and SparseTensorProto in the model.
+
+    Walks initializers, ``Constant``-style attributes (``value``,
+    ``sparse_value``, tensor lists), subgraphs, local functions and training
+    graphs. The values and indices of each sparse tensor are in the first list too.
+    """
+    tensors: list = []
+    sparse: list = []
+
+    def walk_nodes(nodes) -> None:
+        for node in nodes:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    tensors.append(attr.t)
+                tensors.extend(attr.tensors)
+                if attr.HasField("sparse_tensor"):
+                    sparse.append(attr.sparse_tensor)
+                sparse.extend(attr.sparse_tensors)
+                if attr.HasField("g"):
+                    walk_graph(attr.g)
+                for sub in attr.graphs:
+                    walk_graph(sub)
+
+    def walk_graph(graph) -> None:
+        tensors.extend(graph.initializer)
+        sparse.extend(graph.sparse_initializer)
+        walk_nodes(graph.node)
+
+    walk_graph(proto.graph)
+    for function in proto.functions:
+        walk_nodes(function.node)
+    for info in proto.training_info:
+        walk_graph(info.initialization)
+        walk_graph(info.algorithm)
+    for item in sparse:
+        tensors.extend((item.values, item.indices))
+    return tensors, sparse
 
 
 def _check_tensors(proto: onnx.ModelProto, path: Path, *, max_bytes: int) -> bool:
-    """Check sizes and external locations; return whether any tensor is external."""
+    """Check sizes and external locations; return whether any tensor is external.
+
+    A sparse tensor counts twice: its stored values and indices, and the dense
+    tensor onnxruntime materialises from it (what it will allocate).
+    """
     import onnx
 
     declared, external = 0, False
-    for tensor in _all_tensors(proto.graph):
+    tensors, sparse = _all_tensors(proto)
+    for tensor in tensors:
         nbytes = _declared_bytes(tensor)
         declared += nbytes
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
@@ -145,28 +180,41 @@ def _check_tensors(proto: onnx.ModelProto, path: Path, *, max_bytes: int) -> boo
                 f"({nbytes} bytes) but holds {len(tensor.raw_data)} bytes: the file is "
                 "truncated or corrupt. Re-export it."
             )
+    for item in sparse:
+        declared += _declared_bytes(item.values, dims=item.dims)
     if declared > max_bytes:
         raise ModelFileError(
-            f"Tensors in {str(path)!r} declare {declared} bytes, over the limit of {max_bytes}. "
-            "If you trust the model, pass a larger max_bytes=."
+            f"Tensors in {str(path)!r} declare {declared} bytes, over the limit of {max_bytes} "
+            "(sparse tensors count at their dense size). If you trust the model, pass a larger "
+            "max_bytes=."
         )
     return external
 
 
-def _declared_bytes(tensor) -> int:
+def _declared_bytes(tensor, dims=None) -> int:
+    """Bytes ``tensor`` declares; with ``dims``, a sparse tensor's dense size."""
     from onnx import helper
 
+    dims = list(tensor.dims if dims is None else dims)
     try:
         itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
     except Exception:  # string or unknown types: count the elements only
         itemsize = 1
-    if any(d < 0 for d in tensor.dims):
-        raise ModelFileError(f"Tensor {tensor.name!r} has a negative dimension {list(tensor.dims)}.")
-    return math.prod(tensor.dims) * itemsize
+    if any(d < 0 for d in dims):
+        raise ModelFileError(
+            f"Tensor {tensor.name!r} has a negative dimension {dims}. The file is corrupt; re-export it."
+        )
+    return math.prod(dims) * itemsize
+
+
+# Keys onnx writes in TensorProto.external_data (basepath and checksum are unused
+# when loading). onnx's loader sets any key as an attribute, so others are refused.
+_EXTERNAL_KEYS = frozenset({"location", "offset", "length", "checksum", "basepath"})
+_MAX_DIGITS = 19  # int64
 
 
 def _check_external(tensor, path: Path, nbytes: int) -> None:
-    info = {entry.key: entry.value for entry in tensor.external_data}
+    info = _external_info(tensor, path)
     location = info.get("location", "")
     folder = path.parent.resolve()
     target = (folder / location).resolve()
@@ -179,15 +227,50 @@ def _check_external(tensor, path: Path, nbytes: int) -> None:
     if not target.is_file():
         raise ModelFileError(
             f"External data file {location!r} of tensor {tensor.name!r} is missing next to "
-            f"{str(path)!r}. Copy it next to the model."
+            f"{str(path)!r} (or is not a regular file). Copy it next to the model."
         )
-    offset, length = int(info.get("offset", 0) or 0), int(info.get("length", nbytes) or nbytes)
-    if length != nbytes or offset < 0 or offset + length > target.stat().st_size:
+    size = target.stat().st_size
+    offset = _external_int(info, "offset", tensor, path, default=0)
+    length = _external_int(info, "length", tensor, path, default=size - offset)
+    if length != nbytes or offset + length > size:
         raise ModelFileError(
             f"External data of tensor {tensor.name!r} ({location!r}, offset {offset}, length "
             f"{length}) does not match its declared {nbytes} bytes or runs past the end of the "
-            "file. The data file is truncated or from another model."
+            f"file ({size} bytes). The data file is truncated or from another model."
         )
+
+
+def _external_info(tensor, path: Path) -> dict[str, str]:
+    counts = Counter(entry.key for entry in tensor.external_data)
+    bad = sorted(k[:40] for k, n in counts.items() if k not in _EXTERNAL_KEYS or n > 1)[:5]
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    if bad:
+        raise ModelFileError(
+            f"External data entry of tensor {tensor.name!r} in {str(path)!r} has unknown or "
+            f"repeated keys {bad}; onnx writes {sorted(_EXTERNAL_KEYS)}, once each. The file is "
+            "corrupt or was edited; re-save it with onnx.save(..., save_as_external_data=True)."
+        )
+    if "\0" in info.get("location", ""):
+        raise ModelFileError(
+            f"External data location of tensor {tensor.name!r} in {str(path)!r} contains a NUL "
+            f"byte: {info['location'][:80]!r}. No file has such a name; the file is corrupt or "
+            "was edited. Re-save the model."
+        )
+    return info
+
+
+def _external_int(info: dict[str, str], key: str, tensor, path: Path, *, default: int) -> int:
+    """``offset``/``length`` as onnx writes them: a plain decimal integer."""
+    if key not in info:
+        return default
+    text = info[key]
+    if not (text.isascii() and text.isdigit() and len(text) <= _MAX_DIGITS):
+        raise ModelFileError(
+            f"External data {key} of tensor {tensor.name!r} in {str(path)!r} must be a "
+            f"non-negative whole number of bytes; received {text[:40]!r}. The file is corrupt "
+            "or was edited; re-save the model."
+        )
+    return int(text)
 
 
 def _load_external(proto: onnx.ModelProto, path: Path) -> None:
@@ -196,7 +279,9 @@ def _load_external(proto: onnx.ModelProto, path: Path) -> None:
     try:
         load_external_data_for_model(proto, str(path.parent))
     except Exception as exc:
-        raise ModelFileError(f"Could not load external data of {str(path)!r}: {exc}") from exc
+        raise ModelFileError(
+            f"Could not load external data of {str(path)!r}: {short_error(exc)}. Re-save the model."
+        ) from exc
 
 
 def _run_checker(proto: onnx.ModelProto, path: Path) -> None:
@@ -208,7 +293,7 @@ def _run_checker(proto: onnx.ModelProto, path: Path) -> None:
         else:  # too large to serialize: the checker reads it from disk instead
             onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # ValidationError, InferenceError, protobuf errors
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFileError(
-            f"{str(path)!r} failed the ONNX checker: {first}. Re-export the model or fix the graph."
+            f"{str(path)!r} failed the ONNX checker: {short_error(exc, 300)}. Re-export the model "
+            "or fix the graph."
         ) from exc

@@ -28,3 +28,26 @@ PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_OPSET = 15
 #: Opsets export accepts. 13: per-axis quantization ops; 18: tf2onnx 1.17's tested max.
 SUPPORTED_OPSETS = range(13, 19)
+
+
+def positive_int_problem(name: str, value: object, *, allow_none: bool = False) -> str | None:
+    """What is wrong with ``value`` as a positive integer named ``name`` (None if nothing).
+
+    Returns a message rather than raising, so a function can collect every
+    problem and raise once. ``True``/``False`` are refused (``bool`` is an ``int``).
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        extra = " or None" if allow_none else ""
+        return f"{name} must be a positive integer{extra}. Received: {name}={value!r}"
+    return None
+
+
+def check_positive_int(name: str, value: object, *, allow_none: bool = False) -> None:
+    """Raise :class:`~tiedonnx.runtime.errors.UsageError` unless ``value`` is a positive integer."""
+    problem = positive_int_problem(name, value, allow_none=allow_none)
+    if problem:
+        from .errors import UsageError
+
+        raise UsageError(problem + ".")

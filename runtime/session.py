@@ -15,10 +15,10 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from .errors import ModelFileError, ProviderError, UsageError
+from .errors import ModelFileError, ProviderError, UsageError, short_error
 from .inputs import TensorSpec, all_finite, check_inputs, materialize
 from .model_file import _PROTOBUF_LIMIT, DEFAULT_MAX_BYTES, read_model
-from .options import MEMORY_MODES, PROVIDER_CHOICES
+from .options import MEMORY_MODES, PROVIDER_CHOICES, check_positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +105,7 @@ def load(path: str | os.PathLike, *, providers: ProviderArg = "auto", memory: st
     """
     if memory not in MEMORY_MODES:
         raise UsageError(f"memory must be one of {list(MEMORY_MODES)}; received {memory!r}.")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise UsageError(f"threads must be a positive integer or None; received {threads!r}.")
+    check_positive_int("threads", threads, allow_none=True)
     chosen, required = resolve_providers(providers)
     model_file = read_model(path, max_bytes=max_bytes)
     options = ort.SessionOptions()
@@ -147,9 +146,8 @@ def open_session(source, options=None, *, providers, label: str, **kwargs) -> or
     try:
         return ort.InferenceSession(source, options, providers=providers, **kwargs)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... classes
-        detail = " ".join(str(exc).split())[:300]
         raise ModelFileError(
-            f"onnxruntime cannot load model {label!r}: {detail}. Re-export it with a supported "
+            f"onnxruntime cannot load model {label!r}: {short_error(exc, 300)}. Re-export it with a supported "
             "opset and standard ops (see `tiedonnx inspect`)."
         ) from None
 
@@ -228,8 +226,7 @@ class TiedModel:
             if feeds is not None:
                 return dict(zip(self._output_names, self._run_feeds(feeds)))
         arrays, n = check_inputs(inputs, self.inputs)
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise UsageError(f"batch_size must be a positive integer; received {batch_size!r}.")
+        check_positive_int("batch_size", batch_size, allow_none=True)
         step = n if batch_size is None else min(batch_size, n)
         results = dict(out) if out is not None else None
         for start in range(0, n, step):

@@ -10,7 +10,7 @@ from onnx import TensorProto, numpy_helper
 
 from tiedonnx.converter.errors import ConversionError
 from tiedonnx.runtime.graph.fp16 import to_fp16
-from tiedonnx.runtime.graph.metadata import read_ties
+from tests.graphs import recorded_ties
 from tiedonnx.runtime.graph.quantize import read_precision, to_precision
 
 from .test_quantize import resolve, run, tied_graph
@@ -32,7 +32,7 @@ def test_fp16_stores_each_tie_once(tmp_path, rng, untied):
     big = [i for i in graph.initializer if int(np.prod(i.dims)) == 64 * 16]
     assert [(i.data_type, list(i.dims)) for i in big] == [(TensorProto.FLOAT16, [64, 16])]
     assert not any(i.data_type == TensorProto.FLOAT for i in graph.initializer)
-    (tie,) = read_ties(saved)
+    (tie,) = recorded_ties(saved)
     assert (tie["initializer"], tie["dtype"]) == (big[0].name, "float16")
     assert read_precision(saved) == "fp16"
     # Both matmuls read the one fp16 tensor (through its Cast, and the tie's Transpose).

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from tiedonnx.runtime.graph.metadata import read_ties
+from tests.graphs import recorded_ties
 from tiedonnx.runtime.graph.ort_format import config_path_for, ort_initializers, save_ort
 from tiedonnx.runtime.graph.quantize import to_precision
 from tiedonnx.runtime.cli import main as cli_main
@@ -40,25 +40,25 @@ def _ort_session(path):
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_ort_file_keeps_one_copy_per_tie_and_matches_onnx(tmp_path, rng, ae_784, precision):
     model = to_precision(ae_784, precision)
-    (tie,) = read_ties(model)
+    (tie,) = recorded_ties(model)
     out = tmp_path / f"ae_{precision}.ort"
     report = save_ort(model, out)
 
-    assert report["bytes"] == out.stat().st_size
+    assert report.bytes == out.stat().st_size
     inits = ort_initializers(out, with_data=True)
     big = [i for i in inits if int(np.prod(i["dims"] or [1])) == FEATURES * HIDDEN]
     assert [i["name"] for i in big] == [tie["initializer"]]
     stored = next(i for i in model.graph.initializer if i.name == tie["initializer"])
     assert big[0]["raw"].tobytes() == numpy_helper.to_array(stored).tobytes()
     assert big[0]["data_type"] == stored.data_type
-    assert report["optimized"] is True
+    assert report.optimized is True
 
     config = config_path_for(out)
-    assert report["config_path"] == str(config)
+    assert report.config_path == str(config)
     lines = [ln for ln in config.read_text().splitlines() if not ln.startswith("#")]
     assert lines and all(len(ln.split(";")) == 3 for ln in lines)
     ops = {op for ln in lines for op in ln.split(";")[2].split(",")}
-    assert ops == {op for ops in report["operators"].values() for op in ops}
+    assert ops == {op for ops in report.operators.values() for op in ops}
     if precision == "int8":
         assert "DynamicQuantizeMatMul" in ops
 
@@ -81,7 +81,7 @@ def test_ort_file_is_about_half_of_onnxruntime_converter(tmp_path, ae_784):
     assert len(stock_big) == 2  # what the stock converter does: the tie folded into two copies
 
     report = save_ort(tmp_path / "ae.onnx", tmp_path / "ae.ort")
-    assert report["bytes"] <= MAX_SIZE_RATIO * stock.stat().st_size
+    assert report.bytes <= MAX_SIZE_RATIO * stock.stat().st_size
 
 
 def test_existing_outputs_are_kept_without_force(tmp_path):
@@ -92,7 +92,7 @@ def test_existing_outputs_are_kept_without_force(tmp_path):
     assert out.read_bytes() == b"previous"
     assert not config_path_for(out).exists()
     report = save_ort(tied_graph(), out, force=True)
-    assert report["bytes"] == out.stat().st_size > 8
+    assert report.bytes == out.stat().st_size > 8
     # A config left beside a missing .ort also blocks the write, before any work.
     config = config_path_for(tmp_path / "m2.ort")
     config.write_text("mine")

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+
+from tiedonnx.runtime.testing import tied_autoencoder
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tiedonnx.converter.errors import ConversionError, UsageError
-from tiedonnx.runtime.graph.metadata import read_ties
+from tests.graphs import recorded_ties
 from tiedonnx.runtime.graph.quantize import PRECISION_KEY, PRECISIONS, read_precision, to_precision
 from tiedonnx.runtime import options
 from tiedonnx.runtime.cli import main as cli_main
@@ -45,28 +47,8 @@ FLOAT_MATMULS = {"MatMul", "Gemm", "FusedGemm", "FusedMatMul"}
 def tied_graph(features: int = 64, hidden: int = 16, *, untied: bool = False, seed: int = 0,
                scale: float = 0.3) -> onnx.ModelProto:
     """x -> sigmoid(x W + b1) -> sigmoid(h W^T + b2); ``untied`` stores W^T as a copy (exporter form)."""
-    rng = np.random.default_rng(seed)
-    w = rng.normal(0, scale, (features, hidden)).astype(np.float32)
-    inits = [numpy_helper.from_array(w, "W"),
-             numpy_helper.from_array(rng.normal(0, 0.1, hidden).astype(np.float32), "b1"),
-             numpy_helper.from_array(rng.normal(0, 0.1, features).astype(np.float32), "b2")]
-    nodes = []
-    if untied:
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(w.T), "W_T"))
-    else:
-        nodes.append(helper.make_node("Transpose", ["W"], ["W_T"], perm=[1, 0], name="tie"))
-    nodes += [helper.make_node("MatMul", ["x", "W"], ["m1"], name="enc"),
-              helper.make_node("Add", ["m1", "b1"], ["a1"], name="enc_bias"),
-              helper.make_node("Sigmoid", ["a1"], ["h"], name="enc_act"),
-              helper.make_node("MatMul", ["h", "W_T"], ["m2"], name="dec"),
-              helper.make_node("Add", ["m2", "b2"], ["a2"], name="dec_bias"),
-              helper.make_node("Sigmoid", ["a2"], ["y"], name="dec_act")]
-    graph = helper.make_graph(
-        nodes, "tied_ae", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", features])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", features])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    return tied_autoencoder(features, hidden, untied=untied, seed=seed, batch="N",
+                            transposed_name="W_T", weight_scale=scale, bias_scale=0.1)
 
 
 def run(model: onnx.ModelProto | str, x: np.ndarray, *, optimized_path=None) -> np.ndarray:
@@ -128,7 +110,7 @@ def test_int8_stores_each_tie_once_and_runs_integer_kernels(tmp_path, rng, untie
     big = [i for i in graph.initializer if int(np.prod(i.dims)) == 64 * 16]
     assert [(i.data_type, list(i.dims)) for i in big] == [(TensorProto.INT8, [64, 16])]
     stored = big[0].name
-    (tie,) = read_ties(saved)
+    (tie,) = recorded_ties(saved)
     assert (tie["initializer"], tie["dtype"]) == (stored, "int8")
     assert read_precision(saved) == "int8"
     # No float copy of W anywhere, and no float matmul left in the file.
@@ -171,7 +153,7 @@ def test_input_model_is_not_modified():
 def test_fp32_reties_an_exporter_copy():
     out = to_precision(tied_graph(untied=True), "fp32")
     assert [i.name for i in out.graph.initializer if len(i.dims) == 2] == ["W"]
-    assert read_ties(out)[0]["initializer"] == "W"
+    assert recorded_ties(out)[0]["initializer"] == "W"
     assert read_precision(out) == "fp32"
 
 
@@ -250,7 +232,7 @@ def digits_ae():
 def test_parity_with_keras_on_digits(digits_ae, precision, per_channel, atol):
     proto, x_test, keras_y = digits_ae
     out = to_precision(proto, precision, per_channel=per_channel)
-    (tie,) = read_ties(out)
+    (tie,) = recorded_ties(out)
     assert tie["dtype"] == {"fp32": "float32", "fp16": "float16", "int8": "int8"}[precision]
     y = run(out, x_test)
     assert y.dtype == np.float32
@@ -299,7 +281,7 @@ def test_conv_transpose_use_reads_the_same_int8_tensor_through_dequantize(rng):
     out = to_precision(model, "int8")
     onnx.checker.check_model(out, full_check=True)
     assert [i.data_type for i in out.graph.initializer if int(np.prod(i.dims)) == w.size] == [TensorProto.INT8]
-    (tie,) = read_ties(out)
+    (tie,) = recorded_ties(out)
     assert [u["kernel"] for u in tie["uses"]] == ["integer", "float"]
     x = rng.random((2, 3, 8, 8), dtype=np.float32)
     assert np.abs(run(out, x) - run(model, x)).max() <= CONV_INT8_ATOL

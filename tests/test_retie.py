@@ -8,7 +8,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tiedonnx.runtime.graph import find_duplicates, read_ties, retie
+from tests.graphs import recorded_ties
+from tiedonnx.runtime.graph import find_duplicates, retie
 from tiedonnx.runtime.graph.duplicates import initializer_arrays
 
 
@@ -55,7 +56,7 @@ def test_folds_transposed_copy(shape, rng):
     assert list(transposes[0].attribute[0].ints) == [1, 0]
     np.testing.assert_array_equal(_run(out, x), _run(model, x))  # bit-identical outputs
     assert report.bytes_saved >= w.nbytes - 200  # W^T is gone; metadata costs a little
-    ties = read_ties(out)
+    ties = recorded_ties(out)
     assert ties == [{"initializer": "W", "shape": list(shape), "dtype": "float32",
                      "uses": [{"relation": "transpose", "perm": [1, 0], "output": "WT"}]}]
     assert len(model.graph.initializer) == 2, "the input model must not be modified"
@@ -111,5 +112,5 @@ def test_untied_graph_unchanged(rng):
     model.graph.initializer[1].CopyFrom(
         numpy_helper.from_array(rng.standard_normal((2, 4)).astype(np.float32), "WT"))
     out, report = retie(model)
-    assert report.folded == [] and read_ties(out) == []
+    assert report.folded == [] and recorded_ties(out) == []
     assert initializer_arrays(out.graph).keys() == {"W", "WT"}

@@ -11,7 +11,7 @@ import pytest
 
 from tiedonnx.runtime import InputError, ProviderError, TiedModel, UsageError, load
 from tiedonnx.runtime.session import resolve_providers
-from tests.test_runtime_models import (
+from tests.graphs import (
     REFERENCE_ATOL, int_model, save, tied_ae, tied_reference, total_sum, two_inputs,
 )
 
@@ -123,7 +123,7 @@ def test_memory_mapped_npy_streams_in_chunks(ae, tmp_path, rng):
 def test_bad_batch_size_and_unchunkable_outputs(ae, tmp_path, rng):
     x = rng.random((4, 8), dtype=np.float32)
     for bad in (0, -1, 2.5):
-        with pytest.raises(UsageError, match=f"batch_size must be a positive integer; received {bad}"):
+        with pytest.raises(UsageError, match=f"batch_size must be a positive integer or None. Received: batch_size={bad}"):
             ae.run(x, batch_size=bad)
     with pytest.raises(UsageError, match=r"cannot be written into an array of shape \(3, 8\) and dtype float32 for 4 rows"):
         ae.run(x, out={"y": np.empty((3, 8), np.float32)})
@@ -140,7 +140,7 @@ def test_bad_batch_size_and_unchunkable_outputs(ae, tmp_path, rng):
 def test_load_option_errors(ae_path):
     with pytest.raises(UsageError, match=r"memory must be one of \['fast', 'lean'\]; received 'small'"):
         load(ae_path, memory="small")
-    with pytest.raises(UsageError, match="threads must be a positive integer or None; received 0"):
+    with pytest.raises(UsageError, match="threads must be a positive integer or None. Received: threads=0"):
         load(ae_path, threads=0)
     assert load(ae_path, threads=1, providers="cpu").run(np.zeros((1, 8)))["y"].shape == (1, 8)
 

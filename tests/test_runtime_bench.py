@@ -12,7 +12,7 @@ from tiedonnx.runtime import UsageError
 from tiedonnx.runtime.bench import bench_model, matmul_shapes, median_seconds, synthetic_inputs
 from tiedonnx.runtime.inputs import TensorSpec
 from tiedonnx.runtime.lean import lean_rewrite
-from tests.test_runtime_models import save, tied_ae, tied_weights
+from tests.graphs import save, tied_ae, tied_weights
 
 
 def test_matmul_shapes_follow_transposes_and_trans_b():
@@ -43,7 +43,7 @@ def test_synthetic_inputs_need_fixed_feature_axes(rng):
 
 
 def test_bench_rejects_bad_batch_sizes(tmp_path):
-    with pytest.raises(UsageError, match=r"batch sizes must be positive integers; received \[0\]"):
+    with pytest.raises(UsageError, match=r"batch_sizes\[i\] must be a positive integer. Received: batch_sizes\[i\]=0"):
         bench_model(save(tied_ae(), tmp_path / "ae.onnx"), batch_sizes=[0])
 
 
@@ -61,10 +61,11 @@ def test_bench_against_keras_measures_the_same_model(tmp_path):
     enc.set_weights([w["W"], w["b1"]])
     dec.set_weights([w["b2"]])
     model.save(tmp_path / "ae.keras")
+    from tiedonnx.converter.keras_bench import KerasTimer
+
     report = bench_model(save(tied_ae(), tmp_path / "ae.onnx"), batch_sizes=[1, 5],
-                         keras_path=tmp_path / "ae.keras", min_time=0.01, providers="cpu")
+                         keras=KerasTimer(tmp_path / "ae.keras"), min_time=0.01, providers="cpu")
     # Measured: Keras (TF float32 kernels) vs onnxruntime differ by <= 6e-8 here.
     assert report.keras_max_abs_diff < 1e-6
     for row in report.rows:
         assert row.keras_call_s > 0 and row.keras_predict_s > 0
-        assert row.x_vs_call == pytest.approx(row.keras_call_s / row.tiedonnx_s)

@@ -14,7 +14,7 @@ import pytest
 from tiedonnx.runtime import load
 from tiedonnx.runtime._term import ProgressBar, format_table
 from tiedonnx.runtime.cli import main
-from tests.test_runtime_models import save, tied_ae, two_inputs
+from tests.graphs import save, tied_ae, two_inputs
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_run_refuses_to_overwrite_without_force(ae_path, x_path, tmp_path, capsy
     out = tmp_path / "y.npy"
     out.write_bytes(b"keep me")
     assert main(["run", ae_path, "-i", x_path, "-o", str(out)]) == 2
-    assert "Output file already exists" in _only_line(capsys.readouterr().err)
+    assert "already exists" in _only_line(capsys.readouterr().err)
     assert out.read_bytes() == b"keep me"
     assert main(["run", ae_path, "-i", x_path, "-o", str(out), "--force"]) == 0
     assert np.load(out).shape == (10, 8)

@@ -15,7 +15,7 @@ import pytest
 from tiedonnx.runtime import ProviderError, load
 from tiedonnx.runtime.bench import bench_model
 from tiedonnx.runtime.cli import main
-from tests.test_runtime_models import save, tied_ae
+from tests.graphs import save, tied_ae
 
 pytestmark = pytest.mark.gpu
 

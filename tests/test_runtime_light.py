@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from tests.test_runtime_models import save, tied_ae
+from tests.graphs import save, tied_ae
 
 HEAVY = ("tensorflow", "keras", "tf2onnx")
 

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tiedonnx.runtime import ModelFileError, UnsafeModelError, load
 from tiedonnx.runtime.model_file import read_model
-from tests.test_runtime_models import REFERENCE_ATOL, save, tied_ae, tied_reference
+from tests.graphs import REFERENCE_ATOL, save, tied_ae, tied_reference
 
 
 @pytest.fixture

@@ -36,3 +36,19 @@ def add_memory(parser: argparse.ArgumentParser) -> None:
 def add_threads(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="intra-op threads (default: onnxruntime's choice)")
+
+
+def emit(report: dict, *, as_json: bool, lines: list[str]) -> None:
+    """Print a command's report to stdout: JSON for machines, ``lines`` for people."""
+    import json
+    import sys
+
+    if as_json:
+        json.dump(report, sys.stdout, indent=2, sort_keys=True, default=str)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write("\n".join(lines) + "\n")
+
+
+def human_bytes(n: int) -> str:
+    return f"{n:,} B ({n / 1e6:.2f} MB)"

@@ -5,25 +5,25 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UsageError
-from ..options import MEMORY_MODES, PROVIDER_CHOICES
+from . import _flags
 
 HELP = ("Benchmark a model: median latency, throughput and GFLOP/s per batch size, "
         "with Keras (--keras) and numpy's sgemm measured in the same run.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="the .onnx file")
+    parser.add_argument("model", metavar="MODEL.onnx", help="the .onnx file")
     parser.add_argument("--keras", default=None, metavar="MODEL.keras",
                         help="the same model as .keras, to time its compiled call and predict "
-                             "(needs TensorFlow)")
+                             "(needs the [convert] extra)")
     parser.add_argument("--batch-sizes", default="1,64,1024", metavar="1,64,1024",
-                        help="comma-separated batch sizes (default 1,64,1024)")
-    parser.add_argument("--provider", choices=PROVIDER_CHOICES, default="auto")
-    parser.add_argument("--memory", choices=MEMORY_MODES, default="fast")
-    parser.add_argument("--threads", type=int, default=None, help="intra-op threads")
+                        help="comma-separated batch sizes (default: 1,64,1024)")
+    _flags.add_provider(parser)
+    _flags.add_memory(parser)
+    _flags.add_threads(parser)
     parser.add_argument("--min-time", type=float, default=0.25, metavar="S",
-                        help="seconds spent timing each figure at least (default 0.25)")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+                        help="seconds spent timing each figure at least (default: 0.25)")
+    _flags.add_json(parser)
 
 
 def parse_batch_sizes(text: str) -> list[int]:
@@ -33,23 +33,28 @@ def parse_batch_sizes(text: str) -> list[int]:
     except ValueError:
         sizes = []
     if not sizes or any(s < 1 for s in sizes):
-        raise UsageError(
-            f"--batch-sizes must be comma-separated positive integers like 1,64,1024; "
-            f"received {text!r}."
-        )
+        raise UsageError(f"--batch-sizes must be comma-separated positive integers like 1,64,1024. "
+                         f"Received: {text!r}.")
     return sizes
 
 
 def run(args: argparse.Namespace) -> int:
     sizes = parse_batch_sizes(args.batch_sizes)
-    if args.min_time <= 0:
-        raise UsageError(f"--min-time must be positive; received {args.min_time}.")
+    if not args.min_time > 0:
+        raise UsageError(f"--min-time must be a positive number of seconds. Received: {args.min_time}.")
+    keras = None
+    if args.keras is not None:
+        from ..extras import require
+
+        require("convert", what="tiedonnx bench --keras")
+        from tiedonnx.converter.keras_bench import KerasTimer
+
+        keras = KerasTimer(args.keras)
     from ..bench import bench_model
 
-    report = bench_model(args.model, batch_sizes=sizes, keras_path=args.keras,
-                         providers=args.provider, memory=args.memory, threads=args.threads,
-                         min_time=args.min_time)
-    print(report.to_json() if args.json else render(report))
+    report = bench_model(args.model, batch_sizes=sizes, keras=keras, providers=args.provider,
+                         memory=args.memory, threads=args.threads, min_time=args.min_time)
+    _flags.emit(report.as_dict(), as_json=args.json, lines=[render(report)])
     return 0
 
 

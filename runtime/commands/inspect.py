@@ -1,33 +1,43 @@
+"""``tiedonnx inspect``: describe an ONNX file and re-check its ties."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import _flags
+
 HELP = "Describe an ONNX file: inputs, outputs, opset, initializers, ties (re-checked), untied size."
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("model", help="the .onnx file")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL.onnx", help="the .onnx file")
+    _flags.add_json(parser)
 
 
-def run(args) -> int:
-    from tiedonnx.runtime.graph.inspect import inspect_model
-    from tiedonnx.runtime.model_file import read_model
+def run(args: argparse.Namespace) -> int:
+    from ..graph.inspect import inspect_file
 
-    from ._report import emit, human_bytes
+    report = inspect_file(args.model)
+    _flags.emit(report.as_dict(), as_json=args.json, lines=render(args.model, report))
+    return 0
 
-    checked = read_model(args.model)
-    info = inspect_model(checked.proto, file_bytes=checked.path.stat().st_size)
-    lines = [f"{args.model}: {human_bytes(info['bytes'])}, opset {info['opset']}, producer {info['producer'] or '?'}"]
-    lines += [f"  input  {v['name']}: {v['dtype']} {v['shape']}" for v in info["inputs"]]
-    lines += [f"  output {v['name']}: {v['dtype']} {v['shape']}" for v in info["outputs"]]
-    lines.append(f"  initializers: {len(info['initializers'])}")
-    for init in sorted(info["initializers"], key=lambda i: -i["bytes"])[:10]:
+
+def render(path: str, info) -> list[str]:
+    size = _flags.human_bytes
+    lines = [f"{path}: {size(info.bytes)}, opset {info.opset}, producer {info.producer or '?'}"]
+    lines += [f"  input  {v['name']}: {v['dtype']} {v['shape']}" for v in info.inputs]
+    lines += [f"  output {v['name']}: {v['dtype']} {v['shape']}" for v in info.outputs]
+    lines.append(f"  initializers: {len(info.initializers)}")
+    for init in sorted(info.initializers, key=lambda i: -i["bytes"])[:10]:
         lines.append(f"    {init['name']}: {init['dtype']} {init['shape']} {init['bytes']:,} B")
-    lines.append(f"  ties: {len(info['ties'])}")
-    for tie in info["ties"]:
-        keras = tie.get("keras", {})
+    lines.append(f"  ties: {len(info.ties)}")
+    for tie in info.ties:
+        keras = tie.get("keras") or {}
         who = f" ({keras.get('decoder')} -> {keras.get('tied_to')})" if keras else ""
         uses = ", ".join(u["relation"] for u in tie.get("uses", [])) or "shared"
         lines.append(f"    {tie['initializer']}{who}: {uses}; {tie['status']}")
-    if info["untied_duplicates"]:
-        lines.append(f"  duplicated initializers left: {len(info['untied_duplicates'])} (run `tiedonnx retie`)")
-    lines.append(f"  untied, this file would weigh {human_bytes(info['untied_bytes'])}")
-    emit(info, as_json=args.json, lines=lines)
-    return 0
+    if info.untied_duplicates:
+        lines.append(f"  duplicated initializers left: {len(info.untied_duplicates)} "
+                     "(run `tiedonnx retie`)")
+    lines.append(f"  untied, this file would weigh {size(info.untied_bytes)}")
+    return lines

@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "write an ORT-format (.ort) file for ORT Mobile / minimal builds, one copy per tie"
+from . import _flags
+
+HELP = "Write an ORT-format (.ort) file for ORT Mobile and minimal builds, one copy per tie."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="IN.onnx", help="the model (fp32, fp16 or int8)")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT.ort", help="file to write; "
-                        "the required-operators config is written beside it")
-    parser.add_argument("--force", action="store_true", help="overwrite existing output files")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT.ort",
+                        help="the file to write; the required-operators config is written beside it")
+    _flags.add_force(parser)
+    _flags.add_json(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from tiedonnx.runtime.graph.ort_format import save_ort
+    from ..graph.ort_format import save_ort
 
     report = save_ort(args.input, args.output, force=args.force)
-    ops = "; ".join(f"{k}: {','.join(v)}" for k, v in report["operators"].items())
-    print(f"wrote {report['path']}: {report['bytes']:,} bytes, {report['ties']} tie(s) stored once"
-          f"{'' if report['optimized'] else ' (unoptimized)'}")
-    print(f"wrote {report['config_path']}: {ops}")
+    ops = "; ".join(f"{k}: {','.join(v)}" for k, v in report.operators.items())
+    lines = [f"wrote {report.path}: {report.bytes:,} B, {report.ties} tie(s) stored once"
+             f"{'' if report.optimized else ' (unoptimized)'}",
+             f"wrote {report.config_path}: {ops}"]
+    _flags.emit(report.as_dict(), as_json=args.json, lines=lines)
     return 0

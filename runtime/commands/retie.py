@@ -1,23 +1,31 @@
+"""``tiedonnx retie``: fold the duplicated tied tensors of any ONNX file."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import _flags
+
 HELP = "Fold duplicated and transposed initializers of any ONNX file into one per tie."
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("model", help="the .onnx file to read")
-    parser.add_argument("-o", "--output", required=True, help="the .onnx file to write")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="IN.onnx", help="the .onnx file to read")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT.onnx",
+                        help="the .onnx file to write")
+    _flags.add_force(parser)
+    _flags.add_json(parser)
 
 
-def run(args) -> int:
-    from tiedonnx.runtime.graph.retie import retie_file
-
-    from ._report import emit, human_bytes
+def run(args: argparse.Namespace) -> int:
+    from ..graph.retie import retie_file
 
     report = retie_file(args.model, args.output, force=args.force)
-    lines = [f"wrote {args.output}: {human_bytes(report['bytes_after'])} "
-             f"(was {human_bytes(report['bytes_before'])}; saved {human_bytes(report['bytes_saved'])})"]
-    lines += [f"  {f['copy']} -> {f['relation']} of {f['source']}" for f in report["folded"]]
-    if not report["folded"]:
+    size = _flags.human_bytes
+    lines = [f"wrote {args.output}: {size(report.bytes_after)} "
+             f"(was {size(report.bytes_before)}; saved {size(report.bytes_saved)})"]
+    lines += [f"  {d.copy} -> {d.relation} of {d.source}" for d in report.folded]
+    if not report.folded:
         lines.append("  nothing to fold: no initializer is a copy or transpose of another")
-    emit(report, as_json=args.json, lines=lines)
+    _flags.emit(report.as_dict(), as_json=args.json, lines=lines)
     return 0

@@ -23,7 +23,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import ConversionError
-from .metadata import TIES_KEY, read_ties, ties_json, write_metadata
+from .edit import prepend_nodes, replace_repeated
+from .metadata import TieUse, read_ties, write_ties
 
 logger = logging.getLogger(__name__)
 
@@ -73,23 +74,18 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         casts.append(helper.make_node("Cast", [name], [init.name], to=onnx.TensorProto.FLOAT,
                                       name=f"tiedonnx_fp16/{init.name}"))
         converted[init.name] = name
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    # The casts read only initializers, so they can lead the node list.
-    nodes = casts + list(graph.node)
-    del graph.node[:]
-    graph.node.extend(nodes)
+    replace_repeated(graph.initializer, kept)
+    prepend_nodes(graph, casts)  # the casts read only initializers
     if underflow:
         logger.info("fp16: %d nonzero weights rounded to 0 (|w| < 6e-8)", underflow)
     logger.info("fp16: %d initializers stored as float16", len(converted))
 
     ties = read_ties(model)
-    for entry in ties:
-        name = entry.get("initializer")
+    for tie in ties:
+        name = tie.initializer
         if name in converted:
-            entry.update(initializer=converted[name], dtype="float16", source=name)
-            entry.setdefault("uses", []).insert(
-                0, {"relation": "cast", "output": name, "to": "float32"})
+            tie.initializer, tie.dtype, tie.source = converted[name], "float16", name
+            tie.uses.insert(0, TieUse(relation="cast", output=name, to="float32"))
     if ties:
-        write_metadata(out, {TIES_KEY: ties_json(ties)})
+        write_ties(out, ties)
     return out

@@ -1,83 +1,175 @@
-"""Describe an ONNX file: I/O, opset, initializers, and its ties re-checked against the graph."""
+"""Describe an ONNX file: I/O, opset, initializers, and its ties re-checked against the graph.
+
+"Untied size" is defined once, here (:func:`untied_bytes`): the file's own
+size plus one more copy of each tied tensor, at its stored precision, for
+every use that plain exporters store separately (a transposed or copied use).
+"""
 
 from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
 
 import onnx
 from onnx import helper
 
 from .duplicates import find_duplicates, initializer_arrays
-from .metadata import read_ties
+from .edit import producers, transpose_perm
+from .metadata import TIES_KEY, TieRecord, read_ties
 
-__all__ = ["inspect_model"]
+__all__ = ["InspectReport", "inspect_file", "inspect_model", "tensor_nbytes", "untied_bytes"]
+
+# Ops through which a use still reads the one stored tensor (no second copy in the file).
+_PASS_THROUGH = {"Cast", "DequantizeLinear", "Transpose", "Identity", "Reshape",
+                 "GatherBlockQuantized", "Squeeze", "Unsqueeze"}
+# Uses that a plain exporter would have stored as a copy of their own.
+_COPY_RELATIONS = {"transpose", "identity", "dequantize"}
+
+
+@dataclass
+class InspectReport:
+    """What :func:`inspect_model` found; ``as_dict()`` is the ``--json`` output."""
+
+    bytes: int
+    untied_bytes: int
+    opset: dict[str, int]
+    ir_version: int
+    producer: str
+    inputs: list[dict] = field(default_factory=list)
+    outputs: list[dict] = field(default_factory=list)
+    initializers: list[dict] = field(default_factory=list)
+    ties: list[dict] = field(default_factory=list)
+    untied_duplicates: list[dict] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ties_ok(self) -> bool:
+        return all(t["status"] == "ok" for t in self.ties) and not self.untied_duplicates
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _type_name(tp: onnx.TypeProto) -> tuple[str, list | None]:
+    """Readable dtype and shape of any ONNX type (tensor, sequence, map, optional...)."""
+    kind = tp.WhichOneof("value")
+    if kind in ("tensor_type", "sparse_tensor_type"):
+        t = getattr(tp, kind)
+        try:
+            dtype = helper.tensor_dtype_to_np_dtype(t.elem_type).name
+        except KeyError:
+            dtype = onnx.TensorProto.DataType.Name(t.elem_type) if t.elem_type else "undefined"
+        dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else None) for d in t.shape.dim]
+        return (dtype if kind == "tensor_type" else f"sparse({dtype})"), dims
+    if kind == "sequence_type":
+        return f"sequence({_type_name(tp.sequence_type.elem_type)[0]})", None
+    if kind == "optional_type":
+        return f"optional({_type_name(tp.optional_type.elem_type)[0]})", None
+    if kind == "map_type":
+        key = onnx.TensorProto.DataType.Name(tp.map_type.key_type).lower()
+        return f"map({key}, {_type_name(tp.map_type.value_type)[0]})", None
+    return kind or "undefined", None
 
 
 def _value_info(vi: onnx.ValueInfoProto) -> dict:
-    t = vi.type.tensor_type
-    dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else None) for d in t.shape.dim]
-    return {"name": vi.name, "shape": dims, "dtype": helper.tensor_dtype_to_np_dtype(t.elem_type).name}
+    dtype, shape = _type_name(vi.type)
+    return {"name": vi.name, "shape": shape, "dtype": dtype}
 
 
-def _nbytes(tensor: onnx.TensorProto) -> int:
-    if tensor.data_type == onnx.TensorProto.STRING:
-        return tensor.ByteSize()
+def tensor_nbytes(tensor: onnx.TensorProto) -> int:
+    """Bytes of a tensor's data once loaded (packed 4-bit types count half a byte)."""
     count = 1
     for d in tensor.dims:
         count *= d
-    return count * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return sum(len(s) for s in tensor.string_data)
+    if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+        return (count + 1) // 2
+    try:
+        return count * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except KeyError:
+        return len(tensor.raw_data)
 
 
-def _check_tie(entry: dict, inits: dict, producers: dict) -> list[str]:
+def untied_bytes(model: onnx.ModelProto, file_bytes: int | None = None) -> int:
+    """What the file would weigh with each tie's copied uses stored separately (see module doc)."""
+    sizes = {i.name: tensor_nbytes(i) for i in model.graph.initializer}
+    extra = sum(sizes.get(t.initializer, 0)
+                for t in read_ties(model) for u in t.uses if u.relation in _COPY_RELATIONS)
+    return (file_bytes if file_bytes is not None else model.ByteSize()) + extra
+
+
+def _reachable(graph: onnx.GraphProto, start: str) -> set[str]:
+    """Names computed from ``start`` through ops that read it without storing a copy."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        if node.op_type in _PASS_THROUGH and node.input:
+            readers.setdefault(node.input[0], []).append(node)
+    reached, todo = {start}, [start]
+    while todo:
+        for node in readers.get(todo.pop(), []):
+            for out in node.output:
+                if out not in reached:
+                    reached.add(out)
+                    todo.append(out)
+    return reached
+
+
+def check_tie(tie: TieRecord, graph: onnx.GraphProto, inits: dict) -> list[str]:
     """Problems with one recorded tie (empty when the graph still has it)."""
-    name = entry.get("initializer")
-    if name not in inits:
-        return [f"stored tensor {name!r} is not an initializer of the graph"]
+    if tie.initializer not in inits:
+        return [f"stored tensor {tie.initializer!r} is not an initializer of the graph"]
+    reached = _reachable(graph, tie.initializer)
+    made_by = producers(graph)
     problems = []
-    for use in entry.get("uses", []):
-        if use.get("relation") != "transpose":
+    for use in tie.uses:
+        if use.relation == "identity" and use.output not in made_by:
+            continue  # an exact copy folded by retie: its readers read the stored tensor
+        if use.output not in reached:
+            problems.append(f"use {use.output!r} does not read {tie.initializer!r} "
+                            "(a second copy?)")
             continue
-        node = producers.get(use.get("output"))
-        if node is None or node.op_type != "Transpose" or list(node.input) != [name]:
-            problems.append(f"use {use.get('output')!r} is not a Transpose of {name!r}")
-        elif [a for a in node.attribute if a.name == "perm"][0].ints != use.get("perm"):
-            problems.append(f"use {use.get('output')!r} transposes with another perm")
+        node = made_by.get(use.output)
+        if use.relation == "transpose" and node is not None and node.op_type == "Transpose":
+            rank = len(tie.shape) or len(inits[tie.initializer].dims)
+            if use.perm is not None and transpose_perm(node, rank) != list(use.perm):
+                problems.append(f"use {use.output!r} transposes with another perm")
     return problems
 
 
-def inspect_model(model: onnx.ModelProto, *, file_bytes: int | None = None) -> dict:
-    """Return a JSON-friendly description of ``model``.
+def inspect_model(model: onnx.ModelProto, *, file_bytes: int | None = None) -> InspectReport:
+    """Describe ``model``: I/O, opsets, initializers, ties re-checked, duplicates left, untied size.
 
-    Includes inputs, outputs, opsets, initializers with sizes, the recorded
-    ties with a re-check against the graph (``"ok"`` or the problems found),
-    exact duplicates still present (what ``retie`` would fold), and
-    ``untied_bytes``: what the file would weigh with every transposed use
-    stored as its own copy, as plain exporters write it.
+    Args:
+        model: the model.
+        file_bytes: the file's size on disk (default: the serialized size).
     """
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    sizes = {name: _nbytes(t) for name, t in inits.items()}
-    producers = {out: node for node in graph.node for out in node.output}
     ties = []
-    extra = 0
-    for entry in read_ties(model):
-        problems = _check_tie(entry, inits, producers)
-        copies = sum(1 for u in entry.get("uses", []) if u.get("relation") == "transpose")
-        extra += copies * sizes.get(entry.get("initializer"), 0)
-        ties.append({**entry, "status": "ok" if not problems else "; ".join(problems)})
+    for tie in read_ties(model):
+        problems = check_tie(tie, graph, inits)
+        ties.append({**tie.as_dict(), "status": "ok" if not problems else "; ".join(problems)})
     total = file_bytes if file_bytes is not None else model.ByteSize()
     dups = find_duplicates(initializer_arrays(graph))
-    return {
-        "inputs": [_value_info(v) for v in graph.input if v.name not in inits],
-        "outputs": [_value_info(v) for v in graph.output],
-        "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
-        "ir_version": model.ir_version,
-        "producer": f"{model.producer_name} {model.producer_version}".strip(),
-        "initializers": [
-            {"name": n, "shape": list(t.dims), "dtype": helper.tensor_dtype_to_np_dtype(t.data_type).name,
-             "bytes": sizes[n]} for n, t in inits.items()
-        ],
-        "ties": ties,
-        "untied_duplicates": [{"source": d.source, "copy": d.copy, "relation": d.relation} for d in dups],
-        "bytes": total,
-        "untied_bytes": total + extra,
-        "metadata": {p.key: p.value for p in model.metadata_props if p.key != "tiedonnx.ties"},
-    }
+    return InspectReport(
+        bytes=total, untied_bytes=untied_bytes(model, total),
+        opset={o.domain or "ai.onnx": o.version for o in model.opset_import},
+        ir_version=model.ir_version,
+        producer=f"{model.producer_name} {model.producer_version}".strip(),
+        inputs=[_value_info(v) for v in graph.input if v.name not in inits],
+        outputs=[_value_info(v) for v in graph.output],
+        initializers=[{"name": n, "shape": list(t.dims), "dtype": _type_name(
+            helper.make_tensor_type_proto(t.data_type, None))[0], "bytes": tensor_nbytes(t)}
+            for n, t in inits.items()],
+        ties=ties,
+        untied_duplicates=[{"source": d.source, "copy": d.copy, "relation": d.relation} for d in dups],
+        metadata={p.key: p.value for p in model.metadata_props if p.key != TIES_KEY},
+    )
+
+
+def inspect_file(path) -> InspectReport:
+    """:func:`inspect_model` of a file read with the runtime's checks (``.onnx``)."""
+    from ..model_file import read_model
+
+    checked = read_model(path)
+    return inspect_model(checked.proto, file_bytes=checked.path.stat().st_size)

@@ -19,27 +19,14 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import ConversionError
+from .edit import consumers, prepend_nodes, remove_initializers, rename_uses, replace_repeated, used_names
+from .metadata import TieRecord, TieUse
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["members", "consumers", "retie_quantized", "merge_equal_parameters", "prune_initializers"]
+__all__ = ["retie_quantized", "merge_equal_parameters", "prune_initializers"]
 
 _QSUFFIX, _SSUFFIX, _ZSUFFIX = "_quantized", "_scale", "_zero_point"
-
-
-def members(entry: dict) -> dict[str, tuple[int, ...]]:
-    """Float names of one tie -> permutation of the stored tensor that gives them."""
-    source = entry["initializer"]
-    ndim = len(entry.get("shape") or []) or 2
-    members = {source: tuple(range(ndim))}
-    for use in entry.get("uses", []):
-        if use.get("relation") == "transpose":
-            members[use["output"]] = tuple(use["perm"])
-    return members
-
-
-def consumers(graph: onnx.GraphProto, name: str) -> list[onnx.NodeProto]:
-    return [n for n in graph.node if name in n.input]
 
 
 def _scale_axis(q: np.ndarray, scale: np.ndarray, zp: np.ndarray, ref: np.ndarray) -> int | None:
@@ -69,15 +56,15 @@ def _relative_perm(stored: tuple[int, ...], member: tuple[int, ...]) -> list[int
 class _Tie:
     """One tie inside the quantized graph: its stored int8 tensor and how to reach it."""
 
-    def __init__(self, graph: onnx.GraphProto, entry: dict, source: np.ndarray):
+    def __init__(self, graph: onnx.GraphProto, entry: TieRecord, source: np.ndarray):
         self.graph, self.entry = graph, entry
-        self.members = members(entry)
+        self.members = entry.members()
         self.inits = {i.name: i for i in graph.initializer}
         quantized = [m for m in self.members if m + _QSUFFIX in self.inits]
         self.quantized = quantized
-        self.primary = _pick_primary(self.inits, quantized) if quantized else entry["initializer"]
+        self.primary = _pick_primary(self.inits, quantized) if quantized else entry.initializer
         self.new_nodes: list[onnx.NodeProto] = []
-        self.uses: list[dict] = []
+        self.uses: list[TieUse] = []
         self.remove: set[str] = set()
         if quantized:
             p = self.primary
@@ -112,14 +99,14 @@ def _pick_primary(inits: dict, quantized: list[str]) -> str:
     return quantized[0]
 
 
-def retie_quantized(graph: onnx.GraphProto, entry: dict, original: onnx.ModelProto) -> dict:
+def retie_quantized(graph: onnx.GraphProto, entry: TieRecord, original: onnx.ModelProto) -> TieRecord:
     """Make every use of one tie read a single stored tensor; return its new tie record."""
     source = numpy_helper.to_array(next(i for i in original.graph.initializer
-                                        if i.name == entry["initializer"]))
+                                        if i.name == entry.initializer))
     tie = _Tie(graph, entry, source)
     if not tie.quantized:
         logger.warning("tie %r: no use of it is quantizable by onnxruntime; stored once in fp32",
-                       entry["initializer"])
+                       entry.initializer)
     for member in tie.members:
         if member != tie.primary and member in tie.quantized:
             _share_quantized(tie, member)
@@ -127,14 +114,10 @@ def retie_quantized(graph: onnx.GraphProto, entry: dict, original: onnx.ModelPro
         if consumers(graph, member) or member in {o.name for o in graph.output}:
             _float_use(tie, member)
     if tie.quantized and consumers(graph, tie.name(_QSUFFIX)):
-        tie.uses.insert(0, {"relation": "identity", "output": tie.name(_QSUFFIX), "kernel": "integer"})
+        tie.uses.insert(0, TieUse(relation="direct", output=tie.name(_QSUFFIX), kernel="integer"))
     tie.remove |= {m for m in tie.members if m != tie.primary or tie.quantized}
-    kept = [i for i in graph.initializer if i.name not in tie.remove]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    nodes = tie.new_nodes + list(graph.node)
-    del graph.node[:]
-    graph.node.extend(nodes)
+    remove_initializers(graph, tie.remove)
+    prepend_nodes(graph, tie.new_nodes)
     return _record(tie, source)
 
 
@@ -153,13 +136,10 @@ def _share_quantized(tie: _Tie, member: str) -> None:
             f"{tie.primary!r} (scales {mine[1].ravel()[:3]} vs {tie.scale.ravel()[:3]}). "
             "This happens only with per-channel scales; use per_channel=False.")
     tie.add("Transpose", [tie.name(_QSUFFIX)], member + _QSUFFIX, perm=perm)
-    renames = {member + _SSUFFIX: tie.name(_SSUFFIX), member + _ZSUFFIX: tie.name(_ZSUFFIX)}
-    for node in tie.graph.node:
-        for i, name in enumerate(node.input):
-            node.input[i] = renames.get(name, name)
+    rename_uses(tie.graph, {member + _SSUFFIX: tie.name(_SSUFFIX),
+                            member + _ZSUFFIX: tie.name(_ZSUFFIX)})
     tie.remove |= {member + s for s in (_QSUFFIX, _SSUFFIX, _ZSUFFIX)}
-    tie.uses.append({"relation": "transpose", "perm": perm, "output": member + _QSUFFIX,
-                     "kernel": "integer"})
+    tie.uses.append(TieUse(relation="transpose", perm=perm, output=member + _QSUFFIX, kernel="integer"))
 
 
 def _float_use(tie: _Tie, member: str) -> None:
@@ -167,8 +147,8 @@ def _float_use(tie: _Tie, member: str) -> None:
     if not tie.quantized:  # the fp32 tie as retie left it
         if member != tie.primary:
             tie.add("Transpose", [tie.primary], member, perm=tie.rel(member))
-            tie.uses.append({"relation": "transpose", "perm": tie.rel(member), "output": member,
-                             "kernel": "float"})
+            tie.uses.append(TieUse(relation="transpose", perm=tie.rel(member), output=member,
+                                   kernel="float"))
         return
     for node in consumers(tie.graph, member):
         if _can_fold(tie, member, node):
@@ -176,9 +156,8 @@ def _float_use(tie: _Tie, member: str) -> None:
     if not (consumers(tie.graph, member) or member in {o.name for o in tie.graph.output}):
         return
     logger.warning("tie %r: use %r cannot run as an integer kernel; it reads the int8 tensor "
-                   "through DequantizeLinear (fp32 compute)", tie.entry["initializer"], member)
-    tie.uses.append({"relation": "dequantize", "perm": tie.rel(member), "output": member,
-                     "kernel": "float"})
+                   "through DequantizeLinear (fp32 compute)", tie.entry.initializer, member)
+    tie.uses.append(TieUse(relation="dequantize", perm=tie.rel(member), output=member, kernel="float"))
     if any(member in n.output for n in tie.graph.node):
         return  # quantize_dynamic already feeds it from DequantizeLinear of the int8 tensor
     float_name = tie.name("_dequantized")
@@ -201,7 +180,7 @@ def _fold_scales(tie: _Tie, member: str, node: onnx.NodeProto) -> None:
     q_t = member + _QSUFFIX
     if not any(n.output[0] == q_t for n in tie.new_nodes):
         tie.add("Transpose", [tie.name(_QSUFFIX)], q_t, perm=[1, 0])
-        tie.uses.append({"relation": "transpose", "perm": [1, 0], "output": q_t, "kernel": "integer"})
+        tie.uses.append(TieUse(relation="transpose", perm=[1, 0], output=q_t, kernel="integer"))
     # s = c * r with c = max(s): r scales A, c is B's per-tensor scale. A
     # B scale of exactly 1 would be optimized away as a no-op Mul, and with it
     # the pattern onnxruntime fuses into DynamicQuantizeMatMul.
@@ -232,22 +211,18 @@ def _fold_scales(tie: _Tie, member: str, node: onnx.NodeProto) -> None:
     nodes = list(tie.graph.node)
     at = nodes.index(node)
     nodes[at:at + 1] = pattern
-    del tie.graph.node[:]
-    tie.graph.node.extend(nodes)
-    logger.info("tie %r: %s runs (A * s) @ q^T on the shared int8 tensor", tie.entry["initializer"],
+    replace_repeated(tie.graph.node, nodes)
+    logger.info("tie %r: %s runs (A * s) @ q^T on the shared int8 tensor", tie.entry.initializer,
                 node.name)
 
 
-def _record(tie: _Tie, source: np.ndarray) -> dict:
-    entry = {k: v for k, v in tie.entry.items() if k == "keras"}
+def _record(tie: _Tie, source: np.ndarray) -> TieRecord:
     if not tie.quantized:
-        entry.update(initializer=tie.primary, dtype=str(source.dtype), shape=list(source.shape))
-    else:
-        entry.update(initializer=tie.name(_QSUFFIX), dtype=str(tie.q.dtype), shape=list(tie.q.shape),
+        return TieRecord(initializer=tie.primary, dtype=str(source.dtype), shape=list(source.shape),
+                         uses=tie.uses, keras=tie.entry.keras)
+    return TieRecord(initializer=tie.name(_QSUFFIX), dtype=str(tie.q.dtype), shape=list(tie.q.shape),
                      scale=tie.name(_SSUFFIX), zero_point=tie.name(_ZSUFFIX), axis=tie.axis,
-                     source=tie.entry["initializer"])
-    entry["uses"] = tie.uses
-    return entry
+                     source=tie.entry.initializer, uses=tie.uses, keras=tie.entry.keras)
 
 
 def merge_equal_parameters(graph: onnx.GraphProto, *, keep: set[str]) -> None:
@@ -263,32 +238,15 @@ def merge_equal_parameters(graph: onnx.GraphProto, *, keep: set[str]) -> None:
             renames[init.name] = first[key]
         else:
             first.setdefault(key, init.name)
-    if not renames:
-        return
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            node.input[i] = renames.get(name, name)
-    kept = [i for i in graph.initializer if i.name not in renames]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    logger.debug("merged %d equal quantization parameters", len(renames))
-
-
-def _graph_inputs(graph: onnx.GraphProto) -> set[str]:
-    """Every name read by a node of ``graph`` or of its subgraphs."""
-    names = set()
-    for node in graph.node:
-        names.update(node.input)
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                names |= _graph_inputs(sub)
-    return names
+    if renames:
+        rename_uses(graph, renames)  # subgraphs too: they may read a merged parameter
+        remove_initializers(graph, set(renames))
+        logger.debug("merged %d equal quantization parameters", len(renames))
 
 
 def prune_initializers(graph: onnx.GraphProto) -> None:
-    used = _graph_inputs(graph) | {o.name for o in graph.output} | {i.name for i in graph.input}
-    kept = [i for i in graph.initializer if i.name in used]
-    if len(kept) != len(graph.initializer):
-        logger.debug("dropped %d unused initializers", len(graph.initializer) - len(kept))
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
+    """Drop initializers that nothing reads (subgraphs included)."""
+    used = used_names(graph) | {i.name for i in graph.input}
+    dropped = remove_initializers(graph, lambda init: init.name not in used)
+    if dropped:
+        logger.debug("dropped %d unused initializers", dropped)

@@ -1,51 +1,159 @@
-"""The tie record kept in an ONNX file's ``metadata_props``.
+"""The tie record kept in an ONNX file's ``metadata_props``: one type, one reader, one writer.
 
-Key ``tiedonnx.ties`` holds a JSON list, one entry per stored tied tensor::
+Key ``tiedonnx.ties`` holds a compact JSON list, one :class:`TieRecord` per
+stored tied tensor::
 
     {"initializer": "W", "shape": [784, 256], "dtype": "float32",
      "uses": [{"relation": "transpose", "perm": [1, 0], "output": "W__T"}],
      "keras": {"decoder": "dec", "tied_to": "enc", "variable": "enc/kernel"}}
 
-``uses`` lists the *extra* uses that read the stored tensor through a graph op
-(``output`` is that op's output name); the direct use is implied. ``keras`` is
-present when the tie came from :func:`tiedonnx.converter.find_ties`.
+``uses`` lists the uses that read the stored tensor through a graph op
+(``output`` is that op's output name); the direct use is implied. ``keras``
+is present when the tie's Keras layers and variable are known.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field, fields
 
 import onnx
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["PRECISION_KEY", "TIES_KEY", "read_precision", "TieRecord", "TieUse", "read_ties", "write_metadata", "write_ties"]
+
 TIES_KEY = "tiedonnx.ties"
-VERSION_KEY = "tiedonnx.version"
 VERSIONS_KEY = "tiedonnx.versions"
+PRECISION_KEY = "tiedonnx.precision"
 
 
-def read_ties(model: onnx.ModelProto) -> list[dict]:
-    """Return the tie record of ``model`` (empty when it has none or it is unreadable)."""
+def _compact(obj) -> dict:
+    """Dataclass fields as a dict, without the ones left at None."""
+    return {f.name: getattr(obj, f.name) for f in fields(obj) if getattr(obj, f.name) is not None}
+
+
+@dataclass
+class TieUse:
+    """One use of a stored tied tensor through a graph op.
+
+    Attributes:
+        relation: ``"transpose"``, ``"identity"``, ``"cast"`` or ``"dequantize"``.
+        output: the name the use reads (the op's output).
+        perm: the axis permutation, for transposes.
+        kernel: ``"integer"`` or ``"float"`` (quantized files).
+        to: the cast's target dtype (fp16 files).
+    """
+
+    relation: str
+    output: str
+    perm: list[int] | None = None
+    kernel: str | None = None
+    to: str | None = None
+
+    def as_dict(self) -> dict:
+        return _compact(self)
+
+
+@dataclass
+class TieRecord:
+    """One tie: the tensor stored once, and every use that reads it through an op.
+
+    Attributes:
+        initializer: the stored tensor.
+        shape, dtype: of the stored tensor.
+        uses: the uses through graph ops (the direct use is implied).
+        keras: ``{"decoder", "tied_to", "variable"}`` when the Keras side is known.
+        source: the float tensor's name before fp16/int8 storage.
+        scale, zero_point, axis: quantization parameters (int8).
+    """
+
+    initializer: str
+    shape: list[int] = field(default_factory=list)
+    dtype: str = ""
+    uses: list[TieUse] = field(default_factory=list)
+    keras: dict | None = None
+    source: str | None = None
+    scale: str | None = None
+    zero_point: str | None = None
+    axis: int | None = None
+
+    def as_dict(self) -> dict:
+        d = _compact(self)
+        d["uses"] = [u.as_dict() for u in self.uses]
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TieRecord:
+        """Build from a metadata entry; raises ``TypeError``/``KeyError`` on a malformed one."""
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        uses = kwargs.pop("uses", None) or []
+        use_keys = {f.name for f in fields(TieUse)}
+        record = cls(**kwargs, uses=[TieUse(**{k: v for k, v in u.items() if k in use_keys})
+                                     for u in uses])
+        if not isinstance(record.initializer, str):
+            raise TypeError("initializer must be a string")
+        return record
+
+    def members(self) -> dict[str, tuple[int, ...]]:
+        """Float tensor names of this tie -> the permutation of the stored tensor that gives them."""
+        ndim = len(self.shape) or 2
+        found = {self.initializer: tuple(range(ndim))}
+        for use in self.uses:
+            if use.relation == "transpose" and use.perm is not None:
+                found[use.output] = tuple(use.perm)
+        return found
+
+    def add_use(self, use: TieUse) -> None:
+        if use not in self.uses:
+            self.uses.append(use)
+
+
+def read_ties(model: onnx.ModelProto) -> list[TieRecord]:
+    """The tie record of ``model`` (empty when it has none; malformed entries are skipped, logged)."""
     for prop in model.metadata_props:
-        if prop.key == TIES_KEY:
+        if prop.key != TIES_KEY:
+            continue
+        try:
+            entries = json.loads(prop.value)
+        except (json.JSONDecodeError, RecursionError):
+            logger.warning("metadata %s is not valid JSON; ignoring it", TIES_KEY)
+            return []
+        ties = []
+        for entry in entries if isinstance(entries, list) else []:
             try:
-                ties = json.loads(prop.value)
-            except json.JSONDecodeError:
-                logger.warning("metadata %s is not valid JSON; ignoring it", TIES_KEY)
-                return []
-            return ties if isinstance(ties, list) else []
+                ties.append(TieRecord.from_dict(entry))
+            except (TypeError, KeyError, AttributeError, ValueError):
+                logger.warning("metadata %s has a malformed entry; ignoring it", TIES_KEY)
+        return ties
     return []
 
 
-def write_metadata(model: onnx.ModelProto, entries: dict[str, str]) -> None:
-    """Set (replace) metadata keys on ``model`` in place."""
+def write_ties(model: onnx.ModelProto, ties: list[TieRecord]) -> None:
+    """Store ``ties`` as the model's tie record (in place); removes the key when empty."""
+    if ties:
+        text = json.dumps([t.as_dict() for t in ties], sort_keys=True, separators=(",", ":"))
+        write_metadata(model, {TIES_KEY: text})
+    else:
+        write_metadata(model, {TIES_KEY: None})
+
+
+def write_metadata(model: onnx.ModelProto, entries: dict[str, str | None]) -> None:
+    """Set (replace) metadata keys on ``model`` in place; a value of None removes the key."""
+    from .edit import replace_repeated
+
     kept = [p for p in model.metadata_props if p.key not in entries]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
+    replace_repeated(model.metadata_props, kept)
     for key, value in entries.items():
-        model.metadata_props.add(key=key, value=value)
+        if value is not None:
+            model.metadata_props.add(key=key, value=value)
 
 
-def ties_json(ties: list[dict]) -> str:
-    return json.dumps(ties, sort_keys=True, separators=(",", ":"))
+def read_precision(model: onnx.ModelProto) -> str:
+    """The weight precision recorded in ``model``'s metadata (``"fp32"`` when none is)."""
+    for prop in model.metadata_props:
+        if prop.key == PRECISION_KEY:
+            return prop.value
+    return "fp32"

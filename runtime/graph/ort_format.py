@@ -21,17 +21,18 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from ..errors import ConversionError, ModelFileError
+from ..errors import ConversionError, ModelFileError, short_error
 from .metadata import read_ties
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CONFIG_SUFFIX", "config_path_for", "load_onnx", "ort_initializers", "save_ort"]
+__all__ = ["CONFIG_SUFFIX", "OrtReport", "config_path_for", "load_onnx", "ort_initializers", "save_ort"]
 
 CONFIG_SUFFIX = ".required_operators.config"
 # Fusions only; ConstantFolding would materialize Transpose(W) as a copy.
@@ -72,7 +73,7 @@ def load_onnx(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
     """``model`` itself, or the checked model read from that path (see ``runtime.model_file``)."""
     if isinstance(model, onnx.ModelProto):
         return model
-    from tiedonnx.runtime.model_file import read_model
+    from ..model_file import read_model
 
     return read_model(model).proto
 
@@ -100,8 +101,8 @@ def _split_ties(model: onnx.ModelProto, ort_file: Path) -> list[str]:
     inits = ort_initializers(ort_file, with_data=True)
     stored = {i.name: i for i in model.graph.initializer}
     broken = []
-    for entry in read_ties(model):
-        proto = stored.get(entry.get("initializer"))
+    for tie in read_ties(model):
+        proto = stored.get(tie.initializer)
         if proto is None:
             continue
         values = np.sort(numpy_helper.to_array(proto).ravel())
@@ -131,8 +132,30 @@ def _write_config(ort_file: Path, dst: Path, label: str) -> dict[str, list[str]]
     return ops
 
 
+@dataclass
+class OrtReport:
+    """What :func:`save_ort` wrote.
+
+    Attributes:
+        operators: ``"domain;opset"`` -> op types (the required-operators config).
+        optimized: False when the optimized save split a tie and the
+            unoptimized one was kept.
+    """
+
+    path: str
+    bytes: int
+    config_path: str
+    operators: dict[str, list[str]] = field(default_factory=dict)
+    optimized: bool = True
+    initializers: int = 0
+    ties: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
 def save_ort(model: onnx.ModelProto | str | os.PathLike, out_path: str | os.PathLike, *,
-             force: bool = False) -> dict:
+             force: bool = False) -> OrtReport:
     """Write ``model`` as an ORT-format file that keeps one initializer per tie.
 
     Args:
@@ -142,10 +165,7 @@ def save_ort(model: onnx.ModelProto | str | os.PathLike, out_path: str | os.Path
         force: overwrite existing files.
 
     Returns:
-        A report: ``path``, ``bytes``, ``config_path``, ``operators``
-        (``"domain;opset"`` -> op types), ``optimized`` (False when the
-        optimized save split a tie and the unoptimized one was kept),
-        ``initializers`` and ``ties``.
+        An :class:`OrtReport`.
 
     Raises:
         OutputExistsError: a target exists and ``force`` is False.
@@ -153,7 +173,7 @@ def save_ort(model: onnx.ModelProto | str | os.PathLike, out_path: str | os.Path
         ConversionError: onnxruntime cannot save or reload the model, or a tie
             is split even without optimizations.
     """
-    from tiedonnx.runtime.atomic import atomic_path, check_output_path
+    from ..atomic import atomic_path, check_output_path
 
     out_path, config = Path(out_path), config_path_for(out_path)
     for path in (out_path, config):
@@ -174,9 +194,9 @@ def save_ort(model: onnx.ModelProto | str | os.PathLike, out_path: str | os.Path
         except Exception as exc:
             if isinstance(exc, ConversionError):
                 raise
-            detail = " ".join(str(exc).split())[:300]  # one line: the CLI prints one
             raise ConversionError(f"onnxruntime could not write or reload the ORT-format file "
-                                  f"({detail}). Check that the model loads with onnxruntime.") from exc
+                                  f"({short_error(exc, 300)}). Check that the model loads with "
+                                  "onnxruntime.") from exc
         if broken:
             raise ConversionError(f"The ORT-format file stores ties {broken} more than once. "
                                   "Please report this model.")
@@ -184,9 +204,8 @@ def save_ort(model: onnx.ModelProto | str | os.PathLike, out_path: str | os.Path
         inits = ort_initializers(tmp)
         size = tmp.stat().st_size
     logger.info("wrote %s (%d bytes) and %s", out_path, size, config)
-    return {"path": str(out_path), "bytes": size, "config_path": str(config),
-            "operators": operators, "optimized": optimized, "initializers": len(inits),
-            "ties": len(read_ties(proto))}
+    return OrtReport(path=str(out_path), bytes=size, config_path=str(config), operators=operators,
+                     optimized=optimized, initializers=len(inits), ties=len(read_ties(proto)))
 
 
 def _check_loads(path: Path) -> None:

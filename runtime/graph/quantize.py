@@ -38,26 +38,28 @@ for the measured reasons.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from tiedonnx.runtime.options import PRECISIONS  # the one list, shared with the CLI
-
 from ..errors import ConversionError, UsageError
+from ..options import PRECISIONS  # the one list, shared with the CLI
+from .edit import consumers, replace_repeated, transpose_perm
 from .fp16 import to_fp16
-from .int8_retie import consumers, members, merge_equal_parameters, prune_initializers, retie_quantized
-from .metadata import TIES_KEY, read_ties, ties_json, write_metadata
+from .int8_retie import merge_equal_parameters, prune_initializers, retie_quantized
+from .metadata import PRECISION_KEY, TieRecord, TieUse, read_precision, read_ties, write_metadata, write_ties
 from .retie import retie
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PRECISIONS", "PRECISION_KEY", "DEFAULT_PER_CHANNEL", "to_precision", "read_precision"]
+__all__ = ["PRECISIONS", "PRECISION_KEY", "DEFAULT_PER_CHANNEL", "QuantizeReport", "quantize_file",
+           "read_precision", "ties_in_graph", "to_precision"]
 
-PRECISION_KEY = "tiedonnx.precision"
 
 # Per-tensor by default. Measured on the 784-256 sigmoid AE trained 5 epochs
 # on scikit-learn digits (upscaled to 28x28), 297 held-out images, vs Keras
@@ -73,14 +75,6 @@ DEFAULT_PER_CHANNEL = False
 # the model above (AMD EPYC, AVX2) against 0.023 with reduce_range. The file
 # does not know which CPU it will run on, so it is safe everywhere.
 REDUCE_RANGE = True
-
-
-def read_precision(model: onnx.ModelProto) -> str:
-    """The precision recorded in ``model``'s metadata (``"fp32"`` when none is)."""
-    for prop in model.metadata_props:
-        if prop.key == PRECISION_KEY:
-            return prop.value
-    return "fp32"
 
 
 def to_precision(model: onnx.ModelProto, precision: str, *,
@@ -121,9 +115,9 @@ def to_precision(model: onnx.ModelProto, precision: str, *,
                          f"{precision} would compound rounding. Received: precision={precision!r}. "
                          "Convert the fp32 export instead.")
     tied, _ = retie(model)
-    ties = _find_ties(tied)
+    ties = ties_in_graph(tied)
     if ties:
-        write_metadata(tied, {TIES_KEY: ties_json(ties)})
+        write_ties(tied, ties)
     if current == precision and precision != "fp32":
         logger.info("model is already %s; returning it unchanged", precision)
         return tied
@@ -137,51 +131,48 @@ def to_precision(model: onnx.ModelProto, precision: str, *,
     return out
 
 
-def _find_ties(model: onnx.ModelProto) -> list[dict]:
+def ties_in_graph(model: onnx.ModelProto) -> list[TieRecord]:
     """The tie record, plus any ``Transpose`` of an initializer it does not list.
 
     A graph tied by hand (or by another tool) has the structure but no record;
     it must be handled the same way, or quantize_dynamic would split it.
     """
-    ties = [dict(entry) for entry in read_ties(model)]
-    by_init = {entry["initializer"]: entry for entry in ties}
+    ties = read_ties(model)
+    by_init = {t.initializer: t for t in ties}
     inits = {i.name: i for i in model.graph.initializer}
     for node in model.graph.node:
-        if node.op_type != "Transpose" or node.input[0] not in inits:
+        if node.op_type != "Transpose" or not node.input or node.input[0] not in inits:
             continue
         source = inits[node.input[0]]
-        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-        perm = perm or list(reversed(range(len(source.dims))))
-        entry = by_init.setdefault(source.name, {"initializer": source.name, "uses": [],
-                                                 "shape": list(source.dims)})
-        if entry not in ties:
-            ties.append(entry)
-        entry["uses"] = list(entry.get("uses", []))
-        if not any(u.get("output") == node.output[0] for u in entry["uses"]):
-            entry["uses"].append({"relation": "transpose", "perm": perm, "output": node.output[0]})
+        if source.name not in by_init:
+            by_init[source.name] = TieRecord(initializer=source.name, shape=list(source.dims))
+            ties.append(by_init[source.name])
+        tie = by_init[source.name]
+        if not any(u.output == node.output[0] for u in tie.uses):
+            tie.uses.append(TieUse(relation="transpose", output=node.output[0],
+                                   perm=transpose_perm(node, len(source.dims))))
     return ties
 
 
-def _untie(model: onnx.ModelProto, ties: list[dict]) -> onnx.ModelProto:
+def _untie(model: onnx.ModelProto, ties: list[TieRecord]) -> onnx.ModelProto:
     """Working copy where every transposed use is an initializer of its own."""
     work = onnx.ModelProto()
     work.CopyFrom(model)
     graph = work.graph
     arrays = {i.name: i for i in graph.initializer}
     drop = set()
-    for entry in ties:
-        source = arrays.get(entry["initializer"])
+    for tie in ties:
+        source = arrays.get(tie.initializer)
         if source is None:
-            raise ConversionError(f"The tie record names initializer {entry['initializer']!r}, "
+            raise ConversionError(f"The tie record names initializer {tie.initializer!r}, "
                                   "which the graph does not have. Re-run retie on the fp32 model.")
         data = numpy_helper.to_array(source)
-        for name, perm in members(entry).items():
+        for name, perm in tie.members().items():
             if name != source.name:
                 graph.initializer.append(numpy_helper.from_array(np.transpose(data, perm), name))
                 drop.add(name)
-    nodes = [n for n in graph.node if not (n.op_type == "Transpose" and n.output[0] in drop)]
-    del graph.node[:]
-    graph.node.extend(nodes)
+    replace_repeated(graph.node, [n for n in graph.node
+                                  if not (n.op_type == "Transpose" and n.output[0] in drop)])
     for i, node in enumerate(graph.node):
         node.name = node.name or f"tiedonnx_node_{i}"  # nodes_to_exclude matches by name
     return work
@@ -213,14 +204,49 @@ def _to_int8(model: onnx.ModelProto, *, per_channel: bool) -> onnx.ModelProto:
     # Per-channel: transposed uses are left to _fold_scales (see module docstring).
     exclude = []
     if per_channel:
-        for entry in ties:
-            for name in list(members(entry))[1:]:
+        for tie in ties:
+            for name in list(tie.members())[1:]:
                 exclude += [n.name for n in consumers(work.graph, name)]
     quantized = _run_quantize_dynamic(work, per_channel=per_channel, exclude=exclude)
-    new_ties = [retie_quantized(quantized.graph, entry, model) for entry in ties]
+    new_ties = [retie_quantized(quantized.graph, tie, model) for tie in ties]
     prune_initializers(quantized.graph)
     merge_equal_parameters(quantized.graph, keep={i.name for i in model.graph.initializer})
-    write_metadata(quantized, {TIES_KEY: ties_json(new_ties)})
+    write_ties(quantized, new_ties)
     # quantize_dynamic sets its own producer; the file is still ours.
     quantized.producer_name, quantized.producer_version = model.producer_name, model.producer_version
     return quantized
+
+
+@dataclass
+class QuantizeReport:
+    """What :func:`quantize_file` wrote."""
+
+    path: str
+    precision: str
+    bytes: int
+    bytes_before: int
+    ties: list[TieRecord] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "precision": self.precision, "bytes": self.bytes,
+                "bytes_before": self.bytes_before, "ties": [t.as_dict() for t in self.ties]}
+
+
+def quantize_file(source: str | os.PathLike, target: str | os.PathLike, *, precision: str,
+                  per_channel: bool | None = None, force: bool = False) -> QuantizeReport:
+    """Read the ONNX file ``source``, store its weights at ``precision`` and write ``target``.
+
+    The input is read with the checks every model gets
+    (:func:`tiedonnx.runtime.model_file.read_model`); ``target`` is checked
+    before any work and written atomically. See :func:`to_precision`.
+    """
+    from ..atomic import check_output_path, write_bytes_atomic
+    from ..model_file import read_model
+
+    check_output_path(target, force=force)
+    checked = read_model(source)
+    out = to_precision(checked.proto, precision, per_channel=per_channel)
+    data = out.SerializeToString()
+    write_bytes_atomic(target, data, force=force)
+    return QuantizeReport(path=str(target), precision=precision, bytes=len(data),
+                          bytes_before=checked.path.stat().st_size, ties=read_ties(out))

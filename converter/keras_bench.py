@@ -1,0 +1,40 @@
+"""The Keras side of ``tiedonnx bench --keras`` (:func:`tiedonnx.runtime.bench.bench_model`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tiedonnx.runtime.bench import median_seconds
+
+from .keras_io import load_keras_model
+
+
+class KerasTimer:
+    """The Keras side of ``tiedonnx bench --keras``: a compiled call and ``predict``, timed."""
+
+    def __init__(self, keras_path):
+        import tensorflow as tf
+
+        self._tf = tf
+        # Same safe loading as export/verify: safe mode plus the config scan.
+        self.model = load_keras_model(keras_path)
+        self._call = tf.function(lambda x: self.model(x, training=False))
+
+    def _arg(self, feeds):
+        return next(iter(feeds.values())) if len(feeds) == 1 else feeds
+
+    def _numpy(self, value):
+        return self._tf.nest.map_structure(lambda t: np.asarray(t), value)
+
+    def time(self, feeds, *, min_time: float) -> tuple[float, float]:
+        x = self._arg(feeds)
+        batch = next(iter(feeds.values())).shape[0]
+        call = median_seconds(lambda: self._numpy(self._call(x)), min_time=min_time)
+        predict = median_seconds(lambda: self.model.predict(x, batch_size=batch, verbose=0),
+                                 min_time=min_time, min_calls=3)
+        return call, predict
+
+    def max_abs_diff(self, feeds, outputs: dict[str, np.ndarray]) -> float:
+        ref = self._tf.nest.flatten(self._numpy(self._call(self._arg(feeds))))
+        ours = list(outputs.values())
+        return max(float(np.max(np.abs(np.asarray(r) - o))) for r, o in zip(ref, ours))

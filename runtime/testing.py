@@ -1,0 +1,87 @@
+"""Hand-built tied ONNX graphs for tests, benchmarks and examples (numpy and onnx only).
+
+One builder, shared by the test suite and the scripts, for the graph that
+export + retie produce for a Dense/DenseTied autoencoder: one initializer
+``W`` read by the encoder's MatMul and, through a ``Transpose`` node, by the
+decoder's MatMul (or, with ``untied=True``, a second initializer ``W^T`` as
+plain exporters write it).
+
+Example:
+    >>> from tiedonnx.runtime.testing import tied_autoencoder
+    >>> model = tied_autoencoder(784, 256)
+    >>> [i.name for i in model.graph.initializer]
+    ['W', 'b1', 'b2']
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = ["tied_autoencoder", "tied_autoencoder_reference", "tied_autoencoder_weights"]
+
+#: Opset and IR version of the built graphs. IR 8 is what tf2onnx writes and
+#: what older onnxruntime builds (1.23 on Python 3.10) still load.
+OPSET = 17
+IR_VERSION = 8
+
+
+def tied_autoencoder_weights(features: int = 8, hidden: int = 3, *, seed: int = 0,
+                             weight_scale: float = 1.0, bias_scale: float = 1.0) -> dict[str, np.ndarray]:
+    """``W`` (features x hidden), ``b1`` and ``b2``: normal draws times the scales, float32."""
+    rng = np.random.default_rng(seed)
+    return {"W": (weight_scale * rng.standard_normal((features, hidden))).astype(np.float32),
+            "b1": (bias_scale * rng.standard_normal(hidden)).astype(np.float32),
+            "b2": (bias_scale * rng.standard_normal(features)).astype(np.float32)}
+
+
+def tied_autoencoder(features: int = 8, hidden: int = 3, *, seed: int = 0, untied: bool = False,
+                     rank: int = 2, batch: str | int = "batch", transposed_name: str = "W__T",
+                     weight_scale: float = 1.0, bias_scale: float = 1.0,
+                     opset: int = OPSET) -> onnx.ModelProto:
+    """``x -> sigmoid(sigmoid(x W + b1) W^T + b2)`` with one stored ``W`` and a Transpose node.
+
+    Args:
+        features, hidden: the kernel's shape.
+        seed, weight_scale, bias_scale: see :func:`tied_autoencoder_weights`.
+        untied: store ``W^T`` as a second initializer instead (as exporters do).
+        rank: 2 (``[batch, features]``) or 3 (adds a middle axis of 2).
+        batch: the batch axis: a name (dynamic) or a fixed size.
+        transposed_name: the name of ``W^T`` (node output or initializer).
+    """
+    w = tied_autoencoder_weights(features, hidden, seed=seed, weight_scale=weight_scale,
+                                 bias_scale=bias_scale)
+    inits = [numpy_helper.from_array(v, k) for k, v in w.items()]
+    nodes = []
+    if untied:
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(w["W"].T), transposed_name))
+    else:
+        nodes.append(helper.make_node("Transpose", ["W"], [transposed_name], name="tie", perm=[1, 0]))
+    nodes += [
+        helper.make_node("MatMul", ["x", "W"], ["m1"], name="enc"),
+        helper.make_node("Add", ["m1", "b1"], ["a1"], name="enc_bias"),
+        helper.make_node("Sigmoid", ["a1"], ["h"], name="enc_act"),
+        helper.make_node("MatMul", ["h", transposed_name], ["m2"], name="dec"),
+        helper.make_node("Add", ["m2", "b2"], ["a2"], name="dec_bias"),
+        helper.make_node("Sigmoid", ["a2"], ["y"], name="dec_act"),
+    ]
+    shape = [batch, features] if rank == 2 else [batch, 2, features]
+    graph = helper.make_graph(nodes, "tied_ae",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                             ir_version=IR_VERSION)
+
+
+def tied_autoencoder_reference(x: np.ndarray, features: int = 8, hidden: int = 3, *, seed: int = 0,
+                               weight_scale: float = 1.0, bias_scale: float = 1.0) -> np.ndarray:
+    """The same model in float64 numpy, for parity checks."""
+    w = tied_autoencoder_weights(features, hidden, seed=seed, weight_scale=weight_scale,
+                                 bias_scale=bias_scale)
+
+    def sigmoid(z):
+        return 1.0 / (1.0 + np.exp(-z))
+
+    h = sigmoid(x.astype(np.float64) @ w["W"] + w["b1"])
+    return sigmoid(h @ w["W"].T + w["b2"])
