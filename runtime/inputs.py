@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, short_error
 
 logger = logging.getLogger(__name__)
 
@@ -156,19 +156,34 @@ def materialize(arrays: dict[str, np.ndarray], specs: tuple[TensorSpec, ...], *,
     """
     feeds = {}
     for spec in specs:
-        array = arrays[spec.name]
+        source = arrays[spec.name]
+        array = source
         if array.dtype != spec.dtype:
             if spec.dtype.kind in "iu":
                 _check_int_range(spec, array)
-            array = array.astype(spec.dtype)
+            with np.errstate(over="ignore", invalid="ignore"):  # reported below, as one error
+                array = array.astype(spec.dtype)
         if spec.dtype.kind == "f" and not allow_nonfinite and not all_finite(array):
-            row = int(np.argwhere(~np.isfinite(array))[0][0]) + row_offset
-            raise InputError(
-                f"Input {spec.name!r} contains NaN or inf (first at row {row}). Clean the data, "
-                "or pass allow_nonfinite=True (CLI: --allow-nonfinite) to run it anyway."
-            )
+            raise _nonfinite_error(spec, source, array, row_offset)
         feeds[spec.name] = np.ascontiguousarray(array)
     return feeds
+
+
+def _nonfinite_error(spec: TensorSpec, source: np.ndarray, cast: np.ndarray,
+                     row_offset: int) -> InputError:
+    index = tuple(np.argwhere(~np.isfinite(cast))[0])
+    row = int(index[0]) + row_offset
+    fix = "or pass allow_nonfinite=True (CLI: --allow-nonfinite) to run it anyway."
+    value = source[index]
+    if source is not cast and np.isfinite(value):
+        return InputError(
+            f"Input {spec.name!r} holds {source.dtype} values outside {spec.dtype}'s range "
+            f"(first at row {row}: {float(value):g}); cast to {spec.dtype} they become inf. Scale the "
+            f"data, {fix}"
+        )
+    return InputError(
+        f"Input {spec.name!r} contains NaN or inf (first at row {row}). Clean the data, {fix}"
+    )
 
 
 # Read-only zeros per float dtype for all_finite; shared by all threads.
@@ -213,7 +228,8 @@ def _check_int_range(spec: TensorSpec, array: np.ndarray) -> None:
 def load_array_file(path: str | os.PathLike) -> np.ndarray | dict[str, np.ndarray]:
     """Load ``.npy`` (memory-mapped, so larger than memory works) or ``.npz`` (dict).
 
-    Pickled object arrays are refused.
+    Pickled object arrays are refused. numpy's own warnings while reading a
+    header (an absurd shape overflows its size arithmetic) become the error.
 
     Raises:
         InputError: missing file, unknown suffix, or not a readable numpy file.
@@ -227,15 +243,21 @@ def load_array_file(path: str | os.PathLike) -> np.ndarray | dict[str, np.ndarra
             f"Input file must be .npy or .npz; received {str(path)!r}. Save it with np.save."
         )
     try:
-        if suffix == ".npy":
-            return np.load(path, mmap_mode="r", allow_pickle=False)
-        with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
+        with np.errstate(all="raise"):  # thread-local, unlike warnings.catch_warnings
+            if suffix == ".npy":
+                return np.load(path, mmap_mode="r", allow_pickle=False)
+            with np.load(path, allow_pickle=False) as archive:
+                return {name: archive[name] for name in archive.files}
+    except (FloatingPointError, OverflowError, MemoryError) as exc:
+        raise InputError(
+            f"{str(path)!r} declares an array too large to read ({short_error(exc)}): its header "
+            "is corrupt. Re-save the data with np.save."
+        ) from None
     except Exception as exc:  # ValueError (pickles, bad header), OSError, zipfile errors
         raise InputError(
-            f"Could not read {str(path)!r} as a numpy {suffix} file ({exc}). "
+            f"Could not read {str(path)!r} as a numpy {suffix} file ({short_error(exc)}). "
             "Object arrays and corrupt files are refused; save plain numeric arrays with np.save."
-        ) from exc
+        ) from None
 
 
 def match_archive(arrays: dict[str, np.ndarray], specs: tuple[TensorSpec, ...]):
