@@ -33,6 +33,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .graph.edit import replace_repeated, transpose_perm, used_names
+
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
@@ -73,7 +75,7 @@ def lean_rewrite(model: onnx.ModelProto) -> tuple[onnx.ModelProto, LeanReport]:
     transposes = {
         node.output[0]: node for node in graph.node
         if node.op_type == "Transpose" and node.input[0] in initializers
-        and _perm(node) == [1, 0]
+        and transpose_perm(node, 2) == [1, 0] and _rank(graph, node.input[0]) == 2
     }
     if not transposes:
         return model, report
@@ -92,11 +94,8 @@ def lean_rewrite(model: onnx.ModelProto) -> tuple[onnx.ModelProto, LeanReport]:
     return model, report
 
 
-def _perm(node) -> list[int]:
-    for attr in node.attribute:
-        if attr.name == "perm":
-            return list(attr.ints)
-    return []
+def _rank(graph, name: str) -> int:
+    return next(len(i.dims) for i in graph.initializer if i.name == name)
 
 
 def _opset(model) -> int:
@@ -129,15 +128,11 @@ def _to_gemm(node, weight: str) -> None:
         kept = []
     node.op_type = "Gemm"
     node.input[1] = weight
-    del node.attribute[:]
-    node.attribute.extend(kept)
-    node.attribute.append(helper.make_attribute("transB", 1 - trans_b))
+    replace_repeated(node.attribute, [*kept, helper.make_attribute("transB", 1 - trans_b)])
 
 
 def _drop_unused(graph, transposes: dict, report: LeanReport) -> None:
-    used = {name for node in graph.node for name in node.input}
-    used |= {out.name for out in graph.output}
-    used |= _subgraph_inputs(graph)
+    used = used_names(graph)
     keep = []
     for node in graph.node:
         if node.op_type == "Transpose" and node.output[0] in transposes:
@@ -147,17 +142,4 @@ def _drop_unused(graph, transposes: dict, report: LeanReport) -> None:
             report.kept_transposes.append(node.name or node.output[0])
         keep.append(node)
     if len(keep) != len(graph.node):
-        del graph.node[:]
-        graph.node.extend(keep)
-
-
-def _subgraph_inputs(graph) -> set[str]:
-    """Names read inside If/Loop/Scan bodies (they may use outer values)."""
-    names: set[str] = set()
-    for node in graph.node:
-        for attr in node.attribute:
-            subs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
-            for sub in subs:
-                names |= {name for n in sub.node for name in n.input}
-                names |= _subgraph_inputs(sub)
-    return names
+        replace_repeated(graph.node, keep)

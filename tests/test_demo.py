@@ -12,7 +12,6 @@ pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
 from tiedonnx.converter.errors import OutputExistsError  # noqa: E402
-from tiedonnx.converter.parity import FP16_TOL, FP32_TOL, INT8_TOL  # noqa: E402
 from tiedonnx.runtime.cli import main  # noqa: E402
 
 
@@ -27,11 +26,13 @@ def test_demo_one_epoch(tmp_path, capsys):
     by_name = {v["name"]: v for v in report["variants"]}
     assert report["test_rows"] == 297 and report["train_rows"] == 1500
     assert by_name["tiedonnx fp32"]["bytes"] < by_name["plain tf2onnx fp32"]["bytes"]
-    assert by_name["tiedonnx fp32"]["max_abs_vs_keras"] <= FP32_TOL[0]
-    assert by_name["tiedonnx fp16"]["max_abs_vs_keras"] <= FP16_TOL[0]
-    assert by_name["tiedonnx int8"]["max_abs_vs_keras"] <= INT8_TOL[0]
-    for v in report["variants"]:
-        assert set(v["latency_us"]) == {"1", "256"} and min(v["latency_us"].values()) > 0
+    # Bounds from measured figures, independent of the library's tolerances:
+    # fp32 3.6e-7, fp16 6.1e-4, int8 0.044 after 30 epochs (README); one epoch is smaller.
+    assert by_name["tiedonnx fp32"]["max_abs_vs_keras"] <= 1e-6
+    assert by_name["tiedonnx fp16"]["max_abs_vs_keras"] <= 2e-3
+    assert by_name["tiedonnx int8"]["max_abs_vs_keras"] <= 0.1
+    for v in report["variants"]:  # every variant timed at both batch sizes
+        assert set(v["latency_us"]) == {"1", "256"}
 
     import matplotlib.image as mpimg
 

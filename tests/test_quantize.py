@@ -68,30 +68,6 @@ def resolve(graph: onnx.GraphProto, name: str) -> str:
     return name
 
 
-def test_graph_modules_import_no_tensorflow_or_keras():
-    """They must work on an edge install (onnx, numpy, onnxruntime only); checked on the source."""
-    import ast
-    from pathlib import Path
-
-    import tiedonnx.runtime.graph as graph_pkg
-
-    root = Path(graph_pkg.__file__).parent
-    allowed = {"onnx", "numpy", "onnxruntime", "ort_flatbuffers_py", "tiedonnx", "__future__",
-               "logging", "tempfile", "pathlib", "os", "json", "itertools", "dataclasses"}
-    for name in ("quantize", "int8_retie", "fp16", "ort_format", "../errors"):
-        tree = ast.parse((root / f"{name}.py").read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                tops = {a.name.split(".")[0] for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                tops = {node.module.split(".")[0]}
-            else:
-                continue
-            assert tops <= allowed, (name, tops)
-            if "tiedonnx" in tops and isinstance(node, ast.ImportFrom):
-                assert node.module.startswith("tiedonnx.runtime"), (name, node.module)
-
-
 def test_one_precision_list_for_library_and_cli():
     assert PRECISIONS is options.PRECISIONS
     assert PRECISIONS == ("fp32", "fp16", "int8")
