@@ -12,7 +12,10 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
+from collections import Counter
 from pathlib import Path
+
+from tiedonnx.runtime.errors import short_error
 
 from .errors import ModelFileError, UnsafeModelError
 
@@ -23,19 +26,33 @@ UNSAFE_FLAG = "--unsafe-load-code"
 # A .keras file is a zip; its config is JSON. Caps against zip/JSON bombs.
 MAX_CONFIG_BYTES = 64 * 1024**2
 MAX_ARCHIVE_BYTES = 8 * 1024**3
+# Nesting of config.json. A Keras layer's config nests about 8 levels, a model
+# inside a model adds about 10; 100 leaves room for deep real models and keeps
+# both json's and Keras's recursive code far from Python's recursion limit.
+MAX_CONFIG_DEPTH = 100
+
+# Keras's serialization markers (keras/src/saving/serialization_lib.py) that
+# carry data, not code: they never name a module or a class.
+KERAS_MARKERS = frozenset({"__keras_tensor__", "__tensor__", "__numpy__", "__bytes__",
+                           "__ellipsis__", "__slice__"})
 
 
-def _iter_objects(node):
+def _iter_objects(node, path: Path):
     """Every serialized object (a dict with a 'class_name') in a Keras config."""
-    stack = [node]
+    stack = [(node, 0)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
+        if depth > MAX_CONFIG_DEPTH:
+            raise ModelFileError(
+                f"{str(path)!r} has a config.json nested more than {MAX_CONFIG_DEPTH} levels deep, "
+                "which no Keras model needs. Refused as malformed or hostile; re-save the model."
+            )
         if isinstance(item, dict):
             if "class_name" in item:
                 yield item
-            stack.extend(item.values())
+            stack.extend((value, depth + 1) for value in item.values())
         elif isinstance(item, list):
-            stack.extend(item)
+            stack.extend((value, depth + 1) for value in item)
 
 
 def scan_keras_archive(path: Path) -> None:
@@ -43,54 +60,95 @@ def scan_keras_archive(path: Path) -> None:
 
     Keras's safe mode (Keras >= 3.13.2) already blocks Python lambdas and
     imports of arbitrary modules; this scan is a second, independent line: every
-    object in ``config.json`` must come from a ``keras`` module or be a
-    registered custom object (``tiedonnx>DenseTied``, or one the caller registered).
+    object in ``config.json`` must be a Keras class (module ``keras``/``keras.*``),
+    a Keras data marker (:data:`KERAS_MARKERS`, without a module), or a custom
+    object registered in this process whose module is the one the file names.
 
     Raises:
-        ModelFileError: not a valid archive, or sizes over the caps.
+        ModelFileError: not a valid archive, sizes or nesting over the caps,
+            duplicate member names, malformed objects.
         UnsafeModelError: an object refers to code outside Keras.
     """
-    import json
+    tree = _read_config(path)
+    for obj in _iter_objects(tree, path):
+        _check_object(obj, path)
 
-    import keras
+
+def _read_config(path: Path):
+    """Check the archive's members and return ``config.json``, parsed."""
+    import json
 
     try:
         with zipfile.ZipFile(path) as archive:
-            infos = {i.filename: i for i in archive.infolist()}
-            total = sum(i.file_size for i in infos.values())
-            config = infos.get("config.json")
+            infos = archive.infolist()
+            _check_members(infos, path)
+            config = next((i for i in infos if i.filename == "config.json"), None)
             if config is None:
                 raise ModelFileError(f"{str(path)!r} has no config.json: not a .keras model file. "
                                      "Save the model with model.save('model.keras').")
-            if config.file_size > MAX_CONFIG_BYTES or total > MAX_ARCHIVE_BYTES:
-                raise ModelFileError(
-                    f"{str(path)!r} unpacks to {total} bytes (config.json: {config.file_size}), over "
-                    f"the limits ({MAX_ARCHIVE_BYTES} / {MAX_CONFIG_BYTES}). Refused as a possible zip bomb.")
-            tree = json.loads(archive.read("config.json"))
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+            return json.loads(archive.read(config))
+    except RecursionError:
+        raise ModelFileError(
+            f"{str(path)!r} has a config.json nested too deeply to parse. Refused as malformed "
+            "or hostile; re-save the model.") from None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
         if isinstance(exc, ModelFileError):
             raise
         raise ModelFileError(f"{str(path)!r} is not a readable .keras archive ({type(exc).__name__}: "
-                             f"{exc}). Re-save the model.") from None
-    for obj in _iter_objects(tree):
-        module = str(obj.get("module") or "")
-        registered = obj.get("registered_name")
-        name = str(obj.get("class_name"))
-        if name == "__lambda__":
-            raise UnsafeModelError(
-                f"Refusing to load {str(path)!r}: it holds Python bytecode (a Lambda layer's function), "
-                f"which runs when loaded. Pass unsafe=True (CLI: {UNSAFE_FLAG}) only if you trust the file."
-            )
-        if name.startswith("__") or module == "keras" or module.startswith("keras."):
-            continue  # Keras's own markers (__keras_tensor__, __tuple__, ...) and Keras classes
-        if registered and keras.saving.get_registered_object(registered) is not None:
-            continue
+                             f"{short_error(exc)}). Re-save the model.") from None
+
+
+def _check_members(infos: list, path: Path) -> None:
+    """Caps on what the archive declares, every member counted (duplicates too)."""
+    names = [i.filename for i in infos]
+    repeated = sorted({n for n, count in Counter(names).items() if count > 1})
+    if repeated:
+        raise ModelFileError(
+            f"{str(path)!r} holds several members named {repeated[:3]}; Keras never writes "
+            "that, and which copy a reader takes is ambiguous. Refused; re-save the model.")
+    total = sum(i.file_size for i in infos)
+    config = max((i.file_size for i in infos if i.filename == "config.json"), default=0)
+    if config > MAX_CONFIG_BYTES or total > MAX_ARCHIVE_BYTES:
+        raise ModelFileError(
+            f"{str(path)!r} unpacks to {total} bytes (config.json: {config}), over the limits "
+            f"({MAX_ARCHIVE_BYTES} / {MAX_CONFIG_BYTES}). Refused as a possible zip bomb.")
+
+
+def _check_object(obj: dict, path: Path) -> None:
+    name, module, registered = obj.get("class_name"), obj.get("module"), obj.get("registered_name")
+    wrong = [f"{key}={value!r:.60}" for key, value, ok in (
+        ("class_name", name, isinstance(name, str)),
+        ("module", module, module is None or isinstance(module, str)),
+        ("registered_name", registered, registered is None or isinstance(registered, str)))
+        if not ok]
+    if wrong:
+        raise ModelFileError(
+            f"{str(path)!r} has a malformed object in config.json ({', '.join(wrong)}): class_name "
+            "must be a string, module and registered_name strings or null. Re-save the model.")
+    if name == "__lambda__":
         raise UnsafeModelError(
-            f"Refusing to load {str(path)!r}: it refers to {module or '?'}.{obj.get('class_name')}, "
-            "which is neither part of Keras nor a registered custom object, so loading it could run "
-            f"code. Import and register your custom classes first, or pass unsafe=True (CLI: {UNSAFE_FLAG}) "
-            "if you trust the file."
-        )
+            f"Refusing to load {str(path)!r}: it holds Python bytecode (a Lambda layer's function), "
+            f"which runs when loaded. Pass unsafe=True (CLI: {UNSAFE_FLAG}) only if you trust the file.")
+    if name in KERAS_MARKERS and module is None:
+        return
+    if not name.startswith("__") and module is not None and (
+            module == "keras" or module.startswith("keras.") or _registered_here(registered, module)):
+        return
+    raise UnsafeModelError(
+        f"Refusing to load {str(path)!r}: it refers to {module or '?'}.{name[:80]}, which is "
+        "neither part of Keras nor a custom object registered from that module (registered_name "
+        f"{registered!r:.80}), so loading it could run code. Import and register your custom "
+        f"classes first, or pass unsafe=True (CLI: {UNSAFE_FLAG}) if you trust the file.")
+
+
+def _registered_here(registered: str | None, module: str) -> bool:
+    """Whether ``registered`` names an object registered in this process from ``module``."""
+    import keras
+
+    if not registered:
+        return False
+    found = keras.saving.get_registered_object(registered)
+    return found is not None and getattr(found, "__module__", None) == module
 
 
 def _check_file(path: Path) -> None:
