@@ -21,7 +21,6 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from tiedonnx.runtime.atomic import check_output_path, write_bytes_atomic
 from tiedonnx.runtime.errors import short_error

@@ -15,23 +15,17 @@ each conversion, without touching tf2onnx's global registry.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import ConversionError
+from .signature import (InputSignature, InputSpec, declared_output_names, input_signature,  # noqa: F401
+                        output_structure_names)
 
 logger = logging.getLogger(__name__)
 
 # Defined beside the CLI's other choices (see tiedonnx.runtime.options).
-from tiedonnx.runtime.options import DEFAULT_OPSET, SUPPORTED_OPSETS  # noqa: E402
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    name: str
-    shape: tuple  # batch dimension is None
-    dtype: str
+from tiedonnx.runtime.options import DEFAULT_OPSET, SUPPORTED_OPSETS  # noqa: E402,F401  (re-exported)
 
 
 def _unary_then(onnx_op: str, follow: str, const_first: bool):
@@ -62,40 +56,51 @@ CUSTOM_HANDLERS = {
 
 
 def input_specs(model) -> list[InputSpec]:
-    """The model's inputs: names, shapes (batch ``None``) and dtypes."""
-    tensors = None
-    try:
-        tensors = list(model.inputs)
-    except (AttributeError, ValueError):
-        tensors = None
-    if tensors:
-        names = [t.name for t in tensors]
-        if len(set(names)) != len(names):
-            names = [f"input_{i}" for i in range(len(tensors))]
-        return [InputSpec(n, (None, *t.shape[1:]), str(t.dtype)) for n, t in zip(names, tensors)]
-    config = model.get_build_config() if hasattr(model, "get_build_config") else None
-    shape = (config or {}).get("input_shape")
-    if shape is None or (isinstance(shape, (list, tuple)) and shape and isinstance(shape[0], (list, tuple, dict))):
+    """The model's ONNX inputs, flattened from any input structure (see :mod:`.signature`)."""
+    return check_numeric_inputs(model, list(input_signature(model).specs))
+
+
+def check_numeric_inputs(model, specs: list[InputSpec]) -> list[InputSpec]:
+    """Return ``specs``; refuse inputs numpy cannot hold as numbers (a ``string`` InputLayer)."""
+    bad = []
+    for spec in specs:
+        try:
+            numeric = np.dtype(spec.dtype).kind in "biuf"
+        except TypeError:  # "string" and other names numpy does not know
+            numeric = False
+        if not numeric:
+            bad.append(f"{spec.name!r} ({spec.dtype})")
+    if bad:
         raise ConversionError(
-            f"Cannot tell the input shape of model {model.name!r}: it has no Input and records one "
-            f"input shape only after it is called. Received build config: {config!r}. Call the model "
-            "on a batch once (or give it a keras.Input) before exporting."
+            f"Model {model.name!r} has input(s) of a non-numeric dtype: {', '.join(bad)}. tiedonnx "
+            "exports and checks models with numeric inputs only; move text preprocessing (e.g. "
+            "StringLookup, TextVectorization) out of the model and feed it token ids."
         )
-    return [InputSpec("input", (None, *tuple(shape)[1:]), "float32")]
+    return specs
 
 
 def output_names(model, count: int) -> list[str]:
+    """ONNX output names for a model with ``count`` outputs (no dict outputs; see
+    :func:`~tiedonnx.converter.signature.output_structure_names`)."""
+    return declared_output_names(model, count)
+
+
+def _model_outputs(model, signature: InputSignature):
+    """The model's output structure: declared (functional) or from one probe call."""
     try:
-        names = list(getattr(model, "output_names", None) or [])
+        outputs = model.output
     except (AttributeError, ValueError):
-        names = []
-    if len(names) == count and len(set(names)) == count and all(names):
-        return [str(n) for n in names]
-    return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+        outputs = None
+    return outputs if outputs is not None else model(signature.zeros(), training=False)
 
 
 def keras_to_onnx(model, *, opset: int = DEFAULT_OPSET):
     """Convert a built Keras model to an ONNX ``ModelProto`` with tf2onnx.
+
+    Any input structure (single tensor, list, dict, nested) becomes one named
+    ONNX input per leaf (:func:`~tiedonnx.converter.signature.input_signature`),
+    and constants that TensorFlow captured from outside the traced function
+    are stored as initializers, so the file's inputs are exactly the model's.
 
     Raises:
         ConversionError: tf2onnx failed or left ops it cannot map.
@@ -104,17 +109,18 @@ def keras_to_onnx(model, *, opset: int = DEFAULT_OPSET):
     import tensorflow as tf
     import tf2onnx
 
-    specs = input_specs(model)
-    tf_specs = [tf.TensorSpec(s.shape, tf.as_dtype(s.dtype), name=s.name) for s in specs]
-    probe = model(*[_zeros(s) for s in specs]) if len(specs) == 1 else model([_zeros(s) for s in specs])
-    names = output_names(model, len(keras.tree.flatten(probe)))
+    signature = input_signature(model)
+    check_numeric_inputs(model, list(signature.specs))
+    names = output_structure_names(model, _model_outputs(model, signature))
 
     def call(*args):
-        outputs = model(args[0] if len(args) == 1 else list(args), training=False)
+        outputs = model(signature.pack(args), training=False)
         return dict(zip(names, keras.tree.flatten(outputs)))
 
+    tf_specs = signature.tf_specs()
     fn = tf.function(call, input_signature=tf_specs)
     try:
+        concrete = fn.get_concrete_function()
         proto, _ = tf2onnx.convert.from_function(
             fn, input_signature=tf_specs, opset=opset, custom_op_handlers=CUSTOM_HANDLERS,
         )
@@ -123,6 +129,12 @@ def keras_to_onnx(model, *, opset: int = DEFAULT_OPSET):
             f"tf2onnx could not convert model {model.name!r}: {type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:400] if str(exc) else ''}"
         ) from exc
+    _check_ops(proto, model.name)
+    fold_captured_inputs(proto, concrete, keep=signature.names)
+    return proto
+
+
+def _check_ops(proto, model_name: str) -> None:
     import onnx
 
     # tf2onnx logs unmapped TF ops and leaves them in the graph under their TF names.
@@ -130,12 +142,42 @@ def keras_to_onnx(model, *, opset: int = DEFAULT_OPSET):
            if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)]
     if bad:
         raise ConversionError(
-            f"tf2onnx left TensorFlow ops it cannot map in model {model.name!r}: {sorted(set(bad))}. "
+            f"tf2onnx left TensorFlow ops it cannot map in model {model_name!r}: {sorted(set(bad))}. "
             "Replace those layers or activations; supported Keras activations are listed in the README."
         )
-    return proto
 
 
-def _zeros(spec: InputSpec):
-    shape = tuple(1 if d is None else d for d in spec.shape)
-    return np.zeros(shape, dtype=spec.dtype)
+def fold_captured_inputs(proto, concrete, *, keep: list[str]) -> list[str]:
+    """Store as initializers the graph inputs that are constants TensorFlow captured (in place).
+
+    tf2onnx freezes captured *variables* but leaves a captured eager tensor
+    (Gemma's ``sqrt(hidden_dim)`` scale, computed when the functional model
+    was built) as a graph input, which a caller would have to feed. Its value
+    is known: it is the concrete function's captured input.
+
+    Returns:
+        The names folded (logged).
+
+    Raises:
+        ConversionError: a graph input is neither the model's nor a captured constant.
+    """
+    from onnx import numpy_helper
+
+    from tiedonnx.runtime.graph.edit import replace_repeated
+
+    captured = {t.name: v for t, v in zip(concrete.graph.internal_captures, concrete.captured_inputs)}
+    initialized = {i.name for i in proto.graph.initializer}
+    extra = [i.name for i in proto.graph.input if i.name not in keep and i.name not in initialized]
+    unknown = [n for n in extra if n not in captured or captured[n].dtype.name == "resource"]
+    if unknown:
+        raise ConversionError(
+            f"tf2onnx left graph input(s) {unknown} that the Keras model does not take "
+            f"(its inputs: {keep}) and that are not captured constants. Received graph inputs: "
+            f"{[i.name for i in proto.graph.input]}. Please report this model.")
+    for name in extra:
+        proto.graph.initializer.append(numpy_helper.from_array(np.asarray(captured[name].numpy()), name))
+        logger.info("captured constant %s (shape %s) stored as an initializer, not a graph input",
+                    name, tuple(captured[name].shape))
+    if extra:
+        replace_repeated(proto.graph.input, [i for i in proto.graph.input if i.name not in extra])
+    return extra

@@ -38,9 +38,10 @@ def tied_autoencoder_weights(features: int = 8, hidden: int = 3, *, seed: int = 
 
 def tied_autoencoder(features: int = 8, hidden: int = 3, *, seed: int = 0, untied: bool = False,
                      rank: int = 2, batch: str | int = "batch", transposed_name: str = "W__T",
-                     weight_scale: float = 1.0, bias_scale: float = 1.0,
+                     weight_scale: float = 1.0, bias_scale: float = 1.0, activation: str = "Sigmoid",
+                     input_name: str = "x", output_name: str = "y", expose_code: bool = False,
                      opset: int = OPSET) -> onnx.ModelProto:
-    """``x -> sigmoid(sigmoid(x W + b1) W^T + b2)`` with one stored ``W`` and a Transpose node.
+    """``x -> sigmoid(act(x W + b1) W^T + b2)`` with one stored ``W`` and a Transpose node.
 
     Args:
         features, hidden: the kernel's shape.
@@ -49,6 +50,9 @@ def tied_autoencoder(features: int = 8, hidden: int = 3, *, seed: int = 0, untie
         rank: 2 (``[batch, features]``) or 3 (adds a middle axis of 2).
         batch: the batch axis: a name (dynamic) or a fixed size.
         transposed_name: the name of ``W^T`` (node output or initializer).
+        activation: the encoder's activation op, ``"Sigmoid"`` or ``"Relu"``.
+        input_name, output_name: the graph's input and output names.
+        expose_code: also output the code ``h`` (a second output).
     """
     w = tied_autoencoder_weights(features, hidden, seed=seed, weight_scale=weight_scale,
                                  bias_scale=bias_scale)
@@ -59,23 +63,27 @@ def tied_autoencoder(features: int = 8, hidden: int = 3, *, seed: int = 0, untie
     else:
         nodes.append(helper.make_node("Transpose", ["W"], [transposed_name], name="tie", perm=[1, 0]))
     nodes += [
-        helper.make_node("MatMul", ["x", "W"], ["m1"], name="enc"),
+        helper.make_node("MatMul", [input_name, "W"], ["m1"], name="enc"),
         helper.make_node("Add", ["m1", "b1"], ["a1"], name="enc_bias"),
-        helper.make_node("Sigmoid", ["a1"], ["h"], name="enc_act"),
+        helper.make_node(activation, ["a1"], ["h"], name="enc_act"),
         helper.make_node("MatMul", ["h", transposed_name], ["m2"], name="dec"),
         helper.make_node("Add", ["m2", "b2"], ["a2"], name="dec_bias"),
-        helper.make_node("Sigmoid", ["a2"], ["y"], name="dec_act"),
+        helper.make_node("Sigmoid", ["a2"], [output_name], name="dec_act"),
     ]
     shape = [batch, features] if rank == 2 else [batch, 2, features]
+    outputs = [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, shape)]
+    if expose_code:
+        outputs.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, [*shape[:-1], hidden]))
     graph = helper.make_graph(nodes, "tied_ae",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)
+                              [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, shape)],
+                              outputs, inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                              ir_version=IR_VERSION)
 
 
 def tied_autoencoder_reference(x: np.ndarray, features: int = 8, hidden: int = 3, *, seed: int = 0,
-                               weight_scale: float = 1.0, bias_scale: float = 1.0) -> np.ndarray:
+                               weight_scale: float = 1.0, bias_scale: float = 1.0,
+                               activation: str = "Sigmoid") -> np.ndarray:
     """The same model in float64 numpy, for parity checks."""
     w = tied_autoencoder_weights(features, hidden, seed=seed, weight_scale=weight_scale,
                                  bias_scale=bias_scale)
@@ -83,5 +91,6 @@ def tied_autoencoder_reference(x: np.ndarray, features: int = 8, hidden: int = 3
     def sigmoid(z):
         return 1.0 / (1.0 + np.exp(-z))
 
-    h = sigmoid(x.astype(np.float64) @ w["W"] + w["b1"])
+    a = x.astype(np.float64) @ w["W"] + w["b1"]
+    h = sigmoid(a) if activation == "Sigmoid" else np.maximum(a, 0.0)
     return sigmoid(h @ w["W"].T + w["b2"])

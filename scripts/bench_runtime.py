@@ -25,29 +25,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from tiedonnx.runtime import load  # noqa: E402
+from tiedonnx.runtime.testing import tied_autoencoder  # noqa: E402
 from tiedonnx.runtime._term import format_table  # noqa: E402
 from tiedonnx.runtime.bench import bench_model, session_memory_mb  # noqa: E402
 
 
 def hand_built_ae(n_in: int, n_h: int, path: Path, seed: int = 0) -> str:
     """The graph export + retie produce for Dense/DenseTied: W once, Transpose(W) for the decoder."""
-    rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array((rng.standard_normal((n_in, n_h)) * 0.05).astype(np.float32), "W"),
-             numpy_helper.from_array(np.zeros(n_h, np.float32), "b1"),
-             numpy_helper.from_array(np.zeros(n_in, np.float32), "b2")]
-    nodes = [helper.make_node("Transpose", ["W"], ["W__T"], perm=[1, 0]),
-             helper.make_node("MatMul", ["pixels", "W"], ["m1"]), helper.make_node("Add", ["m1", "b1"], ["a1"]),
-             helper.make_node("Sigmoid", ["a1"], ["h"]), helper.make_node("MatMul", ["h", "W__T"], ["m2"]),
-             helper.make_node("Add", ["m2", "b2"], ["a2"]), helper.make_node("Sigmoid", ["a2"], ["out"])]
-    graph = helper.make_graph(nodes, "tied_ae",
-                              [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", n_in])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", n_in])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
+    onnx.save(tied_autoencoder(n_in, n_h, seed=seed, weight_scale=0.05, bias_scale=0.0,
+                               input_name="pixels", output_name="out"), str(path))
     return str(path)
 
 

@@ -35,27 +35,11 @@ def rss_bytes() -> int:
 def build_tied_ae(path: Path, *, features: int = 784, hidden: int = 128) -> Path:
     """A tied autoencoder as tiedonnx exports it: one kernel, its transpose as a graph op."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(0)
-    kernel = rng.normal(0, 0.05, (features, hidden)).astype(np.float32)
-    inits = [numpy_helper.from_array(kernel, "W"),
-             numpy_helper.from_array(rng.normal(0, 0.1, hidden).astype(np.float32), "b_enc"),
-             numpy_helper.from_array(rng.normal(0, 0.1, features).astype(np.float32), "b_dec")]
-    nodes = [
-        helper.make_node("MatMul", ["pixels", "W"], ["h0"]),
-        helper.make_node("Add", ["h0", "b_enc"], ["h1"]),
-        helper.make_node("Relu", ["h1"], ["h"]),
-        helper.make_node("Transpose", ["W"], ["W_T"], perm=[1, 0]),
-        helper.make_node("MatMul", ["h", "W_T"], ["y0"]),
-        helper.make_node("Add", ["y0", "b_dec"], ["y1"]),
-        helper.make_node("Sigmoid", ["y1"], ["y"]),
-    ]
-    graph = helper.make_graph(
-        nodes, "tied_ae", [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", features])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", features])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    from tiedonnx.runtime.testing import tied_autoencoder
+
+    model = tied_autoencoder(features, hidden, weight_scale=0.05, bias_scale=0.1, activation="Relu",
+                             input_name="pixels")
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, path)
     return path

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from tiedonnx.runtime import load  # noqa: E402
 from tiedonnx.runtime.distributed import run_ray  # noqa: E402
+from tiedonnx.runtime.testing import tied_autoencoder  # noqa: E402
 from tiedonnx.runtime.errors import InputError, OutputExistsError, UsageError  # noqa: E402
 
 FEATURES, HIDDEN = 64, 8
@@ -25,22 +25,8 @@ FEATURES, HIDDEN = 64, 8
 
 def _tied_ae(path, *, with_code: bool):
     """FEATURES -> HIDDEN -> FEATURES, decoder reads the encoder's W through a Transpose."""
-    rng = np.random.default_rng(1)
-    w = numpy_helper.from_array(rng.standard_normal((FEATURES, HIDDEN)).astype(np.float32), "W")
-    nodes = [
-        helper.make_node("MatMul", ["x", "W"], ["h"]),
-        helper.make_node("Sigmoid", ["h"], ["code"]),
-        helper.make_node("Transpose", ["W"], ["W__T"], perm=[1, 0]),
-        helper.make_node("MatMul", ["code", "W__T"], ["z"]),
-        helper.make_node("Sigmoid", ["z"], ["out"]),
-    ]
-    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", FEATURES])]
-    if with_code:
-        outputs.append(helper.make_tensor_value_info("code", TensorProto.FLOAT, ["n", HIDDEN]))
-    graph = helper.make_graph(
-        nodes, "tied_ae", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", FEATURES])],
-        outputs, [w])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    onnx.save(tied_autoencoder(FEATURES, HIDDEN, seed=1, batch="n", bias_scale=0.0, output_name="out",
+                               expose_code=with_code), path)
     return path
 
 
@@ -70,13 +56,13 @@ def test_ray_equals_single_process_in_row_order(ray_local, files, tmp_path):
 
     expected = load(files["two"], providers="cpu").run(files["x"], batch_size=512)
     with np.load(tmp_path / "y.npz") as got:
-        assert sorted(got.files) == ["code", "out"]
-        for name in ("out", "code"):
+        assert sorted(got.files) == ["h", "out"]
+        for name in ("out", "h"):
             # Same chunk boundaries as the single-process run, so bit-for-bit equal
             # (random rows: any reordering of rows would fail this).
             np.testing.assert_array_equal(got[name], expected[name])
     assert report["rows"] == 2500 and report["chunks"] == 5 and report["workers"] == 2
-    assert report["outputs"] == {"out": [2500, FEATURES], "code": [2500, HIDDEN]}
+    assert report["outputs"] == {"out": [2500, FEATURES], "h": [2500, HIDDEN]}
     assert 0 < report["first_result_seconds"] <= report["seconds"]
     # No temporary file or folder is left beside the output.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.onnx", "two.onnx", "x.npy",

@@ -14,7 +14,8 @@ ort = pytest.importorskip("onnxruntime")
 from tiedonnx.converter import find_ties  # noqa: E402
 from tiedonnx.converter.export import export  # noqa: E402
 from tiedonnx.converter.errors import OutputExistsError, ParityError, UsageError  # noqa: E402
-from tiedonnx.runtime.graph import find_duplicates, read_ties  # noqa: E402
+from tests.graphs import recorded_ties  # noqa: E402
+from tiedonnx.runtime.graph import find_duplicates  # noqa: E402
 from tiedonnx.runtime.graph.duplicates import find_permutations_of, initializer_arrays  # noqa: E402
 from tiedonnx.converter.parity import FP32_TOL, make_inputs  # noqa: E402
 from tiedonnx.converter.tf_convert import input_specs  # noqa: E402
@@ -32,7 +33,7 @@ def _assert_tied_file(path, model):
     for tie in ties:
         matches = find_permutations_of(tie.variable.numpy(), arrays)
         assert len(matches) == 1, f"{tie.variable.path} stored {len(matches)} times"
-    recorded = read_ties(saved)
+    recorded = recorded_ties(saved)
     assert {e["keras"]["variable"] for e in recorded} == {t.variable.path for t in ties}
     for entry in recorded:
         uses = [u for u in entry["uses"] if u["relation"] == "transpose"]
