@@ -154,7 +154,9 @@ def import_map(files: list[RuntimeFile]) -> dict:
     module: ``tiedonnx.mjs`` fetches it with its integrity (``wasmIntegrity``).
     """
     by_name = {f.name: f for f in files}
-    imports = {PACKAGE: by_name[MODULE_FILE].url}
+    module = by_name[MODULE_FILE].url
+    # Import-map values must be URLs: a bare "ort/..." would read as a package name.
+    imports = {PACKAGE: module if module.startswith("https://") else "./" + module}
     integrity = {f.url: f.integrity for f in files
                  if f.url.startswith("https://") and f.name.endswith(".mjs")}
     return {"imports": imports, **({"integrity": integrity} if integrity else {})}

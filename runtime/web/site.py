@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 RUNTIME_FOLDER = "ort"
 _PAGE_ASSETS = {"model": ("page.mjs",), "demo": ("demo.mjs",)}
-_COMMON_ASSETS = ("tiedonnx.mjs", "style.css")
+_COMMON_ASSETS = ("tiedonnx.mjs", "report-errors.js", "style.css")
 _TEMPLATES = {"model": "index.html", "demo": "demo.html"}
 
 

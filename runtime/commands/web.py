@@ -1,0 +1,71 @@
+"""``tiedonnx web``: a static page that runs the model in the browser (onnxruntime-web)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import UsageError
+from ._flags import add_force
+
+HELP = ("write a static web page that runs MODEL.onnx in the browser (onnxruntime-web), "
+        "or --serve a written one")
+
+# Mirror tiedonnx.runtime.web's RUNTIME_MODES and DEFAULT_PORT; a test keeps them
+# equal (importing the library here would make building the parser heavier).
+RUNTIME_MODES = ("local", "cdn")
+DEFAULT_PORT = 8000
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", metavar="MODEL.onnx",
+                        help="the .onnx file to put on the page (copied unchanged)")
+    parser.add_argument("out", nargs="?", metavar="OUT_DIR", help="the site folder to write")
+    parser.add_argument("--runtime", choices=RUNTIME_MODES, default="local",
+                        help="local: copy the pinned onnxruntime-web wasm files into the site "
+                             "(offline); cdn: load them from jsDelivr with integrity hashes "
+                             "(default: local)")
+    add_force(parser)
+    parser.add_argument("--serve", metavar="SITE_DIR", default=None,
+                        help="serve a written site on 127.0.0.1 (COOP/COEP headers, .mjs/.wasm "
+                             "MIME types) instead of writing one")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="N",
+                        help=f"port for --serve (default {DEFAULT_PORT}; 0 picks a free one)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.serve is not None:
+        if args.model is not None:
+            raise UsageError(f"--serve takes only the site folder; received extra arguments "
+                             f"{[a for a in (args.model, args.out) if a]}. Run "
+                             f"'tiedonnx web --serve {args.serve}' alone.")
+        return _serve(args)
+    if args.model is None or args.out is None:
+        raise UsageError("tiedonnx web needs MODEL.onnx and OUT_DIR (or --serve SITE_DIR). "
+                         "Example: tiedonnx web ae.onnx site/ && tiedonnx web --serve site/")
+    from ..web import write_site
+
+    report = write_site(args.model, args.out, runtime=args.runtime, force=args.force)
+    model = report.models[0]
+    print(f"wrote {report.out_dir}/ ({len(report.written)} files, runtime={report.runtime})")
+    for spec in model["inputs"]:
+        print(f"  input  {spec['name']}: {spec['dtype']} {spec['shape']}")
+    for spec in model["outputs"]:
+        print(f"  output {spec['name']}: {spec['dtype']} {spec['shape']}")
+    print(f"  download: {report.download_bytes:,} bytes ({report.download_gzip_bytes():,} gzipped): "
+          f"onnxruntime-web {report.runtime_bytes:,}, model {model['bytes']:,}, "
+          f"page {report.page_bytes:,}")
+    print(f"open: tiedonnx web --serve {report.out_dir}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ..web import serve
+
+    def ready(url: str) -> None:
+        print(f"serving {args.serve} at {url} (Ctrl+C to stop)", flush=True)
+
+    try:
+        serve(args.serve, port=args.port, on_ready=ready)
+    except KeyboardInterrupt:
+        print("stopped")
+    return 0
