@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -117,9 +120,15 @@ def test_repository_layout_and_every_config_field(tmp_path, pb2):
     assert config.dynamic_batching.max_queue_delay_microseconds == MAX_QUEUE_DELAY_US
     assert [(g.count, g.kind) for g in config.instance_group] == [
         (3, pb2.ModelInstanceGroup.KIND_CPU)]
-    assert report["config_path"] == str(model_dir / "config.pbtxt")
-    assert report["model_path"] == str(model_dir / "1" / "model.onnx")
-    assert report["kind"] == "KIND_CPU"
+    assert report.config_path == str(model_dir / "config.pbtxt")
+    assert report.model_path == str(model_dir / "1" / "model.onnx")
+    assert report.files == (report.model_path, report.config_path)  # config.pbtxt last
+    assert report.kind == "KIND_CPU" and report.backend == "onnxruntime"
+    assert report.execution_env is None and report.memory is None
+    as_dict = report.as_dict()
+    assert as_dict["inputs"] == [{"name": "pixels", "data_type": "TYPE_FP32", "dims": [784]}]
+    assert as_dict["files"] == list(report.files) and as_dict["config"] == report.config
+    json.dumps(as_dict)  # plain data, for --json
 
 
 def test_gpu_name_and_defaults(tmp_path, pb2):
@@ -252,7 +261,266 @@ def test_cli(tmp_path, pb2, capsys):
     assert "already exist" in capsys.readouterr().err
 
 
-def test_cli_default_matches_library():
-    from tiedonnx.runtime.commands import triton as command
+def test_command_module_is_import_light():
+    """Building the CLI parser imports the triton command and, through it, the
+    library's defaults: neither may pull numpy or onnx."""
+    code = ("import sys, tiedonnx.runtime.commands.triton; "
+            "print(sorted(m for m in ('numpy', 'onnx', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
-    assert command.DEFAULT_MAX_BATCH_SIZE == DEFAULT_MAX_BATCH_SIZE
+
+# -- CLI: refused cases exit 2 with one line and leave everything as it was --------------------
+
+def _snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` with its bytes (None for folders)."""
+    return {p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(root.rglob("*"))}
+
+
+def _refused(argv: list[str], capsys) -> str:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    return lines[0]
+
+
+@pytest.mark.parametrize("blocker", ["ae", "ae/1"])
+def test_cli_model_or_version_folder_is_a_file(tmp_path, capsys, blocker):
+    model = _tied_ae(tmp_path / "ae.onnx")
+    repo = tmp_path / "repo"
+    (repo / blocker).parent.mkdir(parents=True, exist_ok=True)
+    (repo / blocker).write_bytes(b"someone else's file")
+    before = _snapshot(repo)
+    line = _refused(["triton", str(model), str(repo)], capsys)
+    what = "Model folder" if blocker == "ae" else "Version folder"
+    assert f"{what} {str(repo / blocker)!r} exists and is not a folder" in line
+    assert _snapshot(repo) == before
+
+
+@pytest.mark.parametrize("folder", ["config.pbtxt", "1/model.onnx"])
+def test_cli_force_checks_everything_before_writing(tmp_path, capsys, folder):
+    """--force over a repository where one target is a folder: refused, and no other
+    target was overwritten first."""
+    repo = tmp_path / "repo"
+    write_model_repository(_tied_ae(tmp_path / "ae.onnx"), repo, max_batch_size=8)
+    target = repo / "ae" / folder
+    target.unlink()
+    target.mkdir()
+    before = _snapshot(repo)
+    (tmp_path / "other").mkdir()
+    other = _tied_ae(tmp_path / "other" / "ae.onnx", batch="B")  # other bytes than the copy
+    line = _refused(["triton", str(other), str(repo), "--force", "--max-batch-size", "16"], capsys)
+    assert f"Triton model file paths are folders: {target}" in line
+    assert _snapshot(repo) == before
+
+
+@pytest.mark.parametrize("name", ["abc\n", "abc\r\n", "a/b", "\nabc", ""])
+def test_cli_name_must_match_entirely(tmp_path, capsys, name):
+    model = _tied_ae(tmp_path / "ae.onnx")
+    line = _refused(["triton", str(model), str(tmp_path / "repo"), "--name", name], capsys)
+    assert f"Received: name={name!r}" in line
+    assert not (tmp_path / "repo").exists()
+
+
+def test_cli_json_report(tmp_path, capsys):
+    model = _tied_ae(tmp_path / "ae.onnx")
+    assert main(["triton", str(model), str(tmp_path / "repo"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["backend"] == "onnxruntime" and report["name"] == "ae"
+    assert report["outputs"] == [{"name": "out", "data_type": "TYPE_FP32", "dims": [784]},
+                                 {"name": "code", "data_type": "TYPE_FP32", "dims": [32]}]
+
+
+# -- Python backend repositories ---------------------------------------------------------------
+
+def test_python_backend_layout_config_and_model_py(tmp_path, pb2):
+    model = _tied_ae(tmp_path / "ae.onnx")
+    report = write_model_repository(model, tmp_path / "repo", backend="python", instances=2)
+    model_dir = tmp_path / "repo" / "ae"
+    assert sorted(p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*")) == [
+        "1", "1/model.onnx", "1/model.py", "config.pbtxt"]
+    assert report.files == (str(model_dir / "1" / "model.onnx"), str(model_dir / "1" / "model.py"),
+                            str(model_dir / "config.pbtxt"))
+    assert (model_dir / "1" / "model.onnx").read_bytes() == model.read_bytes()
+    config = _parse(pb2, model_dir / "config.pbtxt")
+    assert config.backend == "python" and config.default_model_filename == ""
+    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [
+        ("pixels", pb2.TYPE_FP32, [784])]
+    assert config.dynamic_batching.max_queue_delay_microseconds == MAX_QUEUE_DELAY_US
+    assert [(g.count, g.kind) for g in config.instance_group] == [
+        (2, pb2.ModelInstanceGroup.KIND_CPU)]
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    # This environment, explicitly: the stub sources its bin/activate.
+    assert params == {"EXECUTION_ENV_PATH": sys.prefix, "tiedonnx_memory": "lean"}
+    assert report.execution_env == sys.prefix and report.memory == "lean"
+    source = (model_dir / "1" / "model.py").read_text()
+    compile(source, "model.py", "exec")
+    running = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert f"WRITTEN_FOR = {running!r}" in source
+    assert "from tiedonnx.runtime.triton.serving import TritonPythonModel" in source
+
+
+def test_python_backend_options(tmp_path, pb2):
+    model = _tied_ae(tmp_path / "ae.onnx")
+    write_model_repository(model, tmp_path / "repo", backend="python", python_env="server",
+                           memory="fast", threads=2)
+    config = _parse(pb2, tmp_path / "repo" / "ae" / "config.pbtxt")
+    assert {k: v.string_value for k, v in config.parameters.items()} == {
+        "tiedonnx_memory": "fast", "tiedonnx_threads": "2"}
+    assert "WRITTEN_FOR = None" in (tmp_path / "repo" / "ae" / "1" / "model.py").read_text()
+    # A venv folder: its pyvenv.cfg gives the Python version model.py checks.
+    env = tmp_path / "env"
+    (env / "bin").mkdir(parents=True)
+    (env / "bin" / "activate").write_text("")
+    (env / "pyvenv.cfg").write_text("home = /usr/bin\nversion_info = 3.12.4.final.0\n")
+    write_model_repository(model, tmp_path / "repo", name="venv", backend="python",
+                           python_env=env)
+    config = _parse(pb2, tmp_path / "repo" / "venv" / "config.pbtxt")
+    assert config.parameters["EXECUTION_ENV_PATH"].string_value == str(env)
+    assert "WRITTEN_FOR = '3.12'" in (tmp_path / "repo" / "venv" / "1" / "model.py").read_text()
+
+
+def test_python_backend_int8_runs_requests_one_by_one(tmp_path, pb2):
+    from tiedonnx.runtime.graph.quantize import to_precision
+
+    int8 = tmp_path / "ae_int8.onnx"
+    onnx.save(to_precision(onnx.load(_tied_ae(tmp_path / "ae.onnx")), "int8"), int8)
+    write_model_repository(int8, tmp_path / "repo", backend="python")
+    write_model_repository(int8, tmp_path / "repo", name="ort")
+    config = _parse(pb2, tmp_path / "repo" / "ae_int8" / "config.pbtxt")
+    assert config.parameters["tiedonnx_merge_requests"].string_value == "false"
+    assert "ae" not in [p.name for p in (tmp_path / "repo").iterdir()]
+    assert not _parse(pb2, tmp_path / "repo" / "ort" / "config.pbtxt").parameters
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"python_env": "server"}, r"python_env applies to the Python backend only"),
+    ({"memory": "lean", "threads": 2},
+     r"memory, threads apply to the Python backend only. Received: memory='lean', threads=2"),
+    ({"backend": "python", "python_env": "/nonexistent/env"},
+     r"python_env must be a folder with bin/activate.*Received: python_env='/nonexistent/env'"),
+    ({"backend": "python", "memory": "small", "threads": 0},
+     r"threads must be a positive integer or None. Received: threads=0; memory must be one of"),
+    ({"backend": "tensorrt"}, r"backend must be one of \['onnxruntime', 'python'\]"),
+])
+def test_backend_options_refused(tmp_path, kwargs, message):
+    model = _tied_ae(tmp_path / "ae.onnx")
+    with pytest.raises(UsageError, match=message):
+        write_model_repository(model, tmp_path / "repo", **kwargs)
+    assert not (tmp_path / "repo").exists()
+
+
+def test_python_backend_refuses_strings(tmp_path):
+    graph = helper.make_graph([helper.make_node("Identity", ["s"], ["t"])], "g",
+                              [helper.make_tensor_value_info("s", TensorProto.STRING, ["n"])],
+                              [helper.make_tensor_value_info("t", TensorProto.STRING, ["n"])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              tmp_path / "s.onnx")
+    with pytest.raises(UsageError, match=r"input 's' is TYPE_STRING.*output 't' is TYPE_STRING"):
+        write_model_repository(tmp_path / "s.onnx", tmp_path / "repo", backend="python")
+    write_model_repository(tmp_path / "s.onnx", tmp_path / "repo")  # the ORT backend takes it
+
+
+def test_cli_python_backend(tmp_path, capsys):
+    model = _tied_ae(tmp_path / "ae.onnx")
+    assert main(["triton", str(model), str(tmp_path / "repo"), "--backend", "python",
+                 "--memory", "fast"]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'repo' / 'ae' / '1' / 'model.py'}" in out
+    assert f"python environment: {sys.prefix}" in out and "memory=fast" in out
+    line = _refused(["triton", str(model), str(tmp_path / "repo2"), "--threads", "2"], capsys)
+    assert "threads applies to the Python backend only" in line
+
+
+# -- serving.py without a server: a stand-in for the stub's triton_python_backend_utils --------
+
+class _FakeTritonError:
+    INVALID_ARG = "INVALID_ARG"
+
+    def __init__(self, message, code=None):
+        self.message, self.code = message, code
+
+
+class _FakeResponse:
+    def __init__(self, output_tensors, error=None):
+        self.outputs = {name: value for name, value in output_tensors}
+        self.error = error
+
+
+class _FakeTensor:
+    @staticmethod
+    def from_dlpack(name, array):
+        return name, np.from_dlpack(array).copy()
+
+
+def _fake_pb_utils():
+    import types
+
+    module = types.ModuleType("triton_python_backend_utils")
+    module.TritonError, module.InferenceResponse, module.Tensor = (
+        _FakeTritonError, _FakeResponse, _FakeTensor)
+    # A request is a dict of arrays; numpy arrays speak DLPack like the stub's tensors.
+    module.get_input_tensor_by_name = lambda request, name: request.get(name)
+    return module
+
+
+def _serving_model(tmp_path, monkeypatch, model: Path, **options):
+    from tiedonnx.runtime.triton.serving import TritonPythonModel
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _fake_pb_utils())
+    write_model_repository(model, tmp_path / "repo", backend="python", **options)
+    config = _parse(_model_config_pb2(), tmp_path / "repo" / model.stem / "config.pbtxt")
+    from google.protobuf import json_format
+
+    served = TritonPythonModel()
+    served.initialize({
+        "model_config": json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)),
+        "model_repository": str(tmp_path / "repo" / model.stem), "model_version": "1",
+        "model_instance_kind": "CPU", "model_instance_device_id": "0",
+        "model_instance_name": "test_0"})
+    return served
+
+
+def test_serving_batch_with_a_refused_request(tmp_path, monkeypatch):
+    """Three requests in one execute call: the NaN one gets INVALID_ARG with tiedonnx's
+    message, the two others their own rows of one merged run."""
+    from tiedonnx.runtime import load
+
+    model = _tied_ae(tmp_path / "ae.onnx")
+    served = _serving_model(tmp_path, monkeypatch, model)
+    rng = np.random.default_rng(5)
+    good1, good2 = rng.random((2, 784), dtype=np.float32), rng.random((3, 784), dtype=np.float32)
+    bad = good1.copy()
+    bad[1, 3] = np.nan
+    responses = served.execute([{"pixels": good1}, {"pixels": bad}, {"pixels": good2}])
+    assert [r.error is None for r in responses] == [True, False, True]
+    assert responses[1].error.code == "INVALID_ARG"
+    assert responses[1].error.message.startswith(
+        "tiedonnx: Input 'pixels' contains NaN or inf (first at row 1)")
+    reference = load(model, providers="cpu", memory="lean").run(np.concatenate([good1, good2]))
+    for response, rows in ((responses[0], slice(0, 2)), (responses[2], slice(2, 5))):
+        assert sorted(response.outputs) == ["code", "out"]
+        for name, value in response.outputs.items():
+            np.testing.assert_array_equal(value, reference[name][rows])  # one merged run
+
+
+def test_serving_int8_runs_each_request_alone(tmp_path, monkeypatch):
+    """Dynamic int8 picks its activation scale per run: a request's answer must not
+    depend on the requests batched with it."""
+    from tiedonnx.runtime import load
+    from tiedonnx.runtime.graph.quantize import to_precision
+
+    int8 = tmp_path / "ae_int8.onnx"
+    onnx.save(to_precision(onnx.load(_tied_ae(tmp_path / "ae.onnx")), "int8"), int8)
+    served = _serving_model(tmp_path, monkeypatch, int8)
+    rng = np.random.default_rng(6)
+    small, large = rng.random((2, 784), dtype=np.float32) * 0.1, rng.random((2, 784),
+                                                                             dtype=np.float32) * 9
+    alone = load(int8, providers="cpu", memory="lean").run(small)["out"]
+    merged = load(int8, providers="cpu", memory="lean").run(np.concatenate([small, large]))["out"]
+    assert np.abs(alone - merged[:2]).max() > 1e-4  # merging would change the answer
+    responses = served.execute([{"pixels": small}, {"pixels": large}])
+    np.testing.assert_array_equal(responses[0].outputs["out"], alone)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 
-HELP = "write a Triton model repository (ONNX Runtime backend) for a tied .onnx file"
+# Import-light (no numpy/onnx): the defaults and choices come from the library.
+from ..options import MEMORY_MODES
+from ..triton import BACKENDS, DEFAULT_MAX_BATCH_SIZE, DEFAULT_SERVING_MEMORY, SERVER_ENV
+from . import _flags
 
-# Mirrors tiedonnx.runtime.triton.DEFAULT_MAX_BATCH_SIZE; a test keeps them equal
-# (importing the library here would make building the parser heavier).
-DEFAULT_MAX_BATCH_SIZE = 64
+HELP = "write a Triton model repository (ONNX Runtime or Python backend) for a tied .onnx file"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("repo", metavar="REPO_DIR", help="model repository folder")
     parser.add_argument("--name", default=None,
                         help="Triton model name (default: the model file's stem)")
+    parser.add_argument("--backend", choices=BACKENDS, default=BACKENDS[0],
+                        help="onnxruntime: Triton's ONNX Runtime backend runs the file; python: "
+                             "Triton's Python backend serves it with tiedonnx.runtime.load "
+                             f"(default: {BACKENDS[0]})")
     parser.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE, metavar="N",
                         help="largest batch the dynamic batcher forms; 0 turns batching off "
                              f"(default: {DEFAULT_MAX_BATCH_SIZE})")
@@ -24,25 +29,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model instances per device (default: 1)")
     parser.add_argument("--gpu", action="store_true",
                         help="place the instances on GPUs (KIND_GPU) instead of CPUs")
-    parser.add_argument("--force", action="store_true", help="overwrite existing model files")
+    parser.add_argument("--python-env", default=None, metavar="DIR",
+                        help="--backend python: the Python environment Triton's stub runs in "
+                             "(EXECUTION_ENV_PATH): a folder with bin/activate or a conda-pack "
+                             f".tar.gz; '{SERVER_ENV}': the server's own Python "
+                             "(default: this environment)")
+    parser.add_argument("--memory", choices=MEMORY_MODES, default=None,
+                        help="--backend python: tiedonnx.runtime.load memory mode "
+                             f"(default: {DEFAULT_SERVING_MEMORY})")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="--backend python: onnxruntime threads per instance "
+                             "(default: onnxruntime's choice)")
+    _flags.add_force(parser)
+    _flags.add_json(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from tiedonnx.runtime.triton import write_model_repository
+    from ..triton import write_model_repository
 
     report = write_model_repository(
-        args.model, args.repo, name=args.name, max_batch_size=args.max_batch_size,
-        instances=args.instances, gpu=args.gpu, force=args.force,
+        args.model, args.repo, name=args.name, backend=args.backend,
+        max_batch_size=args.max_batch_size, instances=args.instances, gpu=args.gpu,
+        python_env=args.python_env, memory=args.memory, threads=args.threads, force=args.force,
     )
-    print(f"wrote {report['config_path']}")
-    print(f"wrote {report['model_path']}")
-    for role in ("inputs", "outputs"):
-        for spec in report[role]:
-            print(f"  {role[:-1]:6} {spec['name']}: {spec['data_type']} dims={spec['dims']}")
-    print(f"  max_batch_size={report['max_batch_size']}  instances={report['instances']} "
-          f"({report['kind']})")
-    gpus = "--gpus=all " if args.gpu else ""
-    print(f"serve: docker run --rm {gpus}-p8000:8000 -p8001:8001 -p8002:8002 "
-          f"-v {os.path.abspath(report['repository'])}:/models "
-          "nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models")
+    lines = [f"wrote {path}" for path in report.files]
+    for role, specs in (("input", report.inputs), ("output", report.outputs)):
+        lines += [f"  {role:6} {t.name}: {t.data_type} dims={list(t.dims)}" for t in specs]
+    lines.append(f"  backend={report.backend}  max_batch_size={report.max_batch_size}  "
+                 f"instances={report.instances} ({report.kind})")
+    repo = os.path.abspath(report.repository)
+    if report.backend == "python":
+        env = report.execution_env or "the server's own Python"
+        lines += [f"  memory={report.memory}  python environment: {env}",
+                  f"serve: tritonserver --model-repository={repo} (its Python backend stub "
+                  f"must run Python {report.python_version or 'of that environment'})"]
+    else:
+        gpus = "--gpus=all " if args.gpu else ""
+        lines.append(f"serve: docker run --rm {gpus}-p8000:8000 -p8001:8001 -p8002:8002 "
+                     f"-v {repo}:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 "
+                     "tritonserver --model-repository=/models")
+    _flags.emit(report.as_dict(), as_json=args.json, lines=lines)
     return 0
