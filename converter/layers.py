@@ -170,7 +170,12 @@ class DenseTied(_TiedBase):
 
     ``y = activation(x @ transpose(tied_to.kernel) + bias)``. The kernel is not a
     weight of this layer: the model holds it once, in the tied layer, and
-    training updates both uses.
+    training updates both uses. So ``decoder.get_weights()`` returns only the
+    bias (the question's own check), ``decoder.kernel`` is read-only and always
+    ``transpose(tied_to.kernel)``, and ``model.count_params()`` counts the
+    kernel once. ``keras.saving.load_model`` finds this class once
+    ``tiedonnx.converter`` is imported (otherwise: ``Could not locate class
+    'DenseTied'``).
 
     Args:
         units: output size. Optional: it is always the tied layer's input size;
@@ -187,7 +192,7 @@ class DenseTied(_TiedBase):
     Example:
         >>> encoder = keras.layers.Dense(2, activation="sigmoid")
         >>> decoder = DenseTied(4, activation="sigmoid", tied_to=encoder)
-        >>> model = keras.Sequential([encoder, decoder])
+        >>> model = keras.Sequential([keras.Input((4,)), encoder, decoder])
     """
 
     _expected_kind = keras.layers.Dense

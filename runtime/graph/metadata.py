@@ -1,9 +1,9 @@
 """The tie record kept in an ONNX file's ``metadata_props``: one type, one reader, one writer.
 
 Key ``tiedonnx.ties`` holds a compact JSON list, one :class:`TieRecord` per
-stored tied tensor::
+stored tied tensor (shape and dtype are read from the initializer itself)::
 
-    {"initializer": "W", "shape": [784, 256], "dtype": "float32",
+    {"initializer": "W",
      "uses": [{"relation": "transpose", "perm": [1, 0], "output": "W__T"}],
      "keras": {"decoder": "dec", "tied_to": "enc", "variable": "enc/kernel"}}
 
@@ -79,9 +79,14 @@ class TieRecord:
     zero_point: str | None = None
     axis: int | None = None
 
-    def as_dict(self) -> dict:
+    def as_dict(self, *, stored: bool = False) -> dict:
+        """JSON-friendly form. ``stored``: the compact form written into the file,
+        without ``shape`` and ``dtype`` (the graph's initializer holds them)."""
         d = _compact(self)
         d["uses"] = [u.as_dict() for u in self.uses]
+        if stored:
+            d.pop("shape", None)
+            d.pop("dtype", None)
         return d
 
     @classmethod
@@ -127,14 +132,31 @@ def read_ties(model: onnx.ModelProto) -> list[TieRecord]:
                 ties.append(TieRecord.from_dict(entry))
             except (TypeError, KeyError, AttributeError, ValueError):
                 logger.warning("metadata %s has a malformed entry; ignoring it", TIES_KEY)
+        _fill_from_graph(model.graph, ties)
         return ties
     return []
+
+
+def _fill_from_graph(graph: onnx.GraphProto, ties: list[TieRecord]) -> None:
+    """Shape and dtype of each stored tensor, from its initializer (the file stores them once)."""
+    inits = {i.name: i for i in graph.initializer}
+    for tie in ties:
+        init = inits.get(tie.initializer)
+        if init is None:
+            continue
+        if not tie.shape:
+            tie.shape = list(init.dims)
+        if not tie.dtype:
+            try:
+                tie.dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).name
+            except KeyError:
+                tie.dtype = onnx.TensorProto.DataType.Name(init.data_type).lower()
 
 
 def write_ties(model: onnx.ModelProto, ties: list[TieRecord]) -> None:
     """Store ``ties`` as the model's tie record (in place); removes the key when empty."""
     if ties:
-        text = json.dumps([t.as_dict() for t in ties], sort_keys=True, separators=(",", ":"))
+        text = json.dumps([t.as_dict(stored=True) for t in ties], sort_keys=True, separators=(",", ":"))
         write_metadata(model, {TIES_KEY: text})
     else:
         write_metadata(model, {TIES_KEY: None})

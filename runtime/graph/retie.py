@@ -75,8 +75,9 @@ def retie(model: onnx.ModelProto, *, prefer: list[str] | None = None,
         remove_initializers(graph, {d.copy for d in dups})
         rename_uses(graph, {d.copy: d.source for d in dups if d.relation == "identity"})
         prepend_nodes(graph, [
-            helper.make_node("Transpose", [d.source], [d.copy], name=f"tiedonnx_retie/{d.copy}",
-                             perm=list(d.perm))
+            # Unnamed (names are optional): the output already says what it is,
+            # and on small models every byte of the file counts.
+            helper.make_node("Transpose", [d.source], [d.copy], perm=list(d.perm))
             for d in dups if d.relation == "transpose"])
         for d in dups:
             logger.info("retie: %s is %s of %s; stored once", d.copy, d.relation, d.source)
@@ -102,8 +103,8 @@ def record_ties(model: onnx.ModelProto, *, dups: list[Duplicate] = (),
     for d in dups:  # an exact copy is recorded too: the untied file had it
         perm = list(d.perm) if d.relation == "transpose" else None
         entry(d.source).add_use(TieUse(relation=d.relation, perm=perm, output=d.copy))
-    for name, desc in (keras_ties or {}).items():
-        entry(name).keras = desc
+    for name, desc in (keras_ties or {}).items():  # what inspect shows; shape and relation are in the graph
+        entry(name).keras = {k: desc[k] for k in ("decoder", "tied_to", "variable") if k in desc}
     if by_init:
         write_ties(model, list(by_init.values()))
 
