@@ -27,7 +27,7 @@ and input readable and the output folder writable at the same absolute paths
 Example:
     >>> from tiedonnx.runtime.distributed import run_ray
     >>> report = run_ray("ae.onnx", "x.npy", "y.npy", batch_size=1024)  # doctest: +SKIP
-    >>> report["rows"], report["workers"]  # doctest: +SKIP
+    >>> report.rows, report.workers  # doctest: +SKIP
     (1000000, 2)
 """
 
@@ -39,6 +39,7 @@ import math
 import os
 import tempfile
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,7 @@ import numpy as np
 from .atomic import atomic_path, check_output_path
 from .errors import InputError, TiedOnnxError, UsageError
 from .options import DEFAULT_RUN_BATCH
+from .ray_env import GPU_PROVIDERS, data_context, import_ray, pool_size, ray_session
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +57,36 @@ logger = logging.getLogger(__name__)
 #: larger chunks keep Ray's per-task cost small next to the model call.
 DEFAULT_BATCH_SIZE = DEFAULT_RUN_BATCH
 
-_GPU_PROVIDERS = ("cuda", "tensorrt")
-_INSTALL_HINT = "pip install 'tiedonnx[ray]'"
+
+
+@dataclass
+class RayReport:
+    """What :func:`run_ray` did. Times in seconds; ``outputs``: name -> shape.
+
+    ``startup_seconds``: starting or reaching Ray; ``seconds``: scoring, actor
+    start-up included; ``first_result_seconds``: until the driver heard of the
+    first finished chunk (actor start-up plus one chunk).
+    """
+
+    rows: int
+    batch_size: int
+    chunks: int
+    workers: int
+    address: str
+    providers: str
+    memory: str
+    output: str
+    outputs: dict[str, list[int]] = field(default_factory=dict)
+    startup_seconds: float = 0.0
+    first_result_seconds: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds else math.inf
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "rows_per_second": self.rows_per_second}
 
 
 def run_ray(
@@ -71,7 +101,7 @@ def run_ray(
     memory: str = "fast",
     num_workers: int | None = None,
     allow_nonfinite: bool = False,
-) -> dict:
+) -> RayReport:
     """Score ``input_path`` (``.npy``) with the model on Ray and write ``output_path``.
 
     Args:
@@ -93,13 +123,7 @@ def run_ray(
         allow_nonfinite: accept NaN/inf inputs instead of raising.
 
     Returns:
-        A report: ``rows``, ``batch_size``, ``chunks``, ``workers``,
-        ``address``, ``providers``, ``memory``, ``output``, ``outputs``
-        (name -> shape), ``startup_seconds`` (starting or reaching Ray),
-        ``seconds`` (scoring, actor start-up included),
-        ``first_result_seconds`` (until the driver heard of the first
-        finished chunk: actor start-up plus one chunk) and
-        ``rows_per_second`` (rows / ``seconds``).
+        A :class:`RayReport`.
 
     Raises:
         UsageError: Ray is not installed, or a bad option or path.
@@ -107,38 +131,24 @@ def run_ray(
         ModelFileError: the model file is refused.
         OutputExistsError: ``output_path`` exists and ``force`` is False.
     """
-    ray = _import_ray()
+    ray = import_ray()
     plan = _plan(model_path, input_path, output_path, batch_size=batch_size, force=force,
                  providers=providers, memory=memory, num_workers=num_workers)
     started = time.perf_counter()
-    with _ray_session(ray, address=address, num_workers=num_workers) as ray_address:
+    with ray_session(ray, address=address, num_workers=num_workers) as ray_address:
         # No idle actors: a pool larger than the chunk count only costs start-up.
-        workers = min(_pool_size(ray, providers, num_workers), plan["chunks"])
+        workers = min(pool_size(ray, providers, num_workers), plan["chunks"])
         startup = time.perf_counter() - started
         logger.info("scoring %d rows in %d chunks on %d Ray actors at %s",
                     plan["rows"], plan["chunks"], workers, ray_address)
         scoring = time.perf_counter()
         shapes, first = _score(ray, plan, workers=workers, allow_nonfinite=allow_nonfinite)
         seconds = time.perf_counter() - scoring
-    return {
-        "rows": plan["rows"], "batch_size": batch_size, "chunks": plan["chunks"],
-        "workers": workers, "address": ray_address, "providers": providers, "memory": memory,
-        "output": str(output_path), "outputs": shapes, "startup_seconds": startup,
-        "first_result_seconds": first - scoring, "seconds": seconds,
-        "rows_per_second": plan["rows"] / seconds if seconds else math.inf,
-    }
-
-
-def _import_ray():
-    try:
-        import ray
-        import ray.data  # noqa: F401  (the [data] extra: pandas, pyarrow)
-    except ImportError as exc:
-        raise UsageError(
-            f"Scoring on Ray needs Ray Data, which is not installed ({exc}). "
-            f"Install it with: {_INSTALL_HINT}"
-        ) from exc
-    return ray
+    return RayReport(
+        rows=plan["rows"], batch_size=batch_size, chunks=plan["chunks"], workers=workers,
+        address=ray_address, providers=providers, memory=memory, output=str(output_path),
+        outputs=shapes, startup_seconds=startup, first_result_seconds=first - scoring,
+        seconds=seconds)
 
 
 def _plan(model_path, input_path, output_path, *, batch_size, force, providers, memory,
@@ -187,48 +197,6 @@ def _plan(model_path, input_path, output_path, *, batch_size, force, providers, 
     }
 
 
-@contextlib.contextmanager
-def _ray_session(ray, *, address: str | None, num_workers: int | None):
-    """Use this process's Ray connection, or open one for the call and close it after."""
-    if ray.is_initialized():
-        if address is not None:
-            logger.warning("Ray is already initialized in this process; using it, not %s", address)
-        yield ray.get_runtime_context().gcs_address
-        return
-    options = {"address": address, "include_dashboard": False, "log_to_driver": False,
-               "logging_level": logging.WARNING}
-    if address is None and num_workers:
-        # A local instance: room for every actor asked for.
-        options["num_cpus"] = max(os.cpu_count() or 1, num_workers)
-    try:
-        ray.init(**options)
-    except (ConnectionError, ValueError, RuntimeError) as exc:
-        raise UsageError(f"Could not start or reach Ray at address={address!r} ({exc}). "
-                         "Check the address (ray status on the head node), or omit it to "
-                         "run on a local Ray instance.") from exc
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
-
-
-def _pool_size(ray, providers: str, num_workers: int | None) -> int:
-    """Actors to start: ``num_workers``, or one per CPU (GPU) of the cluster."""
-    resources = ray.cluster_resources()
-    key = "GPU" if providers in _GPU_PROVIDERS else "CPU"
-    have = int(resources.get(key, 0))
-    if num_workers is not None:
-        if num_workers > have:
-            logger.warning("%d actors asked for but the Ray cluster has %d %s now; the pool "
-                           "waits until the cluster has room for all of them", num_workers,
-                           have, key)
-        return num_workers
-    if have < 1:
-        raise UsageError(f"The Ray cluster has no {key} to run actors on "
-                         f"(resources: {resources}). Pass providers='cpu' or add nodes.")
-    return have
-
-
 class _ChunkScorer:
     """Ray Data actor: one model; reads its chunks from the memory-mapped input
     and writes their results straight into the memory-mapped output files."""
@@ -237,7 +205,7 @@ class _ChunkScorer:
                  rows: int, providers: str, memory: str, allow_nonfinite: bool):
         from tiedonnx.runtime.session import load
 
-        threads = None if providers in _GPU_PROVIDERS else 1
+        threads = None if providers in GPU_PROVIDERS else 1
         try:
             self.model = load(model, providers=providers, memory=memory, threads=threads)
         except TiedOnnxError as exc:  # e.g. no CUDA on this node
@@ -273,7 +241,7 @@ def _score(ray, plan: dict, *, workers: int, allow_nonfinite: bool):
     Returns:
         ``(output name -> shape, perf_counter time of the first result)``.
     """
-    with _data_context(ray), atomic_path(plan["output"], force=plan["force"]) as tmp:
+    with data_context(ray), atomic_path(plan["output"], force=plan["force"]) as tmp:
         with _output_files(tmp, plan) as targets:
             first = _execute(ray, plan, targets=targets, workers=workers,
                              allow_nonfinite=allow_nonfinite)
@@ -312,7 +280,7 @@ def _output_files(tmp: Path, plan: dict):
 def _execute(ray, plan: dict, *, targets: dict[str, str], workers: int,
              allow_nonfinite: bool) -> float:
     """Score every chunk; returns the perf_counter time the first chunk was done."""
-    gpus = 1 if plan["providers"] in _GPU_PROVIDERS else 0
+    gpus = 1 if plan["providers"] in GPU_PROVIDERS else 0
     # The chunk list is made on the driver, one block per chunk: a read task
     # (ray.data.range) would wait forever for a CPU the actor pool holds, and
     # one chunk per block lets idle actors take the next chunk.
@@ -343,28 +311,6 @@ def _execute(ray, plan: dict, *, targets: dict[str, str], workers: int,
         raise RuntimeError(f"Ray reported no result for {missing.size} chunks (first: chunk "
                            f"{missing[0]}); the output was not written.")
     return first
-
-
-# Ray Data settings for one run, restored after. Progress bars: a library does
-# not write to the terminal. raise_original_map_exception: without it Ray Data
-# wraps the actor's _ChunkError in its own UserCodeException, which reaches the
-# driver as text only, and the caller could not catch InputError.
-_DATA_CONTEXT = {"enable_progress_bars": False, "print_on_execution_start": False,
-                 "raise_original_map_exception": True}
-
-
-@contextlib.contextmanager
-def _data_context(ray):
-    """Apply :data:`_DATA_CONTEXT` to the current Ray Data context, then restore it."""
-    ctx = ray.data.DataContext.get_current()
-    saved = {key: getattr(ctx, key) for key in _DATA_CONTEXT}
-    for key, value in _DATA_CONTEXT.items():
-        setattr(ctx, key, value)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            setattr(ctx, key, value)
 
 
 def _reraise_ours(exc: BaseException) -> None:

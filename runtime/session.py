@@ -67,8 +67,8 @@ def resolve_providers(providers: ProviderArg, *, available: Sequence[str] | None
     if missing:
         raise ProviderError(
             f"Execution provider {missing} was asked for but is not available in this "
-            f"onnxruntime install (available: {available}). For CUDA install the GPU extra "
-            "(pip install 'tiedonnx[gpu]'), or pass providers='auto' or 'cpu'."
+            f"onnxruntime install (available: {available}). For CUDA, replace the CPU wheel "
+            "with onnxruntime-gpu (README, Deployment: GPU), or pass providers='auto' or 'cpu'."
         )
     return chosen, required
 

@@ -116,7 +116,7 @@ def report_table(args, *, single, ray_init, jobs, same) -> None:
     print(f"  ray.init of the local instance (once per process): {ray_init:.2f} s")
     for i, (wall, report) in enumerate(jobs):
         # After the first result the pool is up: the rest is the steady state.
-        first = report["first_result_seconds"]
+        first = report.first_result_seconds
         rest = wall - first
         steady = (rows - args.batch_size) / rest if rest > 0 else float("nan")
         print(f"  job {i + 1}: {first:.2f} s until the first chunk's result (actor start-up "

@@ -61,9 +61,9 @@ def test_ray_equals_single_process_in_row_order(ray_local, files, tmp_path):
             # Same chunk boundaries as the single-process run, so bit-for-bit equal
             # (random rows: any reordering of rows would fail this).
             np.testing.assert_array_equal(got[name], expected[name])
-    assert report["rows"] == 2500 and report["chunks"] == 5 and report["workers"] == 2
-    assert report["outputs"] == {"out": [2500, FEATURES], "h": [2500, HIDDEN]}
-    assert 0 < report["first_result_seconds"] <= report["seconds"]
+    assert report.rows == 2500 and report.chunks == 5 and report.workers == 2
+    assert report.outputs == {"out": [2500, FEATURES], "h": [2500, HIDDEN]}
+    assert 0 < report.first_result_seconds <= report.seconds
     # No temporary file or folder is left beside the output.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.onnx", "two.onnx", "x.npy",
                                                           "y.npz"]
@@ -80,7 +80,7 @@ def test_npy_output_force_and_lean_memory(ray_local, files, tmp_path):
     got = np.load(out)
     expected = load(files["one"], providers="cpu", memory="lean").run(files["x"])
     np.testing.assert_array_equal(got, expected["out"])
-    assert report["workers"] == 1 and report["chunks"] == 1
+    assert report.workers == 1 and report.chunks == 1
 
 
 def test_bad_rows_raise_input_error_and_leave_no_output(ray_local, files, tmp_path):
@@ -102,7 +102,7 @@ def test_bad_rows_raise_input_error_and_leave_no_output(ray_local, files, tmp_pa
     ({"num_workers": 0}, "y.npy", UsageError, r"num_workers must be a positive integer"),
     ({"providers": "gpu"}, "y.npy", UsageError, r"providers must be one of .*'gpu'"),
     ({}, "y.csv", UsageError, r"output must be a \.npy or \.npz path"),
-    ({}, "y.npy", UsageError, r"The model has 2 outputs \['out', 'code'\].*\.npz"),
+    ({}, "y.npy", UsageError, r"The model has 2 outputs \['out', 'h'\].*\.npz"),
 ])
 def test_bad_arguments_are_refused_before_ray_starts(files, tmp_path, kwargs, output, error,
                                                       message):

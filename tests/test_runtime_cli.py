@@ -136,8 +136,8 @@ def test_object_arrays_are_refused(ae_path, tmp_path, capsys):
 def test_ray_flag_calls_the_distributed_runner(ae_path, x_path, tmp_path, monkeypatch, capsys):
     calls = []
     fake = types.ModuleType("tiedonnx.runtime.distributed")
-    fake.run_ray = lambda *args, **kwargs: calls.append((args, kwargs)) or {"rows": 7, "chunks": 2,
-                                                                            "workers": 2}
+    fake.run_ray = lambda *args, **kwargs: calls.append((args, kwargs)) or types.SimpleNamespace(
+        output=args[2], rows=7, chunks=2, workers=2, seconds=0.5)
     monkeypatch.setitem(sys.modules, "tiedonnx.runtime.distributed", fake)
     out = str(tmp_path / "y.npy")
     assert main(["run", ae_path, "-i", x_path, "-o", out, "--ray", "--address", "ray://h:1",
@@ -148,10 +148,12 @@ def test_ray_flag_calls_the_distributed_runner(ae_path, x_path, tmp_path, monkey
     assert "7 rows in 2 chunks on 2 Ray actor(s)" in capsys.readouterr().out
 
 
-def test_ray_flag_without_ray_support_is_a_usage_error(ae_path, x_path, tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "tiedonnx.runtime.distributed", None)  # import fails
+def test_ray_flag_without_ray_is_a_usage_error_naming_the_extra(ae_path, x_path, tmp_path,
+                                                               monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as on an install without the [ray] extra
     assert main(["run", ae_path, "-i", x_path, "-o", str(tmp_path / "y.npy"), "--ray"]) == 2
-    assert "Ray support is not available" in _only_line(capsys.readouterr().err)
+    assert "pip install 'tiedonnx[ray]'" in _only_line(capsys.readouterr().err)
+    assert not (tmp_path / "y.npy").exists()
 
 
 def test_bench_json_and_table(ae_path, capsys):

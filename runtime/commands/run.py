@@ -54,17 +54,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_ray(args: argparse.Namespace) -> int:
-    try:
-        from ..distributed import run_ray
-    except ModuleNotFoundError as exc:
-        missing = "tiedonnx.runtime.distributed" if exc.name.endswith("distributed") else exc.name
-        raise UsageError(
-            f"Ray support is not available in this install ({missing} is missing). "
-            "Install it with: pip install 'tiedonnx[ray]', or run without --ray."
-        ) from exc
+    from ..distributed import run_ray  # needs Ray only when called: MissingExtraError then
+
     report = run_ray(args.model, args.input, args.output, batch_size=args.batch_size,
                      address=args.address, force=args.force, providers=args.provider,
                      memory=args.memory, allow_nonfinite=args.allow_nonfinite)
-    print(f"wrote {args.output}: {report.get('rows')} rows in {report.get('chunks')} chunks on "
-          f"{report.get('workers')} Ray actor(s)")
+    print(f"wrote {report.output}: {report.rows} rows in {report.chunks} chunks on "
+          f"{report.workers} Ray actor(s) in {report.seconds:.2f} s")
     return 0
