@@ -23,9 +23,13 @@ def test_wheel_has_only_the_tiedonnx_namespace(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"tiedonnx"}, f"unexpected top-level entries: {sorted(top)}"
-    for module in ("tiedonnx/converter/layers.py", "tiedonnx/runtime/graph/retie.py",
-                   "tiedonnx/runtime/session.py", "tiedonnx/runtime/commands/run.py"):
-        assert module in names
+    # Every source file and asset of the two packages is in the wheel (a
+    # subpackage missing from pyproject's list would silently drop out).
+    for folder, package in (("converter", "tiedonnx/converter"), ("runtime", "tiedonnx/runtime")):
+        for path in (REPO / folder).rglob("*"):
+            if path.is_file() and "__pycache__" not in path.parts:
+                wanted = f"{package}/{path.relative_to(REPO / folder).as_posix()}"
+                assert wanted in names, f"{wanted} is not in the wheel"
     entry = zipfile.ZipFile(wheel).read(
         next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "tiedonnx = tiedonnx.runtime.cli:main" in entry
