@@ -14,7 +14,9 @@ the reason when it cannot be had) and runs on 127.0.0.1 with free ports.
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -158,20 +160,27 @@ def test_server_accepts_every_onnxruntime_config(server_install, models, tmp_pat
 
 def test_python_model_in_wrong_environment_fails_with_our_message(server_install, models,
                                                                   tmp_path):
-    """The Python backend loads model.py, which says why it cannot serve (no traceback hunt)."""
+    """model.py says why it cannot serve, as the model's load error: an environment of
+    another Python, and one without tiedonnx."""
     other = f"3.{sys.version_info.minor - 1}"  # the stub runs this interpreter's version
     env = tmp_path / "other_env"
     (env / "bin").mkdir(parents=True)
     (env / "bin" / "activate").write_text("# an environment of another Python\n")
     (env / "pyvenv.cfg").write_text(f"home = /usr/bin\nversion = {other}.9\n")
+    bare = tmp_path / "bare_env"  # this Python, but nothing installed
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
     repo = tmp_path / "repo"
     write_model_repository(models["ae"], repo, name="other", backend="python", python_env=env)
+    write_model_repository(models["ae"], repo, name="bare", backend="python", python_env=bare)
     with LocalServer(server_install, repo) as server:
-        entry = _wait_for_state(server, "other")
+        entries = {name: _wait_for_state(server, name) for name in ("other", "bare")}
     running = f"{sys.version_info.major}.{sys.version_info.minor}"
-    assert entry.get("state") == "UNAVAILABLE", entry
+    assert entries["other"].get("state") == "UNAVAILABLE", entries
     assert (f"this repository's environment is Python {other} but Triton's Python backend "
-            f"stub runs Python {running}") in entry.get("reason", ""), entry
+            f"stub runs Python {running}") in entries["other"].get("reason", ""), entries
+    assert entries["bare"].get("state") == "UNAVAILABLE", entries
+    assert (f"cannot import tiedonnx in Triton's Python backend stub (Python {running}, "
+            f"sys.prefix={bare}") in entries["bare"].get("reason", ""), entries
 
 
 def _wait_for_state(server: LocalServer, name: str, timeout: float = 60.0) -> dict:
@@ -203,9 +212,12 @@ def served(server_install, models, tmp_path_factory):
 
 def _reference(model: Path, x, tmp_path: Path) -> dict[str, np.ndarray]:
     """What `tiedonnx run` writes for ``x`` (a .npy array or an .npz of arrays)."""
-    source = tmp_path / ("x.npz" if isinstance(x, dict) else "x.npy")
-    (np.savez if isinstance(x, dict) else np.save)(source, **x) if isinstance(x, dict) \
-        else np.save(source, x)
+    if isinstance(x, dict):
+        source = tmp_path / "x.npz"
+        np.savez(source, **x)
+    else:
+        source = tmp_path / "x.npy"
+        np.save(source, x)
     target = tmp_path / "y.npz"
     assert main(["run", str(model), "-i", str(source), "-o", str(target), "--provider", "cpu",
                  "--force"]) == 0
@@ -322,8 +334,6 @@ def test_concurrent_clients_are_batched_and_answered_right(served, models, tmp_p
 
 
 def _stats(server, model: str) -> dict:
-    import json
-
     status, text = server.get(f"/v2/models/{model}/stats")
     assert status == 200, text
     stats = json.loads(text)["model_stats"][0]
@@ -350,8 +360,8 @@ BAD_REQUESTS = {  # case -> (input name, array, datatype sent, message)
 def test_malformed_requests_get_400_and_server_keeps_serving(served, case):
     """Names, shapes and dtypes are refused by Triton against config.pbtxt (which tiedonnx
     wrote from the graph); values by tiedonnx's own input checks, with its message."""
-    import tritonclient.grpc as grpc
-    import tritonclient.http as http
+    http = pytest.importorskip("tritonclient.http", reason="pip install 'tritonclient[http]'")
+    grpc = pytest.importorskip("tritonclient.grpc", reason="pip install 'tritonclient[grpc]'")
     from tritonclient.utils import InferenceServerException
 
     name, array, datatype, message = BAD_REQUESTS[case]
