@@ -94,3 +94,94 @@ def test_bad_files(name, content, message, tmp_path):
         load_keras_model(tmp_path / name)
     with pytest.raises(ModelFileError, match="directory"):
         load_keras_model(tmp_path)
+
+
+# ------------------------------------------------------------- issue 13: the scan
+
+
+@pytest.mark.parametrize("name", sorted(set(models.MODELS) - {"subclassed"}))
+def test_the_scan_accepts_every_reference_model(name, tmp_path):
+    """The markers and registered classes real files hold pass (subclassed models
+    are not registered, so they are refused: tested above through os.system)."""
+    from tiedonnx.converter.keras_io import scan_keras_archive
+
+    models.MODELS[name]().save(tmp_path / "m.keras")
+    scan_keras_archive(tmp_path / "m.keras")
+
+
+def _tied_layer(config):
+    return next(layer for layer in config["config"]["layers"] if layer["module"].startswith("tiedonnx"))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: _tied_layer(c).update(module="os"),
+     r"refers to os\.DenseTied, which is neither part of Keras nor a custom object registered from that module"),
+    (lambda c: _tied_layer(c).update(module="builtins", class_name="eval"), r"refers to builtins\.eval"),
+    (lambda c: _tied_layer(c).update(class_name="__keras_tensor__", module="os"), r"refers to os\.__keras_tensor__"),
+    (lambda c: _tied_layer(c).update(class_name="__typespec__", module="keras.layers"), r"keras\.layers\.__typespec__"),
+    (lambda c: _tied_layer(c).update(class_name="__init__", module=None, registered_name=None), r"refers to \?\.__init__"),
+])
+def test_the_scan_does_not_trust_names_for_modules(edit, message, tmp_path):
+    """Issue 13, case 11: a registered name, or a class_name starting with "__", used to skip
+    the module check; now the module must be Keras's or the registered object's own."""
+    models.dense_ae().save(tmp_path / "good.keras")
+    _rewrite_config(tmp_path / "good.keras", tmp_path / "evil.keras", edit)
+    with pytest.raises(UnsafeModelError, match=message):
+        load_keras_model(tmp_path / "evil.keras")
+
+
+@pytest.mark.parametrize("field, value", [("registered_name", ["a"]), ("registered_name", {"a": 1}),
+                                          ("module", 5), ("class_name", None)])
+def test_malformed_objects_are_model_file_errors(field, value, tmp_path):
+    """Issue 13, case 1: a list registered_name was `TypeError: unhashable type`."""
+    models.dense_ae().save(tmp_path / "good.keras")
+    _rewrite_config(tmp_path / "good.keras", tmp_path / "bad.keras",
+                    lambda c: _tied_layer(c).update({field: value}))
+    with pytest.raises(ModelFileError, match=rf"malformed object in config.json \({field}="):
+        load_keras_model(tmp_path / "bad.keras")
+
+
+def test_nesting_cap(tmp_path):
+    """Issue 13, case 1: 200k levels was a RecursionError; the scan caps nesting at 100."""
+    from tiedonnx.converter import keras_io
+
+    def nest(depth):
+        node = 1
+        for _ in range(depth):
+            node = [node]
+        return node
+
+    models.untied_model().save(tmp_path / "m.keras")
+    for depth, refused in ((keras_io.MAX_CONFIG_DEPTH - 10, False), (keras_io.MAX_CONFIG_DEPTH + 1, True)):
+        _rewrite_config(tmp_path / "m.keras", tmp_path / "deep.keras",
+                        lambda c, depth=depth: c["config"].update(deep=nest(depth)))
+        if refused:
+            with pytest.raises(ModelFileError, match="nested more than 100 levels deep"):
+                keras_io.scan_keras_archive(tmp_path / "deep.keras")
+        else:
+            keras_io.scan_keras_archive(tmp_path / "deep.keras")
+
+
+def test_every_archive_member_counts_toward_the_cap(tmp_path, monkeypatch):
+    """Issue 13, case 10: members were summed by name, so duplicates counted once."""
+    import warnings
+
+    from tiedonnx.converter import keras_io
+
+    models.untied_model().save(tmp_path / "m.keras")
+    with zipfile.ZipFile(tmp_path / "m.keras") as z:
+        members = [(i.filename, z.read(i)) for i in z.infolist()]
+    total = sum(len(data) for _, data in members)
+    with zipfile.ZipFile(tmp_path / "pad.keras", "w") as z:
+        for name, data in [*members, ("pad1", b"\0" * 1000), ("pad2", b"\0" * 1000)]:
+            z.writestr(name, data)
+    monkeypatch.setattr(keras_io, "MAX_ARCHIVE_BYTES", total + 1500)  # one pad fits, not two
+    with pytest.raises(ModelFileError, match=rf"unpacks to {total + 2000} bytes"):
+        keras_io.scan_keras_archive(tmp_path / "pad.keras")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile: Duplicate name
+        with zipfile.ZipFile(tmp_path / "dup.keras", "w") as z:
+            for name, data in [*members, members[-1]]:
+                z.writestr(name, data)
+    with pytest.raises(ModelFileError, match=r"holds several members named \['"):
+        keras_io.scan_keras_archive(tmp_path / "dup.keras")

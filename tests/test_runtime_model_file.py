@@ -148,3 +148,81 @@ def test_constant_node_tensors_are_checked_too(tmp_path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(ModelFileError, match=r"declares shape \[4\] \(16 bytes\) but holds 8 bytes"):
         load(save(model, tmp_path / "const.onnx"))
+
+
+# ------------------------------------------------ issue 13: sparse tensors, external fields
+
+
+def _sparse(name: str, dims: list[int]) -> onnx.SparseTensorProto:
+    values = helper.make_tensor(name, TensorProto.FLOAT, [2], [1.0, 2.0])
+    indices = helper.make_tensor(f"{name}_i", TensorProto.INT64, [2], [0, 5])
+    return helper.make_sparse_tensor(values, indices, dims)
+
+
+def _with_sparse(where: str, dims: list[int]) -> onnx.ModelProto:
+    """The tied AE plus one unused sparse tensor of ``dims`` as an initializer, a
+    ``Constant(sparse_value)``, or a ``Constant`` inside a local function."""
+    model = tied_ae()
+    if where == "initializer":
+        model.graph.sparse_initializer.append(_sparse("s", dims))
+    elif where == "constant":
+        model.graph.node.insert(0, helper.make_node("Constant", [], ["s"], sparse_value=_sparse("s", dims)))
+    else:
+        const = helper.make_node("Constant", [], ["c"], sparse_value=_sparse("s", dims))
+        ident = helper.make_node("Identity", ["c"], ["out"])
+        model.functions.append(helper.make_function("local", "F", [], ["out"], [const, ident],
+                                                    [helper.make_opsetid("", 17)]))
+        model.opset_import.append(helper.make_opsetid("local", 1))
+    return model
+
+
+@pytest.mark.parametrize("where", ["initializer", "constant", "function"])
+def test_sparse_tensors_count_at_their_dense_size(where, tmp_path):
+    """Issue 13, case 9: a tiny file whose sparse tensor is gigabytes once dense."""
+    path = save(_with_sparse(where, [2**20, 2**14]), tmp_path / "bomb.onnx")  # 64 GiB dense
+    assert os.path.getsize(path) < 1000
+    with pytest.raises(ModelFileError, match=r"declare \d+ bytes, over the limit of 4294967296 "
+                                             r"\(sparse tensors count at their dense size\)"):
+        read_model(path)
+    # The count is exact: the dense size (here 100 x 10 float32) plus what the file stores.
+    small = save(_with_sparse(where, [100, 10]), tmp_path / "small.onnx")
+    stored = 96 + 12 + 32 + 2 * 4 + 2 * 8  # W, b1, b2, the sparse values and indices
+    with pytest.raises(ModelFileError, match=rf"declare {stored + 4000} bytes, over the limit of 4100"):
+        read_model(small, max_bytes=4100)
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"offset": "abc"}, r"External data offset of tensor 'W' .* received 'abc'"),
+    ({"offset": "-8"}, r"External data offset .* must be a non-negative whole number"),
+    ({"length": "96.0"}, r"External data length of tensor 'W' .* received '96.0'"),
+    ({"length": "9" * 5000}, r"External data length .* received '9999"),
+    ({"location": "w.bin\0../x"}, r"External data location of tensor 'W' .* contains a NUL byte"),
+    ({"__class__": "x"}, r"unknown or repeated keys \['__class__'\]"),
+])
+def test_external_data_fields_must_be_what_onnx_writes(fields, match, tmp_path):
+    """Issue 13, case 2: each was a ValueError or TypeError traceback."""
+    (tmp_path / "w.bin").write_bytes(b"\0" * 96)
+    model = tied_ae()
+    w = model.graph.initializer[0]
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    entries = {"location": "w.bin", "offset": "0", "length": "96", **fields}
+    for key, value in entries.items():
+        w.external_data.add(key=key, value=value)
+    with pytest.raises(ModelFileError, match=match):
+        read_model(save(model, tmp_path / "ext.onnx"))
+
+
+def test_repeated_external_key_and_missing_length(tmp_path):
+    (tmp_path / "w.bin").write_bytes(b"\0" * 100)
+    model = tied_ae()
+    w = model.graph.initializer[0]
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    w.external_data.add(key="location", value="w.bin")
+    # No length: onnx reads to the end of the file, 100 bytes for a 96-byte tensor.
+    with pytest.raises(ModelFileError, match=r"length 100\) does not match its declared 96 bytes"):
+        read_model(save(model, tmp_path / "ext.onnx"))
+    w.external_data.add(key="location", value="../elsewhere.bin")
+    with pytest.raises(ModelFileError, match=r"unknown or repeated keys \['location'\]"):
+        read_model(save(model, tmp_path / "ext.onnx"))
