@@ -36,11 +36,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
 
 from machine import describe
 from tiedonnx.runtime import load
 from tiedonnx.runtime.graph.quantize import to_precision
+from tiedonnx.runtime.testing import tied_autoencoder
 from tiedonnx.runtime.web import ORT_WEB_VERSION, serving, write_site
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -64,26 +64,6 @@ RUN_IN_PAGE = """async ([url, rows, dims]) => {
   const out = Object.values(await model.run({ data: Float32Array.from(rows), dims }))[0];
   return { data: Array.from(out.data), isolated: crossOriginIsolated };
 }"""
-
-
-def tied_ae(features: int, hidden: int, seed: int = 0) -> onnx.ModelProto:
-    """x[?, F] -> sigmoid(sigmoid(x W + b1) Transpose(W) + b2), one initializer W."""
-    rng = np.random.default_rng(seed)
-    scale = 1.0 / np.sqrt(features)
-    inits = [numpy_helper.from_array(rng.normal(0, scale, (features, hidden)).astype(np.float32), "W"),
-             numpy_helper.from_array(rng.normal(0, 0.1, hidden).astype(np.float32), "b1"),
-             numpy_helper.from_array(rng.normal(0, 0.1, features).astype(np.float32), "b2")]
-    nodes = [helper.make_node("Transpose", ["W"], ["W__T"], perm=[1, 0]),
-             helper.make_node("MatMul", ["x", "W"], ["m1"]), helper.make_node("Add", ["m1", "b1"], ["a1"]),
-             helper.make_node("Sigmoid", ["a1"], ["h"]),
-             helper.make_node("MatMul", ["h", "W__T"], ["m2"]), helper.make_node("Add", ["m2", "b2"], ["a2"]),
-             helper.make_node("Sigmoid", ["a2"], ["y"])]
-    graph = helper.make_graph(
-        nodes, "tied_ae", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", features])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
 
 
 def python_timer(path: Path, x: np.ndarray, *, raw: bool):
@@ -179,7 +159,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="64x32,784x256", help="FEATURESxHIDDEN, comma-separated")
     parser.add_argument("--runs", type=int, default=1000, help="calls per timing round (>= 1000)")
-    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds per contender")
+    parser.add_argument("--rounds", type=int, default=15, help="alternating rounds per contender")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = parser.parse_args()
@@ -194,7 +174,7 @@ def main() -> int:
         browser = p.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
         for size in args.sizes.split(","):
             features, hidden = (int(v) for v in size.lower().split("x"))
-            fp32 = tied_ae(features, hidden)
+            fp32 = tied_autoencoder(features, hidden, weight_scale=features ** -0.5, bias_scale=0.1)
             rows = []
             for precision in PRECISIONS:
                 path = Path(tmp) / f"ae{features}.{precision}.onnx"

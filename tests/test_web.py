@@ -4,8 +4,8 @@ Site writing, serving and error paths run everywhere the pinned npm package
 is installed; the browser tests also need Debian's ``chromium`` and
 playwright-python (driven with ``executable_path``, no ``playwright install``),
 and skip with the reason otherwise. Models are built by hand with onnx.helper
-(no TensorFlow); fp16 and int8 files come from the runtime's own
-``to_precision`` passes.
+(``tiedonnx.runtime.testing``, no TensorFlow); fp16 and int8 files come from
+the runtime's own ``to_precision`` passes.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from tiedonnx.runtime.cli import main
 from tiedonnx.runtime.errors import ModelFileError, OutputExistsError, UsageError
 from tiedonnx.runtime.graph.quantize import to_precision
+from tiedonnx.runtime.testing import tied_autoencoder
 from tiedonnx.runtime.web import ort_web, serving, write_demo_site, write_site
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -56,25 +56,9 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None,
                                     reason="chromium not on PATH (Debian: apt-get install -y chromium)")
 
 
-def tied_ae(features: int = FEATURES, hidden: int = HIDDEN, seed: int = 0) -> onnx.ModelProto:
+def tied_ae(features: int = FEATURES, hidden: int = HIDDEN) -> onnx.ModelProto:
     """x[?, F] -> sigmoid(sigmoid(x W + b1) Transpose(W) + b2): one initializer per tie."""
-    rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (features, hidden)).astype(np.float32), "W"),
-             numpy_helper.from_array(rng.normal(0, 0.1, hidden).astype(np.float32), "b1"),
-             numpy_helper.from_array(rng.normal(0, 0.1, features).astype(np.float32), "b2")]
-    nodes = [helper.make_node("Transpose", ["W"], ["W__T"], perm=[1, 0]),
-             helper.make_node("MatMul", ["x", "W"], ["m1"]),
-             helper.make_node("Add", ["m1", "b1"], ["a1"]),
-             helper.make_node("Sigmoid", ["a1"], ["h"]),
-             helper.make_node("MatMul", ["h", "W__T"], ["m2"]),
-             helper.make_node("Add", ["m2", "b2"], ["a2"]),
-             helper.make_node("Sigmoid", ["a2"], ["y"])]
-    graph = helper.make_graph(
-        nodes, "tied_ae", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", features])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    return tied_autoencoder(features, hidden, weight_scale=0.3, bias_scale=0.1)
 
 
 def onnxruntime_outputs(path, x: np.ndarray) -> np.ndarray:
@@ -189,6 +173,15 @@ def test_bad_model_files_are_refused_before_anything_is_written(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(ModelFileError, match="not a readable ONNX model"):
         write_site(bad, tmp_path / "site")
+    assert not (tmp_path / "site").exists()
+
+
+@needs_package
+def test_external_data_models_are_refused_with_the_fix(tmp_path):
+    onnx.save(tied_ae(), tmp_path / "big.onnx", save_as_external_data=True,
+              location="big.onnx.data", size_threshold=0)
+    with pytest.raises(UsageError, match=r"keeps tensors in external data files.*save_as_external_data=False"):
+        write_site(tmp_path / "big.onnx", tmp_path / "site")
     assert not (tmp_path / "site").exists()
 
 

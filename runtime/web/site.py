@@ -160,7 +160,12 @@ def _describe(path: Path, *, label: str) -> dict:
     """Check the model file and read its signature."""
     from onnx import helper
 
-    proto = read_model(path).proto
+    checked = read_model(path)
+    if checked.has_external_data:
+        raise UsageError(f"{str(path)!r} keeps tensors in external data files; the page loads one "
+                         "file. Save it with its tensors inside (onnx.save(model, path, "
+                         "save_as_external_data=False); protobuf allows up to 2 GB) and retry.")
+    proto = checked.proto
     stored = {t.name for t in proto.graph.initializer}
 
     def spec(value) -> dict:

@@ -216,13 +216,9 @@ function byName(feeds, specs) {
 const list = (xs) => `[${xs.map((x) => `'${x}'`).join(", ")}]`;
 const typeName = (v) => (v === null ? "null" : v?.constructor?.name ?? typeof v);
 
-function dtypeOf(data) {
-  if (Array.isArray(data)) return "number";
-  for (const [name, T] of Object.entries(TYPED)) {
-    if (data instanceof T && name !== "bool") return name;
-  }
-  return null;
-}
+// Typed array class -> dtype name, for received data (bool shares Uint8Array).
+const DTYPE_OF = new Map(Object.entries(TYPED).filter(([n]) => n !== "bool").map(([n, T]) => [T, n]));
+const dtypeOf = (data) => (Array.isArray(data) ? "number" : DTYPE_OF.get(data?.constructor) ?? null);
 
 /** One input as {data, dims, dtype}; nested arrays get their dims as numpy would. */
 function asArray(value, name) {
