@@ -524,3 +524,19 @@ def test_serving_int8_runs_each_request_alone(tmp_path, monkeypatch):
     assert np.abs(alone - merged[:2]).max() > 1e-4  # merging would change the answer
     responses = served.execute([{"pixels": small}, {"pixels": large}])
     np.testing.assert_array_equal(responses[0].outputs["out"], alone)
+
+
+@pytest.mark.parametrize("suffix", ["my env", "env;touch x", "$(id)", "env'"])
+def test_python_env_paths_triton_would_paste_into_bash(tmp_path, suffix):
+    """Triton starts the stub with `bash -c "source $EXECUTION_ENV_PATH/bin/activate ..."`
+    unquoted: such paths would break it or run as shell code in the server."""
+    env = tmp_path / suffix
+    (env / "bin").mkdir(parents=True)
+    (env / "bin" / "activate").write_text("")
+    with pytest.raises(UsageError, match=r"EXECUTION_ENV_PATH unquoted into a bash command"):
+        write_model_repository(_tied_ae(tmp_path / "ae.onnx"), tmp_path / "repo",
+                               backend="python", python_env=env)
+    with pytest.raises(UsageError, match=r"contains \[' ', ';'\]"):
+        write_model_repository(_tied_ae(tmp_path / "ae.onnx"), tmp_path / "repo",
+                               backend="python", python_env="$$TRITON_MODEL_DIRECTORY/a b;.tar.gz")
+    assert not (tmp_path / "repo").exists()

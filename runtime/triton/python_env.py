@@ -28,6 +28,7 @@ and says so, instead of failing on a confusing import error.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from ..errors import UsageError
 
 SERVER_ENV = "server"
 _MODEL_DIR_VAR = "$$TRITON_MODEL_DIRECTORY"
+_SHELL_SAFE = re.compile(r"[A-Za-z0-9/._+\-:@%=,]*")
 
 
 @dataclass(frozen=True)
@@ -64,14 +66,17 @@ def resolve_python_env(python_env: str | os.PathLike | None) -> PythonEnv:
                 "python_env='server' (CLI: --python-env server) if tiedonnx is installed in the "
                 "server's own Python."
             )
+        _check_shell_safe(str(prefix), str(prefix))
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
         return PythonEnv(str(prefix), version)
     text = os.fspath(python_env)
     if text == SERVER_ENV:
         return PythonEnv(None, None)
     if text.startswith(_MODEL_DIR_VAR):
+        _check_shell_safe(text[len(_MODEL_DIR_VAR):], text)
         return PythonEnv(text, None)
     path = Path(text).absolute()
+    _check_shell_safe(str(path), text)
     if path.is_dir() and (path / "bin" / "activate").is_file():
         return PythonEnv(str(path), _pyvenv_version(path))
     if path.is_file() and path.name.endswith(".tar.gz"):
@@ -83,6 +88,20 @@ def resolve_python_env(python_env: str | os.PathLike | None) -> PythonEnv:
         f"{'a folder without bin/activate' if path.is_dir() else 'not such a file'}. "
         "Create the environment first (python -m venv DIR && DIR/bin/pip install tiedonnx)."
     )
+
+
+def _check_shell_safe(path: str, received: str) -> None:
+    """Refuse paths the Python backend cannot use: it starts the stub with
+    ``bash -c "source $EXECUTION_ENV_PATH/bin/activate && ..."``, the path
+    pasted in unquoted, so a space breaks it and ``;``, ``$`` or a quote would
+    run as shell code in the server."""
+    if not _SHELL_SAFE.fullmatch(path):
+        bad = sorted({c for c in path if not _SHELL_SAFE.fullmatch(c)})
+        raise UsageError(
+            f"python_env path {received!r} contains {bad}: Triton's Python backend pastes "
+            "EXECUTION_ENV_PATH unquoted into a bash command, so only letters, digits and "
+            "'/._+-:@%=,' work. Move or link the environment to such a path."
+        )
 
 
 def _pyvenv_version(path: Path) -> str | None:
