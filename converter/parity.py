@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import InputError, ParityError
+from .errors import InputError, ParityError, UsageError
 
 logger = logging.getLogger(__name__)
 
-# Tolerances per stored precision, as |onnx - keras| <= atol + rtol * |keras|.
+# Tolerances per stored precision, as |onnx - keras| <= atol * max(1, peak) + rtol * |keras|,
+# where peak is the output's largest |keras| value: weight rounding moves each
+# output in proportion to the output's scale, so logits that reach 2 get twice
+# the room of a sigmoid in [0, 1] (for which the bound is exactly atol).
 # fp32: same math, different kernels (oneDNN vs MLAS) and op order. Measured
 # max abs difference 1.8e-7 on the 784-256 sigmoid AE and up to 1.4e-6 on a
 # Dense+exponential model with outputs near 3; 1e-5 + 1e-5 * |y| keeps a 5x margin
@@ -34,6 +38,16 @@ FP16_TOL = (2e-3, 0.0)
 INT8_TOL = (5e-2, 0.0)
 TOLERANCES = {"fp32": FP32_TOL, "fp16": FP16_TOL, "int8": INT8_TOL}
 
+# mixed_float16 / mixed_bfloat16 (compute in 16 bits, variables in float32):
+# Keras (TensorFlow kernels) and onnxruntime each round every intermediate to
+# 16 bits in their own order. Measured max abs diff on the tiny KerasHub LMs of
+# tests/test_keras_hub.py (2 layers, hidden 16, random weights; sequence
+# lengths 1, 7, 33 with padding): GPT-2 1.2e-4, Qwen 1.1e-4, Llama 1.2e-4
+# (logits peak ~0.2), Gemma 4.9e-3 (logits peak 2.1: 2.5 float16 spacings
+# there). 1e-2 x max(1, peak) is 4x Gemma's figure; a wrong weight moves
+# logits by a sizeable fraction of their peak.
+MIXED16_TOL = (1e-2, 0.0)
+
 DEFAULT_BATCH_SIZES = (1, 3, 64)
 
 
@@ -48,12 +62,19 @@ class OutputParity:
 
 @dataclass
 class ParityReport:
-    """Per-output figures of a Keras vs onnxruntime comparison."""
+    """Per-output figures of a Keras vs onnxruntime comparison.
+
+    ``cases`` names every run (batch size and, for models with open axes,
+    sequence length); figures are the worst per output over all of them.
+    """
 
     outputs: list[OutputParity] = field(default_factory=list)
     batch_sizes: tuple = ()
     atol: float = 0.0
     rtol: float = 0.0
+    sequence_lengths: tuple = ()
+    cases: list[str] = field(default_factory=list)
+    compute_dtype: str = "float32"
 
     @property
     def max_abs(self) -> float:
@@ -66,36 +87,51 @@ class ParityReport:
     def as_dict(self) -> dict:
         return {
             "ok": self.ok, "atol": self.atol, "rtol": self.rtol, "batch_sizes": list(self.batch_sizes),
-            "max_abs": self.max_abs,
+            "sequence_lengths": list(self.sequence_lengths), "cases": list(self.cases),
+            "compute_dtype": self.compute_dtype, "max_abs": self.max_abs,
             "outputs": [o.__dict__ | {"shape": list(o.shape)} for o in self.outputs],
         }
 
 
-def make_inputs(model, specs, batch: int, *, seed: int = 0) -> list[np.ndarray]:
-    """Deterministic random inputs for ``specs`` (floats in [0, 1); ints below the vocabulary)."""
-    rng = np.random.default_rng(seed + batch)
-    vocab = _smallest_vocabulary(model)
-    arrays = []
-    for spec in specs:
-        shape = (batch, *[1 if d is None else d for d in spec.shape[1:]])
-        if np.issubdtype(np.dtype(spec.dtype), np.integer):
-            arrays.append(rng.integers(0, vocab, size=shape).astype(spec.dtype))
-        else:
-            arrays.append(rng.random(shape).astype(spec.dtype))
-    return arrays
+def make_inputs(model, specs, batch: int, *, seed: int = 0, length: int | None = None) -> list[np.ndarray]:
+    """Deterministic inputs for ``model`` at one batch size, one array per input in ``specs`` order.
+
+    Floats in [0, 1); integer ids below the vocabulary of the embedding that
+    reads them; masks with real padding (see :mod:`.samples`).
+    """
+    from .samples import Case, make_case_inputs, vocabularies
+    from .signature import input_signature
+
+    signature = input_signature(model)
+    arrays = make_case_inputs(signature, Case(batch, length), vocabularies(model, signature), seed=seed)
+    return [arrays[s.name] for s in specs]
 
 
-def _smallest_vocabulary(model) -> int:
-    sizes = [layer.input_dim for layer in model._flatten_layers(include_self=False)
-             if hasattr(layer, "input_dim") and isinstance(layer.input_dim, int)]
-    return min(sizes) if sizes else 10
+def compute_dtype(model) -> str:
+    """The narrowest float type any layer of ``model`` computes in ("float32" for plain models)."""
+    found = {getattr(layer, "compute_dtype", None)
+             for layer in model._flatten_layers(include_self=True, recursive=True)}
+    for dtype in ("float16", "bfloat16"):
+        if dtype in found:
+            return dtype
+    return "float32"
 
 
-def _keras_outputs(model, arrays, names) -> dict[str, np.ndarray]:
+def tolerance(model, precision: str) -> tuple[float, float]:
+    """``(atol, rtol)`` for ``precision``, widened for models that compute in 16 bits."""
+    if precision not in TOLERANCES:
+        raise UsageError(f"No parity tolerance for precision {precision!r}. Received: "
+                         f"precision={precision!r}. Use one of {sorted(TOLERANCES)}, or pass atol=.")
+    atol, rtol = TOLERANCES[precision]
+    if compute_dtype(model) != "float32":
+        atol, rtol = max(atol, MIXED16_TOL[0]), max(rtol, MIXED16_TOL[1])
+    return atol, rtol
+
+
+def _to_numpy(outputs, names) -> dict[str, np.ndarray]:
     import keras
 
-    out = model(arrays[0] if len(arrays) == 1 else list(arrays), training=False)
-    return {n: np.asarray(keras.ops.convert_to_numpy(t)) for n, t in zip(names, keras.tree.flatten(out))}
+    return {n: np.asarray(keras.ops.convert_to_numpy(t)) for n, t in zip(names, keras.tree.flatten(outputs))}
 
 
 def compare(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], *,
@@ -113,90 +149,154 @@ def compare(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], *,
             continue
         if a.dtype != e.dtype:
             problems.append(f"output {name!r}: dtype {a.dtype} in ONNX, {e.dtype} in Keras")
-        diff = np.abs(a.astype(np.float64) - e.astype(np.float64))
-        max_abs = float(diff.max()) if diff.size else 0.0
-        max_rel = float((diff / np.maximum(np.abs(e.astype(np.float64)), 1e-12)).max()) if diff.size else 0.0
-        ok = bool(np.all(diff <= atol + rtol * np.abs(e))) and np.array_equal(np.isnan(a), np.isnan(e))
+        e64, a64 = e.astype(np.float64), a.astype(np.float64)
+        diff = np.abs(a64 - e64)
+        max_abs = float(np.nanmax(diff)) if diff.size and not np.isnan(diff).all() else 0.0
+        max_rel = float(np.nanmax(diff / np.maximum(np.abs(e64), 1e-12))) if max_abs else 0.0
+        finite = np.abs(e64[np.isfinite(e64)])
+        scale = max(1.0, float(finite.max())) if finite.size else 1.0
+        ok = bool(np.all((diff <= atol * scale + rtol * np.abs(e64)) | (np.isnan(a64) & np.isnan(e64))))
         figures.append(OutputParity(name, tuple(e.shape), max_abs, max_rel, ok))
         if not ok:
             problems.append(f"output {name!r}: max abs diff {max_abs:.3g}, max rel diff {max_rel:.3g} "
-                            f"exceeds atol={atol:g}, rtol={rtol:g}")
+                            f"exceeds atol={atol:g} x {scale:.3g} (peak), rtol={rtol:g}")
     return figures, problems
 
 
-def verify(keras_model, onnx_model, *, inputs: list[np.ndarray] | None = None,
-           batch_sizes=DEFAULT_BATCH_SIZES, precision: str = "fp32",
-           atol: float | None = None, rtol: float | None = None) -> ParityReport:
-    """Check that an ONNX model computes what the Keras model computes.
-
-    Args:
-        keras_model: the Keras model.
-        onnx_model: an ``onnx.ModelProto``, serialized bytes, or a file path.
-        inputs: the user's own input arrays (one per model input); when None,
-            random inputs at each of ``batch_sizes``.
-        precision: selects the default tolerance (:data:`TOLERANCES`).
-        atol, rtol: override the tolerance.
-
-    Returns:
-        A :class:`ParityReport` (merged over all batches: the worst figure per output).
-
-    Raises:
-        ParityError: any output missed; the message lists every one.
-        InputError: ``inputs`` do not fit the model.
-    """
-    from .tf_convert import input_specs, output_names
-
-    default_atol, default_rtol = TOLERANCES[precision]
-    atol = default_atol if atol is None else atol
-    rtol = default_rtol if rtol is None else rtol
-    if isinstance(onnx_model, (str, os.PathLike)):
-        source = str(onnx_model)
-    elif isinstance(onnx_model, bytes):
-        source = onnx_model
-    else:
-        source = onnx_model.SerializeToString()
+def _open(onnx_model):
     from tiedonnx.runtime.session import open_session
 
-    session = open_session(source, providers=["CPUExecutionProvider"],
-                           label=str(onnx_model) if isinstance(source, str) else "the exported model")
-    specs = input_specs(keras_model)
-    onnx_inputs = [i.name for i in session.get_inputs()]
-    batches = [list(inputs)] if inputs is not None else [make_inputs(keras_model, specs, b) for b in batch_sizes]
-    if inputs is not None:
-        from tiedonnx.runtime.inputs import TensorSpec, check_inputs
+    if isinstance(onnx_model, (str, os.PathLike)):
+        source, label = str(onnx_model), str(onnx_model)
+    elif isinstance(onnx_model, bytes):
+        source, label = onnx_model, "the exported model"
+    else:
+        source, label = onnx_model.SerializeToString(), "the exported model"
+    return open_session(source, providers=["CPUExecutionProvider"], label=label)
 
-        if len(inputs) != len(onnx_inputs):
-            raise InputError(f"The model has {len(onnx_inputs)} input(s) {onnx_inputs}; received "
+
+def _onnx_input_names(session, signature) -> dict[str, str]:
+    """Keras input name -> ONNX input name: by name, or by position for files named otherwise."""
+    onnx_names = [i.name for i in session.get_inputs()]
+    if set(onnx_names) == set(signature.names):
+        return {n: n for n in signature.names}
+    if len(onnx_names) != len(signature.names):
+        raise InputError(f"The ONNX model has {len(onnx_names)} input(s) {onnx_names}; the Keras model "
+                         f"takes {len(signature.names)}: {signature.names}. Compare the export of this "
+                         "very Keras model.")
+    logger.warning("ONNX inputs %s do not carry the Keras names %s; feeding them by position",
+                   onnx_names, signature.names)
+    return dict(zip(signature.names, onnx_names))
+
+
+def _user_feed(inputs, signature, session) -> dict[str, np.ndarray]:
+    """The user's arrays (a list in input order, or a dict by name), checked like the runtime does."""
+    from tiedonnx.runtime.inputs import TensorSpec, check_inputs, materialize
+
+    mapping = _onnx_input_names(session, signature)
+    if isinstance(inputs, dict):
+        if not set(signature.names) <= set(inputs) and set(mapping.values()) <= set(inputs):
+            inputs = {n: inputs[o] for n, o in mapping.items()}  # keyed by the file's own input names
+        feed = {n: inputs[n] for n in signature.names if n in inputs}
+        missing = [n for n in signature.names if n not in inputs]
+        if missing:
+            raise InputError(f"Missing input(s) {missing}. Received: {sorted(inputs)}. "
+                             f"The model takes {signature.names}; pass one array per input name.")
+    else:
+        inputs = list(inputs)
+        if len(inputs) != len(signature.specs):
+            raise InputError(f"The model has {len(signature.specs)} input(s) {signature.names}; received "
                              f"{len(inputs)} array(s). Pass one array per input.")
-        # Same checks (names, ranks, sizes, dtypes) as tiedonnx.runtime before running.
-        check_inputs(dict(zip(onnx_inputs, inputs)),
-                     tuple(TensorSpec.from_ort(i) for i in session.get_inputs()))
+        feed = dict(zip(signature.names, inputs))
+    # The runtime's checks before running (names, ranks, sizes, dtypes), then its
+    # cast and value checks (NaN/inf, float64 values that overflow float32).
+    specs = tuple(TensorSpec.from_ort(i) for i in session.get_inputs())
+    arrays, _ = check_inputs({mapping[n]: feed[n] for n in signature.names}, specs)
+    checked = materialize(arrays, specs)
+    return {s.name: np.asarray(checked[mapping[s.name]], dtype=s.dtype) for s in signature.specs}
+
+
+def _run_case(keras_model, session, signature, feed, mapping) -> tuple[dict, dict]:
+    """(Keras outputs, ONNX outputs) by output name for one feed."""
+    from .signature import output_structure_names
+
     names = [o.name for o in session.get_outputs()]
-    keras_names = output_names(keras_model, len(names))
-    if set(keras_names) != set(names):
+    try:
+        actual = dict(zip(names, session.run(None, {mapping[n]: a for n, a in feed.items()})))
+    except Exception as exc:
+        raise InputError(f"onnxruntime rejected the inputs: {str(exc).splitlines()[0][:300]}. "
+                         f"Expected inputs {[(s.name, s.shape, s.dtype) for s in signature.specs]}.") from None
+    with warnings.catch_warnings():
+        # Keras warns that a softmax over one key is constant: true, and expected at length 1.
+        warnings.filterwarnings("ignore", message="You are using a softmax over axis")
+        outputs = keras_model(signature.pack(feed), training=False)
+    keras_names = output_structure_names(keras_model, outputs)
+    if set(keras_names) != set(names) and len(keras_names) == len(names):
         # Files made by other exporters name outputs their own way (tf2onnx: output_0):
         # pair outputs by position, and say so.
         logger.warning("ONNX outputs %s do not carry the Keras names %s; comparing by position",
                        names, keras_names)
         keras_names = names
+    return _to_numpy(outputs, keras_names), actual
+
+
+def verify(keras_model, onnx_model, *, inputs: list[np.ndarray] | dict[str, np.ndarray] | None = None,
+           batch_sizes=DEFAULT_BATCH_SIZES, sequence_lengths=None, precision: str = "fp32",
+           atol: float | None = None, rtol: float | None = None) -> ParityReport:
+    """Check that an ONNX model computes what the Keras model computes.
+
+    Args:
+        keras_model: the Keras model (any input structure).
+        onnx_model: an ``onnx.ModelProto``, serialized bytes, or a file path.
+        inputs: the user's own arrays (a list in input order, or a dict by input
+            name); when None, generated inputs (:mod:`.samples`) for each batch
+            size and, for models with open axes, each sequence length.
+        sequence_lengths: sizes for open non-batch axes (default
+            :data:`~tiedonnx.converter.samples.DEFAULT_SEQUENCE_LENGTHS`).
+        precision: selects the default tolerance (:data:`TOLERANCES`), widened
+            to :data:`MIXED16_TOL` for models that compute in 16 bits.
+        atol, rtol: override the tolerance.
+
+    Returns:
+        A :class:`ParityReport` (the worst figure per output over all cases).
+
+    Raises:
+        ParityError: any output missed; the message lists every case and output.
+        InputError: ``inputs`` do not fit the model.
+    """
+    from .samples import DEFAULT_SEQUENCE_LENGTHS, Case, cases, make_case_inputs, vocabularies
+    from .signature import input_signature
+    from .tf_convert import check_numeric_inputs
+
+    if atol is None or rtol is None:
+        default_atol, default_rtol = tolerance(keras_model, precision)
+        atol = default_atol if atol is None else atol
+        rtol = default_rtol if rtol is None else rtol
+    session = _open(onnx_model)
+    signature = input_signature(keras_model)
+    check_numeric_inputs(keras_model, list(signature.specs))  # a "string" InputLayer: refuse, one line
+    mapping = _onnx_input_names(session, signature)
+    if inputs is not None:
+        feed = _user_feed(inputs, signature, session)
+        runs = [(Case(len(next(iter(feed.values())))), feed)]
+    else:
+        vocab = vocabularies(keras_model, signature)
+        lengths = DEFAULT_SEQUENCE_LENGTHS if sequence_lengths is None else tuple(sequence_lengths)
+        runs = [(c, make_case_inputs(signature, c, vocab)) for c in cases(signature, keras_model, batch_sizes, lengths)]
     worst: dict[str, OutputParity] = {}
     problems: list[str] = []
-    for arrays in batches:
-        feed = {n: np.asarray(a, dtype=s.dtype) for n, a, s in zip(onnx_inputs, arrays, specs)}
-        try:
-            actual = dict(zip(names, session.run(None, feed)))
-        except Exception as exc:
-            raise InputError(f"onnxruntime rejected the inputs: {str(exc).splitlines()[0][:300]}. "
-                             f"Expected inputs {[(s.name, s.shape, s.dtype) for s in specs]}.") from None
-        expected = _keras_outputs(keras_model, [feed[n] for n in onnx_inputs], keras_names)
+    for case, feed in runs:
+        expected, actual = _run_case(keras_model, session, signature, feed, mapping)
         figures, found = compare(expected, actual, atol=atol, rtol=rtol)
-        batch = len(arrays[0])
-        problems += [f"batch {batch}: {p}" for p in found]
+        problems += [f"{case}: {p}" for p in found]
         for f in figures:
             if f.name not in worst or f.max_abs >= worst[f.name].max_abs:
                 worst[f.name] = f
-    report = ParityReport(list(worst.values()), tuple(len(b[0]) for b in batches), atol, rtol)
-    logger.info("parity: max abs diff %.3g over batch sizes %s", report.max_abs, report.batch_sizes)
+    report = ParityReport(
+        list(worst.values()), tuple(dict.fromkeys(c.batch for c, _ in runs)), atol, rtol,
+        sequence_lengths=tuple(dict.fromkeys(c.length for c, _ in runs if c.length is not None)),
+        cases=[str(c) for c, _ in runs], compute_dtype=compute_dtype(keras_model))
+    logger.info("parity: max abs diff %.3g over %s", report.max_abs, report.cases)
     if problems:
         raise ParityError(
             f"ONNX model does not match Keras ({len(problems)} problem(s)): " + "; ".join(problems)
@@ -205,40 +305,42 @@ def verify(keras_model, onnx_model, *, inputs: list[np.ndarray] | None = None,
 
 
 def verify_files(keras_path, onnx_path, *, input_path=None, precision: str | None = None,
-                 unsafe: bool = False) -> ParityReport:
+                 unsafe: bool = False, import_modules=()) -> ParityReport:
     """:func:`verify` for files: a ``.keras`` model, an ``.onnx`` model, optional ``.npy``/``.npz`` inputs.
 
     The ONNX file is read with the runtime's checks; ``.npz`` inputs are matched
-    by input name, a ``.npy`` goes to a model's single input. ``precision``
-    (which selects the tolerance) defaults to the one the file records.
+    by input name (dict models included), a ``.npy`` goes to a model's single
+    input. ``precision`` (which selects the tolerance) defaults to the one the
+    file records. ``import_modules``: see :func:`~tiedonnx.converter.keras_io.load_keras_model`.
     """
     from tiedonnx.runtime.inputs import load_array_file
     from tiedonnx.runtime.model_file import read_model
 
     from .keras_io import load_keras_model
-    from .tf_convert import input_specs
+    from .signature import input_signature
 
     proto = read_model(onnx_path).proto
     if precision is None:
         from tiedonnx.runtime.graph.metadata import read_precision
 
         precision = read_precision(proto)
-    model = load_keras_model(keras_path, unsafe=unsafe)
+    model = load_keras_model(keras_path, unsafe=unsafe, **({"import_modules": list(import_modules)}
+                                                          if import_modules else {}))
     inputs = None
     if input_path is not None:
         loaded = load_array_file(input_path)
-        specs = input_specs(model)
+        names = input_signature(model).names
         if isinstance(loaded, dict):
             onnx_names = [i.name for i in proto.graph.input
                           if i.name not in {t.name for t in proto.graph.initializer}]
-            missing = [n for n in onnx_names if n not in loaded]
-            if missing:
+            if not (set(names) <= set(loaded) or set(onnx_names) <= set(loaded)):
+                missing = [n for n in names if n not in loaded]
                 raise InputError(f"{input_path!s} lacks arrays for input(s) {missing}; it has "
                                  f"{sorted(loaded)}. Save one array per input name with np.savez.")
-            inputs = [loaded[n] for n in onnx_names]
+            inputs = dict(loaded)
         else:
-            if len(specs) != 1:
-                raise InputError(f"The model has {len(specs)} inputs; a .npy holds one array. "
+            if len(names) != 1:
+                raise InputError(f"The model has {len(names)} inputs {names}; a .npy holds one array. "
                                  f"Received: {str(input_path)!r}. Use an .npz with one array per input name.")
             inputs = [loaded]
     return verify(model, proto, inputs=inputs, precision=precision)

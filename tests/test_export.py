@@ -119,8 +119,8 @@ def test_refuses_to_overwrite_and_writes_nothing_on_bad_options(tmp_path):
     assert target.read_bytes() == b"old"
     with pytest.raises(UsageError, match=r"Received: opset=7"):
         export(models.dense_ae(), tmp_path / "n.onnx", opset=7)
-    with pytest.raises(UsageError, match=r"Received: precision='int4'"):
-        export(models.dense_ae(), tmp_path / "n.onnx", precision="int4")
+    with pytest.raises(UsageError, match=r"Received: precision='int3'"):
+        export(models.dense_ae(), tmp_path / "n.onnx", precision="int3")
     assert not (tmp_path / "n.onnx").exists()
 
 

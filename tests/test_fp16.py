@@ -8,7 +8,6 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from tiedonnx.converter.errors import ConversionError
 from tiedonnx.runtime.graph.fp16 import to_fp16
 from tests.graphs import recorded_ties
 from tiedonnx.runtime.graph.quantize import read_precision, to_precision
@@ -61,13 +60,26 @@ def test_fp16_values_are_the_rounded_weights():
     np.testing.assert_array_equal(numpy_helper.to_array(half), w.astype(np.float16))
 
 
-def test_fp16_out_of_range_weight_is_refused():
+def test_fp16_keeps_out_of_range_tensors_in_fp32_and_says_so(caplog):
+    """A mask constant (-1e9) or a huge weight would become -inf in float16: it stays float32."""
+    import json
+
+    from tiedonnx.runtime.graph.fp16 import KEPT_FP32_KEY
+
     model = tied_graph()
     w = numpy_helper.to_array(model.graph.initializer[0]).copy()
     w[0, 0] = 1e5
     model.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, "W"))
-    with pytest.raises(ConversionError, match=r"'W' does not fit float16 \(largest \|value\| 100000"):
-        to_precision(model, "fp16")
+    with caplog.at_level("WARNING", logger="tiedonnx.runtime.graph.fp16"):
+        out = to_precision(model, "fp16")
+    kinds = {i.name: i.data_type for i in out.graph.initializer}
+    assert kinds["W"] == TensorProto.FLOAT and "W__fp16" not in kinds
+    assert kinds["b1__fp16"] == TensorProto.FLOAT16  # the others are converted
+    meta = {p.key: p.value for p in out.metadata_props}
+    assert json.loads(meta[KEPT_FP32_KEY]) == ["W"]
+    assert "'W' kept in float32: largest |value| 100000" in caplog.text
+    np.testing.assert_array_equal(numpy_helper.to_array(next(i for i in out.graph.initializer
+                                                             if i.name == "W")), w)
 
 
 def test_fp16_leaves_overridable_initializers_in_fp32():

@@ -16,22 +16,30 @@ activations).
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..errors import ConversionError
 from .edit import prepend_nodes, replace_repeated
-from .metadata import TieUse, read_ties, write_ties
+from .metadata import TieUse, read_ties, write_metadata, write_ties
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FP16_SUFFIX", "to_fp16"]
+__all__ = ["FP16_SUFFIX", "KEPT_FP32_KEY", "to_fp16"]
 
 FP16_SUFFIX = "__fp16"
 _FP16_MAX = float(np.finfo(np.float16).max)
+#: Metadata key: JSON list of the float32 initializers left in float32 (out of float16 range).
+KEPT_FP32_KEY = "tiedonnx.fp16.kept_fp32"
+
+
+def _fits(data: np.ndarray) -> bool:
+    """Whether every finite value keeps a finite float16 (infinities and NaN stay what they are)."""
+    finite = data[np.isfinite(data)]
+    return not finite.size or float(np.abs(finite).max()) <= _FP16_MAX
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -40,6 +48,12 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     Run :func:`~tiedonnx.runtime.graph.retie` first (``to_precision`` does):
     a tie folded into one initializer stays one fp16 initializer.
 
+    Initializers with a finite value beyond float16's range (|w| > 65504:
+    attention-mask constants such as KerasHub's -1e9, large biases) stay
+    float32, since float16 would turn them into infinities (and ``inf * 0``
+    into NaN). They are logged and listed under the :data:`KEPT_FP32_KEY`
+    metadata key, so the file says what was not converted.
+
     Args:
         model: the model; not modified. Initializers that are also graph
             inputs (overridable at run time) are left in float32.
@@ -47,26 +61,24 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     Returns:
         The new model, with its ``tiedonnx.ties`` record naming the fp16
         initializers.
-
-    Raises:
-        ConversionError: a weight is too large for float16 (|w| > 65504).
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
     overridable = {i.name for i in graph.input}
-    casts, converted, kept = [], {}, []
+    casts, converted, kept, too_large = [], {}, [], []
     underflow = 0
     for init in graph.initializer:
         if init.data_type != onnx.TensorProto.FLOAT or init.name in overridable:
             kept.append(init)
             continue
         data = numpy_helper.to_array(init)
-        peak = float(np.abs(data).max()) if data.size else 0.0
-        if not np.isfinite(data).all() or peak > _FP16_MAX:
-            raise ConversionError(
-                f"Initializer {init.name!r} does not fit float16 (largest |value| {peak:g}, "
-                f"float16 max {_FP16_MAX:g}). Export it with precision='fp32' or 'int8'.")
+        if not _fits(data):
+            too_large.append(init.name)
+            kept.append(init)
+            logger.warning("fp16: %r kept in float32: largest |value| %g is over float16's %g",
+                           init.name, float(np.abs(data[np.isfinite(data)]).max()), _FP16_MAX)
+            continue
         half = data.astype(np.float16)
         underflow += int(np.count_nonzero((half == 0) & (data != 0)))
         name = init.name + FP16_SUFFIX
@@ -78,8 +90,14 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     prepend_nodes(graph, casts)  # the casts read only initializers
     if underflow:
         logger.info("fp16: %d nonzero weights rounded to 0 (|w| < 6e-8)", underflow)
-    logger.info("fp16: %d initializers stored as float16", len(converted))
+    logger.info("fp16: %d initializers stored as float16, %d kept in float32", len(converted),
+                len(too_large))
+    write_metadata(out, {KEPT_FP32_KEY: json.dumps(too_large) if too_large else None})
+    _record_fp16_ties(model, out, converted)
+    return out
 
+
+def _record_fp16_ties(model: onnx.ModelProto, out: onnx.ModelProto, converted: dict[str, str]) -> None:
     ties = read_ties(model)
     for tie in ties:
         name = tie.initializer
@@ -88,4 +106,3 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
             tie.uses.insert(0, TieUse(relation="cast", output=name, to="float32"))
     if ties:
         write_ties(out, ties)
-    return out

@@ -1,0 +1,211 @@
+"""A Keras model's input structure: one named tensor per leaf, and the way back.
+
+Keras models take a single tensor, a list, a dict (KerasHub language models:
+``{"token_ids", "padding_mask"}``) or any nesting of these. ONNX takes a flat
+list of named inputs. :class:`InputSignature` is the one mapping between the
+two: ``specs`` are the ONNX inputs, in the order the model declares them, and
+:meth:`InputSignature.pack` rebuilds the structure the model is called with.
+
+Names: the Keras input's own name (``keras.Input(name=...)``, which Keras
+requires to match a dict key), else the key path (``x/0``), else
+``input_<i>``; each ONNX input carries that name.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import ConversionError, InputError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["InputSignature", "InputSpec", "declared_output_names", "input_signature", "output_structure_names"]
+
+# TensorFlow op names (tf2onnx turns them into ONNX input names) allow these only.
+_TF_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*$")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One ONNX input: name, shape (batch ``None``, other dynamic axes ``None``) and dtype."""
+
+    name: str
+    shape: tuple
+    dtype: str
+
+    @property
+    def dynamic_axes(self) -> list[int]:
+        """Non-batch axes whose size is left open (a sequence length, for language models)."""
+        return [i for i, d in enumerate(self.shape) if d is None and i > 0]
+
+
+@dataclass(frozen=True)
+class InputSignature:
+    """The model's input structure with leaves replaced by indices into ``specs``."""
+
+    specs: tuple[InputSpec, ...]
+    structure: Any
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    def pack(self, values: Mapping[str, Any] | Sequence) -> Any:
+        """The structure the model is called with, from arrays by name or in ``specs`` order.
+
+        Raises:
+            InputError: an input is missing (the message names what was given).
+        """
+        if isinstance(values, Mapping):
+            missing = [n for n in self.names if n not in values]
+            if missing:
+                raise InputError(f"Missing input(s) {missing}. Received: {sorted(values)}. "
+                                 f"The model takes {self.names}.")
+            flat = [values[n] for n in self.names]
+        else:
+            flat = list(values)
+            if len(flat) != len(self.specs):
+                raise InputError(f"The model takes {len(self.specs)} input(s) {self.names}; "
+                                 f"received {len(flat)}. Pass one array per input.")
+        return _map_leaves(self.structure, lambda i: flat[i])
+
+    def tf_specs(self) -> list:
+        """One ``tf.TensorSpec`` per input, named as the ONNX input."""
+        import tensorflow as tf
+
+        return [tf.TensorSpec(s.shape, tf.as_dtype(s.dtype), name=s.name) for s in self.specs]
+
+    def zeros(self) -> Any:
+        """A structure of zero arrays (open axes of size 1), to probe the model."""
+        return self.pack([np.zeros(tuple(1 if d is None else d for d in s.shape), s.dtype)
+                          for s in self.specs])
+
+
+def _leaves(structure, path=()) -> list[tuple[tuple, Any]]:
+    """(key path, leaf) in declared order: dict insertion order, then list order."""
+    if isinstance(structure, Mapping):
+        return [x for k, v in structure.items() for x in _leaves(v, (*path, str(k)))]
+    if isinstance(structure, (list, tuple)):
+        return [x for i, v in enumerate(structure) for x in _leaves(v, (*path, str(i)))]
+    return [(path, structure)]
+
+
+def _map_leaves(structure, fn):
+    """``structure`` with each leaf (an index) replaced by ``fn(index)``."""
+    if isinstance(structure, Mapping):
+        return {k: _map_leaves(v, fn) for k, v in structure.items()}
+    if isinstance(structure, (list, tuple)):
+        return type(structure)(_map_leaves(v, fn) for v in structure)
+    return fn(structure)
+
+
+def _is_shape(value) -> bool:
+    return isinstance(value, (list, tuple)) and all(d is None or isinstance(d, int) for d in value)
+
+
+def _keras_structure(model):
+    """The model's input structure of KerasTensors, or of shapes from its build config."""
+    struct = None
+    try:
+        struct = model.input  # functional models: the structure exactly as declared
+    except (AttributeError, ValueError):
+        try:
+            inputs = list(model.inputs or [])
+            struct = inputs[0] if len(inputs) == 1 else (inputs or None)
+        except (AttributeError, ValueError):
+            struct = None
+    if struct is not None:
+        return struct, True
+    config = model.get_build_config() if hasattr(model, "get_build_config") else None
+    shape = (config or {}).get("input_shape")
+    if shape is None:
+        raise ConversionError(
+            f"Cannot tell the inputs of model {model.name!r}: it has no keras.Input and has not "
+            f"been called. Received build config: {config!r}. Call the model on a batch once "
+            "(or give it a keras.Input) before exporting.")
+    return _shape_structure(shape), False
+
+
+@dataclass(frozen=True)
+class _ShapeLeaf:
+    """A shape from a build config: a leaf, not a tuple to walk into."""
+
+    shape: tuple
+
+
+def _shape_structure(shape):
+    if _is_shape(shape):
+        return _ShapeLeaf(tuple(shape))
+    if isinstance(shape, Mapping):
+        return {k: _shape_structure(v) for k, v in shape.items()}
+    return [_shape_structure(v) for v in shape]
+
+
+def _leaf_spec(leaf, from_tensors: bool) -> tuple[str | None, tuple, str]:
+    if from_tensors:
+        return str(leaf.name), (None, *leaf.shape[1:]), str(leaf.dtype)
+    # A subclassed model's build config records shapes only; Keras builds it with floats.
+    return None, (None, *leaf.shape[1:]), "float32"
+
+
+def _names(tensor_names: list[str | None], paths: list[tuple]) -> list[str]:
+    """Keras input names when unique and usable, else key paths, else ``input_<i>``."""
+    for candidate in (tensor_names, ["/".join(p) for p in paths]):
+        if all(candidate) and len(set(candidate)) == len(candidate) \
+                and all(_TF_NAME.match(n) for n in candidate):
+            return list(candidate)
+    if len(paths) == 1:
+        return ["input"]
+    return [f"input_{i}" for i in range(len(paths))]
+
+
+def input_signature(model) -> InputSignature:
+    """The ONNX inputs of ``model`` and the structure it is called with.
+
+    Raises:
+        ConversionError: the model declares no inputs and was never called.
+    """
+    struct, from_tensors = _keras_structure(model)
+    leaves = _leaves(struct)
+    raw = [_leaf_spec(leaf, from_tensors) for _, leaf in leaves]
+    names = _names([r[0] for r in raw], [p for p, _ in leaves])
+    specs = tuple(InputSpec(n, shape, dtype) for n, (_, shape, dtype) in zip(names, raw))
+    counter = iter(range(len(leaves)))
+    indexed = _map_leaves(struct, lambda _leaf: next(counter))
+    return InputSignature(specs, indexed)
+
+
+def output_structure_names(model, outputs) -> list[str]:
+    """ONNX output names for the model's (flattened) ``outputs``.
+
+    Dict outputs are named by their keys (``keras.tree.flatten`` order, so
+    names and flattened values pair up); others by ``model.output_names``
+    when those are unique; else ``output`` / ``output_<i>``.
+    """
+    import keras
+
+    flat = keras.tree.flatten(outputs)
+    count = len(flat)
+    if isinstance(outputs, Mapping):
+        names = ["/".join(str(k) for k in path) for path, _ in keras.tree.flatten_with_path(outputs)]
+        if len(set(names)) == count:
+            return names
+    return declared_output_names(model, count)
+
+
+def declared_output_names(model, count: int) -> list[str]:
+    """``model.output_names`` when there are ``count`` of them and they are unique, else
+    ``output`` / ``output_<i>``."""
+    try:
+        names = [str(n) for n in (getattr(model, "output_names", None) or [])]
+    except (AttributeError, ValueError):
+        names = []
+    if len(names) == count and len(set(names)) == count and all(names):
+        return names
+    return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
