@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -111,9 +112,12 @@ def latency(page, path: Path, url: str, features: int, *, runs: int, rounds: int
             time.sleep(SETTLE_S)
             native.append(py(runs))
             time.sleep(SETTLE_S)
-        key = "raw" if raw else "checked"
-        out[key] = {"browser_us": statistics.median(browser), "python_us": statistics.median(native)}
-        out[key]["ratio"] = out[key]["browser_us"] / out[key]["python_us"]
+        out["raw" if raw else "checked"] = {
+            "browser_us": statistics.median(browser), "python_us": statistics.median(native),
+            "ratio": statistics.median(browser) / statistics.median(native),
+            # The best round of each: closest to an unloaded machine when others share it.
+            "browser_best_us": min(browser), "python_best_us": min(native),
+            "best_ratio": min(browser) / min(native)}
     return out
 
 
@@ -143,16 +147,20 @@ def chromium_version(executable: str) -> str:
 
 
 def print_table(size: str, rows: list[dict]) -> None:
-    print(f"\n{size} tied autoencoder (one thread each; batch-1 us per call, median of rounds)")
-    print("| file | model B | download B (gzip) | max abs vs ort-python | browser checked us | "
-          "python checked us | ratio | browser raw us | python raw us | ratio |")
+    print(f"\n{size} tied autoencoder: batch-1 us per call, one thread each, "
+          "median of rounds [best round]")
+    print("| file | model B | download B (gzip) | max abs vs ort-python | browser checked | "
+          "python checked | ratio [best] | browser raw | python raw | ratio [best] |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        c, w = r["checked"], r["raw"]
+        cells = []
+        for key in ("checked", "raw"):
+            t = r[key]
+            cells += [f"{t['browser_us']:.1f} [{t['browser_best_us']:.1f}]",
+                      f"{t['python_us']:.1f} [{t['python_best_us']:.1f}]",
+                      f"{t['ratio']:.2f} [{t['best_ratio']:.2f}]"]
         print(f"| {r['file']} | {r['model_bytes']:,} | {r['download_bytes']:,} "
-              f"({r['download_gzip_bytes']:,}) | {r['max_abs']:.1e} | {c['browser_us']:.1f} | "
-              f"{c['python_us']:.1f} | {c['ratio']:.2f} | {w['browser_us']:.1f} | "
-              f"{w['python_us']:.1f} | {w['ratio']:.2f} |")
+              f"({r['download_gzip_bytes']:,}) | {r['max_abs']:.1e} | " + " | ".join(cells) + " |")
 
 
 def main() -> int:
@@ -168,7 +176,8 @@ def main() -> int:
     from playwright.sync_api import sync_playwright
 
     print(describe())
-    print(f"{chromium_version(args.chromium)}; onnxruntime-web {ORT_WEB_VERSION} (wasm, 1 thread)")
+    print(f"{chromium_version(args.chromium)}; onnxruntime-web {ORT_WEB_VERSION} (wasm, 1 thread); "
+          f"load average {os.getloadavg()[0]:.1f} at start (other work on the machine skews medians)")
     results = {}
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
@@ -185,10 +194,11 @@ def main() -> int:
             print_table(size, rows)
         browser.close()
     flat = [r for rows in results.values() for r in rows]
+    slow = [r["file"] for r in flat if r["checked"]["ratio"] > RATIO_TARGET]
     print(f"\nisolated pages: {all(r['isolated'] for r in flat)}; parity target <= {PARITY_TARGET:g}: "
           f"{'met' if all(r['max_abs'] <= PARITY_TARGET for r in flat) else 'MISSED'}; "
-          f"latency target <= {RATIO_TARGET:g}x (checked): "
-          f"{'met' if all(r['checked']['ratio'] <= RATIO_TARGET for r in flat) else 'MISSED'}")
+          f"latency target <= {RATIO_TARGET:g}x (checked, median): "
+          f"{'met' if not slow else 'MISSED for ' + ', '.join(slow)}")
     if args.json:
         print(json.dumps(results, indent=2))
     return 0
