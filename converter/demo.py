@@ -1,10 +1,12 @@
 """``tiedonnx demo``: the whole promise on real data, in one command.
 
-Trains a tied autoencoder (``DenseTied``) on scikit-learn's bundled 8x8
-digits, saves it, exports it with plain tf2onnx (for comparison) and with
-tiedonnx at fp32, fp16 and int8, checks every export against Keras on the
-held-out digits, times Keras and onnxruntime side by side, and writes
-pictures and a report. Nothing is downloaded.
+Trains a tied autoencoder (``DenseTied``, 784 -> 256 -> 784) on scikit-learn's
+bundled digits upscaled to 28x28 (:mod:`.demo_data`), saves it, exports it with
+plain tf2onnx (for comparison) and with tiedonnx at each precision in
+:data:`ONNX_VARIANTS`, checks every export against Keras on the held-out
+digits, times Keras and onnxruntime side by side, and writes pictures, a
+report and (when onnxruntime-web is installed) a browser page. Nothing is
+downloaded.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -21,69 +24,123 @@ import numpy as np
 
 from tiedonnx.runtime.options import check_positive_int
 
+from .demo_data import HIDDEN, PIXELS, SIDE, DigitsSplit, load_digits_28, train
 from .errors import OutputExistsError, UsageError
 
 logger = logging.getLogger(__name__)
 
-HIDDEN = 32
 DEFAULT_EPOCHS = 30
-TEST_ROWS = 297  # digits has 1,797 images: 1,500 train, 297 held out
 BENCH_BATCHES = (1, 256)
-OUTPUT_FILES = ("model.keras", "plain_tf2onnx.onnx", "model.fp32.onnx", "model.fp16.onnx",
-                "model.int8.onnx", "reconstructions.png", "size_latency.png", "report.md", "report.json")
+BENCH_ROUNDS = 3
+WEB_DIR = "web"
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One way to run the model: a row of the table, a bar, a colour in every panel.
+
+    Attributes:
+        name: the label in the table, the figures and ``report.json``.
+        color: its colour in every figure.
+        file: the ONNX file written into ``out_dir`` (None: Keras itself).
+        precision: ``export(precision=...)`` for a tiedonnx file; None for plain
+            tf2onnx and for Keras.
+    """
+
+    name: str
+    color: str
+    file: str | None = None
+    precision: str | None = None
+
+
+# Okabe-Ito colours (readable with colour-vision deficiencies).
+KERAS_CALL = VariantSpec("keras call (tf.function)", "#E69F00")
+KERAS_PREDICT = VariantSpec("keras predict", "#D55E00")
+PLAIN = VariantSpec("plain tf2onnx fp32", "#999999", "plain_tf2onnx.onnx")  # the baseline
+#: The ONNX files the demo writes, in table order. A precision is one more line,
+#: e.g. ``VariantSpec("tiedonnx int4", "#CC79A7", "model.int4.onnx", "int4")``:
+#: it then gets a table row, a bar in each panel, a reconstruction row and a
+#: model on the web page.
+ONNX_VARIANTS = (
+    PLAIN,
+    VariantSpec("tiedonnx fp32", "#0072B2", "model.fp32.onnx", "fp32"),
+    VariantSpec("tiedonnx fp16", "#56B4E9", "model.fp16.onnx", "fp16"),
+    VariantSpec("tiedonnx int8", "#009E73", "model.int8.onnx", "int8"),
+)
+VARIANTS = (KERAS_CALL, KERAS_PREDICT, *ONNX_VARIANTS)
+#: What a finished run leaves in ``out_dir`` (``web/`` only with onnxruntime-web).
+OUTPUT_FILES = ("model.keras", *(v.file for v in ONNX_VARIANTS), "reconstructions.png",
+                "size_latency.png", "report.md", "report.json", f"{WEB_DIR}/index.html")
 
 
 @dataclass
 class Variant:
+    """Measured figures of one :class:`VariantSpec` (a row of ``report.json``)."""
+
     name: str
     path: str | None
     bytes: int | None
+    precision: str | None = None
     max_abs_vs_keras: float | None = None
     test_mse: float | None = None
-    latency_us: dict = field(default_factory=dict)  # batch -> median microseconds per call
+    latency_us: dict = field(default_factory=dict)  # batch -> microseconds per call (see _time_variants)
 
 
 @dataclass
 class DemoReport:
+    """What ``tiedonnx demo`` did and measured (``report.json``); ``variants`` in table order."""
+
     out_dir: str
     epochs: int
     train_rows: int
     test_rows: int
+    model: str = f"{PIXELS} -> {HIDDEN} -> {PIXELS} tied autoencoder on {SIDE}x{SIDE} digits"
+    machine: str = ""
     variants: list[Variant] = field(default_factory=list)
-    seconds: float = 0.0
+    web_dir: str | None = None  # the browser page, when written
+    web_note: str = ""          # why it was not written
+    step_seconds: dict = field(default_factory=dict)  # step -> seconds
+    seconds: float = 0.0  # the whole run
 
     def as_dict(self) -> dict:
         return asdict(self)
 
-
-def load_digits_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Bundled 8x8 digits scaled to [0, 1], split into train and held-out rows."""
-    from sklearn.datasets import load_digits
-
-    x = (load_digits().data / 16.0).astype(np.float32)
-    order = np.random.default_rng(seed).permutation(len(x))
-    return x[order[TEST_ROWS:]], x[order[:TEST_ROWS]]
+    def variant(self, name: str) -> Variant:
+        return next(v for v in self.variants if v.name == name)
 
 
-def build_model():
-    import keras
+_CPU_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_vnni": "AVX512-VNNI",
+              "avx_vnni": "AVX-VNNI", "avx512_bf16": "BF16", "amx_tile": "AMX"}
 
-    from .layers import DenseTied
 
-    inputs = keras.Input((64,), name="pixels")
-    encoder = keras.layers.Dense(HIDDEN, activation="sigmoid", name="encoder")
-    decoder = DenseTied(activation="sigmoid", tied_to=encoder, name="decoder")
-    return keras.Model(inputs, decoder(encoder(inputs)), name="tied_digits_ae")
+def machine_name() -> str:
+    """The CPU, its cores and the flags that change the timings (VNNI: int8 speed), and
+    onnxruntime's version; the format of ``scripts/machine.py``'s ``describe``."""
+    import onnxruntime
+
+    info = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    cpu = info.get("model name") or platform.processor() or platform.machine()
+    flags = " ".join(n for f, n in _CPU_FLAGS.items() if f in info.get("flags", "").split()) or "no AVX2"
+    return f"{cpu}, {os.cpu_count()} cores ({flags}); onnxruntime {onnxruntime.__version__}"
 
 
 def _check_out_dir(out_dir: Path, force: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"--out must be a directory. Received a file: {str(out_dir)!r}.")
+        raise UsageError(f"out_dir must be a folder. Received a file: {str(out_dir)!r}. "
+                         "Pass a folder path.")
     existing = [n for n in OUTPUT_FILES if (out_dir / n).exists()]
     if existing and not force:
+        more = ", ..." if len(existing) > 3 else ""
         raise OutputExistsError(
-            f"{str(out_dir)!r} already holds demo output ({', '.join(existing[:3])}...). "
-            "Pass force=True (CLI: --force) to overwrite, or choose another --out."
+            f"{str(out_dir)!r} already holds demo output ({', '.join(existing[:3])}{more}). "
+            "Pass force=True to overwrite it, or another out_dir."
         )
 
 
@@ -94,44 +151,116 @@ def _save_keras_atomic(model, path: Path) -> None:
         model.save(tmp)
 
 
-def _plain_export(model, path: Path) -> int:
+def _export_onnx(model, spec: VariantSpec, path: Path) -> int:
+    """Write one ONNX variant (after the folder check, so force=True); returns its bytes."""
     from tiedonnx.runtime.atomic import write_bytes_atomic
 
+    from .export import export
     from .tf_convert import keras_to_onnx
 
+    if spec.precision:
+        return export(model, path, precision=spec.precision, force=True).bytes
     data = keras_to_onnx(model).SerializeToString()
     write_bytes_atomic(path, data, force=True)
     return len(data)
 
 
-def _evaluate(variant: Variant, x_test: np.ndarray, keras_out: np.ndarray, model_runner) -> np.ndarray:
-    out = model_runner(x_test)
-    variant.max_abs_vs_keras = float(np.abs(out - keras_out).max())
-    variant.test_mse = float(np.mean((out - x_test) ** 2))
-    return out
+def _onnx_runners(report: DemoReport) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    from tiedonnx.runtime import load
+
+    runners = {}
+    for v in report.variants:
+        if v.path:
+            session = load(v.path, providers="cpu")
+            name = session.outputs[0].name
+            runners[v.name] = lambda x, s=session, n=name: s.run(x)[n]
+    return runners
 
 
-def _time_variants(variants, runners, keras_model, x_test, *, rounds: int = 3) -> None:
-    """Median latency per variant and batch; rounds interleave the variants so a
-    burst of load on a shared machine does not land on one of them."""
+def _time_variants(variants, runners, keras_model, x_test, *, rounds: int = BENCH_ROUNDS) -> None:
+    """Latency per variant and batch: the best of ``rounds`` interleaved rounds, each the
+    median of its calls. Interleaving spreads a burst of load on a shared machine over
+    all variants; the best round drops the bursts (a 2-thread session whose cores are
+    taken mid-call measured 6x slower at batch 256 in a median over rounds)."""
     import tensorflow as tf
 
     from tiedonnx.runtime.bench import median_seconds
 
     call = tf.function(lambda t: keras_model(t, training=False))
-    fns = {"keras call (tf.function)": lambda x: call(x).numpy(),
-           "keras predict": lambda x: keras_model.predict(x, batch_size=len(x), verbose=0), **runners}
+    fns = {KERAS_CALL.name: lambda x: call(x).numpy(),
+           KERAS_PREDICT.name: lambda x: keras_model.predict(x, batch_size=len(x), verbose=0),
+           **runners}
     for batch in BENCH_BATCHES:
-        x = np.ascontiguousarray(np.resize(x_test, (batch, 64)))
-        samples: dict[str, list[float]] = {v.name: [] for v in variants if v.name in fns}
+        x = np.ascontiguousarray(np.resize(x_test, (batch, PIXELS)))
+        # predict last in each round: the variant timed right after it ran 25-35% faster
+        # (28 vs 35 µs at batch 1, whichever it was), which read as a gap between equal files.
+        order = sorted((v.name for v in variants if v.name in fns), key=lambda n: n == KERAS_PREDICT.name)
+        samples: dict[str, list[float]] = {name: [] for name in order}
         for _ in range(rounds):
             for name in samples:
-                slow = name == "keras predict"
+                slow = name == KERAS_PREDICT.name
                 samples[name].append(median_seconds(lambda: fns[name](x), min_time=0.1,
                                                     min_calls=2 if slow else 5))
         for v in variants:
             if v.name in samples:
-                v.latency_us[batch] = 1e6 * float(np.median(samples[v.name]))
+                v.latency_us[batch] = 1e6 * min(samples[v.name])
+
+
+def _write_web(out: Path, report: DemoReport) -> None:
+    """The digits page on onnxruntime-web, if its pinned npm package is installed."""
+    from tiedonnx.runtime.web import ort_web, write_demo_site
+
+    try:
+        ort_web.dist_dir()
+    except UsageError as exc:  # optional: the rest of the demo needs no Node.js
+        report.web_note = f"{WEB_DIR}/ was not written: {exc}"
+        return
+    models = {v.name: v.path for v in report.variants if v.precision}
+    site = write_demo_site(out / WEB_DIR, models, runtime="local", force=True)
+    report.web_dir = site.out_dir
+
+
+class _Clock:
+    """Seconds per step of the run, and in all."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        seconds, self.last = now - self.last, now
+        return round(seconds, 2)
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def _measure(report: DemoReport, model, data: DigitsSplit, out: Path, step, clock: _Clock) -> dict:
+    """Export every variant, check it against Keras, time it; returns reconstructions by name."""
+    keras_out = model.predict(data.x_test, verbose=0)
+    report.variants += [Variant(KERAS_CALL.name, None, None, max_abs_vs_keras=0.0,
+                                test_mse=float(np.mean((keras_out - data.x_test) ** 2))),
+                        Variant(KERAS_PREDICT.name, None, None)]
+    step("exporting: plain tf2onnx (for comparison), then tiedonnx "
+         f"{', '.join(s.precision for s in ONNX_VARIANTS if s.precision)} (each verified)")
+    for spec in ONNX_VARIANTS:
+        path = out / spec.file
+        report.variants.append(Variant(spec.name, str(path), _export_onnx(model, spec, path),
+                                       spec.precision))
+    report.step_seconds["export"] = clock.lap()
+
+    step(f"checking every export against Keras on the {len(data.x_test)} held-out digits")
+    runners, recon = _onnx_runners(report), {KERAS_CALL.name: keras_out}
+    for v in report.variants:
+        if v.name in runners:
+            recon[v.name] = runners[v.name](data.x_test)
+            v.max_abs_vs_keras = float(np.abs(recon[v.name] - keras_out).max())
+            v.test_mse = float(np.mean((recon[v.name] - data.x_test) ** 2))
+    step(f"benchmarking Keras and onnxruntime side by side (batch {BENCH_BATCHES[0]} and "
+         f"{BENCH_BATCHES[1]})")
+    _time_variants(report.variants, runners, model, data.x_test)
+    report.step_seconds["check and benchmark"] = clock.lap()
+    return recon
 
 
 def run_demo(out_dir: str | os.PathLike = "demo-out", *, epochs: int = DEFAULT_EPOCHS, force: bool = False,
@@ -140,7 +269,7 @@ def run_demo(out_dir: str | os.PathLike = "demo-out", *, epochs: int = DEFAULT_E
 
     Args:
         out_dir: folder for the files in :data:`OUTPUT_FILES` (created if missing).
-        epochs: training epochs (30 takes about 10 s on 2 cores).
+        epochs: training epochs (30 take about 15 s on 2 cores).
         force: overwrite demo files already in ``out_dir``.
         on_step: called with a short message as each step starts (the CLI prints it).
 
@@ -150,12 +279,13 @@ def run_demo(out_dir: str | os.PathLike = "demo-out", *, epochs: int = DEFAULT_E
     Raises:
         UsageError: bad ``epochs`` or an ``out_dir`` that is a file.
         OutputExistsError: ``out_dir`` holds demo output and ``force`` is False.
+
+    Example:
+        >>> report = run_demo("demo-out", epochs=30, force=True)  # doctest: +SKIP
+        >>> report.variant("tiedonnx int8").bytes  # doctest: +SKIP
     """
-    import keras
+    from tiedonnx.runtime.atomic import write_bytes_atomic
 
-    from tiedonnx.runtime import load
-
-    from .export import export
     from .demo_plots import draw_reconstructions, draw_size_latency, write_markdown
 
     check_positive_int("epochs", epochs)
@@ -163,49 +293,27 @@ def run_demo(out_dir: str | os.PathLike = "demo-out", *, epochs: int = DEFAULT_E
     out = Path(out_dir)
     _check_out_dir(out, force)
     out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    clock = _Clock()
 
-    step("loading scikit-learn's bundled 8x8 digits")
-    x_train, x_test = load_digits_split()
-    step(f"training a tied autoencoder 64 -> {HIDDEN} -> 64 for {epochs} epochs on {len(x_train)} digits")
-    keras.utils.set_random_seed(0)
-    model = build_model()
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
-    model.fit(x_train, x_train, epochs=epochs, batch_size=32, verbose=0)
+    step(f"loading scikit-learn's bundled digits, upscaled from 8x8 to {SIDE}x{SIDE}")
+    data = load_digits_28()
+    report = DemoReport(str(out), epochs, len(data.x_train), len(data.x_test), machine=machine_name())
+    step(f"training a tied autoencoder {PIXELS} -> {HIDDEN} -> {PIXELS} for {epochs} epochs "
+         f"on {len(data.x_train)} digits")
+    model = train(data.x_train, epochs=epochs)
     _save_keras_atomic(model, out / "model.keras")
-    keras_out = model.predict(x_test, verbose=0)
+    report.step_seconds["load and train"] = clock.lap()
+    recon = _measure(report, model, data, out, step, clock)
 
-    report = DemoReport(str(out), epochs, len(x_train), len(x_test))
-    report.variants += [Variant("keras call (tf.function)", None, None, 0.0,
-                                float(np.mean((keras_out - x_test) ** 2))),
-                        Variant("keras predict", None, None)]
-    step("exporting: plain tf2onnx (for comparison), then tiedonnx fp32, fp16, int8 (each verified)")
-    plain = out / "plain_tf2onnx.onnx"
-    report.variants.append(Variant("plain tf2onnx fp32", str(plain), _plain_export(model, plain)))
-    for precision in ("fp32", "fp16", "int8"):
-        path = out / f"model.{precision}.onnx"
-        r = export(model, path, precision=precision, force=True)
-        report.variants.append(Variant(f"tiedonnx {precision}", str(path), r.bytes))
-
-    step("checking every export against Keras on the held-out digits")
-    runners, recon = {}, {"keras": keras_out}
-    for v in report.variants:
-        if v.path:
-            session = load(v.path, providers="cpu")
-            name = session.outputs[0].name
-            runners[v.name] = lambda x, s=session, n=name: s.run(x)[n]
-            recon[v.name] = _evaluate(v, x_test, keras_out, runners[v.name])
-
-    step("benchmarking Keras and onnxruntime side by side (batch 1 and 256)")
-    _time_variants(report.variants, runners, model, x_test)
-
-    step("drawing figures and writing the report")
-    draw_reconstructions(out / "reconstructions.png", x_test, recon)
-    draw_size_latency(out / "size_latency.png", report)
-    report.seconds = time.perf_counter() - start
+    step("drawing figures, writing the report and the web page")
+    colors = {v.name: v.color for v in VARIANTS}
+    picks = data.one_per_class()  # plain tf2onnx computes what tiedonnx fp32 does: no row
+    rows = {n: images[picks] for n, images in recon.items() if n != PLAIN.name}
+    draw_reconstructions(out / "reconstructions.png", report, data.x_test[picks], rows, colors)
+    draw_size_latency(out / "size_latency.png", report, colors)
+    _write_web(out, report)
+    report.step_seconds["figures, report, web"] = clock.lap()
+    report.seconds = clock.total()
     write_markdown(out / "report.md", report)
-    from tiedonnx.runtime.atomic import write_bytes_atomic
-
     write_bytes_atomic(out / "report.json", json.dumps(report.as_dict(), indent=2).encode(), force=True)
     return report
-
