@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import zipfile
 from collections import Counter
 from pathlib import Path
 
 from tiedonnx.runtime.errors import short_error
 
-from .errors import ModelFileError, UnsafeModelError
+from .errors import ModelFileError, UnsafeModelError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def _iter_objects(node, path: Path):
             stack.extend((value, depth + 1) for value in item)
 
 
-def scan_keras_archive(path: Path) -> None:
+def scan_keras_archive(path: Path, *, refused: frozenset[str] = frozenset()) -> None:
     """Refuse archives that are bombs or that name code outside Keras before Keras parses them.
 
     Keras's safe mode (Keras >= 3.13.2) already blocks Python lambdas and
@@ -67,11 +68,13 @@ def scan_keras_archive(path: Path) -> None:
     Raises:
         ModelFileError: not a valid archive, sizes or nesting over the caps,
             duplicate member names, malformed objects.
-        UnsafeModelError: an object refers to code outside Keras.
+        UnsafeModelError: an object refers to code outside Keras, or is one of
+            ``refused`` (registered names a package the caller did not name
+            brought in; see :func:`import_packages`).
     """
     tree = _read_config(path)
     for obj in _iter_objects(tree, path):
-        _check_object(obj, path)
+        _check_object(obj, path, refused)
 
 
 def _read_config(path: Path):
@@ -114,7 +117,7 @@ def _check_members(infos: list, path: Path) -> None:
             f"({MAX_ARCHIVE_BYTES} / {MAX_CONFIG_BYTES}). Refused as a possible zip bomb.")
 
 
-def _check_object(obj: dict, path: Path) -> None:
+def _check_object(obj: dict, path: Path, refused: frozenset[str] = frozenset()) -> None:
     name, module, registered = obj.get("class_name"), obj.get("module"), obj.get("registered_name")
     wrong = [f"{key}={value!r:.60}" for key, value, ok in (
         ("class_name", name, isinstance(name, str)),
@@ -132,13 +135,15 @@ def _check_object(obj: dict, path: Path) -> None:
     if name in KERAS_MARKERS and module is None:
         return
     if not name.startswith("__") and module is not None and (
-            module == "keras" or module.startswith("keras.") or _registered_here(registered, module)):
+            module == "keras" or module.startswith("keras.")
+            or (_registered_here(registered, module) and registered not in refused)):
         return
     raise UnsafeModelError(
         f"Refusing to load {str(path)!r}: it refers to {module or '?'}.{name[:80]}, which is "
         "neither part of Keras nor a custom object registered from that module (registered_name "
         f"{registered!r:.80}), so loading it could run code. Import and register your custom "
-        f"classes first, or pass unsafe=True (CLI: {UNSAFE_FLAG}) if you trust the file.")
+        f"classes first (a package's registered classes: import_modules=[...], CLI: --import "
+        f"{(module or '?').split('.')[0]}), or pass unsafe=True (CLI: {UNSAFE_FLAG}) if you trust the file.")
 
 
 def _registered_here(registered: str | None, module: str) -> bool:
@@ -149,6 +154,43 @@ def _registered_here(registered: str | None, module: str) -> bool:
         return False
     found = keras.saving.get_registered_object(registered)
     return found is not None and getattr(found, "__module__", None) == module
+
+
+_PACKAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def import_packages(names) -> frozenset[str]:
+    """Import the packages the caller named, so their Keras serializables register.
+
+    A named package (``keras_hub``) registers its classes on import; safe mode
+    then loads them as it loads Keras's own. Anything the import registered
+    from *other* packages is returned, to be refused: only what the caller
+    named is trusted.
+
+    Raises:
+        UsageError: a name is not a Python package name, or is not installed.
+    """
+    import importlib
+
+    import keras
+
+    names = [str(n) for n in names]
+    bad = [n for n in names if not _PACKAGE_NAME.match(n)]
+    if bad:
+        raise UsageError(f"Not a Python package name. Received: import_modules={bad!r}. "
+                         "Name installed packages, e.g. keras_hub.")
+    before = set(keras.saving.get_custom_objects())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise UsageError(f"Cannot import {name!r} ({short_error(exc)}). Received: import_modules="
+                             f"{names!r}. Install it (pip install {name.split('.')[0]}) or drop it.") from None
+    named = tuple(names)
+    added = {k: v for k, v in keras.saving.get_custom_objects().items() if k not in before}
+    return frozenset(k for k, v in added.items()
+                     if not any(str(getattr(v, "__module__", "")) == n
+                                or str(getattr(v, "__module__", "")).startswith(n + ".") for n in named))
 
 
 def _check_file(path: Path) -> None:
@@ -163,12 +205,15 @@ def _check_file(path: Path) -> None:
         raise ModelFileError(f"Keras model file is empty (0 bytes): {str(path)!r}. Re-save the model.")
 
 
-def load_keras_model(path: str | os.PathLike, *, unsafe: bool = False):
+def load_keras_model(path: str | os.PathLike, *, unsafe: bool = False, import_modules=()):
     """Load a ``.keras`` (or, with ``unsafe=True``, ``.h5``) model file.
 
     Args:
         path: the model file.
         unsafe: allow code stored in the file to run. Only for files you trust.
+        import_modules: packages to import first (CLI: ``--import``), whose
+            registered Keras classes (``keras_hub``'s models) then load with
+            safe mode still on; see :func:`import_packages`.
 
     Returns:
         The Keras model, not compiled.
@@ -183,6 +228,7 @@ def load_keras_model(path: str | os.PathLike, *, unsafe: bool = False):
 
     path = Path(path)
     _check_file(path)
+    refused = import_packages(import_modules) if import_modules else frozenset()
     suffix = path.suffix.lower()
     if suffix in (".h5", ".hdf5"):
         if not unsafe:
@@ -202,7 +248,7 @@ def load_keras_model(path: str | os.PathLike, *, unsafe: bool = False):
             "Re-save the model with model.save('model.keras')."
         )
     elif not unsafe:
-        scan_keras_archive(path)
+        scan_keras_archive(path, refused=refused)
     if unsafe:
         logger.warning("loading %s with safe_mode=False: code in the file may run", path)
     try:

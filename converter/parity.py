@@ -324,8 +324,7 @@ def verify_files(keras_path, onnx_path, *, input_path=None, precision: str | Non
         from tiedonnx.runtime.graph.metadata import read_precision
 
         precision = read_precision(proto)
-    model = load_keras_model(keras_path, unsafe=unsafe, **({"import_modules": list(import_modules)}
-                                                          if import_modules else {}))
+    model = load_keras_model(keras_path, unsafe=unsafe, import_modules=import_modules)
     inputs = None
     if input_path is not None:
         loaded = load_array_file(input_path)

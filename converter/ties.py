@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 import keras
+import numpy as np
 
+from .errors import ConversionError
 from .layers import Conv2DTransposeTied, DenseTied
 
-__all__ = ["Tie", "find_ties"]
+__all__ = ["Tie", "describe_stored_ties", "find_ties", "graph_readers"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -28,8 +34,8 @@ class Tie:
 
     decoder: Any
     tied: Any
-    variable: Any
-    relation: str
+    variable: Any = field(repr=False)  # its repr prints the whole value
+    relation: str = "transpose"
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -80,3 +86,114 @@ def find_ties(model) -> list[Tie]:
             if layer.tie_weights and layer.built:
                 ties.append(Tie(layer, layer, layer.embeddings, "transpose"))
     return ties
+
+
+# Ops through which a graph use still reads the stored tensor (retie's Transpose
+# and Cast, tf2onnx's reshapes around a Tensordot).
+_PASS_THROUGH = {"Cast", "Transpose", "Identity", "Reshape", "Squeeze", "Unsqueeze"}
+# Below this many elements, equal values say nothing about which variable a
+# tensor came from (a bias of zeros, a LayerNorm scale of ones).
+MIN_DESCRIBED_ELEMENTS = 16
+
+
+def _layer_names(model) -> set[str]:
+    return {layer.name for layer in model._flatten_layers(include_self=True, recursive=True)}
+
+
+def _layer_of_node(node_name: str, names: set[str]) -> str | None:
+    """The deepest Keras layer in a TensorFlow op name (``lm_1/token_embedding_1/MatMul``).
+
+    TensorFlow numbers name scopes (``token_embedding_1``) when it traces a
+    layer; the number is stripped first, then the scope is tried as it is.
+    """
+    for scope in reversed(node_name.split("/")[:-1]):
+        base = re.sub(r"_\d+$", "", scope)
+        for candidate in (base, scope):
+            if candidate in names:
+                return candidate
+    return None
+
+
+def graph_readers(proto, names: list[str], layer_names: set[str]) -> list[str]:
+    """Keras layers whose ops read any of ``names`` (through transposes, casts, reshapes)."""
+    from tiedonnx.runtime.graph.edit import consumers
+
+    todo, seen, layers = list(names), set(names), []
+    while todo:
+        for node in consumers(proto.graph, todo.pop()):
+            if node.op_type in _PASS_THROUGH and not _layer_of_node(node.name, layer_names):
+                new = [o for o in node.output if o not in seen]
+                seen.update(new)
+                todo += new
+                continue
+            layer = _layer_of_node(node.name, layer_names)
+            if layer and layer not in layers:
+                layers.append(layer)
+    return layers
+
+
+def _owner(variable) -> str:
+    path = str(variable.path)
+    return path.rsplit("/", 2)[-2] if "/" in path else path
+
+
+def _variable_matching(model, array) -> Any | None:
+    """The one Keras variable whose value (transposed or cast) is ``array``; None if none or several."""
+    from tiedonnx.runtime.graph.duplicates import find_permutations_of
+
+    if array.size < MIN_DESCRIBED_ELEMENTS:
+        return None
+    found, seen = [], set()
+    for variable in model.weights:
+        if id(variable) in seen or int(np.prod(variable.shape)) != array.size:
+            continue
+        seen.add(id(variable))
+        if find_permutations_of(np.asarray(variable.numpy()), {"stored": array}, casts=True):
+            found.append(variable)
+    return found[0] if len(found) == 1 else None
+
+
+def describe_stored_ties(model, proto, ties: list[Tie]) -> dict[str, dict]:
+    """Initializer name -> Keras description of each tie stored in ``proto`` (after retie).
+
+    Ties from :func:`find_ties` are found by the variable's value. Every other
+    tie retie folded (a layer that is not ours, such as Hands-On ML's
+    ``DenseTranspose`` or a model calling ``tf.matmul(h, W, transpose_b=True)``)
+    is matched back to the one Keras variable with that value. ``layers`` lists
+    the Keras layers whose ops read the stored tensor, from the graph's op names.
+
+    Raises:
+        ConversionError: a tie from :func:`find_ties` is not stored as-is
+            (tf2onnx fused or rewrote it), so it cannot be kept.
+    """
+    from tiedonnx.runtime.graph import read_ties
+    from tiedonnx.runtime.graph.duplicates import find_permutations_of, initializer_arrays
+
+    arrays = initializer_arrays(proto.graph)
+    names = _layer_names(model)
+    records = {r.initializer: r for r in read_ties(proto)}
+    described: dict[str, dict] = {}
+    for tie in ties:
+        matches = find_permutations_of(np.asarray(tie.variable.numpy()), arrays, casts=True)
+        if not matches:
+            raise ConversionError(
+                f"The tied kernel {tie.variable.path!r} (shape {tie.shape}) is not stored as-is in the "
+                "converted graph (tf2onnx fused or rewrote it), so its tie cannot be kept. "
+                f"Layers involved: {tie.decoder.name!r} tied to {tie.tied.name!r}.")
+        described[matches[0][0]] = tie.as_dict()
+    for name, record in records.items():
+        if name in described or not record.uses or name not in arrays:
+            continue
+        variable = _variable_matching(model, arrays[name])
+        if variable is None:
+            logger.info("tie %r: no single Keras variable has its value; recorded without Keras names", name)
+            continue
+        owner = _owner(variable)
+        readers = graph_readers(proto, [name, *(u.output for u in record.uses)], names)
+        decoder = next((r for r in readers if r != owner), owner)
+        described[name] = {"decoder": decoder, "tied_to": owner, "variable": str(variable.path)}
+    for name, desc in described.items():
+        record = records.get(name)
+        uses = [u.output for u in record.uses] if record else []
+        desc["layers"] = graph_readers(proto, [name, *uses], names)
+    return described

@@ -22,6 +22,12 @@ def add_unsafe_load_code(parser: argparse.ArgumentParser) -> None:
                              "(trusted files only; see SECURITY.md)")
 
 
+def add_import_modules(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--import", dest="import_modules", action="append", default=[], metavar="PACKAGE",
+                        help="import PACKAGE first so the Keras classes it registers (e.g. keras_hub) "
+                             "load with safe mode on; repeatable (see SECURITY.md)")
+
+
 def add_provider(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--provider", choices=PROVIDER_CHOICES, default="auto",
                         help="execution provider (default: auto, CUDA if active, else CPU)")

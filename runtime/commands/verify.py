@@ -20,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="selects the tolerance (default: the precision the file records)")
     _flags.add_json(parser)
     _flags.add_unsafe_load_code(parser)
+    _flags.add_import_modules(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,9 +30,11 @@ def run(args: argparse.Namespace) -> int:
     from tiedonnx.converter.parity import verify_files
 
     report = verify_files(args.keras_model, args.onnx_model, input_path=args.input,
-                          precision=args.precision, unsafe=args.unsafe_load_code)
+                          precision=args.precision, unsafe=args.unsafe_load_code,
+                          import_modules=args.import_modules)
     lines = [f"parity ok: max abs diff {report.max_abs:.3g} (atol {report.atol:g}, "
-             f"rtol {report.rtol:g}) at batch sizes {list(report.batch_sizes)}"]
+             f"rtol {report.rtol:g}) at batch sizes {list(report.batch_sizes)}"
+             + (f", sequence lengths {list(report.sequence_lengths)}" if report.sequence_lengths else "")]
     lines += [f"  {o.name} {list(o.shape)}: max abs {o.max_abs:.3g}, max rel {o.max_rel:.3g}"
               for o in report.outputs]
     _flags.emit(report.as_dict(), as_json=args.json, lines=lines)

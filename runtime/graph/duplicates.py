@@ -20,18 +20,39 @@ __all__ = ["Duplicate", "find_duplicates", "find_permutations_of", "initializer_
 
 @dataclass(frozen=True)
 class Duplicate:
-    """``copy`` equals ``np.transpose(source, perm)`` bit for bit.
+    """``copy`` equals ``np.transpose(source, perm)`` bit for bit, or, when ``cast``
+    is set, ``np.transpose(source.astype(cast), perm)``.
 
-    ``perm`` is the identity for an exact copy (relation ``"identity"``).
+    ``perm`` is the identity for an exact copy (relation ``"identity"``). A
+    cast copy (relation ``"cast"``, possibly transposed too) is what a
+    ``mixed_float16`` model leaves: the float32 variable for one use and a
+    constant-folded float16 (transposed) copy for the other.
     """
 
     source: str
     copy: str
     perm: tuple[int, ...]
+    cast: str | None = None
 
     @property
     def relation(self) -> str:
+        if self.cast:
+            return "cast"
         return "identity" if self.perm == tuple(range(len(self.perm))) else "transpose"
+
+    @property
+    def transposed(self) -> bool:
+        return self.perm != tuple(range(len(self.perm)))
+
+
+# Casts folded back into one tensor: float32/float64 -> float16, which numpy and
+# ONNX ``Cast`` both round to nearest even (bit-identical). bfloat16 is left
+# out: onnxruntime's float -> bfloat16 rounding has changed between releases.
+_CAST_SOURCES = (np.dtype(np.float32), np.dtype(np.float64))
+_CAST_TARGETS = (np.dtype(np.float16),)
+# Below this many elements a float16 copy (128 bytes) is smaller than the Cast
+# node that would replace it: mixed-precision graphs keep small fp16 constants.
+MIN_CAST_ELEMENTS = 64
 
 
 def initializer_arrays(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
@@ -111,6 +132,11 @@ def find_duplicates(arrays: dict[str, np.ndarray], *, prefer: list[str] | None =
         that stays. A group of ``k`` equal tensors yields ``k - 1`` entries.
     """
     prefer = list(prefer or [])
+    found = _permutation_duplicates(arrays, prefer)
+    return found + _cast_duplicates(arrays, skip={d.copy for d in found})
+
+
+def _permutation_duplicates(arrays: dict[str, np.ndarray], prefer: list[str]) -> list[Duplicate]:
     found: list[Duplicate] = []
     for names in _candidate_groups(arrays):
         # Preferred names first, then graph order (sorted is stable).
@@ -126,16 +152,65 @@ def find_duplicates(arrays: dict[str, np.ndarray], *, prefer: list[str] | None =
     return found
 
 
-def find_permutations_of(target: np.ndarray, arrays: dict[str, np.ndarray]) -> list[tuple[str, tuple[int, ...]]]:
-    """Names (and perms) of the arrays equal to some axis permutation of ``target``, bit for bit."""
+def _faithful_cast(array: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
+    """``array.astype(dtype)``, or None when a finite value overflows to infinity."""
+    with np.errstate(over="ignore"):
+        cast = array.astype(dtype)
+    if not np.array_equal(np.isfinite(cast), np.isfinite(array)):
+        return None
+    return cast
+
+
+def _cast_duplicates(arrays: dict[str, np.ndarray], *, skip: set[str]) -> list[Duplicate]:
+    """float16 tensors that are the (transposed) cast of a wider float tensor."""
+    narrow: dict[tuple, list[str]] = {}
+    for name, array in arrays.items():
+        if name not in skip and array.dtype in _CAST_TARGETS and array.size >= MIN_CAST_ELEMENTS:
+            narrow.setdefault(_shape_key(array), []).append(name)
+    found: list[Duplicate] = []
+    if not narrow:
+        return found
+    prints: dict[str, tuple] = {}
+    for name, wide in arrays.items():
+        if name in skip or wide.dtype not in _CAST_SOURCES:
+            continue
+        for dtype in _CAST_TARGETS:
+            candidates = narrow.get((dtype.str, wide.size, tuple(sorted(wide.shape))), [])
+            cast = _faithful_cast(wide, dtype) if candidates else None
+            if cast is None:
+                continue
+            fingerprint = _fingerprint(cast)
+            for copy in list(candidates):
+                if prints.setdefault(copy, _fingerprint(arrays[copy])) != fingerprint:
+                    continue
+                perm = _permutation_between(cast, arrays[copy])
+                if perm is not None:
+                    found.append(Duplicate(source=name, copy=copy, perm=perm, cast=dtype.name))
+                    candidates.remove(copy)  # each copy folds into one source
+    return found
+
+
+def find_permutations_of(target: np.ndarray, arrays: dict[str, np.ndarray], *,
+                         casts: bool = False) -> list[tuple[str, tuple[int, ...]]]:
+    """Names (and perms) of the arrays equal to some axis permutation of ``target``, bit for bit.
+
+    With ``casts``, an array of a narrower float type (float16) also matches
+    when it equals a permutation of ``target`` cast to that type (how a
+    ``mixed_float16`` export stores a float32 variable).
+    """
     target = np.asarray(target)
-    key, fingerprint = _shape_key(target), _fingerprint(target)
+    versions = [target]
+    if casts and target.dtype in _CAST_SOURCES:
+        versions += [c for d in _CAST_TARGETS if (c := _faithful_cast(target, d)) is not None]
+    keyed = [(_shape_key(v), _fingerprint(v), v) for v in versions]
     found = []
     for name, array in arrays.items():
-        # The cheap key first: most arrays differ in shape, and skip the data pass.
-        if _shape_key(array) != key or _fingerprint(array) != fingerprint:
-            continue
-        perm = _permutation_between(target, array)
-        if perm is not None:
-            found.append((name, perm))
+        for key, fingerprint, version in keyed:
+            # The cheap key first: most arrays differ in shape, and skip the data pass.
+            if _shape_key(array) != key or _fingerprint(array) != fingerprint:
+                continue
+            perm = _permutation_between(version, array)
+            if perm is not None:
+                found.append((name, perm))
+                break
     return found

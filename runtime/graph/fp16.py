@@ -16,6 +16,7 @@ activations).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 
@@ -34,6 +35,11 @@ FP16_SUFFIX = "__fp16"
 _FP16_MAX = float(np.finfo(np.float16).max)
 #: Metadata key: JSON list of the float32 initializers left in float32 (out of float16 range).
 KEPT_FP32_KEY = "tiedonnx.fp16.kept_fp32"
+
+
+def _key(half: np.ndarray) -> tuple:
+    """Shape and a digest of the bits: equal keys are equal tensors (SHA-256)."""
+    return half.shape, hashlib.sha256(np.ascontiguousarray(half).view(np.uint16).tobytes()).digest()
 
 
 def _fits(data: np.ndarray) -> bool:
@@ -68,6 +74,10 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     overridable = {i.name for i in graph.input}
     casts, converted, kept, too_large = [], {}, [], []
     underflow = 0
+    # Mixed-precision graphs already hold float16 constants (a scalar 0, a 0.5);
+    # a converted tensor equal to one of them reuses it instead of storing a copy.
+    existing = {_key(numpy_helper.to_array(i)): i.name for i in graph.initializer
+                if i.data_type == onnx.TensorProto.FLOAT16}
     for init in graph.initializer:
         if init.data_type != onnx.TensorProto.FLOAT or init.name in overridable:
             kept.append(init)
@@ -81,8 +91,11 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         half = data.astype(np.float16)
         underflow += int(np.count_nonzero((half == 0) & (data != 0)))
-        name = init.name + FP16_SUFFIX
-        kept.append(numpy_helper.from_array(half, name))
+        key = _key(half)
+        name = existing.get(key)
+        if name is None:
+            name = existing[key] = init.name + FP16_SUFFIX
+            kept.append(numpy_helper.from_array(half, name))
         casts.append(helper.make_node("Cast", [name], [init.name], to=onnx.TensorProto.FLOAT,
                                       name=f"tiedonnx_fp16/{init.name}"))
         converted[init.name] = name

@@ -2,9 +2,10 @@
 
 Exporters (tf2onnx, Keras's ``model.export``, TFLite) constant-fold
 ``transpose(W)`` and write the tied matrix twice. This pass finds every
-initializer that is a bit-exact copy or axis permutation of another and
-replaces it: a copy by the original's name, a permutation by a ``Transpose``
-node over the original. Consumers are untouched (the node produces the removed
+initializer that is a bit-exact copy or axis permutation of another, or (in
+``mixed_float16`` models) a float16 cast of one, and replaces it: a copy by
+the original's name, a permutation by a ``Transpose`` node over the
+original, a cast by a ``Cast`` (then ``Transpose``) node over it. Consumers are untouched (the node produces the removed
 initializer's name), so the pass is safe on any graph and idempotent.
 """
 
@@ -14,6 +15,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
 from onnx import helper
 
@@ -74,17 +76,33 @@ def retie(model: onnx.ModelProto, *, prefer: list[str] | None = None,
     if dups:
         remove_initializers(graph, {d.copy for d in dups})
         rename_uses(graph, {d.copy: d.source for d in dups if d.relation == "identity"})
-        prepend_nodes(graph, [
-            # Unnamed (names are optional): the output already says what it is,
-            # and on small models every byte of the file counts.
-            helper.make_node("Transpose", [d.source], [d.copy], perm=list(d.perm))
-            for d in dups if d.relation == "transpose"])
+        prepend_nodes(graph, _fold_nodes(dups))
         for d in dups:
             logger.info("retie: %s is %s of %s; stored once", d.copy, d.relation, d.source)
     record_ties(out, dups=dups, keras_ties=keras_ties)
     report.folded = dups
     report.bytes_after = out.ByteSize()
     return out, report
+
+
+def _fold_nodes(dups: list[Duplicate]) -> list[onnx.NodeProto]:
+    """The ops that recompute each removed transposed or cast copy from the tensor kept.
+
+    Unnamed (names are optional): the output already says what it is, and on
+    small models every byte of the file counts. A cast copy casts first, then
+    transposes: the transpose moves half the bytes in float16.
+    """
+    nodes = []
+    for d in dups:
+        if d.relation == "transpose":
+            nodes.append(helper.make_node("Transpose", [d.source], [d.copy], perm=list(d.perm)))
+        elif d.relation == "cast":
+            to = helper.np_dtype_to_tensor_dtype(np.dtype(d.cast))
+            cast_out = f"{d.copy}__cast" if d.transposed else d.copy
+            nodes.append(helper.make_node("Cast", [d.source], [cast_out], to=to))
+            if d.transposed:
+                nodes.append(helper.make_node("Transpose", [cast_out], [d.copy], perm=list(d.perm)))
+    return nodes
 
 
 def record_ties(model: onnx.ModelProto, *, dups: list[Duplicate] = (),
@@ -101,10 +119,10 @@ def record_ties(model: onnx.ModelProto, *, dups: list[Duplicate] = (),
         return by_init[name]
 
     for d in dups:  # an exact copy is recorded too: the untied file had it
-        perm = list(d.perm) if d.relation == "transpose" else None
-        entry(d.source).add_use(TieUse(relation=d.relation, perm=perm, output=d.copy))
+        perm = list(d.perm) if d.transposed else None
+        entry(d.source).add_use(TieUse(relation=d.relation, perm=perm, output=d.copy, to=d.cast))
     for name, desc in (keras_ties or {}).items():  # what inspect shows; shape and relation are in the graph
-        entry(name).keras = {k: desc[k] for k in ("decoder", "tied_to", "variable") if k in desc}
+        entry(name).keras = {k: desc[k] for k in ("decoder", "tied_to", "variable", "layers") if k in desc}
     if by_init:
         write_ties(model, list(by_init.values()))
 
