@@ -135,10 +135,17 @@ def _prove_invariants(proto) -> None:
     if left:
         raise ConversionError(f"Tie invariant broken: initializers still duplicated: "
                               f"{[(d.copy, d.relation, d.source) for d in left]}")
+    from tiedonnx.runtime.graph.int4_blocks import find_4bit_copies  # reads 4-bit tensors back to float
+
+    left = find_4bit_copies(proto.graph)
+    if left:
+        raise ConversionError(f"Tie invariant broken: a 4-bit weight is stored again: "
+                              f"{[(d.copy, d.relation, d.source) for d in left]}")
 
 
 def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify: bool = True,
-           precision: str = "fp32", force: bool = False, ort: bool = False,
+           precision: str = "fp32", block_size: int | None = None, symmetric: bool | None = None,
+           force: bool = False, ort: bool = False,
            batch_sizes=DEFAULT_BATCH_SIZES, unsafe: bool = False) -> ExportReport:
     """Export a (tied) Keras model to an ONNX file with one initializer per tie.
 
@@ -147,7 +154,9 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
         path: the ``.onnx`` file to write.
         opset: ONNX opset (default :data:`DEFAULT_OPSET`).
         verify: compare Keras and onnxruntime outputs at ``batch_sizes`` before writing.
-        precision: "fp32", "fp16" or "int8" weights.
+        precision: "fp32", "fp16", "int8" or "int4" weights.
+        block_size, symmetric: int4 only (see
+            :func:`tiedonnx.runtime.graph.quantize.to_precision`).
         force: overwrite an existing file.
         ort: also write an ORT-format copy (``path`` with suffix ``.ort``).
         unsafe: when ``model`` is a path, allow code stored in the file to run.
@@ -167,6 +176,9 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
         (803810, 1606318)
     """
     _check_options(opset, precision)
+    from tiedonnx.runtime.graph.quantize import check_precision_options
+
+    check_precision_options(precision, block_size=block_size, symmetric=symmetric)
     path = check_output_path(path, force=force)
     ort_path = path.with_suffix(".ort") if ort else None
     if ort_path is not None:  # every output is checked before any work
@@ -189,7 +201,7 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
     if precision != "fp32":
         from tiedonnx.runtime.graph.quantize import to_precision
 
-        proto = to_precision(proto, precision)
+        proto = to_precision(proto, precision, block_size=block_size, symmetric=symmetric)
     _prove_invariants(proto)
 
     parity = None

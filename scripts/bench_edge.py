@@ -2,16 +2,20 @@
 
 One run, side by side, same data, same machine:
 
-* tiedonnx ``.onnx`` at fp32, fp16, int8 (per-tensor and per-channel);
+* tiedonnx ``.onnx`` at fp32, fp16, int8 (per-tensor and per-channel) and
+  int4 (block 32 asymmetric, block 32 symmetric, block 128);
 * the plain tf2onnx file (tie stored twice);
 * onnxruntime ``quantize_dynamic`` of the plain file and of the tied file;
+* onnxruntime's ``MatMulNBitsQuantizer`` (int4, block 32) of the plain file and
+  of the tied file, when its ``onnx_ir`` dependency is installed;
 * ``.ort`` files: tiedonnx's ``save_ort`` vs ``python -m onnxruntime.tools.convert_onnx_models_to_ort``;
 * TFLite fp32 and dynamic-range int8, when the TFLite converter is available.
 
 The model is trained for a few epochs on scikit-learn's bundled digits (8x8,
 upscaled 3x and padded to 28x28); "max abs" and "MSE" are measured on 297
 held-out images against the Keras fp32 model. Throughput is samples/s,
-the median of ``--repeats`` timed windows per batch size.
+the median of ``--repeats`` timed windows per batch size. "session MB" is the
+RSS growth of a fresh process over onnxruntime session creation (median of 3).
 
 Run: python scripts/bench_edge.py [--seconds 0.4] [--repeats 3] [--threads N]
 """
@@ -32,8 +36,24 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
+from machine import describe  # noqa: E402  (scripts/ is on sys.path)
 
 BATCHES = (1, 64, 256, 1024)
+INT4_ROWS = [("tiedonnx int4", {}), ("tiedonnx int4 symmetric", {"symmetric": True}),
+             ("tiedonnx int4 block 128", {"block_size": 128})]
+_RSS_SCRIPT = """
+import sys
+import onnxruntime as ort
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+so = ort.SessionOptions()
+if sys.argv[2] != "None":
+    so.intra_op_num_threads = int(sys.argv[2])
+before = rss()
+session = ort.InferenceSession(sys.argv[1], so, providers=["CPUExecutionProvider"])
+print(rss() - before)
+"""
 
 
 def digits_784():
@@ -87,7 +107,49 @@ def build_onnx_files(model, out: Path) -> dict[str, Path]:
                        ("ort quantize_dynamic(tied)", "tiedonnx fp32")]:
         files[label] = out / f"{label.split('(')[1][:-1]}_qd.onnx"
         quantize_dynamic(files[src], files[label], weight_type=QuantType.QInt8)
-    return files
+    for label, options in INT4_ROWS:
+        files[label] = out / f"{label.replace(' ', '_')}.onnx"
+        onnx.save(to_precision(plain, "int4", **options), files[label])
+    return files | build_ort_int4(files, out)
+
+
+def build_ort_int4(files: dict[str, Path], out: Path) -> dict[str, Path]:
+    """onnxruntime's own MatMulNBitsQuantizer (RTN, block 32, asymmetric) on the plain and tied files."""
+    import logging
+
+    import onnx
+
+    root = logging.getLogger()
+    state = (root.level, list(root.handlers))
+    try:  # its module calls logging.basicConfig(level=INFO) on import: put the root logger back
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    except ImportError as exc:
+        print(f"onnxruntime's MatMulNBitsQuantizer not available ({exc}; pip install onnx-ir); "
+              "skipping its rows", file=sys.stderr)
+        return {}
+    finally:
+        root.setLevel(state[0])
+        root.handlers[:] = state[1]
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
+    made = {}
+    for label, src in [("ort MatMulNBits(plain)", "tf2onnx plain fp32"),
+                       ("ort MatMulNBits(tied)", "tiedonnx fp32")]:
+        quantizer = MatMulNBitsQuantizer(onnx.load(files[src]), block_size=32, is_symmetric=False)
+        quantizer.process()
+        made[label] = out / f"{label.split('(')[1][:-1]}_nbits.onnx"
+        onnx.save(quantizer.model.model, made[label])
+    return made
+
+
+def session_mb(path: Path, threads: int | None) -> float:
+    """RSS growth over session creation in a fresh process (median of 3); nan for non-ONNX files."""
+    import subprocess
+
+    if path.suffix != ".onnx":
+        return float("nan")
+    runs = [float(subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(path), str(threads)],
+                                 capture_output=True, text=True, check=True).stdout) for _ in range(3)]
+    return statistics.median(runs)
 
 
 def build_ort_files(files: dict[str, Path], out: Path) -> dict[str, Path]:
@@ -96,7 +158,7 @@ def build_ort_files(files: dict[str, Path], out: Path) -> dict[str, Path]:
     from tiedonnx.runtime.graph.ort_format import save_ort
 
     ort_files = {}
-    for precision in ("fp32", "fp16", "int8"):
+    for precision in ("fp32", "fp16", "int8", "int4"):
         label = f"tiedonnx .ort {precision}"
         ort_files[label] = out / f"tied_{precision}.ort"
         save_ort(files[f"tiedonnx {precision}"], ort_files[label])
@@ -204,19 +266,36 @@ def main(argv=None) -> int:
                 for b in BATCHES:
                     windows[(label, b)].append(throughput(runner, pool[:b], seconds=args.seconds, repeats=1))
         rows = [(label, path.stat().st_size, *accuracy[label],
-                 [statistics.median(windows[(label, b)]) for b in BATCHES]) for label, path in files.items()]
+                 [statistics.median(windows[(label, b)]) for b in BATCHES], session_mb(path, args.threads))
+                for label, path in files.items()]
+        structure = int4_structure(files["tiedonnx int4"])
+    print(f"{describe()}; intra-op threads {args.threads or 'default'}")
     print_table(rows, keras_mse)
+    print_int4(rows, structure)
     return 0
+
+
+def int4_structure(path: Path) -> str:
+    """What the saved int4 file holds for the tie: 4-bit and float initializers of the kernel's size."""
+    import onnx
+
+    graph = onnx.load(path).graph
+    packed = [i.name for i in graph.initializer if i.data_type == onnx.TensorProto.UINT8 and len(i.dims) == 3]
+    float_w = [i.name for i in graph.initializer if i.data_type in (1, 10) and len(i.dims) == 2
+               and sorted(i.dims) == [256, 784]]
+    ops = sorted({n.op_type for n in graph.node})
+    return f"4-bit initializers {packed}, float 784x256 initializers {float_w}, ops {ops}"
 
 
 def print_table(rows, keras_mse: float) -> None:
     head = f"{'model':<30}{'bytes':>11}{'max abs':>10}{'MSE vs fp32':>12}" + "".join(
-        f"{'b=' + str(b) + ' /s':>13}" for b in BATCHES)
+        f"{'b=' + str(b) + ' /s':>13}" for b in BATCHES) + f"{'session MB':>12}"
     print(f"784-256 tied AE, digits held-out Keras fp32 MSE {keras_mse:.5f}; throughput in samples/s")
     print(head)
     print("-" * len(head))
-    for label, size, max_abs, mse_rel, rates in rows:
-        print(f"{label:<30}{size:>11,}{max_abs:>10.4f}{mse_rel:>+11.2%} " + "".join(f"{r:>13,.0f}" for r in rates))
+    for label, size, max_abs, mse_rel, rates, mb in rows:
+        print(f"{label:<30}{size:>11,}{max_abs:>10.4f}{mse_rel:>+11.2%} " + "".join(f"{r:>13,.0f}" for r in rates)
+              + f"{mb:>12.1f}")
     by = {r[0]: r for r in rows}
     i8, f32, f16 = by["tiedonnx int8"], by["tiedonnx fp32"], by["tiedonnx fp16"]
     untied_int8 = min(by[k][1] for k in by if k in ("ort quantize_dynamic(plain)", "tflite dynamic-range int8"))
@@ -225,9 +304,26 @@ def print_table(rows, keras_mse: float) -> None:
           f"file (target <= 0.53)")
     print(f"int8 / fp32 throughput at batch 256: {i8[4][2] / f32[4][2]:.2f}x (target >= 2)")
     print(f"fp16 file {f16[1] / f32[1]:.3f}x of the fp32 tied file (target <= 0.52)")
-    for p in ("fp32", "fp16", "int8"):
+    for p in ("fp32", "fp16", "int8", "int4"):
         mine, stock = by[f"tiedonnx .ort {p}"][1], by[f"ort converter .ort {p}"][1]
         print(f".ort {p}: {mine:,} vs onnxruntime converter {stock:,} bytes = {mine / stock:.3f}x (target <= 0.52)")
+
+
+def print_int4(rows, structure: str) -> None:
+    by = {r[0]: r for r in rows}
+    i4, f32, i8, plain = by["tiedonnx int4"], by["tiedonnx fp32"], by["tiedonnx int8"], by["tf2onnx plain fp32"]
+    print()
+    print(f"int4 (block 32): {i4[1]:,} bytes (target <= 130,000), {i4[1] / plain[1]:.3f}x plain tf2onnx "
+          f"(target <= 0.081); MSE {i4[3]:+.2%} vs Keras fp32 (target within 5%), max abs {i4[2]:.4f}")
+    print(f"int4 {structure}")
+    for b in (1, 256):
+        at = BATCHES.index(b)
+        print(f"int4 throughput at batch {b}: {i4[4][at] / f32[4][at]:.2f}x tiedonnx fp32, "
+              f"{i4[4][at] / i8[4][at]:.2f}x tiedonnx int8")
+    print(f"session MB: int4 {i4[5]:.1f}, fp32 {f32[5]:.1f}, int8 {i8[5]:.1f}")
+    for label in ("ort MatMulNBits(plain)", "ort MatMulNBits(tied)"):
+        if label in by:
+            print(f"{label}: {by[label][1]:,} bytes = {i4[1] / by[label][1]:.3f}x ours")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,23 @@
-"""``tiedonnx quantize``: store an exported model's weights as fp16 or int8, ties kept."""
+"""``tiedonnx quantize``: store an exported model's weights as fp16, int8 or int4, ties kept."""
 
 from __future__ import annotations
 
 import argparse
 
-from ..options import PRECISIONS
+from ..options import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, PRECISIONS
 from . import _flags
 
-HELP = "Store an .onnx file's weights as fp16 or int8, one tensor per tie (ties restored first)."
+HELP = "Store an .onnx file's weights as fp16, int8 or int4, one tensor per tie (ties restored first)."
+
+
+def add_int4_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--block-size`` and ``--symmetric``, shared with ``tiedonnx export``."""
+    parser.add_argument("--block-size", type=int, choices=BLOCK_SIZES, default=None, metavar="N",
+                        help=f"int4 only: weights per scale, one of {', '.join(map(str, BLOCK_SIZES))} "
+                             f"(default: {DEFAULT_BLOCK_SIZE})")
+    parser.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=None,
+                        help="int4 only: no zero points, a smaller file (default: asymmetric, "
+                             "one 4-bit zero point per block)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,10 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="the file to write")
     parser.add_argument("--precision", required=True, choices=PRECISIONS,
                         help="fp16: weights float16, float32 in and out; int8: weights int8, "
-                             "activations quantized at run time; fp32: retie only")
+                             "activations quantized at run time; int4: weights 4-bit in blocks "
+                             "(MatMulNBits); fp32: retie only")
     parser.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None,
                         help="int8 only: one weight scale per output channel "
                              "(default: one per tensor)")
+    add_int4_arguments(parser)
     _flags.add_force(parser)
     _flags.add_json(parser)
 
@@ -27,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from ..graph.quantize import quantize_file
 
     report = quantize_file(args.input, args.output, precision=args.precision,
-                           per_channel=args.per_channel, force=args.force)
+                           per_channel=args.per_channel, block_size=args.block_size,
+                           symmetric=args.symmetric, force=args.force)
     stored = ", ".join(f"{t.initializer} ({t.dtype})" for t in report.ties) or "none"
     line = (f"wrote {report.path}: {report.precision}, {report.bytes:,} B "
             f"({report.bytes / report.bytes_before:.2f}x of {report.bytes_before:,} B); "

@@ -19,8 +19,9 @@ from .metadata import TIES_KEY, TieRecord, read_ties
 __all__ = ["InspectReport", "inspect_file", "inspect_model", "tensor_nbytes", "untied_bytes"]
 
 # Ops through which a use still reads the one stored tensor (no second copy in the file).
+# DequantizeNBits is the int4 read of a packed tensor (int4_blocks.dequantize_function).
 _PASS_THROUGH = {"Cast", "DequantizeLinear", "Transpose", "Identity", "Reshape",
-                 "GatherBlockQuantized", "Squeeze", "Unsqueeze"}
+                 "GatherBlockQuantized", "Squeeze", "Unsqueeze", "DequantizeNBits"}
 # Uses that a plain exporter would have stored as a copy of their own.
 _COPY_RELATIONS = {"transpose", "identity", "dequantize"}
 

@@ -33,6 +33,8 @@ copy in the file, computed in fp32 (logged).
 
 Per-tensor is the default; see ``DEFAULT_PER_CHANNEL`` and ``REDUCE_RANGE``
 for the measured reasons.
+
+``"int4"`` (4-bit block-wise weights, one tensor per tie) is in :mod:`.int4`.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import ConversionError, UsageError
-from ..options import PRECISIONS  # the one list, shared with the CLI
+from ..options import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, PRECISIONS  # the one list, shared with the CLI
 from .edit import consumers, replace_repeated, transpose_perm
 from .fp16 import to_fp16
 from .int8_retie import merge_equal_parameters, prune_initializers, retie_quantized
@@ -57,8 +59,8 @@ from .retie import retie
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PRECISIONS", "PRECISION_KEY", "DEFAULT_PER_CHANNEL", "QuantizeReport", "quantize_file",
-           "read_precision", "ties_in_graph", "to_precision"]
+__all__ = ["PRECISIONS", "PRECISION_KEY", "DEFAULT_PER_CHANNEL", "QuantizeReport", "check_precision_options",
+           "quantize_file", "read_precision", "ties_in_graph", "to_precision"]
 
 
 # Per-tensor by default. Measured on the 784-256 sigmoid AE trained 5 epochs
@@ -77,18 +79,48 @@ DEFAULT_PER_CHANNEL = False
 REDUCE_RANGE = True
 
 
-def to_precision(model: onnx.ModelProto, precision: str, *,
-                 per_channel: bool | None = None) -> onnx.ModelProto:
+def check_precision_options(precision: str, *, per_channel: bool | None = None,
+                            block_size: int | None = None, symmetric: bool | None = None) -> None:
+    """Raise one :class:`UsageError` listing every problem with these options (None = default).
+
+    ``export`` calls it before converting, so a bad option fails before any work.
+    """
+    problems = []
+    if precision not in PRECISIONS:
+        problems.append(f"Unknown precision. Received: precision={precision!r}. "
+                        f"Use one of {', '.join(PRECISIONS)}.")
+    if per_channel is not None and precision != "int8":
+        problems.append(f"per_channel applies to int8 only. Received: per_channel={per_channel!r} "
+                        f"with precision={precision!r}. Leave per_channel unset.")
+    for name, value in (("block_size", block_size), ("symmetric", symmetric)):
+        if value is not None and precision != "int4":
+            problems.append(f"{name} applies to int4 only. Received: {name}={value!r} with "
+                            f"precision={precision!r}. Leave {name} unset.")
+    if block_size is not None and (isinstance(block_size, bool) or block_size not in BLOCK_SIZES):
+        problems.append(f"Unsupported int4 block size. Received: block_size={block_size!r}. Use one of "
+                        f"{', '.join(map(str, BLOCK_SIZES))} (default {DEFAULT_BLOCK_SIZE}).")
+    if symmetric is not None and not isinstance(symmetric, bool):
+        problems.append(f"symmetric must be True or False. Received: symmetric={symmetric!r}.")
+    if problems:
+        raise UsageError(" ".join(problems))
+
+
+def to_precision(model: onnx.ModelProto, precision: str, *, per_channel: bool | None = None,
+                 block_size: int | None = None, symmetric: bool | None = None) -> onnx.ModelProto:
     """Return a copy of ``model`` with its weights stored at ``precision``, ties kept.
 
     Args:
         model: an fp32 model (ties already folded or not: ``retie`` runs first).
             Not modified.
         precision: ``"fp32"`` (retie only), ``"fp16"`` (weights stored as
-            float16, computed and exposed as float32) or ``"int8"`` (weights
-            int8, activations quantized at run time).
+            float16, computed and exposed as float32), ``"int8"`` (weights
+            int8, activations quantized at run time) or ``"int4"`` (weights
+            4-bit in blocks, see :mod:`.int4`).
         per_channel: int8 only; per-channel weight scales instead of one per
             tensor. ``None`` takes :data:`DEFAULT_PER_CHANNEL`.
+        block_size: int4 only; values per scale, one of
+            :data:`~tiedonnx.runtime.options.BLOCK_SIZES` (``None``: 32).
+        symmetric: int4 only; no zero points (``None``: asymmetric).
 
     Returns:
         The new model. Its ``tiedonnx.ties`` record names, for each tie, the
@@ -96,19 +128,16 @@ def to_precision(model: onnx.ModelProto, precision: str, *,
         ``precision``.
 
     Raises:
-        UsageError: unknown precision, ``per_channel`` without int8, or a model
-            already stored at another reduced precision.
+        UsageError: unknown precision, an option of another precision, a
+            block size not supported, or a model already stored at another
+            reduced precision.
         ConversionError: the quantized tensors of a tie do not agree.
 
     Example:
         >>> small = to_precision(onnx.load("ae.onnx"), "int8")  # doctest: +SKIP
     """
-    if precision not in PRECISIONS:
-        raise UsageError(f"Unknown precision. Received: precision={precision!r}. "
-                         f"Use one of {', '.join(PRECISIONS)}.")
-    if per_channel is not None and precision != "int8":
-        raise UsageError(f"per_channel applies to int8 only. Received: per_channel={per_channel!r} "
-                         f"with precision={precision!r}. Leave per_channel unset.")
+    check_precision_options(precision, per_channel=per_channel, block_size=block_size,
+                            symmetric=symmetric)
     current = read_precision(model)
     if current not in ("fp32", precision):
         raise UsageError(f"The model is already stored as {current}; converting {current} to "
@@ -125,6 +154,11 @@ def to_precision(model: onnx.ModelProto, precision: str, *,
         out = to_fp16(tied)
     elif precision == "int8":
         out = _to_int8(tied, per_channel=DEFAULT_PER_CHANNEL if per_channel is None else per_channel)
+    elif precision == "int4":
+        from .int4 import DEFAULT_SYMMETRIC, to_int4
+
+        out = to_int4(tied, block_size=DEFAULT_BLOCK_SIZE if block_size is None else block_size,
+                      symmetric=DEFAULT_SYMMETRIC if symmetric is None else symmetric)
     else:
         out = tied
     write_metadata(out, {PRECISION_KEY: precision})
@@ -233,7 +267,8 @@ class QuantizeReport:
 
 
 def quantize_file(source: str | os.PathLike, target: str | os.PathLike, *, precision: str,
-                  per_channel: bool | None = None, force: bool = False) -> QuantizeReport:
+                  per_channel: bool | None = None, block_size: int | None = None,
+                  symmetric: bool | None = None, force: bool = False) -> QuantizeReport:
     """Read the ONNX file ``source``, store its weights at ``precision`` and write ``target``.
 
     The input is read with the checks every model gets
@@ -243,9 +278,11 @@ def quantize_file(source: str | os.PathLike, target: str | os.PathLike, *, preci
     from ..atomic import check_output_path, write_bytes_atomic
     from ..model_file import read_model
 
+    check_precision_options(precision, per_channel=per_channel, block_size=block_size, symmetric=symmetric)
     check_output_path(target, force=force)
     checked = read_model(source)
-    out = to_precision(checked.proto, precision, per_channel=per_channel)
+    out = to_precision(checked.proto, precision, per_channel=per_channel, block_size=block_size,
+                       symmetric=symmetric)
     data = out.SerializeToString()
     write_bytes_atomic(target, data, force=force)
     return QuantizeReport(path=str(target), precision=precision, bytes=len(data),
