@@ -68,6 +68,7 @@ CLI_EXAMPLES: dict[str, list[str] | str] = {
     "run --ray": "tests/test_distributed.py (starts a local Ray cluster)",
     "demo": "tests/test_demo.py (trains for one epoch)",
     "web": "tests/test_web.py (needs chromium and onnxruntime-web)",
+    "web --serve": "tests/test_web.py (serves on 127.0.0.1 for headless Chromium)",
 }
 
 
@@ -77,7 +78,8 @@ def _synopsis() -> list[str]:
     for line in block.splitlines():
         words = shlex.split(line, comments=True)
         if words and words[0] == "tiedonnx":
-            keys.append("run --ray" if "--ray" in words else words[1])
+            flag = next((f for f in ("--ray", "--serve") if f in words), None)
+            keys.append(f"{words[1]} {flag}" if flag else words[1])
     return keys
 
 
