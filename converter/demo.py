@@ -31,7 +31,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_EPOCHS = 30
 BENCH_BATCHES = (1, 256)
-BENCH_ROUNDS = 5  # short rounds, many: load bursts on a shared machine last seconds
+BENCH_ROUNDS = 5  # short rounds, many: load bursts on a shared machine last seconds;
+#                   at least as many as ONNX files (the rotation in _time_variants)
 WEB_DIR = "web"
 
 
@@ -182,7 +183,7 @@ def _time_variants(variants, runners, keras_model, x_test, *, rounds: int = BENC
     median of its calls. Interleaving spreads a burst of load over all variants; the best
     round drops bursts shorter than the run. Longer load still shows: on this project's
     2-core machine at load average 7, a 2-thread fp32 session's batch-256 figure ranged
-    from 13k to 207k rows/s between runs (single-threaded int8 stayed near 360k)."""
+    from 13k to 207k rows/s between runs (int8 stayed near 360k)."""
     import tensorflow as tf
 
     from tiedonnx.runtime.bench import median_seconds
@@ -193,12 +194,13 @@ def _time_variants(variants, runners, keras_model, x_test, *, rounds: int = BENC
            **runners}
     for batch in BENCH_BATCHES:
         x = np.ascontiguousarray(np.resize(x_test, (batch, PIXELS)))
-        # predict last in each round: the variant timed right after it ran 25-35% faster
-        # (28 vs 35 µs at batch 1, whichever it was), which read as a gap between equal files.
-        order = sorted((v.name for v in variants if v.name in fns), key=lambda n: n == KERAS_PREDICT.name)
-        samples: dict[str, list[float]] = {name: [] for name in order}
-        for _ in range(rounds):
-            for name in samples:
+        # The ONNX file timed first after Keras ran 20-35% faster at batch 1 (28 vs 35 µs,
+        # whichever file it was): rotate the files so each gets that slot once.
+        files = [v.name for v in variants if v.name in runners]
+        samples: dict[str, list[float]] = {name: [] for name in fns}
+        for r in range(rounds):
+            k = r % len(files)
+            for name in files[k:] + files[:k] + [KERAS_CALL.name, KERAS_PREDICT.name]:
                 slow = name == KERAS_PREDICT.name
                 samples[name].append(median_seconds(lambda: fns[name](x), min_time=0.06,
                                                     min_calls=1 if slow else 5))
