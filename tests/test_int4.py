@@ -329,3 +329,31 @@ def test_export_int4_stores_the_keras_tie_once_and_the_proof_reads_4bit(tmp_path
     saved.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(kernel.T), "kernel_copy"))
     with pytest.raises(ConversionError, match="a 4-bit weight is stored again.*kernel_copy"):
         _prove_invariants(saved)
+
+
+def test_scales_below_float16_precision_stay_float32(rng):
+    """Scales of 1e-6 (weights N(0, 1e-5)) would be float16 subnormals: they are stored as float32."""
+    small = to_precision(tied_autoencoder(F, H, weight_scale=1e-5), "int4")
+    normal = to_precision(tied_autoencoder(F, H, weight_scale=SCALE), "int4")
+    scale_types = [next(i.data_type for i in m.graph.initializer if i.name.endswith("_q4_scales"))
+                   for m in (small, normal)]
+    assert scale_types == [TensorProto.FLOAT, TensorProto.FLOAT16]
+    assert by_op(small.graph, "Cast") == [] and len(by_op(normal.graph, "Cast")) == 1
+    (packed,) = packed_initializers(small.graph)
+    x = rng.random((3, F), dtype=np.float32)
+    w = reference_weight(small.graph, packed.name, H)
+    b = tied_autoencoder_weights(F, H, weight_scale=1e-5)
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    y = session(small).run(None, {"x": x})[0]
+    assert np.abs(y - sig(sig(x @ w + b["b1"]) @ w.T + b["b2"])).max() <= SAME_WEIGHTS_ATOL
+
+
+def test_a_4bit_tensor_in_the_wrong_layout_is_caught():
+    """A square weight has the same shape transposed: only the values tell the layouts apart."""
+    from tiedonnx.runtime.errors import ConversionError
+
+    w = tied_autoencoder_weights(32, 32, weight_scale=SCALE)["W"]
+    blocks = quantize_blocks(w, block_size=16, symmetric=False)
+    blocks.check_faithful(w, what="W")
+    with pytest.raises(ConversionError, match="W: the 4-bit tensor is not a rounding of its source"):
+        blocks.check_faithful(np.ascontiguousarray(w.T), what="W")
