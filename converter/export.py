@@ -31,7 +31,7 @@ from tiedonnx.runtime.options import DEFAULT_OPSET, PRECISIONS, SUPPORTED_OPSETS
 
 from .errors import ConversionError, UsageError
 from .parity import DEFAULT_BATCH_SIZES, ParityReport, verify as verify_parity
-from .ties import find_ties
+from .ties import describe_stored_ties, find_ties
 from .tf_convert import keras_to_onnx
 
 logger = logging.getLogger(__name__)
@@ -84,28 +84,24 @@ def _preferred_names(model_proto, ties) -> list[str]:
     return prefer
 
 
-def _describe_ties(model_proto, ties) -> dict[str, dict]:
-    """Initializer name -> Keras description, for each tie, after retie (one match each)."""
-    arrays = initializer_arrays(model_proto.graph)
-    described = {}
-    for tie in ties:
-        matches = find_permutations_of(tie.variable.numpy(), arrays)
-        if not matches:
-            raise ConversionError(
-                f"The tied kernel {tie.variable.path!r} (shape {tie.shape}) is not stored as-is in the "
-                "converted graph (tf2onnx fused or rewrote it), so its tie cannot be kept. "
-                f"Layers involved: {tie.decoder.name!r} tied to {tie.tied.name!r}."
-            )
-        described[matches[0][0]] = tie.as_dict()
-    return described
-
-
-def _resolve_model(model, unsafe: bool):
+def _resolve_model(model, unsafe: bool, import_modules=()):
     if isinstance(model, (str, os.PathLike)):
         from .keras_io import load_keras_model
 
-        return load_keras_model(model, unsafe=unsafe)
+        return load_keras_model(model, unsafe=unsafe, import_modules=import_modules)
     return model
+
+
+def _check_compute_dtype(model, precision: str) -> None:
+    """int8 rewrites float32 MatMuls; a model computing in 16 bits has none to rewrite."""
+    from .parity import compute_dtype
+
+    dtype = compute_dtype(model)
+    if precision == "int8" and dtype != "float32":
+        raise UsageError(
+            f"int8 export needs a model that computes in float32; model {model.name!r} computes in "
+            f"{dtype} (dtype policy {model.dtype_policy.name!r}). Received: precision='int8'. Export "
+            "it with precision='fp16' or 'fp32', or rebuild it with dtype='float32' for int8.")
 
 
 def _check_options(opset: int, precision: str) -> None:
@@ -146,7 +142,8 @@ def _prove_invariants(proto) -> None:
 def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify: bool = True,
            precision: str = "fp32", block_size: int | None = None, symmetric: bool | None = None,
            force: bool = False, ort: bool = False,
-           batch_sizes=DEFAULT_BATCH_SIZES, unsafe: bool = False) -> ExportReport:
+           batch_sizes=DEFAULT_BATCH_SIZES, unsafe: bool = False,
+           import_modules=()) -> ExportReport:
     """Export a (tied) Keras model to an ONNX file with one initializer per tie.
 
     Args:
@@ -160,6 +157,8 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
         force: overwrite an existing file.
         ort: also write an ORT-format copy (``path`` with suffix ``.ort``).
         unsafe: when ``model`` is a path, allow code stored in the file to run.
+        import_modules: when ``model`` is a path, packages to import first whose
+            registered Keras classes load in safe mode (``["keras_hub"]``).
 
     Returns:
         An :class:`ExportReport`.
@@ -187,13 +186,14 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
         check_output_path(ort_path, force=force)
         check_output_path(config_path_for(ort_path), force=force)
     start = time.perf_counter()
-    keras_model = _resolve_model(model, unsafe)
+    keras_model = _resolve_model(model, unsafe, import_modules)
+    _check_compute_dtype(keras_model, precision)
     ties = find_ties(keras_model)
 
     plain = keras_to_onnx(keras_model, opset=opset)
     convert_seconds = time.perf_counter() - start
     proto, retie_report = retie(plain, prefer=_preferred_names(plain, ties))
-    record_ties(proto, keras_ties=_describe_ties(proto, ties))
+    record_ties(proto, keras_ties=describe_stored_ties(keras_model, proto, ties))
     _name_batch_dimension(proto)
     versions = _versions(opset)
     proto.producer_name, proto.producer_version = "tiedonnx", versions["tiedonnx"]

@@ -30,8 +30,12 @@ logger = logging.getLogger(__name__)
 FP32_TOL = (1e-5, 1e-5)
 # fp16 weights (11 significant bits), fp32 compute: measured max abs 2e-4 on the
 # digits-trained 784-256 AE (scripts/bench_edge.py) and 6e-4 on the demo's 64-32
-# AE; the bound 2e-3 leaves a 3x margin.
-FP16_TOL = (2e-3, 0.0)
+# AE; on the tiny KerasHub LMs of tests/test_keras_hub.py 6e-5 to 7e-5 (GPT-2,
+# Qwen, Llama; logits peak ~0.2) and 3.0e-3 at a logits peak of 1.6 (Gemma,
+# whose inputs are scaled by sqrt(hidden)): 1.9e-3 of the peak. 5e-3 x max(1, peak)
+# keeps a 2.6x margin over Gemma and 8x over the AEs; a wrong weight or op
+# moves outputs by a sizeable fraction of their peak.
+FP16_TOL = (5e-3, 0.0)
 # int8 weights (7-bit range, per tensor) and activations quantized at run time:
 # measured max abs 0.023 on the digits-trained 784-256 AE and 0.044 on the demo's
 # 64-32 AE (coarser per-tensor scales on a small matrix). The bound 0.05.
@@ -41,12 +45,11 @@ TOLERANCES = {"fp32": FP32_TOL, "fp16": FP16_TOL, "int8": INT8_TOL}
 # mixed_float16 / mixed_bfloat16 (compute in 16 bits, variables in float32):
 # Keras (TensorFlow kernels) and onnxruntime each round every intermediate to
 # 16 bits in their own order. Measured max abs diff on the tiny KerasHub LMs of
-# tests/test_keras_hub.py (2 layers, hidden 16, random weights; sequence
-# lengths 1, 7, 33 with padding): GPT-2 1.2e-4, Qwen 1.1e-4, Llama 1.2e-4
-# (logits peak ~0.2), Gemma 4.9e-3 (logits peak 2.1: 2.5 float16 spacings
-# there). 1e-2 x max(1, peak) is 4x Gemma's figure; a wrong weight moves
-# logits by a sizeable fraction of their peak.
-MIXED16_TOL = (1e-2, 0.0)
+# tests/test_keras_hub.py (2 layers, hidden 16, seeded random weights; sequence
+# lengths 1, 7, 33 with padding): GPT-2 1.0e-4, Qwen and Llama 1.1e-4 (logits
+# peak ~0.2), Gemma 7.1e-3 at a logits peak of 1.6 (4.4e-3 of the peak, about
+# 4 float16 spacings there). 2e-2 x max(1, peak) keeps a 4.5x margin over Gemma.
+MIXED16_TOL = (2e-2, 0.0)
 
 DEFAULT_BATCH_SIZES = (1, 3, 64)
 

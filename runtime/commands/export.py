@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _flags.add_force(parser)
     _flags.add_json(parser)
     _flags.add_unsafe_load_code(parser)
+    _flags.add_import_modules(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     report = export(args.model, args.output, opset=args.opset, verify=not args.no_verify,
                     precision=args.precision, block_size=args.block_size, symmetric=args.symmetric,
                     force=args.force, ort=args.ort,
-                    unsafe=args.unsafe_load_code)
+                    unsafe=args.unsafe_load_code, import_modules=args.import_modules)
     _flags.emit(report.as_dict(), as_json=args.json, lines=render(report))
     return 0
 
@@ -57,8 +58,11 @@ def render(report) -> list[str]:
         lines.append(f"  no ties to keep: the model has no tied weights "
                      f"(plain tf2onnx wrote {size(report.plain_bytes)})")
     if report.parity:
+        lengths = (f", sequence lengths {list(report.parity.sequence_lengths)}"
+                   if report.parity.sequence_lengths else "")
         lines.append(f"  parity vs Keras: max abs diff {report.parity.max_abs:.3g} at batch sizes "
-                     f"{list(report.parity.batch_sizes)} (atol {report.parity.atol:g})")
+                     f"{list(report.parity.batch_sizes)}{lengths} (atol {report.parity.atol:g}, "
+                     f"{report.parity.compute_dtype} compute)")
     else:
         lines.append("  parity: not checked (--no-verify)")
     if report.ort_path:
