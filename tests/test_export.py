@@ -143,3 +143,39 @@ def test_parity_failure_lists_every_output_and_writes_nothing(tmp_path, monkeypa
         export(model, tmp_path / "bad.onnx")
     assert len(info.value.mismatches) == 3  # one per batch size, all listed
     assert not (tmp_path / "bad.onnx").exists()
+
+
+def _structured_model(kind: str):
+    """One model per input structure; all share a tied Dense and an int input read by an embedding."""
+    a, b = keras.Input((6,), name="aa"), keras.Input((3,), name="bb")
+    ids = keras.Input((None,), dtype="int32", name="ids")
+    enc = keras.layers.Dense(4, activation="relu", name="enc", bias_initializer="random_normal")
+    pooled = keras.ops.mean(keras.layers.Embedding(11, 3, name="emb")(ids), axis=1)
+    from tiedonnx.converter import DenseTied
+
+    out = DenseTied(activation="sigmoid", tied_to=enc, name="dec")(
+        enc(keras.layers.Concatenate()([a[:, :3], b + pooled])))
+    structures = {"list": [a, b, ids], "nested": {"pair": [a, b], "ids": ids},
+                  "dict": {"ids": ids, "aa": a, "bb": b}}
+    return keras.Model(structures[kind], out, name=f"structured_{kind}")
+
+
+@pytest.mark.parametrize("kind, names", [
+    ("list", ["aa", "bb", "ids"]),
+    ("nested", ["aa", "bb", "ids"]),   # declared order, the Keras names
+    ("dict", ["ids", "aa", "bb"]),
+])
+def test_any_input_structure_exports_with_keras_input_names(kind, names, tmp_path):
+    model = _structured_model(kind)
+    report = export(model, tmp_path / "m.onnx")
+    saved = _assert_tied_file(tmp_path / "m.onnx", model)
+    assert [i.name for i in saved.graph.input] == names
+    ids = next(i for i in saved.graph.input if i.name == "ids")
+    assert ids.type.tensor_type.elem_type == onnx.TensorProto.INT32
+    # The open axis of `ids` is checked at several lengths, ids below the embedding's 11 rows.
+    assert report.parity.sequence_lengths == (1, 7, 33) and report.parity.ok
+
+
+def test_single_input_model_keeps_its_input_name_and_one_length(tmp_path):
+    report = export(models.dense_ae(), tmp_path / "m.onnx")
+    assert report.parity.sequence_lengths == () and report.parity.cases == ["batch 1", "batch 3", "batch 64"]
