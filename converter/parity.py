@@ -40,7 +40,13 @@ FP16_TOL = (5e-3, 0.0)
 # measured max abs 0.023 on the digits-trained 784-256 AE and 0.044 on the demo's
 # 64-32 AE (coarser per-tensor scales on a small matrix). The bound 0.05.
 INT8_TOL = (5e-2, 0.0)
-TOLERANCES = {"fp32": FP32_TOL, "fp16": FP16_TOL, "int8": INT8_TOL}
+# int4 block-wise weights (block 32, float16 scales), fp32 compute: measured max
+# abs 0.132 on the digits-trained 784-256 AE (scripts/bench_edge.py), 0.19 on
+# the demo-sized 64-32 AE (0.28 with --symmetric); on export's own random inputs
+# about 3e-5. 0.3 keeps a margin over the symmetric small-matrix case; a wrong
+# weight layout or block axis moves sigmoid outputs by far more.
+INT4_TOL = (3e-1, 0.0)
+TOLERANCES = {"fp32": FP32_TOL, "fp16": FP16_TOL, "int8": INT8_TOL, "int4": INT4_TOL}
 
 # mixed_float16 / mixed_bfloat16 (compute in 16 bits, variables in float32):
 # Keras (TensorFlow kernels) and onnxruntime each round every intermediate to

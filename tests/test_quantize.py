@@ -70,7 +70,7 @@ def resolve(graph: onnx.GraphProto, name: str) -> str:
 
 def test_one_precision_list_for_library_and_cli():
     assert PRECISIONS is options.PRECISIONS
-    assert PRECISIONS == ("fp32", "fp16", "int8")
+    assert PRECISIONS == ("fp32", "fp16", "int8", "int4")
 
 
 @pytest.mark.parametrize("untied", [False, True], ids=["tied_input", "exporter_copy_input"])
@@ -142,8 +142,8 @@ def test_int8_again_is_a_no_op_and_other_changes_refused():
 
 
 def test_bad_arguments_say_what_was_received():
-    with pytest.raises(UsageError, match=r"Unknown precision. Received: precision='int4'"):
-        to_precision(tied_graph(), "int4")
+    with pytest.raises(UsageError, match=r"Unknown precision. Received: precision='int2'"):
+        to_precision(tied_graph(), "int2")
     with pytest.raises(UsageError, match=r"per_channel applies to int8 only.*precision='fp16'"):
         to_precision(tied_graph(), "fp16", per_channel=True)
 
