@@ -67,6 +67,7 @@ ONNX_VARIANTS = (
     VariantSpec("tiedonnx fp32", "#0072B2", "model.fp32.onnx", "fp32"),
     VariantSpec("tiedonnx fp16", "#56B4E9", "model.fp16.onnx", "fp16"),
     VariantSpec("tiedonnx int8", "#009E73", "model.int8.onnx", "int8"),
+    VariantSpec("tiedonnx int4", "#CC79A7", "model.int4.onnx", "int4"),
 )
 VARIANTS = (KERAS_CALL, KERAS_PREDICT, *ONNX_VARIANTS)
 #: What a finished run leaves in ``out_dir`` (``web/`` only with onnxruntime-web).
