@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -251,19 +252,37 @@ def load_keras_model(path: str | os.PathLike, *, unsafe: bool = False, import_mo
         scan_keras_archive(path, refused=refused)
     if unsafe:
         logger.warning("loading %s with safe_mode=False: code in the file may run", path)
-    try:
-        return keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
-    except Exception as exc:  # Keras raises bare ValueError/TypeError/OSError for all of these
-        text = str(exc)
-        if ("safe_mode" in text or "unsafe" in text.lower()
-                or ("deserializ" in text.lower() and "lambda" in text.lower())):
-            raise UnsafeModelError(
-                f"Refusing to load {str(path)!r}: it contains code (for example a Lambda layer or a "
-                f"reference to an arbitrary module), which safe mode blocks. Pass unsafe=True (CLI: "
-                f"{UNSAFE_FLAG}) only if you trust the file. Keras said: {text.splitlines()[0][:300]}"
-            ) from None
-        raise ModelFileError(
-            f"Could not load Keras model {str(path)!r}: {type(exc).__name__}: "
-            f"{text.splitlines()[0][:300] if text else 'no detail'}. Is it a complete .keras file saved "
-            "by Keras 3 (with `import tiedonnx.converter` before saving custom tied layers)?"
-        ) from None
+    # Keras warns (UserWarning) about every weight it cannot match before it fails;
+    # each would be another stderr line next to our one-line error. Kept for the log.
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        try:
+            model = keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
+        except Exception as exc:  # Keras raises bare ValueError/TypeError/OSError for all of these
+            _log_warnings(said, logging.DEBUG)
+            raise _load_error(path, exc) from None
+    _log_warnings(said, logging.WARNING)
+    return model
+
+
+def _log_warnings(said, level: int) -> None:
+    for text in dict.fromkeys(" ".join(str(w.message).split())[:300] for w in said
+                              if not issubclass(w.category, DeprecationWarning)):
+        logger.log(level, "Keras: %s", text)
+
+
+def _load_error(path: Path, exc: Exception) -> ModelFileError:
+    """Keras's loading failure as one of our errors."""
+    text = str(exc)
+    if ("safe_mode" in text or "unsafe" in text.lower()
+            or ("deserializ" in text.lower() and "lambda" in text.lower())):
+        return UnsafeModelError(
+            f"Refusing to load {str(path)!r}: it contains code (for example a Lambda layer or a "
+            f"reference to an arbitrary module), which safe mode blocks. Pass unsafe=True (CLI: "
+            f"{UNSAFE_FLAG}) only if you trust the file. Keras said: {short_error(exc, 300)}"
+        )
+    return ModelFileError(
+        f"Could not load Keras model {str(path)!r}: {type(exc).__name__}: "
+        f"{short_error(exc, 300) if text.strip() else 'no detail'}. Is it a complete .keras file "
+        "saved by Keras 3 (with `import tiedonnx.converter` before saving custom tied layers)?"
+    )

@@ -110,19 +110,21 @@ def atomic_path(path: str | os.PathLike, *, force: bool = False) -> Iterator[Pat
     path = check_output_path(path, force=force)
     remove_leftovers(path)
     tmp = _make_temp(path)
+    renamed = False
     try:
         try:
             yield tmp
             _sync(tmp)
-            _publish(tmp, path, force=force)
+            renamed = _publish(tmp, path, force=force)
         except TiedOnnxError:
             raise
         except OSError as exc:
             raise _write_error(path, exc) from None
         logger.debug("wrote %s", path)
     finally:
-        with contextlib.suppress(OSError):  # gone already when published by rename
-            tmp.unlink()
+        if not renamed:  # failed, or published by link: the temporary name is still ours
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, force: bool = False) -> Path:
@@ -212,10 +214,11 @@ def _sync(tmp: Path) -> None:
     os.chmod(tmp, 0o666 & ~umask)
 
 
-def _publish(tmp: Path, path: Path, *, force: bool) -> None:
+def _publish(tmp: Path, path: Path, *, force: bool) -> bool:
+    """Put ``tmp`` at ``path``; return True if ``tmp`` was renamed (its name is gone)."""
     if force:
         os.replace(tmp, path)
-        return
+        return True
     try:
         os.link(tmp, path)
     except FileExistsError:
@@ -224,6 +227,8 @@ def _publish(tmp: Path, path: Path, *, force: bool) -> None:
         if exc.errno not in _NO_HARD_LINKS:
             raise
         _publish_without_links(tmp, path)
+        return True
+    return False
 
 
 def _publish_without_links(tmp: Path, path: Path) -> None:
@@ -236,7 +241,12 @@ def _publish_without_links(tmp: Path, path: Path) -> None:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     except FileExistsError:
         raise _appeared(path) from None
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):  # the placeholder is ours: leave nothing behind
+            os.unlink(path)
+        raise
 
 
 def _appeared(path: Path) -> OutputExistsError:

@@ -216,25 +216,33 @@ _MAX_DIGITS = 19  # int64
 def _check_external(tensor, path: Path, nbytes: int) -> None:
     info = _external_info(tensor, path)
     location = info.get("location", "")
+    shown = repr(location[:80]) + ("..." if len(location) > 80 else "")
     folder = path.parent.resolve()
-    target = (folder / location).resolve()
-    if not location or os.path.isabs(location) or not target.is_relative_to(folder):
+    try:  # a name too long for the OS, or a symlink loop, is an OSError or RuntimeError here
+        target = (folder / location).resolve()
+        inside = bool(location) and not os.path.isabs(location) and target.is_relative_to(folder)
+        size = target.stat().st_size if inside and target.is_file() else None
+    except (OSError, RuntimeError) as exc:
+        raise ModelFileError(
+            f"External data location {shown} of tensor {tensor.name!r} in {str(path)!r} cannot be "
+            f"opened ({short_error(exc)}). The file is corrupt or was edited; re-save the model."
+        ) from None
+    if not inside:
         raise UnsafeModelError(
-            f"Tensor {tensor.name!r} in {str(path)!r} keeps its data at {location!r}, outside "
+            f"Tensor {tensor.name!r} in {str(path)!r} keeps its data at {shown}, outside "
             f"the model's folder {str(folder)!r}. Refused: external data must sit next to the "
             "model. Move the data file into that folder and re-save the model."
         )
-    if not target.is_file():
+    if size is None:
         raise ModelFileError(
-            f"External data file {location!r} of tensor {tensor.name!r} is missing next to "
+            f"External data file {shown} of tensor {tensor.name!r} is missing next to "
             f"{str(path)!r} (or is not a regular file). Copy it next to the model."
         )
-    size = target.stat().st_size
     offset = _external_int(info, "offset", tensor, path, default=0)
     length = _external_int(info, "length", tensor, path, default=size - offset)
     if length != nbytes or offset + length > size:
         raise ModelFileError(
-            f"External data of tensor {tensor.name!r} ({location!r}, offset {offset}, length "
+            f"External data of tensor {tensor.name!r} ({shown}, offset {offset}, length "
             f"{length}) does not match its declared {nbytes} bytes or runs past the end of the "
             f"file ({size} bytes). The data file is truncated or from another model."
         )

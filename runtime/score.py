@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import ModelFileError, UsageError, short_error
 from .options import DEFAULT_RUN_BATCH, check_positive_int
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,8 @@ def run_file(model_path: str | os.PathLike, input_path: str | os.PathLike,
         UsageError: a bad output suffix, several outputs into a ``.npy``, or an
             output that is not a numeric tensor (strings, sequences, maps).
         InputError, ModelFileError, ProviderError: see :func:`tiedonnx.runtime.load`
-            and :meth:`TiedModel.run`.
+            and :meth:`TiedModel.run`; also ModelFileError when onnxruntime fails
+            while running a model it loaded.
         OutputExistsError, OutputWriteError: see :func:`tiedonnx.runtime.atomic.atomic_path`.
     """
     from .atomic import atomic_path, check_output_path
@@ -99,11 +100,26 @@ def run_file(model_path: str | os.PathLike, input_path: str | os.PathLike,
     options = {"batch_size": batch_size, "allow_nonfinite": allow_nonfinite,
                "progress": progress if rows > batch_size else None}
     start = time.perf_counter()
-    with atomic_path(output, force=force) as tmp:
-        write = _write_npy if output.suffix == ".npy" else _write_npz
-        shapes = write(model, arrays, rows, tmp, **options)
+    try:
+        with atomic_path(output, force=force) as tmp:
+            write = _write_npy if output.suffix == ".npy" else _write_npz
+            shapes = write(model, arrays, rows, tmp, **options)
+    except _onnxruntime_errors() as exc:
+        raise ModelFileError(
+            f"onnxruntime failed while running {str(model_path)!r}: {short_error(exc, 300)}. The "
+            "model loads but cannot run on these inputs (an op or shape it cannot execute); check "
+            "it with `tiedonnx inspect` and re-export it. Nothing was written."
+        ) from None
     return RunReport(output, shapes, rows, time.perf_counter() - start,
                      model.providers[0], model.memory)
+
+
+def _onnxruntime_errors() -> tuple[type[Exception], ...]:
+    """onnxruntime's own exception classes (plain ``Exception`` subclasses)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ("Fail", "InvalidArgument", "RuntimeException", "InvalidGraph", "NotImplemented", "EPFail")
+    return tuple(getattr(state, n) for n in names if hasattr(state, n))
 
 
 def _check_outputs(model, output: Path) -> None:

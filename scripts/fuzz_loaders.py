@@ -1,23 +1,22 @@
-"""Fuzz the model loaders: mutated .onnx and .keras files through the real CLI.
+"""Fuzz the model loaders: mutated .onnx, .keras and input files through the real CLI.
 
-    python scripts/fuzz_loaders.py                 # ~5 minutes on 2 cores
+    python scripts/fuzz_loaders.py --cases 200     # ~10 minutes on 2 cores
     python scripts/fuzz_loaders.py --cases 400 --jobs 4 --seed 1 --keep /tmp/fuzz_failures
 
 Valid seed files (a tied dense autoencoder and a tied conv autoencoder, each as
 ``.keras`` and as ``.onnx`` from ``tiedonnx export``, plus the dense one with its
-weights in an external data file) are mutated: bit flips, truncation at a random
-offset, random bytes spliced in, random edits of protobuf fields through onnx's
-proto API (tensor dims, data_type, raw_data, external_data entries, node op types,
-inputs and attributes, opset and IR versions, graph inputs/outputs, the
-``tiedonnx.ties`` metadata) and, for ``.keras``, edits of the zip members
-(config.json objects and values, weights, metadata, deleted members).
+weights in an external data file) are mutated by ``scripts/fuzz_mutators.py``:
+bytes, protobuf fields, external-data entries, sparse tensors, non-tensor
+outputs, ``.keras`` config objects, registered names and modules, deep JSON,
+archive member tricks, and hostile input ``.npy`` files.
 
 Each mutated ``.onnx`` goes through ``tiedonnx inspect`` and ``tiedonnx run``,
 each mutated ``.keras`` through ``tiedonnx export``, every one in its own
 subprocess with a timeout. A case passes when the command exits 0, or exits 2
-with a ``tiedonnx <cmd>: error:`` line and no traceback, and a failed command left
-no output file. Anything else (a traceback, another exit code, a signal, a hang)
-is a failure; failing inputs are kept with ``--keep``.
+with exactly one stderr line ``tiedonnx <cmd>: error: ...``; and, either way,
+leaves no temporary file, and on failure no output file. Anything else (a
+traceback, exit 3 or another code, extra stderr lines, a signal, a hang, a file
+left behind) is a failure; failing inputs are kept with ``--keep``.
 """
 
 from __future__ import annotations
@@ -25,8 +24,6 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
-import copy
-import json
 import os
 import random
 import shutil
@@ -34,26 +31,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fuzz_mutators import Case, mutate_onnx  # noqa: E402
+from fuzz_mutators_keras import mutate_keras  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 FEATURES = 16
-# Layer sizes the config mutator may write: large enough to matter, small enough
-# (<= 16 x 10**5 float32 = 6.4 MB) not to exhaust a shared machine's memory.
-SIZES = [-5, -1, 0, 1, 3, 10**5, "7", None, 2.5]
-
-
-@dataclass
-class Case:
-    kind: str  # "onnx" or "keras"
-    mutation: str
-    files: dict[str, bytes]  # name -> content, written into the case folder
-    model: str  # the model's file name in that folder
-    links: dict[str, str] = field(default_factory=dict)  # name -> symlink target
-    seed_name: str = ""
 
 
 @dataclass
@@ -114,296 +101,6 @@ def build_seeds(folder: Path) -> dict[str, dict]:
     return seeds
 
 
-# ---------------------------------------------------------- byte mutations
-
-
-def bitflip(data: bytes, rnd: random.Random) -> tuple[bytes, str]:
-    buf = bytearray(data)
-    n = rnd.choice([1, 1, 2, 4, 16])
-    for _ in range(n):
-        i = rnd.randrange(len(buf))
-        buf[i] ^= 1 << rnd.randrange(8)
-    return bytes(buf), f"bitflip x{n}"
-
-
-def truncate(data: bytes, rnd: random.Random) -> tuple[bytes, str]:
-    cut = rnd.randrange(1, len(data))
-    return data[:cut], f"truncate at {cut}/{len(data)}"
-
-
-def splice(data: bytes, rnd: random.Random) -> tuple[bytes, str]:
-    i = rnd.randrange(len(data))
-    junk = bytes(rnd.randrange(256) for _ in range(rnd.choice([1, 8, 64])))
-    if rnd.random() < 0.5:
-        return data[:i] + junk + data[i:], f"insert {len(junk)} bytes at {i}"
-    return data[:i] + junk + data[i + len(junk):], f"overwrite {len(junk)} bytes at {i}"
-
-
-BYTE_MUTATORS = [bitflip, truncate, splice]
-
-
-# ---------------------------------------------------------- ONNX mutations
-
-
-def _pick_initializer(model, rnd):
-    inits = list(model.graph.initializer)
-    return rnd.choice(inits) if inits else None
-
-
-def m_dims(model, rnd, files):
-    t = _pick_initializer(model, rnd)
-    if not t.dims or rnd.random() < 0.3:
-        t.dims.append(rnd.choice([1, 2, 0]))
-        return f"{t.name}: append dim"
-    i = rnd.randrange(len(t.dims))
-    t.dims[i] = rnd.choice([0, 1, -1, t.dims[i] + 1, t.dims[i] * 2, 2**31, 2**40])
-    return f"{t.name}: dims[{i}] = {t.dims[i]}"
-
-
-def m_data_type(model, rnd, files):
-    t = _pick_initializer(model, rnd)
-    t.data_type = rnd.randrange(0, 26)
-    return f"{t.name}: data_type = {t.data_type}"
-
-
-def m_raw_data(model, rnd, files):
-    t = _pick_initializer(model, rnd)
-    raw = t.raw_data
-    choice = rnd.choice(["empty", "half", "double", "random", "floats"])
-    if choice == "empty":
-        t.raw_data = b""
-    elif choice == "half":
-        t.raw_data = raw[: len(raw) // 2]
-    elif choice == "double":
-        t.raw_data = raw + raw
-    elif choice == "random":
-        t.raw_data = bytes(rnd.randrange(256) for _ in range(len(raw)))
-    else:  # both raw_data and float_data set
-        t.float_data.extend([1.0, 2.0])
-    return f"{t.name}: raw_data {choice}"
-
-
-def m_external(model, rnd, files):
-    """Point a tensor at external data: escaping paths, bad offsets/lengths, symlinks."""
-    t = _pick_initializer(model, rnd)
-    import onnx
-
-    nbytes = len(t.raw_data) or 4
-    location = rnd.choice(["../outside.bin", "/etc/passwd", "sub/../../outside.bin", "weights.bin",
-                           "missing.bin", "", "link.bin", "./weights.bin", "weights.bin\x00x"])
-    offset = rnd.choice([0, 0, 4, -8, 10**12])
-    length = rnd.choice([nbytes, nbytes, nbytes + 4, 0, 2**40])
-    if location in ("weights.bin", "./weights.bin") and "weights.bin" not in files:
-        files["weights.bin"] = t.raw_data + bytes(rnd.randrange(256) for _ in range(8))
-    del t.external_data[:]
-    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
-        entry = t.external_data.add()
-        entry.key, entry.value = key, value
-    if rnd.random() < 0.2:
-        entry = t.external_data.add()
-        entry.key, entry.value = "checksum", "zz"
-    t.data_location = onnx.TensorProto.EXTERNAL
-    t.ClearField("raw_data")
-    return f"{t.name}: external location={location!r} offset={offset} length={length}"
-
-
-def m_external_entries(model, rnd, files):
-    """Edit the existing external_data entries of an externally stored model."""
-    import onnx
-
-    tensors = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
-    if not tensors:
-        return m_external(model, rnd, files)
-    t = rnd.choice(tensors)
-    entry = rnd.choice(list(t.external_data))
-    entry.value = rnd.choice(["../weights.bin", "/proc/self/environ", "-1", "99999999", "", "weights.bin",
-                              str(rnd.randrange(0, 4096))])
-    if rnd.random() < 0.3 and "weights.bin" in files:
-        files["weights.bin"] = files["weights.bin"][: rnd.randrange(len(files["weights.bin"]))]
-        return f"{t.name}: {entry.key}={entry.value!r}; weights.bin truncated"
-    return f"{t.name}: {entry.key}={entry.value!r}"
-
-
-def m_node(model, rnd, files):
-    if not model.graph.node:
-        return "no node"
-    node = rnd.choice(list(model.graph.node))
-    choice = rnd.choice(["op_type", "domain", "input", "drop_input", "attr", "drop_node", "output"])
-    if choice == "op_type":
-        node.op_type = rnd.choice(["Foo", "", "Loop", "Gemm", "MatMul", "Transpose", "Sigmoid", "Conv"])
-    elif choice == "domain":
-        node.domain = rnd.choice(["com.evil", "ai.onnx.ml", "com.microsoft"])
-    elif choice == "input" and node.input:
-        other = node.output[0] if node.output else "x"  # a cycle: the node reads its own output
-        node.input[rnd.randrange(len(node.input))] = rnd.choice(["nope", "", other])
-    elif choice == "drop_input" and node.input:
-        del node.input[rnd.randrange(len(node.input))]
-    elif choice == "attr" and node.attribute:
-        attr = rnd.choice(list(node.attribute))
-        if attr.ints:
-            attr.ints[rnd.randrange(len(attr.ints))] = rnd.choice([-1, 0, 7, 2**40])
-        else:
-            attr.type = rnd.randrange(0, 15)
-    elif choice == "drop_node":
-        model.graph.node.remove(node)
-    elif choice == "output" and node.output:
-        node.output[0] = rnd.choice(["", model.graph.input[0].name, "dup"])
-    return f"node {node.name or node.op_type}: {choice}"
-
-
-def m_versions(model, rnd, files):
-    if rnd.random() < 0.5:
-        model.ir_version = rnd.choice([0, 1, 3, 99, 2**40])
-        return f"ir_version = {model.ir_version}"
-    opset = model.opset_import[0]
-    opset.version = rnd.choice([1, 6, 30, 10**6])
-    return f"opset {opset.domain or 'ai.onnx'} = {opset.version}"
-
-
-def m_graph_io(model, rnd, files):
-    value = rnd.choice([*model.graph.input, *model.graph.output])
-    choice = rnd.choice(["elem_type", "dim", "drop_output", "no_shape"])
-    tensor_type = value.type.tensor_type
-    if choice == "elem_type":
-        tensor_type.elem_type = rnd.randrange(0, 26)
-    elif choice == "dim" and tensor_type.shape.dim:
-        dim = rnd.choice(list(tensor_type.shape.dim))
-        dim.dim_value = rnd.choice([0, 1, 3, 2**40])
-    elif choice == "drop_output":
-        model.graph.output.pop()
-    else:
-        tensor_type.ClearField("shape")
-    return f"{value.name}: {choice}"
-
-
-def m_metadata(model, rnd, files):
-    props = {p.key: p for p in model.metadata_props}
-    prop = props.get("tiedonnx.ties") or model.metadata_props.add()
-    prop.key = "tiedonnx.ties"
-    prop.value = rnd.choice(["", "{", "null", "[1, 2]", '{"a": 1}', '[{"initializer": 5}]',
-                             '[{"initializer": "nope", "uses": "x"}]', "\xed\xb3\xbf"])
-    return f"tiedonnx.ties = {prop.value[:20]!r}"
-
-
-PROTO_MUTATORS = [m_dims, m_data_type, m_raw_data, m_external, m_external_entries, m_node,
-                  m_versions, m_graph_io, m_metadata]
-
-
-def mutate_onnx(seed: dict, rnd: random.Random) -> Case:
-    import onnx
-
-    files = dict(seed["files"])
-    links = {}
-    if rnd.random() < 0.35:
-        target = rnd.choice(sorted(files))
-        files[target], what = rnd.choice(BYTE_MUTATORS)(files[target], rnd)
-        return Case("onnx", f"{target}: {what}", files, seed["model"])
-    model = onnx.ModelProto.FromString(files["model.onnx"])
-    mutator = rnd.choice(PROTO_MUTATORS)
-    what = mutator(model, rnd, files)
-    if "link.bin" in what:
-        links["link.bin"] = "OUTSIDE"
-    files["model.onnx"] = model.SerializeToString()
-    return Case("onnx", f"{mutator.__name__[2:]}: {what}", files, seed["model"], links)
-
-
-# --------------------------------------------------------- .keras mutations
-
-
-def _members(data: bytes) -> dict[str, bytes]:
-    import io
-
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        return {name: archive.read(name) for name in archive.namelist()}
-
-
-def _zip(members: dict[str, bytes]) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buf.getvalue()
-
-
-def _objects(node, found):
-    if isinstance(node, dict):
-        if "class_name" in node:
-            found.append(node)
-        for value in node.values():
-            _objects(value, found)
-    elif isinstance(node, list):
-        for value in node:
-            _objects(value, found)
-    return found
-
-
-def k_config(members, rnd):
-    config = json.loads(members["config.json"])
-    objects = _objects(config, [])
-    obj = rnd.choice(objects)
-    choice = rnd.choice(["class_name", "module", "registered_name", "value", "drop_key", "lambda", "json"])
-    if choice == "class_name":
-        obj["class_name"] = rnd.choice(["Dense", "Lambda", "__lambda__", "system", "DenseTied", "Foo", ""])
-    elif choice == "module":
-        obj["module"] = rnd.choice(["builtins", "os", "subprocess", "keras.layers", "keras.src.saving", None])
-    elif choice == "registered_name":
-        obj["registered_name"] = rnd.choice(["tiedonnx>DenseTied", "builtins>eval", None, 5])
-    elif choice == "value" and isinstance(obj.get("config"), dict) and obj["config"]:
-        key = rnd.choice(sorted(obj["config"]))
-        obj["config"][key] = rnd.choice(SIZES + ["enc", [], {}, {"class_name": "Foo"}])
-        choice = f"config[{key!r}] = {obj['config'][key]!r}"
-    elif choice == "drop_key" and obj:
-        key = rnd.choice(sorted(obj))
-        del obj[key]
-        choice = f"drop {key!r}"
-    elif choice == "lambda":
-        obj["class_name"], obj["module"] = "Lambda", "keras.layers"
-        code = {"code": "YWJj", "defaults": None, "closure": None}
-        obj["config"] = {"name": "lam", "function": {"class_name": "__lambda__", "config": code}}
-    else:
-        members["config.json"] = members["config.json"][: rnd.randrange(len(members["config.json"]))]
-        return "config.json truncated"
-    members["config.json"] = json.dumps(config).encode()
-    return f"config {obj.get('class_name', '?')}: {choice}"
-
-
-def k_weights(members, rnd):
-    name = next((n for n in members if n.endswith(".h5")), None)
-    if name is None:
-        return "no weights member"
-    mutator = rnd.choice(BYTE_MUTATORS)
-    members[name], what = mutator(members[name], rnd)
-    return f"{name}: {what}"
-
-
-def k_metadata(members, rnd):
-    value = rnd.choice([b"", b"{", b'{"keras_version": "1.0.0"}', b'{"keras_version": 5}', b"null"])
-    members["metadata.json"] = value
-    return f"metadata.json = {value!r}"
-
-
-def k_drop(members, rnd):
-    name = rnd.choice(sorted(members))
-    del members[name]
-    return f"drop member {name}"
-
-
-ZIP_MUTATORS = [k_config, k_config, k_config, k_weights, k_metadata, k_drop]
-
-
-def mutate_keras(seed: dict, rnd: random.Random) -> Case:
-    data = seed["files"]["model.keras"]
-    if rnd.random() < 0.3:
-        data, what = rnd.choice(BYTE_MUTATORS)(data, rnd)
-        return Case("keras", f"zip bytes: {what}", {"model.keras": data}, "model.keras")
-    members = _members(data)
-    mutator = rnd.choice(ZIP_MUTATORS)
-    what = mutator(members, rnd)
-    return Case("keras", f"{mutator.__name__[2:]}: {what}", {"model.keras": _zip(members)}, "model.keras")
-
-
 # ----------------------------------------------------------------- running
 
 
@@ -418,30 +115,37 @@ def commands_for(case: Case, folder: Path) -> list[tuple[str, list[str], list[Pa
             ("run", ["run", model, "-i", str(folder / "x.npy"), "-o", str(y), "--provider", "cpu"], [y])]
 
 
-def run_command(name: str, argv: list[str], outputs: list[Path], timeout: float) -> tuple[str, str]:
+def run_command(name: str, argv: list[str], folder: Path, outputs: list[Path],
+                timeout: float) -> tuple[str, str]:
     """Return (status, detail) for one subprocess."""
     for path in outputs:
         if path.exists():
             path.unlink()
+    before = set(os.listdir(folder))
     try:
         proc = subprocess.run([sys.executable, "-m", "tiedonnx.runtime.cli", *argv], capture_output=True,
                               text=True, errors="replace", timeout=timeout)
     except subprocess.TimeoutExpired:
         return "hang", f"no exit after {timeout:.0f} s"
     err = proc.stderr
-    error_lines = [line for line in err.splitlines() if line.startswith(f"tiedonnx {name}: error: ")]
+    lines = err.splitlines()
+    created = sorted(set(os.listdir(folder)) - before - {p.name for p in outputs})
     if "Traceback (most recent call last)" in err:
         return "traceback", err[err.index("Traceback"):][-1500:]
     if proc.returncode < 0:
         return "signal", f"killed by signal {-proc.returncode}; stderr tail: {err[-500:]}"
+    if created:
+        return "file_left", f"exit {proc.returncode} left {created}"
     if proc.returncode == 0:
         return "ok", ""
-    if proc.returncode == 2 and len(error_lines) == 1:
-        left = [str(p) for p in outputs if p.exists()]
-        if left:
-            return "output_left", f"exit 2 but wrote {left}"
-        return "refused", error_lines[0][:200]
-    return f"exit_{proc.returncode}", err[-800:]
+    if proc.returncode != 2:
+        return f"exit_{proc.returncode}", err[-800:]
+    if len(lines) != 1 or not lines[0].startswith(f"tiedonnx {name}: error: "):
+        return "not_one_line", err[-800:]
+    left = [str(p) for p in outputs if os.path.lexists(p)]
+    if left:
+        return "output_left", f"exit 2 but wrote {left}"
+    return "refused", lines[0][:200]
 
 
 def run_case(index: int, case: Case, seed: dict, root: Path, outside: Path, timeout: float) -> list[Outcome]:
@@ -451,12 +155,12 @@ def run_case(index: int, case: Case, seed: dict, root: Path, outside: Path, time
         (folder / name).write_bytes(data)
     for name in case.links:
         (folder / name).symlink_to(outside)
-    if case.kind == "onnx":
+    if case.kind == "onnx" and "x.npy" not in case.files:
         (folder / "x.npy").write_bytes(seed["x"])
     outcomes = []
     for name, argv, outputs in commands_for(case, folder):
         start = time.perf_counter()
-        status, detail = run_command(name, argv, outputs, timeout)
+        status, detail = run_command(name, argv, folder, outputs, timeout)
         outcomes.append(Outcome(index, name, f"[{case.seed_name}] {case.mutation}", status, detail,
                                 time.perf_counter() - start))
     return outcomes
@@ -484,8 +188,10 @@ def report(outcomes: list[Outcome], cases: list[Case], elapsed: float, keep: Pat
         by_command[o.command][o.status] += 1
     failures = [o for o in outcomes if o.status not in ("ok", "refused")]
     kinds = collections.Counter(c.kind for c in cases)
+    families = collections.Counter(f"{c.kind}:{c.mutation.split(':')[0]}" for c in cases)
     print(f"fuzz_loaders: {len(cases)} mutated files ({kinds['onnx']} .onnx, {kinds['keras']} .keras), "
           f"{len(outcomes)} subprocess runs in {elapsed:.0f} s")
+    print("  mutations: " + ", ".join(f"{k} {v}" for k, v in sorted(families.items())))
     for command in sorted(by_command):
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(by_command[command].items()))
         slowest = max(o.seconds for o in outcomes if o.command == command)
@@ -501,8 +207,8 @@ def report(outcomes: list[Outcome], cases: list[Case], elapsed: float, keep: Pat
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=40,
-                        help="mutated files to try (default 40, ~5 min on 2 cores)")
+    parser.add_argument("--cases", type=int, default=200,
+                        help="mutated files to try (default 200, ~10 min on 2 cores)")
     parser.add_argument("--onnx-share", type=float, default=0.6,
                         help="fraction of cases that are .onnx (default 0.6)")
     parser.add_argument("--jobs", type=int, default=2, help="subprocesses at a time (default 2)")

@@ -237,6 +237,8 @@ def bad_keras(kind: str, good: Path, folder: Path) -> Path:
         members["config.json"] = b'{"a":' * 200_000 + b"1" + b"}" * 200_000
     elif kind == "duplicate_members":  # the same name twice: a size cap that keys by name sees one
         extra.append(("model.weights.h5", members["model.weights.h5"]))
+    elif kind == "weights_renamed_layer":  # Keras warns about the group it cannot find, then fails
+        members["model.weights.h5"] = _rename_h5_group(members["model.weights.h5"], "layers/dense")
     else:  # pragma: no cover
         raise AssertionError(kind)
     if kind != "deep_config":
@@ -251,6 +253,17 @@ def _write_zip(path: Path, members) -> None:
         with zipfile.ZipFile(path, "w") as archive:
             for name, data in members:
                 archive.writestr(name, data)
+
+
+def _rename_h5_group(data: bytes, group: str) -> bytes:
+    import io
+
+    import h5py
+
+    buffer = io.BytesIO(data)
+    with h5py.File(buffer, "r+") as weights:
+        weights.move(group, group + "_renamed")
+    return buffer.getvalue()
 
 
 def _members(path: Path) -> dict[str, bytes]:

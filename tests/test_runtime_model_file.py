@@ -198,6 +198,7 @@ def test_sparse_tensors_count_at_their_dense_size(where, tmp_path):
     ({"length": "9" * 5000}, r"External data length .* received '9999"),
     ({"location": "w.bin\0../x"}, r"External data location of tensor 'W' .* contains a NUL byte"),
     ({"__class__": "x"}, r"unknown or repeated keys \['__class__'\]"),
+    ({"location": "w" * 5000}, r"External data location 'w{80}'\.\.\. .* cannot be opened .*too long"),
 ])
 def test_external_data_fields_must_be_what_onnx_writes(fields, match, tmp_path):
     """Issue 13, case 2: each was a ValueError or TypeError traceback."""

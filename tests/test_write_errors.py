@@ -102,6 +102,13 @@ def test_os_errors_while_writing_are_typed(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")  # the caller's own write
     assert caught.value.errno == errno.ENOSPC and isinstance(caught.value, OSError)
     assert target.read_bytes() == b"old" and sorted(tmp_path.iterdir()) == [target]
+    # Without hard links a failed rename must not leave the O_EXCL placeholder as the output.
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "link", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EPERM, "no links")))
+        patch.setattr(os, "replace", fail)
+        with pytest.raises(OutputWriteError, match="Read-only file system"):
+            write_bytes_atomic(tmp_path / "new.bin", b"new")
+    assert sorted(tmp_path.iterdir()) == [target]
 
 
 # ------------------------------------------------------------ file-size limit
@@ -212,3 +219,23 @@ def test_dangling_symlink_in_the_library(tmp_path):
     with pytest.raises(OutputExistsError, match="dangling symbolic link"):
         write_bytes_atomic(link, b"x")
     assert link.is_symlink() and not (tmp_path / "nowhere").exists()
+
+
+def test_export_under_file_size_limit(tmp_path):
+    """``export`` writes through the same atomic path: EFBIG is one line, nothing left."""
+    pytest.importorskip("keras")
+    from . import models
+
+    # 256-128: a 130 KB file over a 64 KiB limit that TensorFlow's own temporary files
+    # (AutoGraph writes some while tracing) stay under.
+    models.dense_ae(features=256, hidden=128).save(tmp_path / "m.keras")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "o.onnx").write_bytes(SENTINEL)
+    proc = subprocess.run([sys.executable, "-c", LIMITED, "65536", "export", str(tmp_path / "m.keras"),
+                           "-o", str(out / "o.onnx"), "--no-verify", "--force"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and _says_why("export", lines[0], "File too large"), lines
+    assert listing(out) == {"o.onnx": SENTINEL}
