@@ -142,7 +142,7 @@ def _check_out_dir(out_dir: Path, force: bool) -> None:
         more = ", ..." if len(existing) > 3 else ""
         raise OutputExistsError(
             f"{str(out_dir)!r} already holds demo output ({', '.join(existing[:3])}{more}). "
-            "Pass force=True to overwrite it, or another out_dir."
+            "Pass force=True (CLI: --force) to overwrite it, or another out_dir (CLI: --out)."
         )
 
 

@@ -7,11 +7,39 @@ error's ``exit_code`` (2 for bad input or usage, 1 for a parity failure).
 
 from __future__ import annotations
 
+import re
+
+
+# A hint that names both surfaces is written once in a message, as
+# "force=True (CLI: --force)". Python callers read the parameter ("force=True"),
+# the CLI prints the flag ("--force"): each surface names its own spelling.
+_DUAL_HINT = re.compile(r"(\b[\w.]+=[^\s()]+) \(CLI: ([^)]*)\)")
+_CLI_HINT = re.compile(r" \(CLI: ([^)]*)\)")
+
+
+def api_text(message: str) -> str:
+    """``message`` for Python callers: ``"force=True (CLI: --force)"`` -> ``"force=True"``."""
+    return _CLI_HINT.sub("", _DUAL_HINT.sub(r"\1", message))
+
+
+def cli_text(message: str) -> str:
+    """``message`` for the command line: ``"force=True (CLI: --force)"`` -> ``"--force"``."""
+    return _CLI_HINT.sub(r" (\1)", _DUAL_HINT.sub(r"\2", message))
+
 
 class TiedOnnxError(Exception):
-    """Base class of every error tiedonnx raises on purpose."""
+    """Base class of every error tiedonnx raises on purpose.
+
+    ``str(error)`` names Python parameters; :meth:`cli_message` names CLI flags.
+    """
 
     exit_code = 2
+
+    def __str__(self) -> str:
+        return api_text(super().__str__())
+
+    def cli_message(self) -> str:
+        return cli_text(super().__str__())
 
 
 class UsageError(TiedOnnxError, ValueError):

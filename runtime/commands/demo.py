@@ -31,20 +31,16 @@ def run(args: argparse.Namespace) -> int:
     from tiedonnx.converter.demo_plots import TABLE_HEADER, table_rows
 
     from .._term import format_table
-    from ..errors import OutputExistsError
 
     start = time.perf_counter()
 
     def step(message: str) -> None:
         print(f"[{time.perf_counter() - start:5.1f}s] {message}", file=sys.stderr, flush=True)
 
-    try:
-        report = run_demo(args.out, epochs=args.epochs, force=args.force, on_step=step)
-    except OutputExistsError:  # the library names its parameter (force=True); name the flag
-        raise OutputExistsError(f"{args.out!r} already holds demo output. Pass --force to "
-                                "overwrite it, or choose another --out.") from None
+    report = run_demo(args.out, epochs=args.epochs, force=args.force, on_step=step)
     lines = [format_table(TABLE_HEADER, table_rows(report)), "",
              f"done in {report.seconds:.1f} s; wrote {args.out}/: reconstructions.png, "
-             "size_latency.png, report.md, report.json, model.keras and the .onnx files"]
+             "size_latency.png, report.md, report.json, model.keras, the .onnx files"
+             f"{' and web/ (tiedonnx web --serve ' + args.out + '/web)' if report.web_dir else ''}"]
     _flags.emit(report.as_dict(), as_json=args.json, lines=lines)
     return 0
