@@ -241,6 +241,7 @@ def load_array_file(path: str | os.PathLike) -> np.ndarray | dict[str, np.ndarra
         raise InputError(
             f"Input file must be .npy or .npz; received {str(path)!r}. Save it with np.save."
         )
+    _check_magic(path, suffix)
     try:
         with np.errstate(all="raise"):  # thread-local, unlike warnings.catch_warnings
             if suffix == ".npy":
@@ -257,6 +258,26 @@ def load_array_file(path: str | os.PathLike) -> np.ndarray | dict[str, np.ndarra
             f"Could not read {str(path)!r} as a numpy {suffix} file ({short_error(exc)}). "
             "Object arrays and corrupt files are refused; save plain numeric arrays with np.save."
         ) from None
+
+
+# What every file np.save / np.savez writes starts with.
+_MAGIC = {".npy": b"\x93NUMPY", ".npz": b"PK\x03\x04"}
+
+
+def _check_magic(path: Path, suffix: str) -> None:
+    """Refuse a file that is not numpy's format at all before numpy guesses (pickle advice)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise InputError(f"Could not read {str(path)!r}: {short_error(exc)}.") from None
+    magic = _MAGIC[suffix]
+    if not head.startswith(magic):
+        kind = "an empty file" if not head else f"a file starting with {head!r}"
+        raise InputError(
+            f"{str(path)!r} is not a {suffix} file: it is {kind}, and every {suffix} file starts "
+            f"with {magic!r}. Save the array with np.{'save' if suffix == '.npy' else 'savez'}."
+        )
 
 
 def match_archive(arrays: dict[str, np.ndarray], specs: tuple[TensorSpec, ...]):

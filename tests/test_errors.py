@@ -39,3 +39,15 @@ def test_short_error_is_one_bounded_line():
     assert short_error(ValueError("first\nsecond")) == "first"
     assert short_error(ValueError("")) == "ValueError"
     assert len(short_error(ValueError("x" * 500), 50)) == 50
+
+
+def test_a_text_file_named_npy_is_called_what_it_is(tmp_path, capsys):
+    from tiedonnx.runtime.errors import InputError
+    from tiedonnx.runtime.inputs import load_array_file
+
+    (tmp_path / "x.npy").write_text("1,2,3\n")
+    with pytest.raises(InputError, match=r"is not a \.npy file: it is a file starting with b'1,2,3"):
+        load_array_file(tmp_path / "x.npy")
+    (tmp_path / "x.npz").write_bytes(b"")
+    with pytest.raises(InputError, match=r"is not a \.npz file: it is an empty file"):
+        load_array_file(tmp_path / "x.npz")
