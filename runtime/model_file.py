@@ -116,6 +116,15 @@ def _check_structure(proto: onnx.ModelProto, path: Path) -> None:
         )
     if not proto.graph.output:
         raise ModelFileError(f"{str(path)!r} has a graph with no outputs; re-export it.")
+    # onnx.proto is proto2: a string field may hold bytes that are not UTF-8, and
+    # protobuf then hands Python bytes. Metadata is parsed (ties as JSON): refuse it here.
+    broken = [repr(prop.key)[:60] for prop in proto.metadata_props
+              if not isinstance(prop.key, str) or not isinstance(prop.value, str)]
+    if broken:
+        raise ModelFileError(
+            f"{str(path)!r} has metadata that is not UTF-8 text (entries {broken[:3]}): the file is "
+            "corrupt. Re-export it."
+        )
 
 
 def _all_tensors(proto: onnx.ModelProto) -> tuple[list, list]:

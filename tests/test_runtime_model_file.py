@@ -227,3 +227,14 @@ def test_repeated_external_key_and_missing_length(tmp_path):
     w.external_data.add(key="location", value="../elsewhere.bin")
     with pytest.raises(ModelFileError, match=r"unknown or repeated keys \['location'\]"):
         read_model(save(model, tmp_path / "ext.onnx"))
+
+
+def test_metadata_that_is_not_utf8_is_refused(tmp_path):
+    """Found by scripts/fuzz_loaders.py: one flipped byte in the tie record made protobuf
+    return bytes, and `inspect` failed in json with a UnicodeDecodeError."""
+    model = tied_ae()
+    model.metadata_props.add(key="tiedonnx.ties", value="MARKER")
+    data = model.SerializeToString().replace(b"MARKER", b"\xff\xfe\x9f\x00ok")
+    (tmp_path / "m.onnx").write_bytes(data)
+    with pytest.raises(ModelFileError, match=r"metadata that is not UTF-8 text \(entries \[\"'tiedonnx.ties'\"\]\)"):
+        read_model(tmp_path / "m.onnx")
