@@ -57,6 +57,11 @@ def render(report) -> list[str]:
     else:
         lines.append(f"  no ties to keep: the model has no tied weights "
                      f"(plain tf2onnx wrote {size(report.plain_bytes)})")
+    if report.bytes > report.plain_bytes:
+        saved = report.untied_bytes - report.bytes
+        lines.append(f"  {report.bytes - report.plain_bytes:,} B larger than plain tf2onnx's file: on "
+                     f"a model this small tiedonnx's metadata (tie record, versions) outweighs "
+                     f"the {saved:,} B it saves")
     if report.parity:
         lengths = (f", sequence lengths {list(report.parity.sequence_lengths)}"
                    if report.parity.sequence_lengths else "")
