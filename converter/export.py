@@ -8,6 +8,8 @@ Pipeline (order matters):
    transpose as a graph op; ties from :func:`find_ties` are recorded with
    their Keras names. Must run before any precision change, which would
    otherwise quantize the two copies independently.
+   Then ``fold_initializer_shapes``: tf2onnx keeps each einsum kernel in a
+   second layout read only by a ``Shape`` node; its shape is a constant.
 3. optional precision change (fp16 / int8), tie-aware.
 4. proofs: ``onnx.checker`` (full check), no initializer that is a copy or
    permutation of another, parity against Keras. Any failure writes nothing.
@@ -27,6 +29,7 @@ from tiedonnx.runtime.errors import short_error
 from tiedonnx.runtime.graph import TieRecord, find_duplicates, read_ties, retie, untied_bytes, write_metadata
 from tiedonnx.runtime.graph.duplicates import find_permutations_of, initializer_arrays
 from tiedonnx.runtime.graph.retie import record_ties
+from tiedonnx.runtime.graph.shape_fold import fold_initializer_shapes
 from tiedonnx.runtime.options import DEFAULT_OPSET, PRECISIONS, SUPPORTED_OPSETS
 
 from .errors import ConversionError, UsageError
@@ -193,6 +196,7 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
     plain = keras_to_onnx(keras_model, opset=opset)
     convert_seconds = time.perf_counter() - start
     proto, retie_report = retie(plain, prefer=_preferred_names(plain, ties))
+    proto, _ = fold_initializer_shapes(proto)  # einsum kernels kept only for Shape (KerasHub attention)
     record_ties(proto, keras_ties=describe_stored_ties(keras_model, proto, ties))
     _name_batch_dimension(proto)
     versions = _versions(opset)

@@ -14,10 +14,12 @@ each conversion, without touching tf2onnx's global registry.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import numpy as np
 
+from ._tf2onnx_large import LARGE_MODEL_BYTES, large_model_conversion
 from .errors import ConversionError
 from .signature import (InputSignature, InputSpec, declared_output_names, input_signature,  # noqa: F401
                         output_structure_names)
@@ -121,9 +123,11 @@ def keras_to_onnx(model, *, opset: int = DEFAULT_OPSET):
     fn = tf.function(call, input_signature=tf_specs)
     try:
         concrete = fn.get_concrete_function()
-        proto, _ = tf2onnx.convert.from_function(
-            fn, input_signature=tf_specs, opset=opset, custom_op_handlers=CUSTOM_HANDLERS,
-        )
+        large = weight_bytes(model) > LARGE_MODEL_BYTES
+        with large_model_conversion() if large else contextlib.nullcontext():
+            proto, _ = tf2onnx.convert.from_function(
+                fn, input_signature=tf_specs, opset=opset, custom_op_handlers=CUSTOM_HANDLERS,
+            )
     except Exception as exc:
         raise ConversionError(
             f"tf2onnx could not convert model {model.name!r}: {type(exc).__name__}: "
@@ -132,6 +136,12 @@ def keras_to_onnx(model, *, opset: int = DEFAULT_OPSET):
     _check_ops(proto, model.name)
     fold_captured_inputs(proto, concrete, keep=signature.names)
     return proto
+
+
+def weight_bytes(model) -> int:
+    """Bytes of the model's variables (each counted once)."""
+    seen = {id(v): v for v in model.weights}
+    return sum(int(np.prod(v.shape)) * np.dtype(str(v.dtype)).itemsize for v in seen.values())
 
 
 def _check_ops(proto, model_name: str) -> None:

@@ -114,7 +114,7 @@ def test_export_from_keras_file(tmp_path):
 def test_refuses_to_overwrite_and_writes_nothing_on_bad_options(tmp_path):
     target = tmp_path / "m.onnx"
     target.write_bytes(b"old")
-    with pytest.raises(OutputExistsError, match="already exists.*--force"):
+    with pytest.raises(OutputExistsError, match="already exists.*force=True"):
         export(models.dense_ae(), target)
     assert target.read_bytes() == b"old"
     with pytest.raises(UsageError, match=r"Received: opset=7"):
@@ -179,3 +179,27 @@ def test_any_input_structure_exports_with_keras_input_names(kind, names, tmp_pat
 def test_single_input_model_keeps_its_input_name_and_one_length(tmp_path):
     report = export(models.dense_ae(), tmp_path / "m.onnx")
     assert report.parity.sequence_lengths == () and report.parity.cases == ["batch 1", "batch 3", "batch 64"]
+
+
+def test_large_model_conversion_builds_the_same_graph_and_restores_tf2onnx(monkeypatch):
+    """Above 64 MB of weights tf2onnx runs with the memory fix; forced here on a small model."""
+    import os
+
+    import tf2onnx.graph
+
+    import tiedonnx.converter._tf2onnx_large as large_mode
+    import tiedonnx.converter.tf_convert as tf_convert
+
+    model = models.stacked_ae()
+    plain = tf_convert.keras_to_onnx(model)
+    calls = []
+    real = large_mode._fresh_update_proto
+    monkeypatch.setattr(large_mode, "_fresh_update_proto", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(tf_convert, "LARGE_MODEL_BYTES", 0)
+    original = tf2onnx.graph.Node.update_proto
+    fixed = tf_convert.keras_to_onnx(model)
+    assert calls, "the fresh NodeProto path did not run"
+    assert tf2onnx.graph.Node.update_proto is original and "TF2ONNX_CATCH_ERRORS" not in os.environ
+    assert sorted(n.op_type for n in fixed.graph.node) == sorted(n.op_type for n in plain.graph.node)
+    weights = lambda m: sorted(a.tobytes() for a in initializer_arrays(m.graph).values())  # noqa: E731
+    assert weights(fixed) == weights(plain)
