@@ -7,6 +7,7 @@ import numpy as np
 from tiedonnx.runtime.bench import median_seconds
 
 from .keras_io import load_keras_model
+from .tf_convert import check_numeric_inputs, input_specs
 
 
 class KerasTimer:
@@ -18,6 +19,7 @@ class KerasTimer:
         self._tf = tf
         # Same safe loading as export/verify: safe mode plus the config scan.
         self.model = load_keras_model(keras_path)
+        check_numeric_inputs(self.model, input_specs(self.model))  # string inputs: one-line error
         self._call = tf.function(lambda x: self.model(x, training=False))
 
     def _arg(self, feeds):

@@ -15,9 +15,12 @@ from __future__ import annotations
 import importlib
 
 from .errors import (
+    ConversionError,
     InputError,
+    MissingExtraError,
     ModelFileError,
     OutputExistsError,
+    OutputWriteError,
     ProviderError,
     TiedOnnxError,
     UnsafeModelError,
@@ -35,9 +38,12 @@ _LAZY = {
 
 __all__ = sorted([
     *_LAZY,
+    "ConversionError",
     "InputError",
+    "MissingExtraError",
     "ModelFileError",
     "OutputExistsError",
+    "OutputWriteError",
     "ProviderError",
     "TiedOnnxError",
     "UnsafeModelError",

@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import OutputExistsError, TiedOnnxError, UsageError, short_error
+from .errors import OutputExistsError, OutputWriteError, TiedOnnxError, UsageError, short_error  # noqa: F401  (OutputWriteError re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +46,6 @@ _TAG = "tiedonnx"
 _NAME_KEEP = 100
 # link(2) errors that mean "this filesystem has no hard links", not "refused".
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK}
-
-
-class OutputWriteError(TiedOnnxError, OSError):
-    """The output could not be written (read-only folder, full disk, size limit).
-
-    Also an :class:`OSError`, so callers that caught the raw error still do.
-    """
 
 
 def check_output_path(path: str | os.PathLike, *, force: bool = False) -> Path:

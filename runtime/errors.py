@@ -62,6 +62,13 @@ class OutputExistsError(TiedOnnxError, FileExistsError):
     """The output path exists and overwriting was not asked for."""
 
 
+class OutputWriteError(TiedOnnxError, OSError):
+    """The output could not be written (read-only folder, full disk, size limit).
+
+    Also an :class:`OSError`, so callers that caught the raw error still do.
+    """
+
+
 class ProviderError(TiedOnnxError, RuntimeError):
     """An execution provider that was asked for is not available or not active."""
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import write_bytes_atomic
-from ..errors import OutputExistsError, UsageError
+from ..errors import OutputExistsError, OutputWriteError, UsageError, short_error
 from ..options import MEMORY_MODES, positive_int_problem
 from .config import (
     BACKENDS,
@@ -167,7 +167,11 @@ def write_model_repository(
     # Last: Triton loads a model once config.pbtxt is there.
     files[model_dir / CONFIG_FILENAME] = config.encode("utf-8")
     _check_targets(Path(repo_dir), model_dir, list(files), force=force)
-    (model_dir / VERSION).mkdir(parents=True, exist_ok=True)
+    try:
+        (model_dir / VERSION).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only or full repository folder: a user's problem, one line
+        raise OutputWriteError(f"Could not create {str(model_dir / VERSION)!r}: {short_error(exc)}. "
+                               "Choose a writable repository folder.") from None
     for path, content in files.items():
         write_bytes_atomic(path, content, force=force)
     logger.info("wrote Triton model %r (%s backend) to %s (%s x%d, max_batch_size=%d)",
