@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="Y.npy|Y.npz",
                         help="output file; .npz is required when the model has several outputs")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_RUN_BATCH, metavar="N",
-                        help=f"rows per chunk (default {DEFAULT_RUN_BATCH})")
+                        help=f"rows per chunk (default: {DEFAULT_RUN_BATCH})")
     _flags.add_provider(parser)
     _flags.add_memory(parser)
     _flags.add_threads(parser)

@@ -10,7 +10,7 @@ from ..options import MEMORY_MODES
 from ..triton import BACKENDS, DEFAULT_MAX_BATCH_SIZE, DEFAULT_SERVING_MEMORY, SERVER_ENV
 from . import _flags
 
-HELP = "write a Triton model repository (ONNX Runtime or Python backend) for a tied .onnx file"
+HELP = "Write a Triton model repository (ONNX Runtime or Python backend) for a tied .onnx file."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,8 +7,8 @@ import argparse
 from ..errors import UsageError
 from ._flags import add_force
 
-HELP = ("write a static web page that runs MODEL.onnx in the browser (onnxruntime-web), "
-        "or --serve a written one")
+HELP = ("Write a static web page that runs MODEL.onnx in the browser (onnxruntime-web), "
+        "or --serve a written one.")
 
 # Mirror tiedonnx.runtime.web's RUNTIME_MODES and DEFAULT_PORT; a test keeps them
 # equal (importing the library here would make building the parser heavier).
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="serve a written site on 127.0.0.1 (COOP/COEP headers, .mjs/.wasm "
                              "MIME types) instead of writing one")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="N",
-                        help=f"port for --serve (default {DEFAULT_PORT}; 0 picks a free one)")
+                        help=f"port for --serve (default: {DEFAULT_PORT}; 0 picks a free one)")
 
 
 def run(args: argparse.Namespace) -> int:
