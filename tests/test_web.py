@@ -161,7 +161,7 @@ def test_existing_files_are_kept_without_force(models, tmp_path):
     site = tmp_path / "site"
     write_site(models["fp32"], site)
     (site / "index.html").write_text("mine")
-    with pytest.raises(OutputExistsError, match=r"site file\(s\) already exist.*--force"):
+    with pytest.raises(OutputExistsError, match=r"site file\(s\) already exist.*force=True"):
         write_site(models["fp32"], site)
     assert (site / "index.html").read_text() == "mine"
     write_site(models["fp32"], site, force=True)
