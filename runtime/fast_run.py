@@ -72,10 +72,11 @@ def fast_runner(session: ort.InferenceSession, inputs: tuple[TensorSpec, ...],
     run = session_runner(session)
     one_row = _OneRow(session, spec, outputs, run) if bind else None
     bound = one_row.state if one_row is not None and one_row.possible else None
+    single = names[0] if len(names) == 1 else None
     vdot, isfinite, ndarray = np.vdot, math.isfinite, np.ndarray
 
     def fast(x, allow_nonfinite: bool):
-        if type(x) is not ndarray or x.dtype != dtype or x.ndim != ndim:
+        if type(x) is not ndarray or (x.dtype is not dtype and x.dtype != dtype) or x.ndim != ndim:
             return None
         shape = x.shape
         rows = shape[0]
@@ -92,6 +93,8 @@ def fast_runner(session: ort.InferenceSession, inputs: tuple[TensorSpec, ...],
                         or (other_float and not all_finite(flat))):
                     return None  # the full path raises, naming the row
                 run_bound(binding, None)
+                if single is not None:
+                    return {single: outs[0].copy()}
                 return {n: out.copy() for n, out in zip(names, outs)}
         if not rows or not x.flags.c_contiguous:
             return None
@@ -123,10 +126,11 @@ class _OneRow:
 
     def state(self, x: np.ndarray) -> tuple:
         """This thread's ``(buffer, flat view, run, binding, outputs)``; empty if binding is off."""
-        state = getattr(self._local, "state", None)
-        if state is None:
-            state = self._local.state = self._bind(x)
-        return state
+        try:
+            return self._local.state
+        except AttributeError:  # this thread's first one-row call
+            self._local.state = self._bind(x)
+            return self._local.state
 
     def _bind(self, x: np.ndarray) -> tuple:
         """Bind this thread's buffers, after checking the planned shapes against a plain run on zeros."""

@@ -25,6 +25,17 @@ and flips ``transB`` of a ``Gemm`` that reads ``Transpose(W)``. A transpose it
 cannot rewrite (``A`` of another rank, a perm other than ``[1, 0]``) stays,
 and the session then disables ``ConstantFolding`` so it is not folded into a
 copy; it is logged because it then runs on every call.
+
+int8 files: the transposed use reads ``Transpose(W_q)`` and it stays (no
+integer ``Gemm(transB=1)`` runs without pre-packing). With pre-packing off,
+onnxruntime's int8 kernels also re-pack their weight on every call. Measured
+at batch 1 on the 784-256 model (2-core AMD EPYC, onnxruntime 1.32, per-node
+profile): Transpose 21 us, each un-prepacked DynamicQuantizeMatMul 14-16 us
+against about 4 us pre-packed; lean int8 runs at about 3x fast int8 (44 vs
+14 us). ``QGemm(transB=1)`` over ``W_q`` (what ``.ort`` files use) does not
+help here: un-prepacked it transposes ``W_q`` itself on every call (43.7 us).
+The alternatives that are fast (pre-packing both uses) hold two packed copies,
+which is what ``fast`` is for.
 """
 
 from __future__ import annotations
