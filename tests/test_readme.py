@@ -6,6 +6,8 @@
 * The CLI synopsis (the ``bash`` block marked ``<!-- readme: synopsis ... -->``)
   lists each command once; every one of them runs here with concrete
   arguments on those files, or names the test that runs it.
+* Every other ``bash`` block is marked: ``run`` (run here, in that folder,
+  after the Python blocks) or ``skip REASON``.
 """
 
 from __future__ import annotations
@@ -102,3 +104,20 @@ def test_synopsis_commands_run(folder, monkeypatch, capsys):
         assert code == 0, f"tiedonnx {' '.join(args)} exited {code}: {err}"
     assert Path("Y.npy").exists() and Path("models/ae/config.pbtxt").exists()
     assert Path("cli.fp16.ort").exists()
+
+
+def test_every_bash_block_is_marked():
+    for mark, body in _blocks("bash"):
+        assert mark and mark.startswith(("run", "skip", "synopsis")), f"unmarked block:\n{body}"
+        if mark.startswith("skip"):
+            assert mark[len("skip"):].strip(), f"skipped without a reason:\n{body}"
+
+
+def test_bash_blocks_marked_run_run(folder):
+    env = {**__import__("os").environ, "PATH": f"{Path(sys.executable).parent}:{__import__('os').environ['PATH']}"}
+    for mark, body in _blocks("bash"):
+        if mark != "run":
+            continue
+        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", body], cwd=folder, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"README bash block failed:\n{body}\n{proc.stderr[-2000:]}"
