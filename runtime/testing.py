@@ -40,7 +40,7 @@ def tied_autoencoder(features: int = 8, hidden: int = 3, *, seed: int = 0, untie
                      rank: int = 2, batch: str | int = "batch", transposed_name: str = "W__T",
                      weight_scale: float = 1.0, bias_scale: float = 1.0, activation: str = "Sigmoid",
                      input_name: str = "x", output_name: str = "y", expose_code: bool = False,
-                     opset: int = OPSET) -> onnx.ModelProto:
+                     code_name: str = "h", biases: bool = True, opset: int = OPSET) -> onnx.ModelProto:
     """``x -> sigmoid(act(x W + b1) W^T + b2)`` with one stored ``W`` and a Transpose node.
 
     Args:
@@ -52,11 +52,13 @@ def tied_autoencoder(features: int = 8, hidden: int = 3, *, seed: int = 0, untie
         transposed_name: the name of ``W^T`` (node output or initializer).
         activation: the encoder's activation op, ``"Sigmoid"`` or ``"Relu"``.
         input_name, output_name: the graph's input and output names.
-        expose_code: also output the code ``h`` (a second output).
+        expose_code: also output the code (the encoder's output) as a second output.
+        code_name: the code's tensor name.
+        biases: with ``False``, no bias initializers or ``Add`` nodes (``W`` alone).
     """
     w = tied_autoencoder_weights(features, hidden, seed=seed, weight_scale=weight_scale,
                                  bias_scale=bias_scale)
-    inits = [numpy_helper.from_array(v, k) for k, v in w.items()]
+    inits = [numpy_helper.from_array(v, k) for k, v in w.items() if biases or k == "W"]
     nodes = []
     if untied:
         inits.append(numpy_helper.from_array(np.ascontiguousarray(w["W"].T), transposed_name))
@@ -65,15 +67,19 @@ def tied_autoencoder(features: int = 8, hidden: int = 3, *, seed: int = 0, untie
     nodes += [
         helper.make_node("MatMul", [input_name, "W"], ["m1"], name="enc"),
         helper.make_node("Add", ["m1", "b1"], ["a1"], name="enc_bias"),
-        helper.make_node(activation, ["a1"], ["h"], name="enc_act"),
-        helper.make_node("MatMul", ["h", transposed_name], ["m2"], name="dec"),
+        helper.make_node(activation, ["a1"], [code_name], name="enc_act"),
+        helper.make_node("MatMul", [code_name, transposed_name], ["m2"], name="dec"),
         helper.make_node("Add", ["m2", "b2"], ["a2"], name="dec_bias"),
         helper.make_node("Sigmoid", ["a2"], [output_name], name="dec_act"),
     ]
+    if not biases:  # the activations read the MatMuls directly
+        nodes = [n for n in nodes if n.op_type != "Add"]
+        nodes[-3].input[0] = "m1"
+        nodes[-1].input[0] = "m2"
     shape = [batch, features] if rank == 2 else [batch, 2, features]
     outputs = [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, shape)]
     if expose_code:
-        outputs.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, [*shape[:-1], hidden]))
+        outputs.append(helper.make_tensor_value_info(code_name, TensorProto.FLOAT, [*shape[:-1], hidden]))
     graph = helper.make_graph(nodes, "tied_ae",
                               [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, shape)],
                               outputs, inits)

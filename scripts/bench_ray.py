@@ -37,7 +37,7 @@ FEATURES, HIDDEN = 784, 256
 
 
 def build_model(path: Path) -> Path:
-    model = tied_autoencoder(FEATURES, HIDDEN, weight_scale=1 / np.sqrt(FEATURES), bias_scale=0.0,
+    model = tied_autoencoder(FEATURES, HIDDEN, weight_scale=1 / np.sqrt(FEATURES), biases=False,
                              batch="n", input_name="pixels", output_name="out")
     onnx.save(model, path)
     return path

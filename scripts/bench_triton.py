@@ -32,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from machine import describe
 from tiedonnx.runtime import load
+from tiedonnx.runtime.testing import tied_autoencoder
 from tiedonnx.runtime.triton import write_model_repository
 from tiedonnx.runtime.triton.local_server import PYTRITON_VERSION, LocalServer, fetch_server
 
@@ -47,22 +47,10 @@ ATOL = 1e-6
 
 
 def build_model(path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    w = (rng.standard_normal((FEATURES, HIDDEN)) / np.sqrt(FEATURES)).astype(np.float32)
-    nodes = [
-        helper.make_node("MatMul", ["pixels", "W"], ["h"]),
-        helper.make_node("Sigmoid", ["h"], ["code"]),
-        helper.make_node("Transpose", ["W"], ["W__T"], perm=[1, 0]),
-        helper.make_node("MatMul", ["code", "W__T"], ["z"]),
-        helper.make_node("Sigmoid", ["z"], ["out"]),
-    ]
-    graph = helper.make_graph(
-        nodes, "tied_ae",
-        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["n", FEATURES])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", FEATURES])],
-        [numpy_helper.from_array(w, "W")],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    model = tied_autoencoder(FEATURES, HIDDEN, seed=0, batch="n", biases=False,
+                             weight_scale=1 / np.sqrt(FEATURES), input_name="pixels",
+                             output_name="out", code_name="code")
+    onnx.save(model, path)
     return path
 
 

@@ -25,7 +25,7 @@ FEATURES, HIDDEN = 64, 8
 
 def _tied_ae(path, *, with_code: bool):
     """FEATURES -> HIDDEN -> FEATURES, decoder reads the encoder's W through a Transpose."""
-    onnx.save(tied_autoencoder(FEATURES, HIDDEN, seed=1, batch="n", bias_scale=0.0, output_name="out",
+    onnx.save(tied_autoencoder(FEATURES, HIDDEN, seed=1, batch="n", biases=False, output_name="out",
                                expose_code=with_code), path)
     return path
 

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import TensorProto, helper  # noqa: E402
 
+from tiedonnx.runtime.testing import tied_autoencoder  # noqa: E402
 from tiedonnx.runtime.cli import main  # noqa: E402
 from tiedonnx.runtime.errors import ModelFileError, OutputExistsError, UsageError  # noqa: E402
 from tiedonnx.runtime.triton import (  # noqa: E402
@@ -53,24 +54,8 @@ def _parse(pb2, path: Path):
 
 def _tied_ae(path: Path, *, batch="N") -> Path:
     """784 -> 32 -> 784 tied autoencoder: one initializer W, decoder reads W^T."""
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.standard_normal((784, 32)).astype(np.float32), "W")
-    nodes = [
-        helper.make_node("MatMul", ["pixels", "W"], ["h"]),
-        helper.make_node("Sigmoid", ["h"], ["code"]),
-        helper.make_node("Transpose", ["W"], ["W__T"], perm=[1, 0]),
-        helper.make_node("MatMul", ["code", "W__T"], ["z"]),
-        helper.make_node("Sigmoid", ["z"], ["out"]),
-    ]
-    graph = helper.make_graph(
-        nodes, "tied_ae",
-        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, [batch, 784])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [batch, 784]),
-         helper.make_tensor_value_info("code", TensorProto.FLOAT, [batch, 32])],
-        [w],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.save(model, path)
+    onnx.save(tied_autoencoder(784, 32, seed=0, batch=batch, biases=False, input_name="pixels",
+                               output_name="out", code_name="code", expose_code=True), path)
     return path
 
 

@@ -26,8 +26,9 @@ import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import TensorProto, helper  # noqa: E402
 
+from tiedonnx.runtime.testing import tied_autoencoder  # noqa: E402
 from tiedonnx.runtime.cli import main  # noqa: E402
 from tiedonnx.runtime.graph.quantize import to_precision  # noqa: E402
 from tiedonnx.runtime.triton import write_model_repository  # noqa: E402
@@ -57,23 +58,9 @@ def server_install():
 
 def _tied_ae(path: Path) -> Path:
     """784 -> 32 -> 784 tied autoencoder, weights scaled like a trained one."""
-    rng = np.random.default_rng(0)
-    w = (rng.standard_normal((FEATURES, HIDDEN)) / np.sqrt(FEATURES)).astype(np.float32)
-    nodes = [
-        helper.make_node("MatMul", ["pixels", "W"], ["h"]),
-        helper.make_node("Sigmoid", ["h"], ["code"]),
-        helper.make_node("Transpose", ["W"], ["W__T"], perm=[1, 0]),
-        helper.make_node("MatMul", ["code", "W__T"], ["z"]),
-        helper.make_node("Sigmoid", ["z"], ["out"]),
-    ]
-    graph = helper.make_graph(
-        nodes, "tied_ae",
-        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", FEATURES])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", FEATURES]),
-         helper.make_tensor_value_info("code", TensorProto.FLOAT, ["N", HIDDEN])],
-        [numpy_helper.from_array(w, "W")],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    onnx.save(tied_autoencoder(FEATURES, HIDDEN, seed=0, batch="N", biases=False,
+                               weight_scale=1 / np.sqrt(FEATURES), input_name="pixels",
+                               output_name="out", code_name="code", expose_code=True), path)
     return path
 
 
