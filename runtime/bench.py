@@ -192,7 +192,10 @@ def bench_model(path: str | os.PathLike, *, batch_sizes: Sequence[int] = (1, 64,
     for batch in batch_sizes:
         check_positive_int("batch_sizes[i]", batch)
     model = load(path, providers=providers, memory=memory, threads=threads)
-    shapes = matmul_shapes(read_model(path).proto)
+    from .graph.ort_format import is_ort_file
+
+    # An .ort file holds no ONNX graph to count FLOPs in: no GFLOP/s, no numpy reference.
+    shapes = None if is_ort_file(path) else matmul_shapes(read_model(path).proto)
     flops_per_row = sum(2 * k * n for k, n in shapes) if shapes else None
     report = BenchReport(str(path), model.providers, memory, flops_per_row)
     rng = np.random.default_rng(seed)

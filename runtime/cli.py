@@ -85,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     except TiedOnnxError as exc:
         print(f"{prog}: error: {exc.cli_message()}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # stdout closed early (`| head`): not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; no output was written.", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -119,3 +119,55 @@ def test_cli_ort(tmp_path, capsys):
     assert (tmp_path / "out.required_operators.config").is_file()
     assert cli_main(["ort", str(src), "-o", str(tmp_path / "out.ort")]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_run_bench_and_inspect_accept_ort_files(tmp_path, capsys):
+    """tiedonnx's own .ort output is a model file like any other (issue 16)."""
+    import json
+
+    from tiedonnx.runtime.cli import main
+    from tiedonnx.runtime.graph.quantize import to_precision
+    from tiedonnx.runtime.testing import tied_autoencoder
+
+    onnx.save(to_precision(tied_autoencoder(16, 4, untied=True), "fp32"), str(tmp_path / "ae.onnx"))
+    assert main(["ort", str(tmp_path / "ae.onnx"), "-o", str(tmp_path / "ae.ort")]) == 0
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((5, 16), dtype=np.float32))
+    capsys.readouterr()
+
+    assert main(["inspect", str(tmp_path / "ae.ort"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert [t["status"] for t in info["ties"]] == ["ok"] and info["untied_duplicates"] == []
+    assert info["metadata"]["format"] == "ORT" and info["inputs"][0]["name"] == "x"
+
+    assert main(["run", str(tmp_path / "ae.ort"), "-i", str(tmp_path / "x.npy"),
+                 "-o", str(tmp_path / "y.npy")]) == 0
+    assert main(["run", str(tmp_path / "ae.onnx"), "-i", str(tmp_path / "x.npy"),
+                 "-o", str(tmp_path / "y_onnx.npy")]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), np.load(tmp_path / "y_onnx.npy"),
+                               atol=1e-6)  # measured: equal (same kernels, one stored W)
+
+    capsys.readouterr()
+    assert main(["bench", str(tmp_path / "ae.ort"), "--batch-sizes", "1,4", "--min-time", "0.01",
+                 "--json"]) == 0
+    assert [r["batch"] for r in json.loads(capsys.readouterr().out)["rows"]] == [1, 4]
+
+
+def test_inspect_sees_a_tie_split_by_onnxruntimes_own_converter(tmp_path, capsys):
+    """onnxruntime's converter folds Transpose(W) into a second copy: inspect must say so."""
+    import json
+
+    from tiedonnx.runtime.cli import main
+    from tiedonnx.runtime.graph.quantize import to_precision
+    from tiedonnx.runtime.testing import tied_autoencoder
+
+    tied = to_precision(tied_autoencoder(16, 4), "fp32")  # with its tie record
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # folds constants
+    so.optimized_model_filepath = str(tmp_path / "stock.ort")
+    so.add_session_config_entry("session.save_model_format", "ORT")
+    ort.InferenceSession(tied.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+    assert main(["inspect", str(tmp_path / "stock.ort"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["untied_duplicates"], "the folded W^T copy was not found"
+    assert "stored more than once" in info["ties"][0]["status"]

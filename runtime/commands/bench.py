@@ -12,7 +12,7 @@ HELP = ("Benchmark a model: median latency, throughput and GFLOP/s per batch siz
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL.onnx", help="the .onnx file")
+    parser.add_argument("model", metavar="MODEL.onnx", help="the .onnx or .ort file")
     parser.add_argument("--keras", default=None, metavar="MODEL.keras",
                         help="the same model as .keras, to time its compiled call and predict "
                              "(needs the [convert] extra)")

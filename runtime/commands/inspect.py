@@ -10,7 +10,7 @@ HELP = "Describe an ONNX file: inputs, outputs, opset, initializers, ties (re-ch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL.onnx", help="the .onnx file")
+    parser.add_argument("model", metavar="MODEL.onnx", help="the .onnx or .ort file")
     _flags.add_json(parser)
 
 

@@ -12,7 +12,7 @@ HELP = "Run an ONNX model on X.npy/X.npz and write the outputs to Y.npy (Y.npz f
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="the .onnx file")
+    parser.add_argument("model", help="the .onnx or .ort file")
     parser.add_argument("-i", "--input", required=True, metavar="X.npy|X.npz",
                         help=".npy (memory-mapped, may exceed RAM) or .npz keyed by input name")
     parser.add_argument("-o", "--output", required=True, metavar="Y.npy|Y.npz",

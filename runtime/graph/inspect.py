@@ -169,8 +169,13 @@ def inspect_model(model: onnx.ModelProto, *, file_bytes: int | None = None) -> I
 
 
 def inspect_file(path) -> InspectReport:
-    """:func:`inspect_model` of a file read with the runtime's checks (``.onnx``)."""
+    """:func:`inspect_model` of a file read with the runtime's checks (``.onnx`` or ``.ort``)."""
     from ..model_file import read_model
+    from .ort_format import is_ort_file
 
+    if is_ort_file(path):  # onnxruntime's own format, as `tiedonnx ort` writes it
+        from .inspect_ort import inspect_ort_file
+
+        return inspect_ort_file(path)
     checked = read_model(path)
     return inspect_model(checked.proto, file_bytes=checked.path.stat().st_size)

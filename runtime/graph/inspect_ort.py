@@ -1,0 +1,98 @@
+"""``inspect`` for ORT-format (``.ort``) files: the same report as for ``.onnx``.
+
+An ``.ort`` file keeps the model's metadata (the tie record) and its
+initializers as raw bytes. Ties are re-checked by value: the stored tensor
+must be there, and no other initializer may hold the same multiset of values
+(a copy or a transpose, as onnxruntime's own constant folding would write).
+The file is read with :func:`.ort_format.read_ort_model` (size caps, declared
+tensor sizes) before anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from onnx import helper
+
+from .inspect import InspectReport
+from .metadata import TIES_KEY, TieRecord
+from .ort_format import ort_initializers, read_ort_model
+
+__all__ = ["inspect_ort_file"]
+
+_COPY_RELATIONS = {"transpose", "identity", "dequantize"}
+
+
+def _model(data: bytes):
+    import onnxruntime.tools.ort_format_model  # noqa: F401  (puts the flatbuffers schema on sys.path)
+    from ort_flatbuffers_py import fbs
+
+    return fbs.InferenceSession.InferenceSession.GetRootAsInferenceSession(bytearray(data), 0).Model()
+
+
+def _value_key(entry: dict):
+    """What a copy or any permutation of a tensor keeps: dtype and the sorted raw values."""
+    width = max(1, entry["bytes"] // max(1, int(np.prod(entry["dims"] or [1]))))
+    values = entry["raw"].view({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}.get(width, np.uint8))
+    return entry["data_type"], np.sort(values).tobytes()
+
+
+def _io(path: str) -> tuple[list[dict], list[dict]]:
+    from ..session import load
+
+    model = load(path, providers="cpu")
+    describe = lambda specs: [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype.name}  # noqa: E731
+                              for s in specs]
+    return describe(model.inputs), describe(model.outputs)
+
+
+def inspect_ort_file(path: str | os.PathLike, *, max_bytes: int | None = None) -> InspectReport:
+    """Describe an ``.ort`` file like :func:`~.inspect.inspect_model` describes an ``.onnx``."""
+    from ..model_file import DEFAULT_MAX_BYTES
+
+    data = read_ort_model(path, max_bytes=max_bytes or DEFAULT_MAX_BYTES)
+    model = _model(data)
+    meta = {model.MetadataProps(i).Key().decode("utf-8", "replace"):
+            model.MetadataProps(i).Value().decode("utf-8", "replace")
+            for i in range(model.MetadataPropsLength())}
+    inits = ort_initializers(data, with_data=True)
+    groups: dict = {}
+    for entry in inits:
+        groups.setdefault(_value_key(entry), []).append(entry["name"])
+    copies = {n: names[0] for names in groups.values() if len(names) > 1 for n in names[1:]}
+    by_name = {e["name"]: e for e in inits}
+    ties, extra = [], 0
+    for raw in json.loads(meta.get(TIES_KEY, "[]")):
+        tie = TieRecord.from_dict(raw)
+        stored = by_name.get(tie.initializer)
+        problems = [] if stored else [f"stored tensor {tie.initializer!r} is not in the file"]
+        twins = [n for n, src in copies.items() if tie.initializer in (n, src)]
+        if twins:
+            problems.append(f"stored more than once ({', '.join(sorted(set(twins)))})")
+        extra += sum(u.relation in _COPY_RELATIONS for u in tie.uses) * (stored or {"bytes": 0})["bytes"]
+        ties.append({**tie.as_dict(), "status": "ok" if not problems else "; ".join(problems)})
+    inputs, outputs = _io(str(path))
+    size = Path(path).stat().st_size
+    opsets = {model.OpsetImport(i).Domain().decode() or "ai.onnx": model.OpsetImport(i).Version()
+              for i in range(model.OpsetImportLength())}
+    producer = f"{(model.ProducerName() or b'').decode()} {(model.ProducerVersion() or b'').decode()}"
+    return InspectReport(
+        bytes=size, untied_bytes=size + extra, opset=opsets, ir_version=model.IrVersion(),
+        producer=producer.strip(), inputs=inputs, outputs=outputs,
+        initializers=[{"name": e["name"], "shape": e["dims"], "bytes": e["bytes"],
+                       "dtype": _dtype_name(e["data_type"])} for e in inits],
+        ties=ties,
+        untied_duplicates=[{"source": src, "copy": n, "relation": "copy or transpose"}
+                           for n, src in copies.items()],
+        metadata={k: v for k, v in meta.items() if k != TIES_KEY} | {"format": "ORT"},
+    )
+
+
+def _dtype_name(data_type: int) -> str:
+    try:
+        return helper.tensor_dtype_to_np_dtype(data_type).name
+    except KeyError:
+        return str(data_type)
