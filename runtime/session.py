@@ -114,7 +114,7 @@ def load(path: str | os.PathLike, *, providers: ProviderArg = "auto", memory: st
     chosen, required = resolve_providers(providers)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # onnxruntime's own warnings go through our errors
+    options.log_severity_level = 4  # fatal only: onnxruntime's errors reach the user as our one line
     if threads is not None:
         options.intra_op_num_threads = threads
     from .graph.ort_format import is_ort_file  # imports onnx: only when a model is loaded

@@ -1,0 +1,41 @@
+"""Helpers shared by the Triton test modules (not a test module): Triton's config schema and a tied AE."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import onnx
+import pytest
+
+from tiedonnx.runtime.testing import tied_autoencoder
+
+
+def model_config_pb2():
+    """Triton's ``model_config_pb2`` from the tritonclient package.
+
+    Loaded from its file: ``import tritonclient.grpc`` also needs grpcio, and
+    the schema is all this test needs.
+    """
+    spec = importlib.util.find_spec("tritonclient")
+    if spec is None:
+        pytest.skip("tritonclient is not installed (pip install 'tiedonnx[triton]')")
+    path = Path(spec.submodule_search_locations[0]) / "grpc" / "model_config_pb2.py"
+    module_spec = importlib.util.spec_from_file_location("_triton_model_config_pb2", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def parse(pb2, path: Path):
+    from google.protobuf import text_format
+
+    # text_format.Parse is strict: an unknown field or enum value raises.
+    return text_format.Parse(path.read_text(), pb2.ModelConfig())
+
+
+def tied_ae(path: Path, *, batch="N") -> Path:
+    """784 -> 32 -> 784 tied autoencoder: one initializer W, decoder reads W^T."""
+    onnx.save(tied_autoencoder(784, 32, seed=0, batch=batch, biases=False, input_name="pixels",
+                               output_name="out", code_name="code", expose_code=True), path)
+    return path
