@@ -34,7 +34,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 from machine import describe  # noqa: E402  (scripts/ is on sys.path)
-from settle import interleaved, ratio  # noqa: E402
 
 from tiedonnx.runtime import load  # noqa: E402
 from tiedonnx.runtime.testing import tied_autoencoder  # noqa: E402
@@ -121,18 +120,27 @@ def main() -> int:
         print("\n784-256 tied AE")
         print(render(report))
         calls = wrapper_overhead(onnx_path, args.provider)
-        ours, raw = calls["tiedonnx"], calls["raw"]
         big = hand_built_ae(4096, 2048, folder / "big.onnx")
         fast_mb = session_memory_mb(big, memory="fast", providers="cpu")
         lean_mb = session_memory_mb(big, memory="lean", providers="cpu")
         rss = r2.memory_table(folder)
         ort_ratios = r2.ort_vs_onnx(folder, threads=None, rounds=args.rounds)
         lean = r2.lean_int8(folder, threads=None, rounds=args.rounds)
+    checks = _checks(report, keras_path is not None, calls, fast_mb, lean_mb, rss, ort_ratios, lean)
+    _print_figures(calls, fast_mb, lean_mb, rss, lean)
+    table = [(name, None if v is None else float(v), target,
+              "n/a" if v is None else ("PASS" if ok(v) else "MISS")) for name, v, target, ok in checks]
+    print(format_table(["target", "measured", "goal", ""], table))
+    return 0
+
+
+def _checks(report, with_keras: bool, calls, fast_mb, lean_mb, rss, ort_ratios, lean) -> list:
+    """(name, measured, goal text, test) for each target."""
     rows = {r.batch: r for r in report.rows}
     keras_checks = [
         ("batch 1: x faster than compiled Keras call", rows[1].x_vs_call, ">= 8", lambda v: v >= 8),
         ("batch 1: x faster than Keras predict", rows[1].x_vs_predict, ">= 200", lambda v: v >= 200),
-    ] if keras_path is not None else []
+    ] if with_keras else []
     checks = [
         *keras_checks,
         ("batch 1: TiedModel.run / raw session.run", calls["ratio"], "<= 1.05", lambda v: v <= 1.05),
@@ -150,6 +158,11 @@ def main() -> int:
         ("batch 1: lean int8 / fast int8", lean["int8 lean / fast"], "<= 1.5", lambda v: v <= 1.5),
         ("  lean fp32 / fast fp32 (for reference)", lean["fp32 lean / fast"], "-", lambda v: True),
     ]
+    return checks
+
+
+def _print_figures(calls, fast_mb, lean_mb, rss, lean) -> None:
+    ours, raw = calls["tiedonnx"], calls["raw"]
     print(f"\nbatch-1 call, median of 18,000 calls timed one by one, interleaved: raw session.run "
           f"{raw * 1e6:.1f} us, TiedModel.run {ours * 1e6:.1f} us, TiedModel.run(allow_nonfinite=True) "
           f"{calls['no-finite-check'] * 1e6:.1f} us")
@@ -161,10 +174,6 @@ def main() -> int:
     print("batch 1 us (interleaved, settled): " + ", ".join(
         f"{k} {1e6 * v:.1f}" for k, v in lean.items() if "/" not in k))
     print()
-    table = [(name, None if v is None else float(v), target,
-              "n/a" if v is None else ("PASS" if ok(v) else "MISS")) for name, v, target, ok in checks]
-    print(format_table(["target", "measured", "goal", ""], table))
-    return 0
 
 
 if __name__ == "__main__":
