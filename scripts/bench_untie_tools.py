@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import sys
 import tempfile
 from pathlib import Path
