@@ -12,7 +12,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
 
-from tests.triton_helpers import model_config_pb2 as _model_config_pb2, parse as _parse, tied_ae as _tied_ae  # noqa: E402,F401
+from tests.triton_helpers import mixed_types as _mixed_types, model_config_pb2 as _model_config_pb2, parse as _parse, tied_ae as _tied_ae  # noqa: E402,F401
 from tiedonnx.runtime.cli import main  # noqa: E402
 from tiedonnx.runtime.errors import ModelFileError, OutputExistsError, UsageError  # noqa: E402
 from tiedonnx.runtime.triton import (  # noqa: E402
@@ -25,24 +25,6 @@ from tiedonnx.runtime.triton import (  # noqa: E402
 @pytest.fixture(scope="module")
 def pb2():
     return _model_config_pb2()
-
-
-def _mixed_types(path: Path) -> Path:
-    """Inputs/outputs of several dtypes and ranks, including a rank-1 [batch] tensor."""
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["ids"], ["ids_out"]),
-         helper.make_node("Cast", ["mask"], ["mask_f16"], to=TensorProto.FLOAT16),
-         helper.make_node("Identity", ["img"], ["img_out"])],
-        "mixed",
-        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch"]),
-         helper.make_tensor_value_info("mask", TensorProto.BOOL, ["batch", 5]),
-         helper.make_tensor_value_info("img", TensorProto.UINT8, ["batch", 3, "h", 8])],
-        [helper.make_tensor_value_info("ids_out", TensorProto.INT64, ["batch"]),
-         helper.make_tensor_value_info("mask_f16", TensorProto.FLOAT16, ["batch", 5]),
-         helper.make_tensor_value_info("img_out", TensorProto.UINT8, ["batch", 3, "h", 8])],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path
 
 
 def test_repository_layout_and_every_config_field(tmp_path, pb2):

@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper  # noqa: E402
 
 from tiedonnx.runtime.testing import tied_autoencoder  # noqa: E402
+from tests.triton_helpers import mixed_types as _mixed_types  # noqa: E402
 from tiedonnx.runtime.cli import main  # noqa: E402
 from tiedonnx.runtime.graph.quantize import to_precision  # noqa: E402
 from tiedonnx.runtime.triton import write_model_repository  # noqa: E402
@@ -76,24 +76,6 @@ def _precision(source: Path, precision: str) -> Path:
     target = source.with_name(f"{source.stem}_{precision}.onnx")
     onnx.save(to_precision(onnx.load(source), precision), target)
     return target
-
-
-def _mixed_types(path: Path) -> Path:
-    """Several dtypes and ranks, a rank-1 [batch] tensor and an fp16 output."""
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["ids"], ["ids_out"]),
-         helper.make_node("Cast", ["mask"], ["mask_f16"], to=TensorProto.FLOAT16),
-         helper.make_node("Identity", ["img"], ["img_out"])],
-        "mixed",
-        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch"]),
-         helper.make_tensor_value_info("mask", TensorProto.BOOL, ["batch", 5]),
-         helper.make_tensor_value_info("img", TensorProto.UINT8, ["batch", 3, "h", 8])],
-        [helper.make_tensor_value_info("ids_out", TensorProto.INT64, ["batch"]),
-         helper.make_tensor_value_info("mask_f16", TensorProto.FLOAT16, ["batch", 5]),
-         helper.make_tensor_value_info("img_out", TensorProto.UINT8, ["batch", 3, "h", 8])],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import onnx
+from onnx import TensorProto, helper
 import pytest
 
 from tiedonnx.runtime.testing import tied_autoencoder
@@ -38,4 +39,22 @@ def tied_ae(path: Path, *, batch="N") -> Path:
     """784 -> 32 -> 784 tied autoencoder: one initializer W, decoder reads W^T."""
     onnx.save(tied_autoencoder(784, 32, seed=0, batch=batch, biases=False, input_name="pixels",
                                output_name="out", code_name="code", expose_code=True), path)
+    return path
+
+
+def mixed_types(path: Path) -> Path:
+    """Several dtypes and ranks, a rank-1 [batch] tensor and an fp16 output."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["ids"], ["ids_out"]),
+         helper.make_node("Cast", ["mask"], ["mask_f16"], to=TensorProto.FLOAT16),
+         helper.make_node("Identity", ["img"], ["img_out"])],
+        "mixed",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch"]),
+         helper.make_tensor_value_info("mask", TensorProto.BOOL, ["batch", 5]),
+         helper.make_tensor_value_info("img", TensorProto.UINT8, ["batch", 3, "h", 8])],
+        [helper.make_tensor_value_info("ids_out", TensorProto.INT64, ["batch"]),
+         helper.make_tensor_value_info("mask_f16", TensorProto.FLOAT16, ["batch", 5]),
+         helper.make_tensor_value_info("img_out", TensorProto.UINT8, ["batch", 3, "h", 8])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path
