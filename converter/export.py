@@ -13,7 +13,9 @@ Pipeline (order matters):
 3. optional precision change (fp16 / int8), tie-aware.
 4. proofs: ``onnx.checker`` (full check), no initializer that is a copy or
    permutation of another, parity against Keras. Any failure writes nothing.
-5. atomic write (and optionally an ORT-format copy).
+5. atomic write (and optionally an ORT-format copy). A model whose serialized
+   size passes :data:`EXTERNAL_DATA_THRESHOLD` is written as ``<name>`` plus
+   ``<name>.data`` (ONNX external data, see :mod:`tiedonnx.runtime.model_save`).
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from tiedonnx.runtime.atomic import check_output_path, write_bytes_atomic
+from tiedonnx.runtime import model_save
+from tiedonnx.runtime.atomic import check_output_path
 from tiedonnx.runtime.errors import short_error
 from tiedonnx.runtime.graph import TieRecord, find_duplicates, read_ties, retie, untied_bytes, write_metadata
 from tiedonnx.runtime.graph.duplicates import find_permutations_of, initializer_arrays
 from tiedonnx.runtime.graph.retie import record_ties
 from tiedonnx.runtime.graph.shape_fold import fold_initializer_shapes
+from tiedonnx.runtime.model_file import _PROTOBUF_LIMIT
 from tiedonnx.runtime.options import DEFAULT_OPSET, PRECISIONS, SUPPORTED_OPSETS
 
 from .errors import ConversionError, UsageError
@@ -39,6 +43,9 @@ from .tf_convert import keras_to_onnx
 
 logger = logging.getLogger(__name__)
 
+#: Serialized size (bytes) above which the model's weights go to ``<name>.data``
+#: beside it. Read at each call: lower it with ``monkeypatch`` or ``external_threshold=``.
+EXTERNAL_DATA_THRESHOLD = model_save.EXTERNAL_DATA_THRESHOLD
 
 
 @dataclass
@@ -57,6 +64,7 @@ class ExportReport:
     convert_seconds: float = 0.0
     total_seconds: float = 0.0
     ort_path: str | None = None
+    data_path: str | None = None
 
     def as_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k not in ("parity", "ties")}
@@ -146,7 +154,7 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
            precision: str = "fp32", block_size: int | None = None, symmetric: bool | None = None,
            force: bool = False, ort: bool = False,
            batch_sizes=DEFAULT_BATCH_SIZES, unsafe: bool = False,
-           import_modules=()) -> ExportReport:
+           import_modules=(), external_threshold: int | None = None) -> ExportReport:
     """Export a (tied) Keras model to an ONNX file with one initializer per tie.
 
     Args:
@@ -162,6 +170,8 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
         unsafe: when ``model`` is a path, allow code stored in the file to run.
         import_modules: when ``model`` is a path, packages to import first whose
             registered Keras classes load in safe mode (``["keras_hub"]``).
+        external_threshold: serialized size above which weights are written to
+            ``<path>.data`` (default :data:`EXTERNAL_DATA_THRESHOLD`).
 
     Returns:
         An :class:`ExportReport`.
@@ -181,7 +191,7 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
     from tiedonnx.runtime.graph.quantize import check_precision_options
 
     check_precision_options(precision, block_size=block_size, symmetric=symmetric)
-    path = check_output_path(path, force=force)
+    path = model_save.check_model_targets(path, force=force)  # and its external-data file
     ort_path = path.with_suffix(".ort") if ort else None
     if ort_path is not None:  # every output is checked before any work
         from tiedonnx.runtime.graph.ort_format import config_path_for
@@ -209,20 +219,25 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
     _prove_invariants(proto)
 
     parity = None
-    if verify:
+    if verify and proto.ByteSize() >= _PROTOBUF_LIMIT:
+        logger.warning("parity NOT checked for %s: the model is over 2 GiB and cannot be handed to "
+                       "onnxruntime from memory; check it with `tiedonnx verify MODEL.keras %s`",
+                       path, path)
+    elif verify:
         parity = verify_parity(keras_model, proto, batch_sizes=batch_sizes, precision=precision)
-    data = proto.SerializeToString()
-    write_bytes_atomic(path, data, force=force)
+    threshold = EXTERNAL_DATA_THRESHOLD if external_threshold is None else external_threshold
+    saved = model_save.save_model(proto, path, force=force, threshold=threshold)
     if ort_path is not None:
         from tiedonnx.runtime.graph.ort_format import save_ort
 
         save_ort(proto, ort_path, force=force)
     report = ExportReport(
-        path=str(path), bytes=len(data), untied_bytes=untied_bytes(proto, len(data)),
+        path=str(path), bytes=saved.total_bytes, untied_bytes=untied_bytes(proto, saved.total_bytes),
         plain_bytes=retie_report.bytes_before, opset=opset,
         precision=precision, ties=read_ties(proto), folded=len(retie_report.folded), parity=parity,
         convert_seconds=convert_seconds, total_seconds=time.perf_counter() - start,
         ort_path=str(ort_path) if ort_path else None,
+        data_path=str(saved.data_path) if saved.data_path else None,
     )
     logger.info("exported %s: %d bytes (%d untied), %d tie(s)", path, report.bytes,
                 report.untied_bytes, len(report.ties))

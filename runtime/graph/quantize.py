@@ -275,15 +275,14 @@ def quantize_file(source: str | os.PathLike, target: str | os.PathLike, *, preci
     (:func:`tiedonnx.runtime.model_file.read_model`); ``target`` is checked
     before any work and written atomically. See :func:`to_precision`.
     """
-    from ..atomic import check_output_path, write_bytes_atomic
     from ..model_file import read_model
+    from ..model_save import check_model_targets, save_model
 
     check_precision_options(precision, per_channel=per_channel, block_size=block_size, symmetric=symmetric)
-    check_output_path(target, force=force)
+    check_model_targets(target, force=force)
     checked = read_model(source)
     out = to_precision(checked.proto, precision, per_channel=per_channel, block_size=block_size,
                        symmetric=symmetric)
-    data = out.SerializeToString()
-    write_bytes_atomic(target, data, force=force)
-    return QuantizeReport(path=str(target), precision=precision, bytes=len(data),
+    saved = save_model(out, target, force=force)
+    return QuantizeReport(path=str(target), precision=precision, bytes=saved.total_bytes,
                           bytes_before=checked.path.stat().st_size, ties=read_ties(out))

@@ -135,13 +135,13 @@ def retie_file(source: str | os.PathLike, target: str | os.PathLike, *,
     (:func:`tiedonnx.runtime.model_file.read_model`), and the output is
     checked with ``onnx.checker`` (full check) before it is written.
     """
-    from ..atomic import check_output_path, write_bytes_atomic
     from ..model_file import read_model
+    from ..model_save import check_model_targets, save_model
 
-    check_output_path(target, force=force)
+    check_model_targets(target, force=force)
     model = read_model(source).proto
     out, report = retie(model)
     onnx.checker.check_model(out, full_check=True)
-    write_bytes_atomic(target, out.SerializeToString(), force=force)
+    save_model(out, target, force=force)
     report.path = str(target)
     return report
