@@ -70,9 +70,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ConversionError
+from .duplicates import find_duplicates
 from .edit import consumers, prepend_nodes, remove_initializers, replace_repeated, used_names
 from .int4_blocks import (DEQUANTIZE_OP, FUNCTION_DOMAIN, Blocks, dequantize_function, quantize_blocks,
                           scale_dtype)
+from .int4_views import flatten_weight_reshapes
 from .metadata import TieRecord, TieUse, read_ties, write_ties
 
 logger = logging.getLogger(__name__)
@@ -115,6 +117,7 @@ def to_int4(model: onnx.ModelProto, *, block_size: int, symmetric: bool) -> onnx
     out.CopyFrom(model)
     opset = _main_opset(out)
     ties = read_ties(out)
+    flatten_weight_reshapes(out, keep={m for t in ties for m in (t.initializer, *t.members())})
     tied = _tied_weights(out, ties)
     kept = [t for t in ties if t.initializer not in {w.source for w in tied}]
     for weight in tied + _untied_weights(out, ties):
@@ -151,19 +154,39 @@ def _tied_weights(model: onnx.ModelProto, ties: list[TieRecord]) -> list[_Weight
 
 
 def _untied_weights(model: onnx.ModelProto, ties: list[TieRecord]) -> list[_Weight]:
-    """Float 2-D initializers outside any tie that a MatMul reads as its weight."""
+    """Float 2-D initializers outside any tie that a MatMul (or a Gemm without bias) reads as its weight."""
     graph = model.graph
     tied = {t.initializer for t in ties}
     candidates = _float_2d(graph)
-    names = dict.fromkeys(n.input[1] for n in graph.node if n.op_type == "MatMul" and len(n.input) == 2)
-    return [_Weight(name, numpy_helper.to_array(candidates[name]), {name: _IDENTITY})
-            for name in names if name in candidates and name not in tied]
+    names = dict.fromkeys(n.input[1] for n in graph.node if len(n.input) >= 2 and (
+        (n.op_type == "MatMul" and len(n.input) == 2) or _plain_gemm(n, n.input[1])))
+    arrays = {name: numpy_helper.to_array(candidates[name]) for name in names
+              if name in candidates and name not in tied}
+    # A weight stored as a 2-D view (.int4_views) may equal another one (seeded
+    # clone initializers): one 4-bit tensor for both, as for a tie.
+    members = {name: {name: _IDENTITY} for name in arrays}
+    for copy in find_duplicates(arrays):
+        if copy.cast is None and copy.source in members and copy.copy in members:
+            members[copy.source][copy.copy] = tuple(copy.perm)
+            del members[copy.copy]
+    return [_Weight(name, arrays[name], group) for name, group in members.items()]
+
+
+def _plain_gemm(node: onnx.NodeProto, member: str) -> bool:
+    """A ``Gemm(A, member)`` that is a matrix product: no bias, alpha 1, A not transposed."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return (node.op_type == "Gemm" and node.domain in ("", "ai.onnx") and len(node.input) >= 2
+            and node.input[1] == member and node.input[0] != member and not any(node.input[2:])
+            and attrs.get("alpha", 1.0) == 1.0 and attrs.get("transA", 0) == 0)
 
 
 def _native(node: onnx.NodeProto, member: str, perm: tuple[int, ...], layout: tuple[int, ...]) -> str | None:
     """``"matmul"``/``"gather"`` if ``node`` can read ``member`` straight from the layout's 4-bit tensor."""
     if node.op_type == "MatMul" and list(node.input).index(member) == 1 and node.input[0] != member:
         return "matmul" if perm != layout else None  # MatMulNBits reads B^T
+    if _plain_gemm(node, member):  # Gemm reads member^T when transB is set
+        transposed = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "transB"), 0)
+        return "matmul" if (perm == layout) == bool(transposed) else None
     axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
     if node.op_type == "Gather" and node.input[0] == member and node.input[1] != member and axis == 0:
         return "gather" if perm == layout else None
@@ -196,7 +219,7 @@ def _store_4bit(graph: onnx.GraphProto, weight: _Weight, *, block_size: int, sym
     # The old transposes go first: what still reads a member afterwards needs the float read.
     replace_repeated(graph.node, [n for n in graph.node
                                   if not (n.op_type == "Transpose" and n.output[0] in weight.members)])
-    remove_initializers(graph, {weight.source})
+    remove_initializers(graph, {weight.source, *weight.members})  # members: equal untied weights
     prepend_nodes(graph, _rewrite_uses(graph, weight, layout, blocks, names))
     if weight.tie is not None:
         weight.tie = TieRecord(initializer=names["packed"], uses=weight.uses, keras=weight.tie.keras,
@@ -265,9 +288,8 @@ def _rewrite_uses(graph: onnx.GraphProto, weight: _Weight, layout: tuple[int, ..
     if "matmul" in kinds:
         weight.uses.append(TieUse(relation="direct", output=names["packed"], kernel="integer"))
     if "gather" in kinds:
-        shape = numpy_helper.from_array(np.array([n_rows, -1], np.int64), f"{names['rows']}_shape")
-        graph.initializer.append(shape)
-        first.append(mk("Reshape", [names["packed"], shape.name], [names["rows"]],
+        shape = _int64_constant(graph, [n_rows, -1], f"{names['rows']}_shape")
+        first.append(mk("Reshape", [names["packed"], shape], [names["rows"]],
                         name=f"tiedonnx_int4/{names['rows']}"))
         weight.uses.append(TieUse(relation="identity", output=names["rows"], kernel="integer"))
     first += _float_reads(graph, weight, layout, quantized, names["float"], k=k)
@@ -320,13 +342,22 @@ def _to_gather_block_quantized(graph: onnx.GraphProto, node: onnx.NodeProto, qua
     # Rows are padded to whole blocks; the lookup returns the padded width, trimmed here.
     wide = f"{output}_padded"
     node.output[0] = wide
-    bounds = [numpy_helper.from_array(np.array([v], np.int64), f"{wide}_{n}")
-              for n, v in (("start", 0), ("end", k), ("axis", -1))]
-    graph.initializer.extend(bounds)
+    bounds = [_int64_constant(graph, [v], f"{wide}_{n}") for n, v in (("start", 0), ("end", k), ("axis", -1))]
     nodes = list(graph.node)
-    nodes.insert(nodes.index(node) + 1, helper.make_node("Slice", [wide, *(b.name for b in bounds)], [output],
+    nodes.insert(nodes.index(node) + 1, helper.make_node("Slice", [wide, *bounds], [output],
                                                          name=f"tiedonnx_int4/{output}/trim"))
     replace_repeated(graph.node, nodes)
+
+
+def _int64_constant(graph: onnx.GraphProto, values: list[int], name: str) -> str:
+    """An int64 initializer holding ``values``: an existing equal one (the export's duplicate check
+    refuses two), else a new one named ``name``."""
+    for init in graph.initializer:
+        if (init.data_type == TensorProto.INT64 and list(init.dims) == [len(values)]
+                and numpy_helper.to_array(init).tolist() == values):
+            return init.name
+    graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64), name))
+    return name
 
 
 def _finish(model: onnx.ModelProto, opset: int, *, symmetric: bool) -> None:
