@@ -33,7 +33,7 @@ from tiedonnx.runtime.graph import TieRecord, find_duplicates, read_ties, retie,
 from tiedonnx.runtime.graph.duplicates import find_permutations_of, initializer_arrays
 from tiedonnx.runtime.graph.retie import record_ties
 from tiedonnx.runtime.graph.shape_fold import fold_initializer_shapes
-from tiedonnx.runtime.model_file import _PROTOBUF_LIMIT
+from tiedonnx.runtime.model_file import PROTOBUF_LIMIT
 from tiedonnx.runtime.options import DEFAULT_OPSET, PRECISIONS, SUPPORTED_OPSETS
 
 from .errors import ConversionError, UsageError
@@ -219,7 +219,7 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
     _prove_invariants(proto)
 
     parity = None
-    if verify and proto.ByteSize() >= _PROTOBUF_LIMIT:
+    if verify and proto.ByteSize() >= PROTOBUF_LIMIT:
         logger.warning("parity NOT checked for %s: the model is over 2 GiB and cannot be handed to "
                        "onnxruntime from memory; check it with `tiedonnx verify MODEL.keras %s`",
                        path, path)

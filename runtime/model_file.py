@@ -41,7 +41,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 4 * 1024**3
 
 #: Protobuf cannot serialize a message of 2 GiB or more.
-_PROTOBUF_LIMIT = 2**31 - 1
+#: Largest message protobuf serializes (2 GiB - 1); bigger models need external data.
+PROTOBUF_LIMIT = 2**31 - 1
 
 
 @dataclass
@@ -305,7 +306,7 @@ def _run_checker(proto: onnx.ModelProto, path: Path) -> None:
     import onnx
 
     try:
-        if proto.ByteSize() < _PROTOBUF_LIMIT:
+        if proto.ByteSize() < PROTOBUF_LIMIT:
             onnx.checker.check_model(proto, full_check=True)
         else:  # too large to serialize: the checker reads it from disk instead
             onnx.checker.check_model(str(path), full_check=True)

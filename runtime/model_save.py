@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from .atomic import atomic_path, check_output_path, write_bytes_atomic
 from .errors import OutputWriteError
-from .model_file import _PROTOBUF_LIMIT
+from .model_file import PROTOBUF_LIMIT
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -117,7 +117,7 @@ def _save_external(proto: onnx.ModelProto, path: Path, *, force: bool) -> SavedM
         with atomic_path(data_path, force=force) as tmp:
             with open(tmp, "wb") as fh:
                 data_bytes = _move_tensors(proto, fh, data_path.name, moved)
-            model_bytes = proto.SerializeToString() if proto.ByteSize() < _PROTOBUF_LIMIT else None
+            model_bytes = proto.SerializeToString() if proto.ByteSize() < PROTOBUF_LIMIT else None
             if model_bytes is None:
                 raise OutputWriteError(
                     f"Could not write {str(path)!r}: the model is over 2 GiB even with its "

@@ -21,7 +21,7 @@ import onnxruntime as ort
 from .errors import ModelFileError, ProviderError, UsageError, short_error
 from .fast_run import fast_runner, session_runner
 from .inputs import TensorSpec, check_inputs, materialize
-from .model_file import _PROTOBUF_LIMIT, DEFAULT_MAX_BYTES, read_model
+from .model_file import PROTOBUF_LIMIT, DEFAULT_MAX_BYTES, read_model
 from .options import MEMORY_MODES, PROVIDER_CHOICES, check_positive_int
 
 logger = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ def open_session(source, options=None, *, providers, label: str, fix: str | None
 
 
 def _session_source(model_file, proto, memory: str):
-    if proto.ByteSize() < _PROTOBUF_LIMIT:
+    if proto.ByteSize() < PROTOBUF_LIMIT:
         return proto.SerializeToString()
     if memory == "lean":
         raise UsageError(

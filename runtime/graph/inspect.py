@@ -16,7 +16,8 @@ from .duplicates import find_duplicates, initializer_arrays
 from .edit import producers, transpose_perm
 from .metadata import TIES_KEY, TieRecord, read_ties
 
-__all__ = ["InspectReport", "inspect_file", "inspect_model", "tensor_nbytes", "untied_bytes"]
+__all__ = ["InspectReport", "copied_uses", "dtype_name", "inspect_file", "inspect_model",
+           "tensor_nbytes", "untied_bytes"]
 
 # Ops through which a use still reads the one stored tensor (no second copy in the file).
 # DequantizeNBits is the int4 read of a packed tensor (int4_blocks.dequantize_function).
@@ -50,15 +51,25 @@ class InspectReport:
         return asdict(self)
 
 
+def dtype_name(data_type: int) -> str:
+    """numpy's name for an ONNX element type, or ONNX's own name (INT4, BFLOAT16...)."""
+    try:
+        return helper.tensor_dtype_to_np_dtype(data_type).name
+    except KeyError:
+        return onnx.TensorProto.DataType.Name(data_type) if data_type else "undefined"
+
+
+def copied_uses(tie: TieRecord) -> int:
+    """How many extra copies of the stored tensor a plain exporter would write for ``tie``."""
+    return sum(u.relation in _COPY_RELATIONS for u in tie.uses)
+
+
 def _type_name(tp: onnx.TypeProto) -> tuple[str, list | None]:
     """Readable dtype and shape of any ONNX type (tensor, sequence, map, optional...)."""
     kind = tp.WhichOneof("value")
     if kind in ("tensor_type", "sparse_tensor_type"):
         t = getattr(tp, kind)
-        try:
-            dtype = helper.tensor_dtype_to_np_dtype(t.elem_type).name
-        except KeyError:
-            dtype = onnx.TensorProto.DataType.Name(t.elem_type) if t.elem_type else "undefined"
+        dtype = dtype_name(t.elem_type)
         dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else None) for d in t.shape.dim]
         return (dtype if kind == "tensor_type" else f"sparse({dtype})"), dims
     if kind == "sequence_type":
@@ -94,8 +105,7 @@ def tensor_nbytes(tensor: onnx.TensorProto) -> int:
 def untied_bytes(model: onnx.ModelProto, file_bytes: int | None = None) -> int:
     """What the file would weigh with each tie's copied uses stored separately (see module doc)."""
     sizes = {i.name: tensor_nbytes(i) for i in model.graph.initializer}
-    extra = sum(sizes.get(t.initializer, 0)
-                for t in read_ties(model) for u in t.uses if u.relation in _COPY_RELATIONS)
+    extra = sum(sizes.get(t.initializer, 0) * copied_uses(t) for t in read_ties(model))
     return (file_bytes if file_bytes is not None else model.ByteSize()) + extra
 
 
@@ -159,9 +169,8 @@ def inspect_model(model: onnx.ModelProto, *, file_bytes: int | None = None) -> I
         producer=f"{model.producer_name} {model.producer_version}".strip(),
         inputs=[_value_info(v) for v in graph.input if v.name not in inits],
         outputs=[_value_info(v) for v in graph.output],
-        initializers=[{"name": n, "shape": list(t.dims), "dtype": _type_name(
-            helper.make_tensor_type_proto(t.data_type, None))[0], "bytes": tensor_nbytes(t)}
-            for n, t in inits.items()],
+        initializers=[{"name": n, "shape": list(t.dims), "dtype": dtype_name(t.data_type),
+                       "bytes": tensor_nbytes(t)} for n, t in inits.items()],
         ties=ties,
         untied_duplicates=[{"source": d.source, "copy": d.copy, "relation": d.relation} for d in dups],
         metadata={p.key: p.value for p in model.metadata_props if p.key != TIES_KEY},

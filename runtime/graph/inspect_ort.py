@@ -15,16 +15,11 @@ import os
 from pathlib import Path
 
 import numpy as np
-from onnx import helper
-
-from .inspect import InspectReport
+from .inspect import InspectReport, copied_uses, dtype_name
 from .metadata import TIES_KEY, TieRecord
 from .ort_format import ort_initializers, read_ort_model
 
 __all__ = ["inspect_ort_file"]
-
-_COPY_RELATIONS = {"transpose", "identity", "dequantize"}
-
 
 def _model(data: bytes):
     import onnxruntime.tools.ort_format_model  # noqa: F401  (puts the flatbuffers schema on sys.path)
@@ -72,7 +67,7 @@ def inspect_ort_file(path: str | os.PathLike, *, max_bytes: int | None = None) -
         twins = [n for n, src in copies.items() if tie.initializer in (n, src)]
         if twins:
             problems.append(f"stored more than once ({', '.join(sorted(set(twins)))})")
-        extra += sum(u.relation in _COPY_RELATIONS for u in tie.uses) * (stored or {"bytes": 0})["bytes"]
+        extra += copied_uses(tie) * (stored or {"bytes": 0})["bytes"]
         ties.append({**tie.as_dict(), "status": "ok" if not problems else "; ".join(problems)})
     inputs, outputs = _io(str(path))
     size = Path(path).stat().st_size
@@ -83,16 +78,10 @@ def inspect_ort_file(path: str | os.PathLike, *, max_bytes: int | None = None) -
         bytes=size, untied_bytes=size + extra, opset=opsets, ir_version=model.IrVersion(),
         producer=producer.strip(), inputs=inputs, outputs=outputs,
         initializers=[{"name": e["name"], "shape": e["dims"], "bytes": e["bytes"],
-                       "dtype": _dtype_name(e["data_type"])} for e in inits],
+                       "dtype": dtype_name(e["data_type"])} for e in inits],
         ties=ties,
         untied_duplicates=[{"source": src, "copy": n, "relation": "copy or transpose"}
                            for n, src in copies.items()],
         metadata={k: v for k, v in meta.items() if k != TIES_KEY} | {"format": "ORT"},
     )
 
-
-def _dtype_name(data_type: int) -> str:
-    try:
-        return helper.tensor_dtype_to_np_dtype(data_type).name
-    except KeyError:
-        return str(data_type)
