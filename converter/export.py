@@ -152,7 +152,7 @@ def _prove_invariants(proto) -> None:
 
 def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify: bool = True,
            precision: str = "fp32", block_size: int | None = None, symmetric: bool | None = None,
-           force: bool = False, ort: bool = False,
+           short_names: bool | None = None, force: bool = False, ort: bool = False,
            batch_sizes=DEFAULT_BATCH_SIZES, unsafe: bool = False,
            import_modules=(), external_threshold: int | None = None) -> ExportReport:
     """Export a (tied) Keras model to an ONNX file with one initializer per tie.
@@ -163,8 +163,9 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
         opset: ONNX opset (default :data:`DEFAULT_OPSET`).
         verify: compare Keras and onnxruntime outputs at ``batch_sizes`` before writing.
         precision: "fp32", "fp16", "int8" or "int4" weights.
-        block_size, symmetric: int4 only (see
-            :func:`tiedonnx.runtime.graph.quantize.to_precision`).
+        block_size, symmetric: int4 only; short_names: short internal tensor
+            names (default: int4 only). See
+            :func:`tiedonnx.runtime.graph.quantize.to_precision`.
         force: overwrite an existing file.
         ort: also write an ORT-format copy (``path`` with suffix ``.ort``).
         unsafe: when ``model`` is a path, allow code stored in the file to run.
@@ -212,10 +213,11 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
     versions = _versions(opset)
     proto.producer_name, proto.producer_version = "tiedonnx", versions["tiedonnx"]
     write_metadata(proto, {"tiedonnx.versions": json.dumps(versions, sort_keys=True)})
-    if precision != "fp32":
+    if precision != "fp32" or short_names:
         from tiedonnx.runtime.graph.quantize import to_precision
 
-        proto = to_precision(proto, precision, block_size=block_size, symmetric=symmetric)
+        proto = to_precision(proto, precision, block_size=block_size, symmetric=symmetric,
+                             short_names=short_names)
     _prove_invariants(proto)
 
     parity = None

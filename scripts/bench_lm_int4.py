@@ -2,7 +2,9 @@
 
 GPT-2 and Llama with tied embeddings, built from their constructors (random
 weights, seed 0), vocabulary 1000 and hidden 64 (``--small``: the tests' 97 and
-16). Prints the weights that stay float32. Usage: python scripts/bench_lm_int4.py [--small]
+16). int4 files get short tensor names by default; the fp32 file with short
+names too (``fp32 short``) shows how much of the ratio is the weights alone.
+Prints the weights that stay float32. Usage: python scripts/bench_lm_int4.py [--small]
 """
 
 from __future__ import annotations
@@ -52,17 +54,19 @@ def main() -> None:
             model = lm(kind, vocab, hidden)
             bench_tiny_lms.VOCAB = vocab
             sizes = {}
-            for precision in ("fp32", "int4"):
-                path = Path(tmp) / f"{kind}.{precision}.onnx"
-                export(model, path, precision=precision, verify=False)
-                sizes[precision] = path.stat().st_size
+            for label, precision, short in (("fp32", "fp32", False), ("fp32 short", "fp32", True),
+                                            ("int4", "int4", None)):
+                path = Path(tmp) / f"{kind}.{label.replace(' ', '_')}.onnx"
+                export(model, path, precision=precision, short_names=short, verify=False)
+                sizes[label] = path.stat().st_size
             proto = read_model(path).proto
             figures = verify(model, proto, precision="int4", atol=1e9)  # report, do not judge
             atol, _ = tolerance(model, "int4")
             floats = [(i.name, list(i.dims)) for i in proto.graph.initializer
                       if i.data_type == 1 and np.prod(i.dims) >= 256]
             print(f"{kind} vocab {vocab} hidden {hidden}: fp32 {sizes['fp32']:,} B, int4 "
-                  f"{sizes['int4']:,} B, ratio {sizes['int4'] / sizes['fp32']:.3f}; max abs logits "
+                  f"{sizes['int4']:,} B, ratio {sizes['int4'] / sizes['fp32']:.3f} (vs fp32 with short "
+                  f"names {sizes['fp32 short']:,} B: {sizes['int4'] / sizes['fp32 short']:.3f}); max abs logits "
                   f"{figures.max_abs:.3g} (int4 bound {atol}); next-token agreement "
                   f"{agreement(model, path):.3f}")
             print(f"   float32 weights of 256+ values left: {floats}")

@@ -335,7 +335,7 @@ def test_scales_below_float16_precision_stay_float32(rng):
     """Scales of 1e-6 (weights N(0, 1e-5)) would be float16 subnormals: they are stored as float32."""
     small = to_precision(tied_autoencoder(F, H, weight_scale=1e-5), "int4")
     normal = to_precision(tied_autoencoder(F, H, weight_scale=SCALE), "int4")
-    scale_types = [next(i.data_type for i in m.graph.initializer if i.name.endswith("_q4_scales"))
+    scale_types = [next(i.data_type for i in m.graph.initializer if i.name == read_ties(m)[0].scale)
                    for m in (small, normal)]
     assert scale_types == [TensorProto.FLOAT, TensorProto.FLOAT16]
     assert by_op(small.graph, "Cast") == [] and len(by_op(normal.graph, "Cast")) == 1
@@ -411,18 +411,19 @@ def test_a_reshape_whose_view_is_not_a_matmul_weight_is_left_alone(rng):
     model = attention_like(w5, (rng.standard_normal((48, 64)) * SCALE).astype(np.float32), False)
     gemm = next(n for n in model.graph.node if list(n.input[1:2]) == ["view"])
     gemm.input[0], gemm.input[1] = "view", "x"  # the view is now the activation side
-    out = to_precision(model, "int4").graph
+    out = to_precision(model, "int4", short_names=False).graph
     assert "W5" in {i.name for i in out.initializer} and by_op(out, "Reshape")
 
 
-# Measured (scripts-style export, onnxruntime 1.32, block 32, asymmetric, seed 0):
-# tiny GPT-2 (vocab 1000, hidden 64, 2 layers) int4 / fp32 file = 0.295 (0.474 before
-# the attention kernels were quantized); max abs logits vs Keras 0.063, argmax
-# agreement 0.667 on random weights (flat logits). The rest of the file is the graph.
-GPT2_INT4_RATIO = 0.32
+# Issue 14's target: the int4 file at most 0.2x the fp32 tied file. Measured
+# (`python scripts/bench_lm_int4.py`, onnxruntime 1.32, block 32, asymmetric, seed 0):
+# tiny GPT-2 (vocab 1000, hidden 64, 2 layers) int4 / fp32 = 0.149 (0.474 with only the
+# tie 4-bit, 0.295 with the attention kernels, then short names and the position
+# embedding); max abs logits vs Keras 0.065, argmax agreement 0.667 on random weights.
+GPT2_INT4_RATIO = 0.2
 
 
-def test_tiny_gpt2_int4_quantizes_attention_kernels(tmp_path):
+def test_tiny_gpt2_int4_has_no_float_weights_and_meets_the_size_target(tmp_path):
     import keras
     import keras_hub
 
@@ -440,6 +441,6 @@ def test_tiny_gpt2_int4_quantizes_attention_kernels(tmp_path):
     saved = onnx.load(tmp_path / "int4.onnx")
     floats = [list(i.dims) for i in saved.graph.initializer if i.data_type == TensorProto.FLOAT
               and np.prod(i.dims) >= 1024]
-    assert floats == [[64, 64]]  # the position embedding, read by Slice
+    assert floats == []  # the position embedding (read by Slice) is 4-bit too
     assert len(by_op(saved.graph, "MatMulNBits")) == 13  # 2 x (q, k, v, o, 2 FFN) + the tied projection
     verify(lm, saved, precision="int4")  # the int4 parity bound

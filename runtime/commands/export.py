@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = export(args.model, args.output, opset=args.opset, verify=not args.no_verify,
                     precision=args.precision, block_size=args.block_size, symmetric=args.symmetric,
-                    force=args.force, ort=args.ort,
+                    short_names=args.short_names, force=args.force, ort=args.ort,
                     unsafe=args.unsafe_load_code, import_modules=args.import_modules)
     _flags.emit(report.as_dict(), as_json=args.json, lines=render(report))
     return 0

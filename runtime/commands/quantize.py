@@ -11,13 +11,16 @@ HELP = "Store an .onnx file's weights as fp16, int8 or int4, one tensor per tie 
 
 
 def add_int4_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--block-size`` and ``--symmetric``, shared with ``tiedonnx export``."""
+    """``--block-size``, ``--symmetric`` and ``--short-names``, shared with ``tiedonnx export``."""
     parser.add_argument("--block-size", type=int, choices=BLOCK_SIZES, default=None, metavar="N",
                         help=f"int4 only: weights per scale, one of {', '.join(map(str, BLOCK_SIZES))} "
                              f"(default: {DEFAULT_BLOCK_SIZE})")
     parser.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=None,
                         help="int4 only: no zero points, a smaller file (default: asymmetric, "
                              "one 4-bit zero point per block)")
+    parser.add_argument("--short-names", action=argparse.BooleanOptionalAction, default=None,
+                        help="rename internal tensors to short names and drop node names; inputs "
+                             "and outputs keep theirs (default: on for int4, off otherwise)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = quantize_file(args.input, args.output, precision=args.precision,
                            per_channel=args.per_channel, block_size=args.block_size,
-                           symmetric=args.symmetric, force=args.force)
+                           symmetric=args.symmetric, short_names=args.short_names, force=args.force)
     stored = ", ".join(f"{t.initializer} ({t.dtype})" for t in report.ties) or "none"
     line = (f"wrote {report.path}: {report.precision}, {report.bytes:,} B "
             f"({report.bytes / report.bytes_before:.2f}x of {report.bytes_before:,} B); "

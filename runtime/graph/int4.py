@@ -7,7 +7,8 @@ twice becomes two 4-bit copies, and a transposed use (the decoder reads
 stays in the file beside the 4-bit copy. onnxruntime-genai shares only the
 language-model case.
 
-What :func:`to_int4` does, per 2-D tie (and per untied ``MatMul`` weight):
+What :func:`to_int4` does, per 2-D tie (and per untied ``MatMul`` weight or
+float lookup table, e.g. GPT-2's position embedding read by ``Slice``):
 
 1. Pick the stored layout ``O`` (the source or its transpose, rows x blocks):
    the one that the most uses can read natively, then the one with the least
@@ -71,7 +72,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ConversionError
 from .duplicates import find_duplicates
-from .edit import consumers, prepend_nodes, remove_initializers, replace_repeated, used_names
+from .edit import consumers, prepend_nodes, remove_initializers, replace_repeated, subgraphs, used_names
 from .int4_blocks import (DEQUANTIZE_OP, FUNCTION_DOMAIN, Blocks, dequantize_function, quantize_blocks,
                           scale_dtype)
 from .int4_views import flatten_weight_reshapes
@@ -154,12 +155,14 @@ def _tied_weights(model: onnx.ModelProto, ties: list[TieRecord]) -> list[_Weight
 
 
 def _untied_weights(model: onnx.ModelProto, ties: list[TieRecord]) -> list[_Weight]:
-    """Float 2-D initializers outside any tie that a MatMul (or a Gemm without bias) reads as its weight."""
+    """Float 2-D initializers outside any tie that a MatMul (or a Gemm without bias) reads as its
+    weight, or that only row lookups read (:func:`_lookup_tables`)."""
     graph = model.graph
     tied = {t.initializer for t in ties}
     candidates = _float_2d(graph)
     names = dict.fromkeys(n.input[1] for n in graph.node if len(n.input) >= 2 and (
         (n.op_type == "MatMul" and len(n.input) == 2) or _plain_gemm(n, n.input[1])))
+    names.update(dict.fromkeys(_lookup_tables(graph, candidates)))
     arrays = {name: numpy_helper.to_array(candidates[name]) for name in names
               if name in candidates and name not in tied}
     # A weight stored as a 2-D view (.int4_views) may equal another one (seeded
@@ -170,6 +173,34 @@ def _untied_weights(model: onnx.ModelProto, ties: list[TieRecord]) -> list[_Weig
             members[copy.source][copy.copy] = tuple(copy.perm)
             del members[copy.copy]
     return [_Weight(name, arrays[name], group) for name, group in members.items()]
+
+
+def _lookup_tables(graph: onnx.GraphProto, candidates: dict[str, onnx.TensorProto]) -> list[str]:
+    """Learned tables read only by row lookups: an untied embedding (``Gather`` on axis 0, which
+    runs as ``GatherBlockQuantized``) or a position embedding (``Slice``, which reads the float
+    matrix folded at session start). GPT-2's 64x64 position embedding was the last float32 weight
+    of the tiny LM. Integer-valued tables (masks, index maps) and subgraph reads are left alone."""
+    subgraph_reads = {name for node in graph.node for sub in subgraphs(node) for name in used_names(sub)}
+    found = []
+    for name, init in candidates.items():
+        readers = consumers(graph, name)
+        if not readers or name in subgraph_reads or not all(_row_lookup(n, name) for n in readers):
+            continue
+        array = numpy_helper.to_array(init)
+        if not np.all(np.isfinite(array)) or np.array_equal(array, np.round(array)):
+            logger.info("int4: table %r stays float32 (integer-valued or not finite)", name)
+            continue
+        found.append(name)
+    return found
+
+
+def _row_lookup(node: onnx.NodeProto, name: str) -> bool:
+    """``Gather(name, ids)`` on axis 0, or a ``Slice`` of ``name`` (data input only)."""
+    if list(node.input).count(name) != 1 or node.input[0] != name or node.domain not in ("", "ai.onnx"):
+        return False
+    if node.op_type == "Gather":
+        return next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0) == 0
+    return node.op_type == "Slice"
 
 
 def _plain_gemm(node: onnx.NodeProto, member: str) -> bool:

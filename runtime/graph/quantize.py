@@ -106,7 +106,8 @@ def check_precision_options(precision: str, *, per_channel: bool | None = None,
 
 
 def to_precision(model: onnx.ModelProto, precision: str, *, per_channel: bool | None = None,
-                 block_size: int | None = None, symmetric: bool | None = None) -> onnx.ModelProto:
+                 block_size: int | None = None, symmetric: bool | None = None,
+                 short_names: bool | None = None) -> onnx.ModelProto:
     """Return a copy of ``model`` with its weights stored at ``precision``, ties kept.
 
     Args:
@@ -121,6 +122,9 @@ def to_precision(model: onnx.ModelProto, precision: str, *, per_channel: bool | 
         block_size: int4 only; values per scale, one of
             :data:`~tiedonnx.runtime.options.BLOCK_SIZES` (``None``: 32).
         symmetric: int4 only; no zero points (``None``: asymmetric).
+        short_names: rename internal tensors to short names and clear node
+            names (:mod:`.names`; the inputs and outputs keep theirs).
+            ``None``: only for int4, whose small files are mostly names.
 
     Returns:
         The new model. Its ``tiedonnx.ties`` record names, for each tie, the
@@ -161,6 +165,10 @@ def to_precision(model: onnx.ModelProto, precision: str, *, per_channel: bool | 
                       symmetric=DEFAULT_SYMMETRIC if symmetric is None else symmetric)
     else:
         out = tied
+    if (precision == "int4") if short_names is None else short_names:
+        from .names import shorten_names
+
+        shorten_names(out)
     write_metadata(out, {PRECISION_KEY: precision})
     return out
 
@@ -268,7 +276,8 @@ class QuantizeReport:
 
 def quantize_file(source: str | os.PathLike, target: str | os.PathLike, *, precision: str,
                   per_channel: bool | None = None, block_size: int | None = None,
-                  symmetric: bool | None = None, force: bool = False) -> QuantizeReport:
+                  symmetric: bool | None = None, short_names: bool | None = None,
+                  force: bool = False) -> QuantizeReport:
     """Read the ONNX file ``source``, store its weights at ``precision`` and write ``target``.
 
     The input is read with the checks every model gets
@@ -282,7 +291,7 @@ def quantize_file(source: str | os.PathLike, target: str | os.PathLike, *, preci
     check_model_targets(target, force=force)
     checked = read_model(source)
     out = to_precision(checked.proto, precision, per_channel=per_channel, block_size=block_size,
-                       symmetric=symmetric)
+                       symmetric=symmetric, short_names=short_names)
     saved = save_model(out, target, force=force)
     return QuantizeReport(path=str(target), precision=precision, bytes=saved.total_bytes,
                           bytes_before=checked.path.stat().st_size, ties=read_ties(out))
