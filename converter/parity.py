@@ -221,7 +221,8 @@ def _user_feed(inputs, signature, session) -> dict[str, np.ndarray]:
     # cast and value checks (NaN/inf, float64 values that overflow float32).
     specs = tuple(TensorSpec.from_ort(i) for i in session.get_inputs())
     arrays, _ = check_inputs({mapping[n]: feed[n] for n in signature.names}, specs)
-    checked = materialize(arrays, specs)
+    checked = materialize(arrays, specs, nonfinite_fix="or drop those rows: NaN and inf outputs "
+                          "cannot be compared, so parity needs finite inputs.")
     return {s.name: np.asarray(checked[mapping[s.name]], dtype=s.dtype) for s in signature.specs}
 
 

@@ -144,12 +144,18 @@ def _check_one(spec: TensorSpec, array: np.ndarray) -> list[str]:
     return problems
 
 
+NONFINITE_FIX = "or pass allow_nonfinite=True (CLI: --allow-nonfinite) to run it anyway."
+
+
 def materialize(arrays: dict[str, np.ndarray], specs: tuple[TensorSpec, ...], *,
-                allow_nonfinite: bool = False, row_offset: int = 0) -> dict[str, np.ndarray]:
+                allow_nonfinite: bool = False, row_offset: int = 0,
+                nonfinite_fix: str = NONFINITE_FIX) -> dict[str, np.ndarray]:
     """Cast one chunk to the model's dtypes and check its values.
 
     Floating inputs of another precision are cast (as Keras accepts float64);
     integers are cast to the model's integer type only when every value fits.
+    ``nonfinite_fix`` ends the NaN/inf message (a caller without
+    ``allow_nonfinite`` says what its user can do instead).
 
     Raises:
         InputError: NaN/inf (unless ``allow_nonfinite``) or integers out of range.
@@ -164,16 +170,15 @@ def materialize(arrays: dict[str, np.ndarray], specs: tuple[TensorSpec, ...], *,
             with np.errstate(over="ignore", invalid="ignore"):  # reported below, as one error
                 array = array.astype(spec.dtype)
         if spec.dtype.kind == "f" and not allow_nonfinite and not all_finite(array):
-            raise _nonfinite_error(spec, source, array, row_offset)
+            raise _nonfinite_error(spec, source, array, row_offset, nonfinite_fix)
         feeds[spec.name] = np.ascontiguousarray(array)
     return feeds
 
 
 def _nonfinite_error(spec: TensorSpec, source: np.ndarray, cast: np.ndarray,
-                     row_offset: int) -> InputError:
+                     row_offset: int, fix: str) -> InputError:
     index = tuple(np.argwhere(~np.isfinite(cast))[0])
     row = int(index[0]) + row_offset
-    fix = "or pass allow_nonfinite=True (CLI: --allow-nonfinite) to run it anyway."
     value = source[index]
     if source is not cast and np.isfinite(value):
         return InputError(

@@ -114,6 +114,14 @@ def test_verify_user_input_wrong_shape(saved, tmp_path, capsys):
     assert main(["verify", str(saved / "ae.keras"), str(out), "--input", str(tmp_path / "bad.npy")]) == 2
     err = capsys.readouterr().err
     assert "pixels" in err and "(7, 63)" in err and "64" in err
+    nan = np.random.default_rng(0).random((7, 64)).astype("float32")
+    nan[3, 5] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    assert main(["verify", str(saved / "ae.keras"), str(out), "--input", str(tmp_path / "nan.npy")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    # verify has no --allow-nonfinite: its message must not suggest one
+    assert "contains NaN or inf (first at row 3)" in line and "parity needs finite inputs" in line
+    assert "allow-nonfinite" not in line
 
 
 def test_cli_subprocess_no_traceback(tmp_path):
