@@ -54,16 +54,28 @@ class ModelFile:
     has_external_data: bool
 
 
-def read_model(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ModelFile:
+def read_model(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
+               check_graph: bool = True) -> ModelFile:
     """Read, validate and check an ONNX file.
 
     Args:
         path: the ``.onnx`` file.
         max_bytes: cap on file size plus declared tensor bytes (external data
             included), against allocation bombs.
+        check_graph: run ``onnx.checker.check_model(full_check=True)``. Only a
+            caller that hands the proto straight to ``onnxruntime.InferenceSession``
+            passes False (``load``): onnxruntime checks every node against its
+            own copy of the ONNX schemas (``checker::check_node``, type and shape
+            inference) when it creates the session, and ``session.open_session``
+            turns its refusal into a :class:`ModelFileError`. onnx's checker
+            would build onnx's operator-schema registry a second time in the
+            process (6.8 MiB resident for as long as it lives). Every check
+            above the graph (path, size caps, protobuf decode, structure,
+            tensor sizes, external data) runs either way.
 
     Returns:
-        A :class:`ModelFile` whose proto passed ``check_model(full_check=True)``.
+        A :class:`ModelFile`; its proto passed ``check_model(full_check=True)``
+        unless ``check_graph`` is False.
 
     Raises:
         ModelFileError: missing, empty, a directory, too large, corrupt, truncated
@@ -86,7 +98,9 @@ def read_model(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES) -
     external = _check_tensors(proto, path, max_bytes=max_bytes)
     if external:
         _load_external(proto, path)
-    _run_checker(proto, path)
+    _check_unambiguous(proto, path)
+    if check_graph:
+        _run_checker(proto, path)
     logger.debug("read %s: %d nodes, external data: %s", path, len(proto.graph.node), external)
     return ModelFile(path=path, proto=proto, has_external_data=external)
 
@@ -128,6 +142,35 @@ def _check_structure(proto: onnx.ModelProto, path: Path) -> None:
         )
 
 
+def _graphs_and_nodes(proto: onnx.ModelProto) -> tuple[list, list]:
+    """Every graph (main, subgraphs, training) and every node list (graphs' and local functions').
+
+    An explicit work list, not nested recursive functions: two closures that
+    call each other form a reference cycle, which held the tensors they
+    collected (and through them the proto's whole protobuf arena, a copy of
+    every weight) until the cycle collector ran.
+    """
+    pending = [proto.graph]
+    for info in proto.training_info:
+        pending.extend((info.initialization, info.algorithm))
+    graphs: list = []
+    node_lists = [function.node for function in proto.functions]
+    walked = 0
+    while pending or walked < len(node_lists):
+        if pending:
+            graph = pending.pop()
+            graphs.append(graph)
+            node_lists.append(graph.node)
+            continue
+        for node in node_lists[walked]:
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    pending.append(attr.g)
+                pending.extend(attr.graphs)
+        walked += 1
+    return graphs, node_lists
+
+
 def _all_tensors(proto: onnx.ModelProto) -> tuple[list, list]:
     """Every TensorProto and SparseTensorProto in the model.
 
@@ -137,8 +180,11 @@ def _all_tensors(proto: onnx.ModelProto) -> tuple[list, list]:
     """
     tensors: list = []
     sparse: list = []
-
-    def walk_nodes(nodes) -> None:
+    graphs, node_lists = _graphs_and_nodes(proto)
+    for graph in graphs:
+        tensors.extend(graph.initializer)
+        sparse.extend(graph.sparse_initializer)
+    for nodes in node_lists:
         for node in nodes:
             for attr in node.attribute:
                 if attr.HasField("t"):
@@ -147,22 +193,6 @@ def _all_tensors(proto: onnx.ModelProto) -> tuple[list, list]:
                 if attr.HasField("sparse_tensor"):
                     sparse.append(attr.sparse_tensor)
                 sparse.extend(attr.sparse_tensors)
-                if attr.HasField("g"):
-                    walk_graph(attr.g)
-                for sub in attr.graphs:
-                    walk_graph(sub)
-
-    def walk_graph(graph) -> None:
-        tensors.extend(graph.initializer)
-        sparse.extend(graph.sparse_initializer)
-        walk_nodes(graph.node)
-
-    walk_graph(proto.graph)
-    for function in proto.functions:
-        walk_nodes(function.node)
-    for info in proto.training_info:
-        walk_graph(info.initialization)
-        walk_graph(info.algorithm)
     for item in sparse:
         tensors.extend((item.values, item.indices))
     return tensors, sparse
@@ -199,6 +229,61 @@ def _check_tensors(proto: onnx.ModelProto, path: Path, *, max_bytes: int) -> boo
             "max_bytes=."
         )
     return external
+
+
+# TensorProto fields that hold values; onnx's checker requires exactly one.
+_VALUE_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+
+
+def _check_unambiguous(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse what onnx's checker refuses and onnxruntime would read one way of several.
+
+    onnxruntime validates the graph when ``check_graph=False``, but it loads a
+    graph with two initializers of one name (it keeps one), a tensor holding
+    both ``raw_data`` and a typed field (it reads one), and sparse indices out
+    of order. Each leaves ``inspect`` and onnxruntime free to see different
+    weights, so they are refused here whether or not onnx's checker runs.
+    """
+    graphs, _ = _graphs_and_nodes(proto)
+    for graph in graphs:
+        counts = Counter([*(t.name for t in graph.initializer),
+                          *(s.values.name for s in graph.sparse_initializer)])
+        repeated = sorted(name[:60] for name, n in counts.items() if n > 1)[:5]
+        if repeated:
+            raise ModelFileError(
+                f"{str(path)!r} defines initializers {repeated} more than once in one graph: which "
+                "value runs is ambiguous. The file is corrupt or was edited; re-export it.")
+    tensors, sparse = _all_tensors(proto)
+    for tensor in tensors:
+        fields = [f for f in _VALUE_FIELDS if len(getattr(tensor, f))] + (["raw_data"] if tensor.raw_data else [])
+        if len(fields) > 1:
+            raise ModelFileError(
+                f"Tensor {tensor.name!r} in {str(path)!r} holds its values twice ({', '.join(fields)}); "
+                "onnx allows one value field. The file is corrupt or was edited; re-export it.")
+    for item in sparse:
+        _check_sparse_order(item, path)
+
+
+def _check_sparse_order(item, path: Path) -> None:
+    """Sparse indices strictly increasing (linear or per-coordinate), as onnx requires."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    try:
+        indices = numpy_helper.to_array(item.indices).astype(np.int64)
+    except Exception as exc:  # a corrupt indices tensor: onnxruntime refuses it too
+        raise ModelFileError(
+            f"Sparse tensor {item.values.name!r} in {str(path)!r} has unreadable indices "
+            f"({short_error(exc)}). The file is corrupt; re-export it.") from None
+    if indices.ndim == 2 and indices.shape[1] == len(item.dims) and len(item.dims):
+        strides = np.cumprod([1, *list(item.dims)[:0:-1]], dtype=np.int64)[::-1]
+        indices = indices @ strides
+    linear = indices.reshape(-1)
+    if linear.size > 1 and not bool(np.all(linear[1:] > linear[:-1])):
+        raise ModelFileError(
+            f"Sparse tensor {item.values.name!r} in {str(path)!r} has indices that are not in "
+            "strictly increasing order, as onnx requires. The file is corrupt or was edited; "
+            "re-export it.")
 
 
 def _declared_bytes(tensor, dims=None) -> int:

@@ -9,7 +9,7 @@ Example:
 from __future__ import annotations
 
 import ctypes
-import gc
+import functools
 import logging
 import os
 import sys
@@ -93,7 +93,8 @@ def load(path: str | os.PathLike, *, providers: ProviderArg = "auto", memory: st
 
     Args:
         path: the ``.onnx`` file, or an ``.ort`` file (ORT format, run as saved:
-            ``memory="fast"`` only); validated and checked before onnxruntime reads it.
+            ``memory="fast"`` only); validated before onnxruntime reads it (the
+            graph itself by onnxruntime in ``fast``, by ``onnx.checker`` first in ``lean``).
         providers: "auto" (CUDA if available, else CPU), "cpu", "cuda",
             "tensorrt", or a list of onnxruntime provider names / (name, options).
         memory: "fast" (full optimizations) or "lean" (one copy per tied weight).
@@ -135,7 +136,9 @@ def load(path: str | os.PathLike, *, providers: ProviderArg = "auto", memory: st
 
 def _onnx_session(path, options, providers, *, memory: str, max_bytes: int) -> ort.InferenceSession:
     """Session over a checked ``.onnx`` (lean: rewritten first); our copies freed before it returns."""
-    model_file = read_model(path, max_bytes=max_bytes)
+    # fast: onnxruntime validates the graph (see read_model's check_graph); lean
+    # rewrites the graph first, so onnx's checker sees it before the rewrite.
+    model_file = read_model(path, max_bytes=max_bytes, check_graph=memory != "fast")
     extra: dict = {}
     proto = model_file.proto
     if memory == "lean":
@@ -169,29 +172,31 @@ def _ort_format_session(path, options, providers, *, memory: str,
 
 
 def release_freed_memory() -> None:
-    """Free the checked proto now and give freed heap pages back to the system.
+    """Give the heap pages freed by loading back to the system.
 
-    Loading holds the checked proto and its serialized bytes (two copies of
-    every weight). Reading the model leaves a reference cycle that holds
-    tensor sub-messages, and through them the proto's whole protobuf arena
-    (``model_file._all_tensors``' mutually recursive closures), so only the
-    cycle collector frees it: the cycle is young, and collecting the two young
-    generations takes about 3 ms where a full collection takes 190 ms with
-    TensorFlow imported. glibc then keeps freed pages below the top of its
-    heap resident until ``malloc_trim`` (a no-op where libc has none).
-    Measured on a 4096x2048 tie (2-core AMD EPYC, onnxruntime 1.32, fresh
-    process): RSS growth over ``load`` 113.3 MiB before, 81.3 MiB after;
-    ``InferenceSession(path)`` 73.4 MiB. What is left (7.3 MiB) is onnx's
-    operator-schema registry, built once per process by ``onnx.checker``.
+    Loading holds the parsed proto and its serialized bytes (two copies of
+    every weight) until the session exists; both are freed by reference
+    counting as soon as ``load`` drops them (``model_file._all_tensors`` no
+    longer leaves a reference cycle that kept the proto for the cycle
+    collector). glibc then keeps freed pages below the top of its heap
+    resident until ``malloc_trim`` (a no-op where libc has none). Measured on
+    a 4096x2048 tie (2-core AMD EPYC, onnxruntime 1.32, fresh process): RSS
+    growth over ``load`` 73.45 MiB, ``InferenceSession(path)`` 73.45 MiB.
     """
-    gc.collect(1)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, looked up once; None off Linux or without glibc (musl)."""
     if not sys.platform.startswith("linux"):
-        return
+        return None
     try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl): nothing to call
-        return
-    trim(0)
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def open_session(source, options=None, *, providers, label: str, fix: str | None = None,
