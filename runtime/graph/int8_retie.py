@@ -6,8 +6,10 @@ int8 (see that module for why ``quantize_dynamic`` needs it). Input: the graph
 use of a tie had its own initializer and got its own ``<name>_quantized``,
 ``_scale`` and ``_zero_point``. Output, per tie: one int8 tensor; the other
 uses read a ``Transpose`` of it (per-tensor), the per-channel rewrite
-``(A * s) @ q^T`` (:func:`_fold_scales`), or ``DequantizeLinear`` of it when
-no integer kernel exists for the op. Edits the graph in place.
+``(A * s) @ q^T`` (:func:`_fold_scales`), a row lookup that dequantizes only
+the rows it gathers (:func:`_gather_rows`, the embedding of a language model
+whose projection holds the per-channel scales), or ``DequantizeLinear`` of it
+when no integer kernel exists for the op. Edits the graph in place.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .metadata import TieRecord, TieUse
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["retie_quantized", "merge_equal_parameters", "prune_initializers"]
+__all__ = ["merge_equal_parameters", "per_channel_exclusions", "prune_initializers", "retie_quantized"]
 
 _QSUFFIX, _SSUFFIX, _ZSUFFIX = "_quantized", "_scale", "_zero_point"
 
@@ -45,6 +47,30 @@ def _scale_axis(q: np.ndarray, scale: np.ndarray, zp: np.ndarray, ref: np.ndarra
         raise ConversionError(f"Cannot tell which axis a {scale.size}-element scale belongs to in a "
                               f"tensor of shape {list(q.shape)}; please report this model.")
     return best
+
+
+def per_channel_exclusions(graph: onnx.GraphProto, ties: list[TieRecord]) -> list[str]:
+    """Names of the nodes ``quantize_dynamic`` must leave alone for per-channel scales.
+
+    Per tie, one use is quantized by onnxruntime, per output channel; the others
+    are rewritten by :func:`retie_quantized` around that tensor and its scales.
+    The quantized use is the first member that a ``MatMul`` reads as its weight:
+    the encoder ``W`` of an autoencoder, and for a language model the output
+    projection ``E^T`` rather than the lookup ``Gather(E, ids)``, which
+    onnxruntime would quantize with one scale for the whole table (and whose
+    rows the lookup rewrite dequantizes with the projection's per-row scales).
+    ``graph`` is the untied working copy (each member an initializer).
+    """
+    exclude = []
+    for tie in ties:
+        members = list(tie.members())
+        weights = [m for m in members
+                   if any(n.op_type == "MatMul" and n.input[1:2] == [m] for n in consumers(graph, m))]
+        quantized = weights[0] if weights else members[0]
+        for name in members:
+            if name != quantized:
+                exclude += [n.name for n in consumers(graph, name)]
+    return exclude
 
 
 def _relative_perm(stored: tuple[int, ...], member: tuple[int, ...]) -> list[int]:
@@ -153,6 +179,8 @@ def _float_use(tie: _Tie, member: str) -> None:
     for node in consumers(tie.graph, member):
         if _can_fold(tie, member, node):
             _fold_scales(tie, member, node)
+        elif _can_gather_rows(tie, member, node):
+            _gather_rows(tie, member, node)
     if not (consumers(tie.graph, member) or member in {o.name for o in tie.graph.output}):
         return
     logger.warning("tie %r: use %r cannot run as an integer kernel; it reads the int8 tensor "
@@ -174,13 +202,66 @@ def _can_fold(tie: _Tie, member: str, node: onnx.NodeProto) -> bool:
             and tie.axis in (None, 1) and not np.any(tie.zp))
 
 
+def _stored_view(tie: _Tie, member: str) -> str:
+    """``member`` as an int8 ``Transpose`` of the stored tensor (one node per member, one use record)."""
+    q_t = member + _QSUFFIX
+    if not any(n.output[0] == q_t for n in tie.new_nodes):
+        tie.add("Transpose", [tie.name(_QSUFFIX)], q_t, perm=tie.rel(member))
+        tie.uses.append(TieUse(relation="transpose", perm=tie.rel(member), output=q_t, kernel="integer"))
+    return q_t
+
+
+def _replace_node(graph: onnx.GraphProto, node: onnx.NodeProto, pattern: list[onnx.NodeProto]) -> None:
+    """Splice ``pattern`` in at ``node``'s place (it reads activations, so it cannot lead the graph)."""
+    nodes = list(graph.node)
+    at = nodes.index(node)
+    nodes[at:at + 1] = pattern
+    replace_repeated(graph.node, nodes)
+
+
+def _can_gather_rows(tie: _Tie, member: str, node: onnx.NodeProto) -> bool:
+    """A lookup of whole rows of ``member`` whose scales run along those rows (per-channel LM tie)."""
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    return (node.op_type == "Gather" and node.input[0] == member and axis == 0 and tie.q.ndim == 2
+            and tie.axis is not None and tie.rel(member)[0] == tie.axis and not np.any(tie.zp))
+
+
+def _gather_rows(tie: _Tie, member: str, node: onnx.NodeProto) -> None:
+    """``Gather(q * s, ids)`` as ``Gather(q, ids) * Gather(s, ids)``: only the looked-up rows are dequantized.
+
+    The projection ``h @ E^T`` was quantized per output channel, so each row of
+    ``E`` has its own scale; the lookup takes its int8 rows from the same stored
+    tensor and scales each by that row's scale (zero points are 0: symmetric
+    int8 weights). Dequantizing the whole table instead would cost V x H work
+    on every call.
+    """
+    base = node.name or node.output[0]
+    ids = node.input[1]
+    rows_q = _stored_view(tie, member)
+    # Scales as a (V, 1) column, so the gathered ones broadcast over each row. Reshape
+    # reads initializers only: it leads the graph, and onnxruntime folds it once.
+    column, column_shape = tie.name("_scale_column"), tie.name("_column_shape")
+    if not any(n.output[0] == column for n in tie.new_nodes):
+        tie.graph.initializer.append(numpy_helper.from_array(np.array([-1, 1], np.int64), column_shape))
+        tie.add("Reshape", [tie.name(_SSUFFIX), column_shape], column)
+    mk = helper.make_node
+    pattern = [
+        mk("Gather", [rows_q, ids], [f"{base}/rows_quantized"], axis=0, name=f"tiedonnx_int8/{base}/rows"),
+        mk("Cast", [f"{base}/rows_quantized"], [f"{base}/rows_float"], to=onnx.TensorProto.FLOAT,
+           name=f"tiedonnx_int8/{base}/rows_float"),
+        mk("Gather", [column, ids], [f"{base}/row_scales"], axis=0, name=f"tiedonnx_int8/{base}/row_scales"),
+        mk("Mul", [f"{base}/rows_float", f"{base}/row_scales"], [node.output[0]],
+           name=f"tiedonnx_int8/{base}/dequantize_rows"),
+    ]
+    _replace_node(tie.graph, node, pattern)
+    logger.info("tie %r: %s looks up int8 rows of the shared tensor and scales them per row",
+                tie.entry.initializer, base)
+
+
 def _fold_scales(tie: _Tie, member: str, node: onnx.NodeProto) -> None:
     """``A @ (q * s)^T`` as ``(A * s) @ q^T`` with int8 ``q^T``: per-channel scales of W move to A."""
     base = f"{node.name or node.output[0]}"
-    q_t = member + _QSUFFIX
-    if not any(n.output[0] == q_t for n in tie.new_nodes):
-        tie.add("Transpose", [tie.name(_QSUFFIX)], q_t, perm=[1, 0])
-        tie.uses.append(TieUse(relation="transpose", perm=[1, 0], output=q_t, kernel="integer"))
+    q_t = _stored_view(tie, member)
     # s = c * r with c = max(s): r scales A, c is B's per-tensor scale. A
     # B scale of exactly 1 would be optimized away as a no-op Mul, and with it
     # the pattern onnxruntime fuses into DynamicQuantizeMatMul.
@@ -208,10 +289,7 @@ def _fold_scales(tie: _Tie, member: str, node: onnx.NodeProto) -> None:
         mk("Mul", [f"{base}/acc_float", f"{base}/scales"], [node.output[0]],
            name=f"tiedonnx_int8/{base}/output"),
     ]
-    nodes = list(tie.graph.node)
-    at = nodes.index(node)
-    nodes[at:at + 1] = pattern
-    replace_repeated(tie.graph.node, nodes)
+    _replace_node(tie.graph, node, pattern)
     logger.info("tie %r: %s runs (A * s) @ q^T on the shared int8 tensor", tie.entry.initializer,
                 node.name)
 

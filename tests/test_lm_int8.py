@@ -1,0 +1,149 @@
+"""The language-model tie in int8: lookup ``Gather(E, ids)`` and projection ``h @ E^T`` on one int8 tensor.
+
+Per-tensor, both uses share one scale. Per-channel, the projection's scales
+run along its output channels, which are the rows of ``E``: the lookup must
+scale each gathered row by that row's own scale. The hand-built graph gives
+``E`` rows whose magnitudes span three decades, so a lookup dequantized with
+one scale (or with another row's scale) misses the per-row bound below.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tiedonnx.runtime.graph import read_ties
+from tiedonnx.runtime.graph.inspect import inspect_model, untied_bytes
+from tiedonnx.runtime.graph.quantize import to_precision
+
+VOCAB, HIDDEN = 50, 12
+
+
+def _table(seed: int = 0) -> np.ndarray:
+    """E[VOCAB, HIDDEN]: row i has magnitude 10**(-3 i / VOCAB), from 1 down to about 1e-3."""
+    rng = np.random.default_rng(seed)
+    magnitudes = 10.0 ** (-3.0 * np.arange(VOCAB) / VOCAB)
+    return (rng.uniform(-1, 1, (VOCAB, HIDDEN)) * magnitudes[:, None]).astype(np.float32)
+
+
+def _lm_graph(table: np.ndarray) -> onnx.ModelProto:
+    """ids[N] -> embedded = E[ids]; logits = (embedded + x) @ E^T: the KerasHub LM tie, as retie leaves it."""
+    nodes = [
+        helper.make_node("Gather", ["E", "ids"], ["embedded"], axis=0, name="lookup"),
+        helper.make_node("Add", ["embedded", "x"], ["h"], name="residual"),
+        helper.make_node("Transpose", ["E"], ["E_T"], perm=[1, 0], name="tie"),
+        helper.make_node("MatMul", ["h", "E_T"], ["logits"], name="projection"),
+    ]
+    graph = helper.make_graph(
+        nodes, "lm",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"]),
+         helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", HIDDEN])],
+        [helper.make_tensor_value_info("embedded", TensorProto.FLOAT, ["n", HIDDEN]),
+         helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", VOCAB])],
+        [numpy_helper.from_array(table, "E")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _run(model: onnx.ModelProto, ids: np.ndarray, x: np.ndarray) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(["embedded", "logits"], {"ids": ids, "x": x})
+
+
+def _readers(graph: onnx.GraphProto, name: str) -> dict[str, int]:
+    """Op type -> count of the nodes reading ``name`` directly or through a Transpose/Reshape of it."""
+    todo, seen, found = [name], {name}, {}
+    while todo:
+        current = todo.pop()
+        for node in graph.node:
+            if current in node.input:
+                found[node.op_type] = found.get(node.op_type, 0) + 1
+                if node.op_type in ("Transpose", "Reshape"):
+                    todo += [o for o in node.output if o not in seen]
+                    seen.update(node.output)
+    return found
+
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per_tensor", "per_channel"])
+def test_lm_tie_is_one_int8_tensor_read_by_the_lookup_and_the_integer_projection(per_channel):
+    q = to_precision(_lm_graph(_table()), "int8", per_channel=per_channel)
+    graph = q.graph
+    (tie,) = read_ties(q)
+    stored = next(i for i in graph.initializer if i.name == tie.initializer)
+    assert stored.data_type == TensorProto.INT8 and sorted(stored.dims) == [HIDDEN, VOCAB]
+    # No other tensor of the table's size, in any dtype: one copy in the file.
+    assert [i.name for i in graph.initializer if sorted(i.dims) == [HIDDEN, VOCAB]] == [stored.name]
+    readers = _readers(graph, stored.name)
+    assert readers.get("Gather") == 1 and readers.get("MatMulInteger") == 1, readers
+    # The lookup never dequantizes the whole table (V x H work on every call).
+    assert "DequantizeLinear" not in readers and "MatMul" not in readers, readers
+    assert inspect_model(q).ties_ok
+    # One transposed use: a plain exporter stores E and E^T.
+    assert untied_bytes(q, 0) == VOCAB * HIDDEN
+
+
+def test_per_channel_scales_follow_the_rows_of_the_table():
+    q = to_precision(_lm_graph(_table()), "int8", per_channel=True)
+    (tie,) = read_ties(q)
+    scale = numpy_helper.to_array(next(i for i in q.graph.initializer if i.name == tie.scale))
+    assert scale.shape == (VOCAB,)
+    # Row 0 has magnitude 1, the last about 1e-3: the scales must span nearly as much.
+    assert scale[0] / scale[-1] > 500
+
+
+def test_per_channel_lookup_dequantizes_each_row_with_its_own_scale(rng):
+    table = _table()
+    ids = np.array([0, VOCAB - 1, 7, VOCAB // 2, VOCAB - 1, 3], np.int64)
+    x = rng.normal(size=(len(ids), HIDDEN)).astype(np.float32)
+    embedded, logits = _run(to_precision(_lm_graph(table), "int8", per_channel=True), ids, x)
+    want = table[ids]
+    # Symmetric 7-bit weights (reduce_range): a row's step is max|row| / 64, so rounding
+    # moves a value by at most max|row| / 128. One scale for the table would move the
+    # 1e-3 rows by up to 1/128, 8x their own magnitude.
+    bound = np.abs(want).max(axis=1, keepdims=True) / 128 * 1.01
+    assert np.all(np.abs(embedded - want) <= bound), np.abs(embedded - want).max(axis=1)
+    # The projection: measured max abs 0.045 here (per-channel) against logits up to 4.0;
+    # a lookup or projection on the wrong rows moves them by about their own size.
+    ref = (want + x) @ table.T
+    assert np.abs(logits - ref).max() <= 0.05 * max(1.0, np.abs(ref).max())
+
+
+def test_per_tensor_lookup_is_dequantized_with_the_one_scale(rng):
+    """Control for the per-row bound above: with one scale, the small rows miss it."""
+    table = _table()
+    ids = np.arange(VOCAB, dtype=np.int64)
+    embedded, _ = _run(to_precision(_lm_graph(table), "int8", per_channel=False), ids,
+                       np.zeros((VOCAB, HIDDEN), np.float32))
+    bound = np.abs(table).max(axis=1, keepdims=True) / 128 * 1.01
+    assert not np.all(np.abs(embedded - table) <= bound)
+    # ...but every row is within the table's own step.
+    assert np.abs(embedded - table).max() <= np.abs(table).max() / 128 * 1.01
+
+
+@pytest.mark.filterwarnings("ignore:You are using a softmax over axis")
+def test_keras_hub_lm_per_channel_int8_shares_one_tensor_and_passes_parity(tmp_path):
+    keras = pytest.importorskip("keras")
+    keras_hub = pytest.importorskip("keras_hub", reason="KerasHub is not installed")
+    from tiedonnx.converter.export import export
+    from tiedonnx.converter.parity import verify
+
+    keras.utils.set_random_seed(0)
+    m = keras_hub.models
+    lm = m.GPT2CausalLM(m.GPT2Backbone(vocabulary_size=97, num_layers=2, num_heads=2, hidden_dim=16,
+                                       intermediate_dim=32, max_sequence_length=64), preprocessor=None)
+    export(lm, tmp_path / "lm.onnx", verify=False)
+    q = to_precision(onnx.load(tmp_path / "lm.onnx"), "int8", per_channel=True)
+    (tie,) = [t for t in read_ties(q) if t.keras]
+    stored = next(i for i in q.graph.initializer if i.name == tie.initializer)
+    assert stored.data_type == TensorProto.INT8 and sorted(stored.dims) == [16, 97]
+    assert [i.name for i in q.graph.initializer if sorted(i.dims) == [16, 97]] == [stored.name]
+    readers = _readers(q.graph, stored.name)
+    assert readers.get("Gather") == 1 and readers.get("MatMulInteger") == 1, readers
+    assert "DequantizeLinear" not in readers, readers
+    assert inspect_model(q).ties_ok
+    # Measured max abs 0.0023 (per-tensor 0.0029) at logits below 1; the bound is 0.05.
+    assert verify(lm, q, precision="int8").ok
