@@ -2,13 +2,17 @@
 
 "Untied size" is defined once, here (:func:`untied_bytes`): the file's own
 size plus one more copy of each tied tensor, at its stored precision, for
-every use that plain exporters store separately (a transposed or copied use).
+every use that plain exporters store separately (a transposed or copied use),
+and for a cast use (the float16 copy a ``mixed_float16`` model keeps beside
+its float32 variable) one copy at the cast's dtype (:func:`copied_bytes`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import onnx
 from onnx import helper
 
@@ -16,7 +20,7 @@ from .duplicates import find_duplicates, initializer_arrays
 from .edit import producers, transpose_perm
 from .metadata import TIES_KEY, TieRecord, read_ties
 
-__all__ = ["InspectReport", "copied_uses", "dtype_name", "inspect_file", "inspect_model",
+__all__ = ["InspectReport", "copied_bytes", "copied_uses", "dtype_name", "inspect_file", "inspect_model",
            "tensor_nbytes", "untied_bytes"]
 
 # Ops through which a use still reads the one stored tensor (no second copy in the file).
@@ -60,8 +64,43 @@ def dtype_name(data_type: int) -> str:
 
 
 def copied_uses(tie: TieRecord) -> int:
-    """How many extra copies of the stored tensor a plain exporter would write for ``tie``."""
+    """How many extra copies of the stored tensor, at its own dtype, a plain exporter would write for ``tie``.
+
+    Cast copies are stored at another dtype; :func:`copied_bytes` counts them too.
+    """
     return sum(u.relation in _COPY_RELATIONS for u in tie.uses)
+
+
+def _cast_copies(tie: TieRecord) -> list[str]:
+    """Target dtypes of the cast uses that a plain exporter stores as copies of their own.
+
+    A ``mixed_float16`` model's untied file holds the float32 variable and a
+    (transposed) float16 copy; retie records that copy as a cast use. The cast
+    that reads a float16-stored tensor back to float32 (an fp16 file, whose
+    ``source`` names the float tensor it replaced) is how the one copy is read,
+    not a second copy.
+    """
+    return [u.to or "" for u in tie.uses
+            if u.relation == "cast" and not (tie.source is not None and u.output == tie.source)]
+
+
+def copied_bytes(tie: TieRecord, stored_bytes: int) -> int:
+    """Bytes a plain exporter would write for ``tie`` beyond its one stored tensor of ``stored_bytes``.
+
+    Each copied use (:func:`copied_uses`) weighs as much as the stored tensor.
+    A cast copy weighs its element count times the cast dtype's size, never
+    more than the stored tensor: a file stored narrower (fp16, int8) would
+    store that copy narrower too.
+    """
+    extra = stored_bytes * copied_uses(tie)
+    elements = math.prod(tie.shape) if tie.shape else 0
+    for to in _cast_copies(tie):
+        try:
+            itemsize = np.dtype(to).itemsize
+        except TypeError:  # no dtype recorded: the stored tensor's own size
+            itemsize = None
+        extra += stored_bytes if itemsize is None or not elements else min(stored_bytes, elements * itemsize)
+    return extra
 
 
 def _type_name(tp: onnx.TypeProto) -> tuple[str, list | None]:
@@ -105,7 +144,7 @@ def tensor_nbytes(tensor: onnx.TensorProto) -> int:
 def untied_bytes(model: onnx.ModelProto, file_bytes: int | None = None) -> int:
     """What the file would weigh with each tie's copied uses stored separately (see module doc)."""
     sizes = {i.name: tensor_nbytes(i) for i in model.graph.initializer}
-    extra = sum(sizes.get(t.initializer, 0) * copied_uses(t) for t in read_ties(model))
+    extra = sum(copied_bytes(t, sizes.get(t.initializer, 0)) for t in read_ties(model))
     return (file_bytes if file_bytes is not None else model.ByteSize()) + extra
 
 
