@@ -25,10 +25,19 @@ from .errors import ConversionError, InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["InputSignature", "InputSpec", "declared_output_names", "input_signature", "output_structure_names"]
+__all__ = ["BATCH_AXIS", "InputSignature", "InputSpec", "axis_names", "declared_output_names", "input_signature",
+           "open_axis_name", "output_structure_names"]
 
 # TensorFlow op names (tf2onnx turns them into ONNX input names) allow these only.
 _TF_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*$")
+
+BATCH_AXIS = "batch"
+# Inputs that are one value per token: their axis 1 is the sequence, the same for
+# all of them (KerasHub: token_ids with padding_mask, segment_ids; Hugging Face
+# style names too). A prefix keeps two sequences apart: encoder_token_ids and
+# encoder_padding_mask share "encoder_sequence", decoder_* share "decoder_sequence".
+_PER_TOKEN = re.compile(r"^(?P<prefix>.*?)(token_ids|padding_mask|segment_ids|input_ids|"
+                        r"attention_mask|token_type_ids|position_ids)$")
 
 
 @dataclass(frozen=True)
@@ -163,6 +172,37 @@ def _names(tensor_names: list[str | None], paths: list[tuple]) -> list[str]:
     if len(paths) == 1:
         return ["input"]
     return [f"input_{i}" for i in range(len(paths))]
+
+
+def open_axis_name(value: str, axis: int) -> str:
+    """``<value>_axis<i>``, with characters other than letters, digits and ``_`` as ``_``."""
+    return f"{re.sub(r'[^A-Za-z0-9_]', '_', value)}_axis{axis}"
+
+
+def axis_names(specs: Sequence[InputSpec]) -> dict[str, list[str | None]]:
+    """Symbolic names for the open axes of each input (``None`` for a fixed axis).
+
+    Axis 0 is :data:`BATCH_AXIS`. Axis 1 of a per-token input (``token_ids``,
+    ``padding_mask``...) is ``<prefix>sequence``, shared by the inputs with that
+    prefix, so a runtime and a reader see that they go together. Any other open
+    axis ``i`` of input ``x`` is ``x_axis<i>``: Keras does not say whether two
+    inputs share it, and a shared name would claim they do.
+    """
+    names = {}
+    for spec in specs:
+        per_token = _PER_TOKEN.match(spec.name)
+        axes: list[str | None] = []
+        for i, dim in enumerate(spec.shape):
+            if dim is not None:
+                axes.append(None)
+            elif i == 0:
+                axes.append(BATCH_AXIS)
+            elif i == 1 and per_token:
+                axes.append(f"{per_token['prefix']}sequence")
+            else:
+                axes.append(open_axis_name(spec.name, i))
+        names[spec.name] = axes
+    return names
 
 
 def input_signature(model) -> InputSignature:

@@ -21,8 +21,8 @@ import numpy as np
 
 from ._tf2onnx_large import LARGE_MODEL_BYTES, large_model_conversion
 from .errors import ConversionError
-from .signature import (InputSignature, InputSpec, declared_output_names, input_signature,  # noqa: F401
-                        output_structure_names)
+from .signature import (BATCH_AXIS, InputSignature, InputSpec, axis_names,  # noqa: F401
+                        declared_output_names, input_signature, open_axis_name, output_structure_names)
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,78 @@ def keras_to_onnx(model, *, opset: int = DEFAULT_OPSET):
         ) from exc
     _check_ops(proto, model.name)
     fold_captured_inputs(proto, concrete, keep=signature.names)
+    name_dynamic_axes(proto, model, signature, names)
     return proto
+
+
+# Sizes given to the open axes when probing which output axis follows which input
+# axis: primes, two rounds, so an output axis matches a name only if it follows it
+# in both (a fixed size such as a vocabulary of 5 cannot match twice).
+_PROBE_SIZES = ((3, 5, 7, 11, 13), (17, 19, 23, 29, 31))
+
+
+def name_dynamic_axes(proto, model, signature: InputSignature, output_names: list[str]) -> dict[str, list]:
+    """Replace tf2onnx's ``unk__N`` axis names with :func:`~.signature.axis_names` (in place).
+
+    Inputs get their names directly. An output axis left open gets the name of
+    the input axis it follows, found by asking Keras for the output shapes
+    (``compute_output_spec``, no computation) with a distinct size per name;
+    one it does not follow gets ``<output>_axis<i>``.
+
+    Returns:
+        ONNX value name -> the names set on its axes (``None`` for fixed axes).
+    """
+    by_input = axis_names(signature.specs)
+    follows = _output_axis_names(model, signature, by_input, output_names)
+    done = {}
+    for value in proto.graph.input:
+        if value.name in by_input:
+            done[value.name] = _set_dim_params(value, by_input[value.name])
+    for value in proto.graph.output:
+        rank = len(value.type.tensor_type.shape.dim)
+        found = follows.get(value.name) or [None] * rank
+        wanted = [found[i] if i < len(found) and found[i] else
+                  (BATCH_AXIS if i == 0 else open_axis_name(value.name, i)) for i in range(rank)]
+        done[value.name] = _set_dim_params(value, wanted)
+    logger.debug("axis names: %s", done)
+    return done
+
+
+def _set_dim_params(value, wanted: list) -> list:
+    """Name each open (not fixed) axis of ``value``; fixed sizes are kept."""
+    dims = value.type.tensor_type.shape.dim
+    named = []
+    for dim, name in zip(dims, wanted):
+        if dim.HasField("dim_value") or not name:
+            named.append(None)
+            continue
+        dim.dim_param = name
+        named.append(name)
+    return named
+
+
+def _output_axis_names(model, signature: InputSignature, by_input: dict, output_names: list[str]) -> dict:
+    """Output name -> per axis, the input axis name whose size it follows in every probe (else None)."""
+    import keras
+
+    distinct = sorted({n for axes in by_input.values() for n in axes if n})
+    if not distinct or len(distinct) > len(_PROBE_SIZES[0]):
+        return {}
+    found: dict[str, list] | None = None
+    for sizes in _PROBE_SIZES:
+        size_of = dict(zip(distinct, sizes))
+        probe = [keras.KerasTensor(tuple(size_of[n] if n else d for n, d in zip(by_input[s.name], s.shape)),
+                                   dtype=s.dtype) for s in signature.specs]
+        try:
+            outputs = keras.tree.flatten(model.compute_output_spec(signature.pack(probe)))
+        except Exception as exc:  # a model Keras cannot trace symbolically: names stay per output
+            logger.debug("output axis names not probed: %s: %s", type(exc).__name__, exc)
+            return {}
+        name_of = {v: k for k, v in size_of.items()}
+        round_names = {name: [name_of.get(d) for d in out.shape] for name, out in zip(output_names, outputs)}
+        found = round_names if found is None else {
+            k: [a if a == b else None for a, b in zip(v, round_names.get(k, []))] for k, v in found.items()}
+    return found or {}
 
 
 def weight_bytes(model) -> int:
