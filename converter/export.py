@@ -152,7 +152,8 @@ def _prove_invariants(proto) -> None:
 
 def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify: bool = True,
            precision: str = "fp32", block_size: int | None = None, symmetric: bool | None = None,
-           short_names: bool | None = None, force: bool = False, ort: bool = False,
+           short_names: bool | None = None, per_channel: bool | None = None,
+           reduce_range: bool | None = None, force: bool = False, ort: bool = False,
            batch_sizes=DEFAULT_BATCH_SIZES, unsafe: bool = False,
            import_modules=(), external_threshold: int | None = None) -> ExportReport:
     """Export a (tied) Keras model to an ONNX file with one initializer per tie.
@@ -163,9 +164,9 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
         opset: ONNX opset (default :data:`DEFAULT_OPSET`).
         verify: compare Keras and onnxruntime outputs at ``batch_sizes`` before writing.
         precision: "fp32", "fp16", "int8" or "int4" weights.
-        block_size, symmetric: int4 only; short_names: short internal tensor
-            names (default: int4 only). See
-            :func:`tiedonnx.runtime.graph.quantize.to_precision`.
+        block_size, symmetric: int4 only; per_channel, reduce_range: int8
+            only; short_names: short internal tensor names (default: int4
+            only). See :func:`tiedonnx.runtime.graph.quantize.to_precision`.
         force: overwrite an existing file.
         ort: also write an ORT-format copy (``path`` with suffix ``.ort``).
         unsafe: when ``model`` is a path, allow code stored in the file to run.
@@ -191,7 +192,9 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
     _check_options(opset, precision)
     from tiedonnx.runtime.graph.quantize import check_precision_options
 
-    check_precision_options(precision, block_size=block_size, symmetric=symmetric)
+    options = dict(block_size=block_size, symmetric=symmetric, per_channel=per_channel,
+                   reduce_range=reduce_range)
+    check_precision_options(precision, **options)
     path = model_save.check_model_targets(path, force=force)  # and its external-data file
     ort_path = path.with_suffix(".ort") if ort else None
     if ort_path is not None:  # every output is checked before any work
@@ -216,8 +219,7 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
     if precision != "fp32" or short_names:
         from tiedonnx.runtime.graph.quantize import to_precision
 
-        proto = to_precision(proto, precision, block_size=block_size, symmetric=symmetric,
-                             short_names=short_names)
+        proto = to_precision(proto, precision, short_names=short_names, **options)
     _prove_invariants(proto)
 
     parity = None

@@ -310,8 +310,15 @@ def verify(keras_model, onnx_model, *, inputs: list[np.ndarray] | dict[str, np.n
     if problems:
         raise ParityError(
             f"ONNX model does not match Keras ({len(problems)} problem(s)): " + "; ".join(problems)
-            + ".", mismatches=problems)
+            + "." + _PRECISION_HINTS.get(precision, ""), mismatches=problems)
     return report
+
+
+_PRECISION_HINTS = {
+    "int8": (" int8 options that round less: per_channel=True (CLI: --per-channel), and, for CPUs "
+             "with VNNI or ARM only, reduce_range=False (CLI: --no-reduce-range); or precision='fp16'."),
+    "int4": " A smaller block rounds less: block_size=16 (CLI: --block-size 16); or precision='int8'.",
+}
 
 
 def verify_files(keras_path, onnx_path, *, input_path=None, precision: str | None = None,

@@ -7,10 +7,11 @@ preprocessor. Per model and precision: the file's bytes (plain tf2onnx's
 beside them), the max abs logits difference against Keras over the parity
 cases (batch 1/3/64 x sequence 1/7/33, right-padded), and next-token (argmax)
 agreement with Keras on the unpadded positions of 3 padded rows at lengths 1,
-7 and 33. int8 is shown twice: per-tensor weight scales (the default, what
-``export(..., precision="int8")`` writes) and per-channel (``tiedonnx quantize
---per-channel`` on the fp32 export: the projection's scales per row of the
-shared table, which the lookup applies to the rows it gathers).
+7 and 33. int8 is shown three times: per-tensor 7-bit weights (the default,
+what ``export(..., precision="int8")`` writes), per-channel (``--per-channel``:
+the projection's scales per row of the shared table, which the lookup applies
+to the rows it gathers), and per-channel with full 8-bit weights
+(``--per-channel --no-reduce-range``, for CPUs with VNNI or ARM only).
 
     python scripts/bench_tiny_lms.py
 
@@ -28,9 +29,10 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 VOCAB = 97
-# (row label, precision, per-channel int8 scales); fp32 first: the per-channel row quantizes its file.
-VARIANTS = (("fp32", "fp32", False), ("fp16", "fp16", False), ("int8", "int8", False),
-            ("int8 per-channel", "int8", True))
+# (row label, precision, export options).
+VARIANTS = (("fp32", "fp32", {}), ("fp16", "fp16", {}), ("int8", "int8", {}),
+            ("int8 per-channel", "int8", {"per_channel": True}),
+            ("int8 per-channel full-range", "int8", {"per_channel": True, "reduce_range": False}))
 
 
 def tiny_lm(kind: str):
@@ -79,7 +81,6 @@ def main() -> int:
     from tiedonnx.converter.errors import ParityError
     from tiedonnx.converter.export import export
     from tiedonnx.converter.parity import tolerance, verify
-    from tiedonnx.runtime.graph.quantize import quantize_file
     from tiedonnx.runtime.model_file import read_model
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -92,13 +93,9 @@ def main() -> int:
         for kind in ("GPT-2", "Qwen", "Llama (tied)", "Gemma"):
             model = tiny_lm(kind)
             plain = None
-            for label, precision, per_channel in VARIANTS:
+            for label, precision, options in VARIANTS:
                 path = Path(tmp) / f"{kind}.{label}.onnx"
-                if per_channel:  # export has no per_channel option: quantize the fp32 file, as the CLI does
-                    quantize_file(Path(tmp) / f"{kind}.fp32.onnx", path, precision=precision,
-                                  per_channel=True)
-                else:
-                    plain = export(model, path, precision=precision, verify=False).plain_bytes
+                plain = export(model, path, precision=precision, verify=False, **options).plain_bytes
                 proto = read_model(path).proto
                 figures = verify(model, proto, precision=precision, atol=1e9)  # the figure, whatever the bound
                 atol, _ = tolerance(model, precision)

@@ -147,3 +147,76 @@ def test_keras_hub_lm_per_channel_int8_shares_one_tensor_and_passes_parity(tmp_p
     assert inspect_model(q).ties_ok
     # Measured max abs 0.0023 (per-tensor 0.0029) at logits below 1; the bound is 0.05.
     assert verify(lm, q, precision="int8").ok
+
+
+def _int8_vnni_or_arm() -> bool:
+    """Whether full-range int8 weights are safe here: ARM, or an x86 CPU with VNNI."""
+    import platform
+
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return True
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return " avx512_vnni" in flags or " avx_vnni" in flags
+
+
+@pytest.mark.parametrize("reduce_range", [None, False], ids=["default_7bit", "full_range"])
+def test_reduce_range_sets_the_weight_magnitudes_and_is_recorded(reduce_range):
+    from tiedonnx.runtime.graph.quantize import FULL_RANGE_KEY
+
+    q = to_precision(_lm_graph(_table()), "int8", reduce_range=reduce_range)
+    (tie,) = read_ties(q)
+    stored = numpy_helper.to_array(next(i for i in q.graph.initializer if i.name == tie.initializer))
+    # One per-tensor scale: the largest |w| maps to the largest magnitude: onnxruntime's
+    # symmetric int8 range is [-64, 64] with reduce_range, [-127, 127] without.
+    assert np.abs(stored.astype(int)).max() == (127 if reduce_range is False else 64)
+    assert {p.key: p.value for p in q.metadata_props}.get(FULL_RANGE_KEY) == (
+        "true" if reduce_range is False else None)
+
+
+def test_reduce_range_is_int8_only_and_a_bool():
+    from tiedonnx.runtime.errors import UsageError
+
+    with pytest.raises(UsageError, match="reduce_range applies to int8 only"):
+        to_precision(_lm_graph(_table()), "int4", reduce_range=False)
+    with pytest.raises(UsageError, match="reduce_range must be True or False. Received: reduce_range='no'"):
+        to_precision(_lm_graph(_table()), "int8", reduce_range="no")
+
+
+@pytest.mark.filterwarnings("ignore:You are using a softmax over axis")
+@pytest.mark.skipif(not _int8_vnni_or_arm(), reason="full-range int8 weights saturate on x86 without VNNI")
+def test_gemma_int8_passes_parity_per_channel_with_full_range_weights(tmp_path):
+    """Tiny Gemma misses the int8 bound by default (0.14 at a peak of 1.55; the 7-bit weights);
+    measured per-channel with full-range weights 0.060 against the bound of 0.077."""
+    keras = pytest.importorskip("keras")
+    keras_hub = pytest.importorskip("keras_hub", reason="KerasHub is not installed")
+    from tiedonnx.converter.errors import ParityError
+    from tiedonnx.converter.export import export
+
+    keras.utils.set_random_seed(0)
+    m = keras_hub.models
+    lm = m.GemmaCausalLM(m.GemmaBackbone(vocabulary_size=97, num_layers=2, hidden_dim=16, intermediate_dim=32,
+                                         num_query_heads=2, num_key_value_heads=1, head_dim=8), preprocessor=None)
+    with pytest.raises(ParityError, match=r"exceeds atol=0\.05.*per_channel=True.*reduce_range=False"):
+        export(lm, tmp_path / "default.onnx", precision="int8")
+    assert not (tmp_path / "default.onnx").exists()
+    report = export(lm, tmp_path / "lm.onnx", precision="int8", per_channel=True, reduce_range=False)
+    assert report.parity.ok and report.parity.max_abs < 0.077
+
+
+def test_cli_reduce_range_flag(tmp_path, capsys):
+    from tiedonnx.runtime.cli import main
+    from tiedonnx.runtime.graph.quantize import FULL_RANGE_KEY
+
+    source, target = tmp_path / "lm.onnx", tmp_path / "lm.int8.onnx"
+    onnx.save(_lm_graph(_table()), source)
+    assert main(["quantize", str(source), "-o", str(target), "--precision", "int8", "--per-channel",
+                 "--no-reduce-range"]) == 0
+    assert {p.key: p.value for p in onnx.load(target).metadata_props}[FULL_RANGE_KEY] == "true"
+    capsys.readouterr()
+    assert main(["quantize", str(source), "-o", str(tmp_path / "b.onnx"), "--precision", "int4",
+                 "--no-reduce-range"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "reduce_range applies to int8 only" in line and not (tmp_path / "b.onnx").exists()

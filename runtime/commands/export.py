@@ -6,7 +6,7 @@ import argparse
 
 from ..options import DEFAULT_OPSET, PRECISIONS, SUPPORTED_OPSETS
 from . import _flags
-from .quantize import add_int4_arguments
+from .quantize import add_int4_arguments, add_int8_arguments
 
 HELP = "Export a .keras model to ONNX with one initializer per tie, verified against Keras."
 
@@ -21,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default: {DEFAULT_OPSET})")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="weight precision (default: fp32)")
+    add_int8_arguments(parser)
     add_int4_arguments(parser)
     parser.add_argument("--ort", action="store_true",
                         help="also write an ORT-format copy (OUT.ort) and its operator config")
@@ -40,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
 
     report = export(args.model, args.output, opset=args.opset, verify=not args.no_verify,
                     precision=args.precision, block_size=args.block_size, symmetric=args.symmetric,
-                    short_names=args.short_names, force=args.force, ort=args.ort,
+                    short_names=args.short_names, per_channel=args.per_channel,
+                    reduce_range=args.reduce_range, force=args.force, ort=args.ort,
                     unsafe=args.unsafe_load_code, import_modules=args.import_modules)
     _flags.emit(report.as_dict(), as_json=args.json, lines=render(report))
     return 0

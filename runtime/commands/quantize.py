@@ -10,6 +10,17 @@ from . import _flags
 HELP = "Store an .onnx file's weights as fp16, int8 or int4, one tensor per tie (ties restored first)."
 
 
+def add_int8_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--per-channel`` and ``--reduce-range``, shared with ``tiedonnx export``."""
+    parser.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None,
+                        help="int8 only: one weight scale per output channel "
+                             "(default: one per tensor)")
+    parser.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
+                        help="int8 only: 7-bit weights, safe on every CPU (default); "
+                             "--no-reduce-range: full 8-bit weights, more accurate, for CPUs "
+                             "with VNNI or ARM only (they saturate on AVX2 without VNNI)")
+
+
 def add_int4_arguments(parser: argparse.ArgumentParser) -> None:
     """``--block-size``, ``--symmetric`` and ``--short-names``, shared with ``tiedonnx export``."""
     parser.add_argument("--block-size", type=int, choices=BLOCK_SIZES, default=None, metavar="N",
@@ -30,9 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fp16: weights float16, float32 in and out; int8: weights int8, "
                              "activations quantized at run time; int4: weights 4-bit in blocks "
                              "(MatMulNBits); fp32: retie only")
-    parser.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None,
-                        help="int8 only: one weight scale per output channel "
-                             "(default: one per tensor)")
+    add_int8_arguments(parser)
     add_int4_arguments(parser)
     _flags.add_force(parser)
     _flags.add_json(parser)
@@ -43,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
 
     report = quantize_file(args.input, args.output, precision=args.precision,
                            per_channel=args.per_channel, block_size=args.block_size,
-                           symmetric=args.symmetric, short_names=args.short_names, force=args.force)
+                           symmetric=args.symmetric, short_names=args.short_names,
+                           reduce_range=args.reduce_range, force=args.force)
     stored = ", ".join(f"{t.initializer} ({t.dtype})" for t in report.ties) or "none"
     line = (f"wrote {report.path}: {report.precision}, {report.bytes:,} B "
             f"({report.bytes / report.bytes_before:.2f}x of {report.bytes_before:,} B); "

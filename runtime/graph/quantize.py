@@ -51,15 +51,16 @@ from onnx import numpy_helper
 
 from ..errors import ConversionError, UsageError
 from ..options import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, PRECISIONS  # the one list, shared with the CLI
-from .edit import consumers, replace_repeated, transpose_perm
+from .edit import replace_repeated, transpose_perm
 from .fp16 import to_fp16
-from .int8_retie import merge_equal_parameters, prune_initializers, retie_quantized
+from .int8_retie import merge_equal_parameters, per_channel_exclusions, prune_initializers, retie_quantized
 from .metadata import PRECISION_KEY, TieRecord, TieUse, read_precision, read_ties, write_metadata, write_ties
 from .retie import retie
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PRECISIONS", "PRECISION_KEY", "DEFAULT_PER_CHANNEL", "QuantizeReport", "check_precision_options",
+__all__ = ["PRECISIONS", "PRECISION_KEY", "DEFAULT_PER_CHANNEL", "FULL_RANGE_KEY", "REDUCE_RANGE", "QuantizeReport",
+           "check_precision_options",
            "quantize_file", "read_precision", "ties_in_graph", "to_precision"]
 
 
@@ -68,19 +69,31 @@ __all__ = ["PRECISIONS", "PRECISION_KEY", "DEFAULT_PER_CHANNEL", "QuantizeReport
 # fp32: per-tensor max abs 0.023, per-channel 0.015; reconstruction MSE within
 # 0.05% of fp32's for both. Reconstruction is the same, so the simpler graph
 # wins: per-channel costs an extra activation-side Mul per transposed use and
-# 2 KiB of scales.
+# 2 KiB of scales. The tiny KerasHub LMs (scripts/bench_tiny_lms.py: logits max
+# abs vs Keras over batch 1/3/64 x length 1/7/33, next-token agreement) say the
+# same: per-tensor / per-channel GPT-2 0.0029 / 0.0023 (agreement 0.950 both),
+# Qwen and Llama-tied 0.0043 / 0.0029 (1.000 both), Gemma 0.14 / 0.13 against
+# its bound of 0.077 (0.947 / 0.926): per-channel does not rescue Gemma. Its
+# error comes from the 7-bit weights (REDUCE_RANGE): with full-range weights (on
+# an AVX512-VNNI EPYC, where they do not saturate) per-channel Gemma measured
+# 0.060, per-tensor 0.087.
 DEFAULT_PER_CHANNEL = False
 
 # 7-bit weight magnitudes in int8 storage. On x86 CPUs without VNNI (AVX2
 # only), onnxruntime's u8s8 kernels sum pairs of uint8 x int8 products in
 # int16, which saturates with full-range weights: measured max abs 0.069 on
 # the model above (AMD EPYC, AVX2) against 0.023 with reduce_range. The file
-# does not know which CPU it will run on, so it is safe everywhere.
+# does not know which CPU it will run on, so it is safe everywhere by default;
+# reduce_range=False (CLI: --no-reduce-range) is for files that will run on
+# CPUs with VNNI (AVX512-VNNI, AVX-VNNI) or on ARM, and is recorded in the
+# file's metadata under FULL_RANGE_KEY.
 REDUCE_RANGE = True
+FULL_RANGE_KEY = "tiedonnx.int8.full_range"
 
 
 def check_precision_options(precision: str, *, per_channel: bool | None = None,
-                            block_size: int | None = None, symmetric: bool | None = None) -> None:
+                            block_size: int | None = None, symmetric: bool | None = None,
+                            reduce_range: bool | None = None) -> None:
     """Raise one :class:`UsageError` listing every problem with these options (None = default).
 
     ``export`` calls it before converting, so a bad option fails before any work.
@@ -89,9 +102,10 @@ def check_precision_options(precision: str, *, per_channel: bool | None = None,
     if precision not in PRECISIONS:
         problems.append(f"Unknown precision. Received: precision={precision!r}. "
                         f"Use one of {', '.join(PRECISIONS)}.")
-    if per_channel is not None and precision != "int8":
-        problems.append(f"per_channel applies to int8 only. Received: per_channel={per_channel!r} "
-                        f"with precision={precision!r}. Leave per_channel unset.")
+    for name, value in (("per_channel", per_channel), ("reduce_range", reduce_range)):
+        if value is not None and precision != "int8":
+            problems.append(f"{name} applies to int8 only. Received: {name}={value!r} with "
+                            f"precision={precision!r}. Leave {name} unset.")
     for name, value in (("block_size", block_size), ("symmetric", symmetric)):
         if value is not None and precision != "int4":
             problems.append(f"{name} applies to int4 only. Received: {name}={value!r} with "
@@ -99,15 +113,16 @@ def check_precision_options(precision: str, *, per_channel: bool | None = None,
     if block_size is not None and (isinstance(block_size, bool) or block_size not in BLOCK_SIZES):
         problems.append(f"Unsupported int4 block size. Received: block_size={block_size!r}. Use one of "
                         f"{', '.join(map(str, BLOCK_SIZES))} (default {DEFAULT_BLOCK_SIZE}).")
-    if symmetric is not None and not isinstance(symmetric, bool):
-        problems.append(f"symmetric must be True or False. Received: symmetric={symmetric!r}.")
+    for name, value in (("symmetric", symmetric), ("per_channel", per_channel), ("reduce_range", reduce_range)):
+        if value is not None and not isinstance(value, bool):
+            problems.append(f"{name} must be True or False. Received: {name}={value!r}.")
     if problems:
         raise UsageError(" ".join(problems))
 
 
 def to_precision(model: onnx.ModelProto, precision: str, *, per_channel: bool | None = None,
                  block_size: int | None = None, symmetric: bool | None = None,
-                 short_names: bool | None = None) -> onnx.ModelProto:
+                 short_names: bool | None = None, reduce_range: bool | None = None) -> onnx.ModelProto:
     """Return a copy of ``model`` with its weights stored at ``precision``, ties kept.
 
     Args:
@@ -119,6 +134,9 @@ def to_precision(model: onnx.ModelProto, precision: str, *, per_channel: bool | 
             4-bit in blocks, see :mod:`.int4`).
         per_channel: int8 only; per-channel weight scales instead of one per
             tensor. ``None`` takes :data:`DEFAULT_PER_CHANNEL`.
+        reduce_range: int8 only; 7-bit weight magnitudes, safe on every CPU
+            (``None``: True). False gives full 8-bit weights, more accurate,
+            for CPUs with VNNI or ARM only (see :data:`REDUCE_RANGE`).
         block_size: int4 only; values per scale, one of
             :data:`~tiedonnx.runtime.options.BLOCK_SIZES` (``None``: 32).
         symmetric: int4 only; no zero points (``None``: asymmetric).
@@ -141,7 +159,7 @@ def to_precision(model: onnx.ModelProto, precision: str, *, per_channel: bool | 
         >>> small = to_precision(onnx.load("ae.onnx"), "int8")  # doctest: +SKIP
     """
     check_precision_options(precision, per_channel=per_channel, block_size=block_size,
-                            symmetric=symmetric)
+                            symmetric=symmetric, reduce_range=reduce_range)
     current = read_precision(model)
     if current not in ("fp32", precision):
         raise UsageError(f"The model is already stored as {current}; converting {current} to "
@@ -157,7 +175,8 @@ def to_precision(model: onnx.ModelProto, precision: str, *, per_channel: bool | 
     if precision == "fp16":
         out = to_fp16(tied)
     elif precision == "int8":
-        out = _to_int8(tied, per_channel=DEFAULT_PER_CHANNEL if per_channel is None else per_channel)
+        out = _to_int8(tied, per_channel=DEFAULT_PER_CHANNEL if per_channel is None else per_channel,
+                       reduce_range=REDUCE_RANGE if reduce_range is None else reduce_range)
     elif precision == "int4":
         from .int4 import DEFAULT_SYMMETRIC, to_int4
 
@@ -220,7 +239,7 @@ def _untie(model: onnx.ModelProto, ties: list[TieRecord]) -> onnx.ModelProto:
     return work
 
 
-def _run_quantize_dynamic(work: onnx.ModelProto, *, per_channel: bool,
+def _run_quantize_dynamic(work: onnx.ModelProto, *, per_channel: bool, reduce_range: bool,
                           exclude: list[str]) -> onnx.ModelProto:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -233,27 +252,26 @@ def _run_quantize_dynamic(work: onnx.ModelProto, *, per_channel: bool,
         root.addFilter(quiet)
         try:
             quantize_dynamic(work, out, per_channel=per_channel, weight_type=QuantType.QInt8,
-                             reduce_range=REDUCE_RANGE,
+                             reduce_range=reduce_range,
                              nodes_to_exclude=exclude, extra_options={"MatMulConstBOnly": True})
         finally:
             root.removeFilter(quiet)
         return onnx.load(str(out))
 
 
-def _to_int8(model: onnx.ModelProto, *, per_channel: bool) -> onnx.ModelProto:
+def _to_int8(model: onnx.ModelProto, *, per_channel: bool, reduce_range: bool) -> onnx.ModelProto:
     ties = read_ties(model)
     work = _untie(model, ties)
-    # Per-channel: transposed uses are left to _fold_scales (see module docstring).
-    exclude = []
-    if per_channel:
-        for tie in ties:
-            for name in list(tie.members())[1:]:
-                exclude += [n.name for n in consumers(work.graph, name)]
-    quantized = _run_quantize_dynamic(work, per_channel=per_channel, exclude=exclude)
+    # Per-channel: one use per tie is quantized by onnxruntime; the others are
+    # rewritten around it by retie_quantized (see module docstring).
+    exclude = per_channel_exclusions(work.graph, ties) if per_channel else []
+    quantized = _run_quantize_dynamic(work, per_channel=per_channel, reduce_range=reduce_range,
+                                      exclude=exclude)
     new_ties = [retie_quantized(quantized.graph, tie, model) for tie in ties]
     prune_initializers(quantized.graph)
     merge_equal_parameters(quantized.graph, keep={i.name for i in model.graph.initializer})
     write_ties(quantized, new_ties)
+    write_metadata(quantized, {FULL_RANGE_KEY: None if reduce_range else "true"})
     # quantize_dynamic sets its own producer; the file is still ours.
     quantized.producer_name, quantized.producer_version = model.producer_name, model.producer_version
     return quantized
@@ -277,7 +295,7 @@ class QuantizeReport:
 def quantize_file(source: str | os.PathLike, target: str | os.PathLike, *, precision: str,
                   per_channel: bool | None = None, block_size: int | None = None,
                   symmetric: bool | None = None, short_names: bool | None = None,
-                  force: bool = False) -> QuantizeReport:
+                  reduce_range: bool | None = None, force: bool = False) -> QuantizeReport:
     """Read the ONNX file ``source``, store its weights at ``precision`` and write ``target``.
 
     The input is read with the checks every model gets
@@ -287,11 +305,12 @@ def quantize_file(source: str | os.PathLike, target: str | os.PathLike, *, preci
     from ..model_file import read_model
     from ..model_save import check_model_targets, save_model
 
-    check_precision_options(precision, per_channel=per_channel, block_size=block_size, symmetric=symmetric)
+    check_precision_options(precision, per_channel=per_channel, block_size=block_size, symmetric=symmetric,
+                            reduce_range=reduce_range)
     check_model_targets(target, force=force)
     checked = read_model(source)
     out = to_precision(checked.proto, precision, per_channel=per_channel, block_size=block_size,
-                       symmetric=symmetric, short_names=short_names)
+                       symmetric=symmetric, short_names=short_names, reduce_range=reduce_range)
     saved = save_model(out, target, force=force)
     return QuantizeReport(path=str(target), precision=precision, bytes=saved.total_bytes,
                           bytes_before=checked.path.stat().st_size, ties=read_ties(out))
