@@ -21,21 +21,29 @@ Gemm(transB=1) over W, pre-packing disabled (``lean``)  42
 So lean needs both: the rewrite (nothing left to fold) and
 ``session.disable_prepacking`` (no packed second copy). The rewrite turns
 ``MatMul(A, Transpose(W))`` with a rank-2 ``A`` into ``Gemm(A, W, transB=1)``
-and flips ``transB`` of a ``Gemm`` that reads ``Transpose(W)``. A transpose it
-cannot rewrite (``A`` of another rank, a perm other than ``[1, 0]``) stays,
-and the session then disables ``ConstantFolding`` so it is not folded into a
-copy; it is logged because it then runs on every call.
+and flips ``transB`` of a ``Gemm`` that reads ``Transpose(W)``.
 
-int8 files: the transposed use reads ``Transpose(W_q)`` and it stays (no
-integer ``Gemm(transB=1)`` runs without pre-packing). With pre-packing off,
-onnxruntime's int8 kernels also re-pack their weight on every call. Measured
-at batch 1 on the 784-256 model (2-core AMD EPYC, onnxruntime 1.32, per-node
-profile): Transpose 21 us, each un-prepacked DynamicQuantizeMatMul 14-16 us
-against about 4 us pre-packed; lean int8 runs at about 3x fast int8 (44 vs
-14 us). ``QGemm(transB=1)`` over ``W_q`` (what ``.ort`` files use) does not
-help here: un-prepacked it transposes ``W_q`` itself on every call (43.7 us).
-The alternatives that are fast (pre-packing both uses) hold two packed copies,
-which is what ``fast`` is for.
+A float transpose it cannot rewrite (``A`` of another rank, a perm other
+than ``[1, 0]``) stays, and the session then disables ``ConstantFolding`` so
+it is not folded into a copy; it is logged because it then runs on every call
+(its output is freed after the call: the 2048x1024 rank-3 tie holds 8.0 MiB
+after a run, fast 16.0 MiB).
+
+An integer tie's transposed use (``MatMulInteger`` over ``Transpose(W_q)``
+in int8 files) cannot be rewritten, and keeping it run per call saves no
+memory: the 4096x2048 int8 tie held 8.0 MiB after load and 16.4 MiB after one
+run (RSS growth, 2-core AMD EPYC, onnxruntime 1.32), against 16.1 MiB for
+``fast``. So an integer transpose is left to constant folding, and where no
+weight is read by several nodes pre-packing stays on too
+(:attr:`LeanReport.prepacking`): the session then holds what ``fast`` holds, at
+``fast``'s speed. The former lean int8 graph ran at 3.1-3.7x fast at batch 1
+on the 784-256 model (Transpose 18 us, each un-prepacked DynamicQuantizeMatMul
+13 us against 6 us pre-packed, one-thread profile).
+Also measured and rejected, each with one int8 copy: the folded transpose
+without pre-packing (1.58x), the decoder as ``W_q @ h_q^T`` with ``W_q`` as
+``MatMulInteger``'s A (2.5x at batch 1, 11.6x at batch 256: no fast signed-A
+kernel), the same with ``W_q`` stored as uint8 (4.5x), and ``QGemm(transB=1)``
+without pre-packing (transposes ``W_q`` on every call, 43.7 us).
 """
 
 from __future__ import annotations
@@ -51,28 +59,57 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-#: Session config entries for lean mode.
-LEAN_SESSION_CONFIG = {"session.disable_prepacking": "1"}
+_INTEGER_TYPES = ("UINT4", "INT4", "UINT8", "INT8", "UINT16", "INT16", "UINT32", "INT32", "UINT64", "INT64")
+
+#: The session config entry that keeps each consumer from packing its own copy of a weight.
+DISABLE_PREPACKING = {"session.disable_prepacking": "1"}
 
 
 @dataclass
 class LeanReport:
-    """What :func:`lean_rewrite` changed.
+    """What :func:`lean_rewrite` changed, and the session settings lean needs.
 
     Attributes:
         rewritten: names of nodes now reading the shared initializer directly.
         removed_transposes: Transpose nodes deleted (no consumer left).
         kept_transposes: Transpose-of-initializer nodes that could not be rewritten.
+        kept_integer: those of them that transpose an integer (quantized) tensor.
+        shared: weights (rank >= 2 initializers) that several nodes read after
+            the rewrite; a kept transpose counts as a weight of its own.
     """
 
     rewritten: list[str] = field(default_factory=list)
     removed_transposes: list[str] = field(default_factory=list)
     kept_transposes: list[str] = field(default_factory=list)
+    kept_integer: list[str] = field(default_factory=list)
+    shared: list[str] = field(default_factory=list)
+
+    @property
+    def integer_only(self) -> bool:
+        """Every kept transpose is of an integer tensor (and there is one)."""
+        return bool(self.kept_transposes) and len(self.kept_integer) == len(self.kept_transposes)
 
     @property
     def disabled_optimizers(self) -> list[str]:
-        """Optimizers the session must disable so kept transposes are not folded."""
-        return ["ConstantFolding"] if self.kept_transposes else []
+        """Optimizers the session must disable so kept float transposes are not folded."""
+        return ["ConstantFolding"] if self.kept_transposes and not self.integer_only else []
+
+    @property
+    def prepacking(self) -> bool:
+        """Whether the session may pre-pack weights: only where it costs lean no memory.
+
+        That is where every kept transpose is of an integer tensor and no
+        weight is read by several nodes: the int8 tie is two tensors of memory
+        either way (measured on the 4096x2048 int8 tie, RSS growth over load and
+        one run: 16.4 MiB with the Transpose run per call and no pre-packing,
+        16.1 MiB folded and pre-packed, as ``fast``).
+        """
+        return self.integer_only and not self.shared
+
+    @property
+    def session_config(self) -> dict[str, str]:
+        """Session config entries for lean mode."""
+        return {} if self.prepacking else dict(DISABLE_PREPACKING)
 
 
 def lean_rewrite(model: onnx.ModelProto) -> tuple[onnx.ModelProto, LeanReport]:
@@ -88,21 +125,55 @@ def lean_rewrite(model: onnx.ModelProto) -> tuple[onnx.ModelProto, LeanReport]:
         if node.op_type == "Transpose" and node.input[0] in initializers
         and transpose_perm(node, 2) == [1, 0] and _rank(graph, node.input[0]) == 2
     }
-    if not transposes:
-        return model, report
-    ranks = _ranks(model)
-    for node in graph.node:
-        if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in transposes:
-            if ranks.get(node.input[0]) != 2 or _opset(model) < 11:
-                continue
-            _to_gemm(node, transposes[node.input[1]].input[0])
-            report.rewritten.append(node.name or node.output[0])
-    _drop_unused(graph, transposes, report)
+    if transposes:
+        ranks = _ranks(model)
+        for node in graph.node:
+            if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in transposes:
+                if ranks.get(node.input[0]) != 2 or _opset(model) < 11:
+                    continue
+                _to_gemm(node, transposes[node.input[1]].input[0])
+                report.rewritten.append(node.name or node.output[0])
+        _drop_unused(graph, transposes, report)
+    kept = {t: n for t, n in transposes.items() if (n.name or n.output[0]) in report.kept_transposes}
+    from onnx import TensorProto
+
+    types = {getattr(TensorProto, name) for name in _INTEGER_TYPES}
+    integers = {init.name for init in graph.initializer if init.data_type in types}
+    report.kept_integer = [n.name or n.output[0] for n in kept.values() if n.input[0] in integers]
+    report.shared = _shared_weights(graph, set(kept) if report.integer_only else set())
+    _log(report)
+    return model, report
+
+
+def _log(report: LeanReport) -> None:
     for name in report.rewritten:
         logger.info("lean: %s reads its tied initializer directly (Gemm transB)", name)
+    if report.integer_only:
+        logger.info("lean: integer transposes %s are folded%s: an int8 tie is two tensors of memory "
+                    "either way", report.kept_integer,
+                    " and pre-packed" if report.prepacking else "")
+        return
     for name in report.kept_transposes:
         logger.warning("lean: transpose %s kept; it runs on every call", name)
-    return model, report
+
+
+def _shared_weights(graph, kept_outputs: set[str]) -> list[str]:
+    """Rank >= 2 initializers read by several nodes (subgraphs included).
+
+    A kept ``Transpose`` is not a reader of its input: onnxruntime folds it at
+    session start, and its output is counted as a weight of its own.
+    """
+    from .graph.edit import iter_graphs
+
+    weights = {init.name for init in graph.initializer if len(init.dims) >= 2} | kept_outputs
+    readers: dict[str, int] = {}
+    for g in iter_graphs(graph):
+        for node in g.node:
+            if node.op_type == "Transpose" and node.output and node.output[0] in kept_outputs:
+                continue
+            for name in set(node.input) & weights:
+                readers[name] = readers.get(name, 0) + 1
+    return sorted(name for name, count in readers.items() if count > 1)
 
 
 def _rank(graph, name: str) -> int:

@@ -142,10 +142,10 @@ def _onnx_session(path, options, providers, *, memory: str, max_bytes: int) -> o
     extra: dict = {}
     proto = model_file.proto
     if memory == "lean":
-        from .lean import LEAN_SESSION_CONFIG, lean_rewrite
+        from .lean import lean_rewrite
 
         proto, report = lean_rewrite(proto)
-        for key, value in LEAN_SESSION_CONFIG.items():
+        for key, value in report.session_config.items():
             options.add_session_config_entry(key, value)
         if report.disabled_optimizers:
             extra["disabled_optimizers"] = report.disabled_optimizers
