@@ -82,3 +82,16 @@ def test_fp16_tied_ae_counts_its_transposed_use_once():
     (tie,) = read_ties(half)
     assert {u.relation for u in tie.uses} == {"cast", "transpose"}
     assert untied_bytes(half, 0) == N_IN * N_H * 2
+
+
+def test_ort_file_counts_the_float16_copy_like_the_onnx_file(tmp_path):
+    """inspect of the .ort file of the retied mixed graph: the same extra bytes as the .onnx."""
+    from tiedonnx.runtime.graph.inspect import inspect_file
+    from tiedonnx.runtime.graph.ort_format import save_ort
+
+    tied, _ = retie(_mixed_tied_graph())
+    save_ort(tied, tmp_path / "mixed.ort")
+    report = inspect_file(tmp_path / "mixed.ort")
+    (tie,) = report.ties
+    assert tie["status"] == "ok", tie
+    assert report.untied_bytes - report.bytes == N_IN * N_H * 2  # float16 W^T, not float32 W's 512

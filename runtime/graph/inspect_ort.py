@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from .inspect import InspectReport, copied_uses, dtype_name
+from .inspect import InspectReport, copied_bytes, dtype_name
 from .metadata import TIES_KEY, TieRecord
 from .ort_format import ort_initializers, read_ort_model
 
@@ -67,7 +67,9 @@ def inspect_ort_file(path: str | os.PathLike, *, max_bytes: int | None = None) -
         twins = [n for n, src in copies.items() if tie.initializer in (n, src)]
         if twins:
             problems.append(f"stored more than once ({', '.join(sorted(set(twins)))})")
-        extra += copied_uses(tie) * (stored or {"bytes": 0})["bytes"]
+        if stored and not tie.shape:
+            tie.shape = list(stored["dims"])
+        extra += copied_bytes(tie, (stored or {"bytes": 0})["bytes"])  # cast copies at their own dtype
         ties.append({**tie.as_dict(), "status": "ok" if not problems else "; ".join(problems)})
     inputs, outputs = _io(str(path))
     size = Path(path).stat().st_size
