@@ -171,3 +171,38 @@ def test_inspect_sees_a_tie_split_by_onnxruntimes_own_converter(tmp_path, capsys
     info = json.loads(capsys.readouterr().out)
     assert info["untied_duplicates"], "the folded W^T copy was not found"
     assert "stored more than once" in info["ties"][0]["status"]
+
+
+@pytest.mark.skipif(__import__("platform").machine().lower() not in ("x86_64", "amd64"),
+                    reason="the premise is about onnxruntime's x86-64 CPU kernels")
+def test_fp16_ort_casts_its_tie_per_call_because_the_cpu_has_no_float16_matmul(tmp_path, ae_784):
+    """Why the fp16 .ort stays slower than the .onnx at batch 1 (runtime/graph/ort_format.py).
+
+    If onnxruntime gains a float16 MatMul kernel on x86-64, this fails: the
+    .ort could then read its float16 tie without the per-call Cast.
+    """
+    from onnx import TensorProto, helper
+
+    weight = numpy_helper.from_array(np.ones((8, 4), np.float16), "W")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 4])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(tmp_path / "optimized.onnx")
+    assert [n.op_type for n in optimized.graph.node] == ["Cast", "MatMul", "Cast"]
+    assert [i.data_type for i in optimized.graph.initializer] == [TensorProto.FLOAT]
+    # And the .ort keeps the float16 tie once, cast on every call.
+    out = tmp_path / "ae_fp16.ort"
+    save_ort(to_precision(ae_784, "fp16"), out)
+    import onnxruntime.tools.ort_format_model  # noqa: F401  (flatbuffers schema on sys.path)
+    from ort_flatbuffers_py import fbs
+
+    graph = fbs.InferenceSession.InferenceSession.GetRootAsInferenceSession(bytearray(out.read_bytes()), 0)
+    graph = graph.Model().Graph()
+    casts = [graph.Nodes(i).Inputs(0).decode() for i in range(graph.NodesLength())
+             if graph.Nodes(i).OpType() == b"Cast"]
+    (tie,) = recorded_ties(to_precision(ae_784, "fp16"))
+    assert tie["initializer"] in casts
