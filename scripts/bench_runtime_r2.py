@@ -23,8 +23,9 @@ from tiedonnx.runtime.testing import tied_autoencoder
 # RSS growth of a fresh process over session creation alone (no run), every
 # import done before the baseline. ", warm": the process loaded a tiny model
 # first, the same way: the figure then leaves out what the first session of a
-# process builds once (onnxruntime's environment and thread pools; for
-# tiedonnx also onnx's operator-schema registry, which onnx.checker builds).
+# process builds once (onnxruntime's environment and thread pools). fast no
+# longer runs onnx.checker, which built onnx's operator-schema registry (6.8
+# MiB) in the first load; lean still does (it also runs onnx shape inference).
 _RSS_PROBE = r"""
 import gc, json, sys
 import numpy as np, onnx, onnx.checker, onnxruntime as ort
