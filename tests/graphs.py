@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from tiedonnx.runtime.testing import tied_autoencoder, tied_autoencoder_reference, tied_autoencoder_weights
@@ -74,3 +75,27 @@ def recorded_ties(model: onnx.ModelProto) -> list[dict]:
     from tiedonnx.runtime.graph.metadata import read_ties
 
     return [t.as_dict() for t in read_ties(model)]
+
+
+def tied_graph(features: int = 64, hidden: int = 16, *, untied: bool = False, seed: int = 0,
+               scale: float = 0.3) -> onnx.ModelProto:
+    """x -> sigmoid(x W + b1) -> sigmoid(h W^T + b2); ``untied`` stores W^T as a copy (exporter form)."""
+    return tied_autoencoder(features, hidden, untied=untied, seed=seed, batch="N",
+                            transposed_name="W_T", weight_scale=scale, bias_scale=0.1)
+
+
+def run(model: onnx.ModelProto | str, x: np.ndarray, *, optimized_path=None) -> np.ndarray:
+    so = ort.SessionOptions()
+    if optimized_path is not None:
+        so.optimized_model_filepath = str(optimized_path)
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    session = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def resolve(graph: onnx.GraphProto, name: str) -> str:
+    """Follow Transpose / Identity nodes back to the initializer a tensor comes from."""
+    producers = {o: n for n in graph.node for o in n.output}
+    while name in producers and producers[name].op_type in ("Transpose", "Identity"):
+        name = producers[name].input[0]
+    return name

@@ -12,7 +12,7 @@ from tiedonnx.runtime.graph.fp16 import to_fp16
 from tests.graphs import recorded_ties
 from tiedonnx.runtime.graph.quantize import read_precision, to_precision
 
-from .test_quantize import resolve, run, tied_graph
+from tests.graphs import resolve, run, tied_graph
 
 # Hand-built 64-16-64 sigmoid AE, W ~ N(0, 0.3), vs the fp32 graph: measured
 # max abs 1.1e-4 (weights rounded to 11 significant bits, fp32 arithmetic).

@@ -8,13 +8,12 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from tests.graphs import recorded_ties
 from tiedonnx.runtime.graph.ort_format import config_path_for, ort_initializers, save_ort
 from tiedonnx.runtime.graph.quantize import to_precision
 from tiedonnx.runtime.cli import main as cli_main
 from tiedonnx.runtime.errors import ModelFileError, OutputExistsError
 
-from .test_quantize import run, tied_graph
+from tests.graphs import recorded_ties, run, tied_graph
 
 # .ort vs .onnx of the same model, both run by onnxruntime's CPU provider; the
 # .ort reads the tie through FusedGemm(transB=1) (fp32), QGemm(transB=1) (int8)

@@ -10,13 +10,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from tiedonnx.runtime.testing import tied_autoencoder
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tiedonnx.converter.errors import ConversionError, UsageError
-from tests.graphs import recorded_ties
+from tests.graphs import recorded_ties, resolve, run, tied_graph
 from tiedonnx.runtime.graph.quantize import PRECISION_KEY, PRECISIONS, read_precision, to_precision
 from tiedonnx.runtime import options
 from tiedonnx.runtime.cli import main as cli_main
@@ -42,30 +41,6 @@ KERAS_FP32_ATOL = 1e-5
 
 INTEGER_KERNELS = {"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger"}
 FLOAT_MATMULS = {"MatMul", "Gemm", "FusedGemm", "FusedMatMul"}
-
-
-def tied_graph(features: int = 64, hidden: int = 16, *, untied: bool = False, seed: int = 0,
-               scale: float = 0.3) -> onnx.ModelProto:
-    """x -> sigmoid(x W + b1) -> sigmoid(h W^T + b2); ``untied`` stores W^T as a copy (exporter form)."""
-    return tied_autoencoder(features, hidden, untied=untied, seed=seed, batch="N",
-                            transposed_name="W_T", weight_scale=scale, bias_scale=0.1)
-
-
-def run(model: onnx.ModelProto | str, x: np.ndarray, *, optimized_path=None) -> np.ndarray:
-    so = ort.SessionOptions()
-    if optimized_path is not None:
-        so.optimized_model_filepath = str(optimized_path)
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    session = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
-
-
-def resolve(graph: onnx.GraphProto, name: str) -> str:
-    """Follow Transpose / Identity nodes back to the initializer a tensor comes from."""
-    producers = {o: n for n in graph.node for o in n.output}
-    while name in producers and producers[name].op_type in ("Transpose", "Identity"):
-        name = producers[name].input[0]
-    return name
 
 
 def test_one_precision_list_for_library_and_cli():
