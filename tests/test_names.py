@@ -103,7 +103,7 @@ def test_fp16_kept_list_follows_the_rename():
     assert numpy_helper.to_array(inits[kept[0]]).min() == np.float32(-1e9)
 
 
-def test_cli_short_names_flag(tmp_path):
+def test_cli_short_names_flag(tmp_path, capsys):
     from tiedonnx.runtime.cli import main
 
     source = tmp_path / "ae.onnx"
@@ -113,6 +113,8 @@ def test_cli_short_names_flag(tmp_path):
         target = tmp_path / f"{'_'.join(args)}.onnx"
         assert main(["quantize", str(source), "-o", str(target), "--precision", *args]) == 0
         assert all(len(n) <= 3 for n in internal_names(onnx.load(target))) == short
+        # the report names the tie's tensor before the rename
+        assert "; was W)" in capsys.readouterr().out
 
 
 # --- int4 lookup tables -------------------------------------------------------

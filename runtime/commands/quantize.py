@@ -54,9 +54,15 @@ def run(args: argparse.Namespace) -> int:
                            per_channel=args.per_channel, block_size=args.block_size,
                            symmetric=args.symmetric, short_names=args.short_names,
                            reduce_range=args.reduce_range, force=args.force)
-    stored = ", ".join(f"{t.initializer} ({t.dtype})" for t in report.ties) or "none"
+    stored = ", ".join(f"{t.initializer} ({t.dtype}{_origin(t)})" for t in report.ties) or "none"
     line = (f"wrote {report.path}: {report.precision}, {report.bytes:,} B "
             f"({report.bytes / report.bytes_before:.2f}x of {report.bytes_before:,} B); "
             f"ties stored once: {stored}")
     _flags.emit(report.as_dict(), as_json=args.json, lines=[line])
     return 0
+
+
+def _origin(tie) -> str:
+    """``; was <name>``: the Keras variable, or the float tensor, behind a renamed stored tensor."""
+    name = (tie.keras or {}).get("variable") or tie.source
+    return f"; was {name}" if name and name != tie.initializer else ""
