@@ -33,7 +33,6 @@ from tiedonnx.runtime.graph import TieRecord, find_duplicates, read_ties, retie,
 from tiedonnx.runtime.graph.duplicates import find_permutations_of, initializer_arrays
 from tiedonnx.runtime.graph.retie import record_ties
 from tiedonnx.runtime.graph.shape_fold import fold_initializer_shapes
-from tiedonnx.runtime.model_file import PROTOBUF_LIMIT
 from tiedonnx.runtime.options import DEFAULT_OPSET, PRECISIONS, SUPPORTED_OPSETS
 
 from .errors import ConversionError, UsageError
@@ -223,11 +222,7 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
     _prove_invariants(proto)
 
     parity = None
-    if verify and proto.ByteSize() >= PROTOBUF_LIMIT:
-        logger.warning("parity NOT checked for %s: the model is over 2 GiB and cannot be handed to "
-                       "onnxruntime from memory; check it with `tiedonnx verify MODEL.keras %s`",
-                       path, path)
-    elif verify:
+    if verify:  # over 2 GiB the large weights go to onnxruntime beside the graph (open_proto_session)
         parity = verify_parity(keras_model, proto, batch_sizes=batch_sizes, precision=precision)
     threshold = EXTERNAL_DATA_THRESHOLD if external_threshold is None else external_threshold
     saved = model_save.save_model(proto, path, force=force, threshold=threshold)

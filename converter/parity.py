@@ -173,15 +173,14 @@ def compare(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], *,
 
 
 def _open(onnx_model):
-    from tiedonnx.runtime.session import open_session
+    """A CPU session over a path, serialized bytes or a proto (of any size: see open_proto_session)."""
+    from tiedonnx.runtime.session import open_proto_session, open_session
 
     if isinstance(onnx_model, (str, os.PathLike)):
-        source, label = str(onnx_model), str(onnx_model)
-    elif isinstance(onnx_model, bytes):
-        source, label = onnx_model, "the exported model"
-    else:
-        source, label = onnx_model.SerializeToString(), "the exported model"
-    return open_session(source, providers=["CPUExecutionProvider"], label=label)
+        return open_session(str(onnx_model), providers=["CPUExecutionProvider"], label=str(onnx_model))
+    if isinstance(onnx_model, bytes):
+        return open_session(onnx_model, providers=["CPUExecutionProvider"], label="the exported model")
+    return open_proto_session(onnx_model, providers=["CPUExecutionProvider"], label="the exported model")
 
 
 def _onnx_input_names(session, signature) -> dict[str, str]:

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from .errors import ModelFileError, ProviderError, UsageError, short_error
@@ -149,7 +150,12 @@ def _onnx_session(path, options, providers, *, memory: str, max_bytes: int) -> o
             options.add_session_config_entry(key, value)
         if report.disabled_optimizers:
             extra["disabled_optimizers"] = report.disabled_optimizers
-    source = _session_source(model_file, proto, memory)
+    if proto.ByteSize() >= PROTOBUF_LIMIT:
+        if memory == "lean":  # the rewritten graph exists in memory only
+            return open_proto_session(proto, options, providers=providers, label=str(path), **extra)
+        del proto, model_file.proto
+        return open_session(str(path), options, providers=providers, label=str(path), **extra)
+    source = proto.SerializeToString()
     del proto, model_file.proto
     return open_session(source, options, providers=providers, label=str(path), **extra)
 
@@ -214,15 +220,51 @@ def open_session(source, options=None, *, providers, label: str, fix: str | None
         raise ModelFileError(f"onnxruntime cannot load model {label!r}: {short_error(exc, 300)}. {fix}") from None
 
 
-def _session_source(model_file, proto, memory: str):
-    if proto.ByteSize() < PROTOBUF_LIMIT:
-        return proto.SerializeToString()
-    if memory == "lean":
-        raise UsageError(
-            f"memory='lean' supports models under 2 GiB; {str(model_file.path)!r} is larger. "
-            "Use memory='fast'."
-        )
-    return str(model_file.path)
+#: Above protobuf's limit, initializers of at least this many bytes go to
+#: onnxruntime beside the serialized graph (:func:`open_proto_session`).
+DETACH_BYTES = 1 << 20
+_IN_MEMORY = "tiedonnx-in-memory"  # the location the detached tensors claim; never read
+
+
+def open_proto_session(proto: onnx.ModelProto, options=None, *, providers, label: str,
+                       limit: int | None = None, **kwargs) -> ort.InferenceSession:
+    """:func:`open_session` over an in-memory model of any size.
+
+    Under ``limit`` (default: protobuf's 2 GiB) the model is serialized. Above
+    it, protobuf cannot serialize it: its large initializers are handed to
+    onnxruntime as external initializers (``add_external_initializers``, which
+    copies them into the session) and only the rest is serialized. ``proto``
+    is restored before this returns, also when onnxruntime refuses the model.
+    """
+    limit = PROTOBUF_LIMIT if limit is None else limit
+    if proto.ByteSize() < limit:
+        return open_session(proto.SerializeToString(), options, providers=providers, label=label, **kwargs)
+    options = options or ort.SessionOptions()
+    detached = []
+    try:
+        for init in proto.graph.initializer:
+            if len(init.raw_data) >= DETACH_BYTES and init.data_type != onnx.TensorProto.BFLOAT16:
+                detached.append((init, init.raw_data, init.HasField("data_location")))
+        names, values = [], []
+        for init, raw, _ in detached:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
+            values.append(ort.OrtValue.ortvalue_from_numpy(
+                np.frombuffer(raw, dtype).reshape(tuple(init.dims))))
+            names.append(init.name)
+            init.ClearField("raw_data")
+            init.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", _IN_MEMORY), ("offset", "0"), ("length", str(len(raw)))):
+                init.external_data.add(key=key, value=value)
+        options.add_external_initializers(names, values)
+        return open_session(proto.SerializeToString(), options, providers=providers, label=label, **kwargs)
+    finally:
+        for init, raw, had_location in detached:  # as it was, byte for byte
+            del init.external_data[:]
+            if had_location:
+                init.data_location = onnx.TensorProto.DEFAULT
+            else:
+                init.ClearField("data_location")
+            init.raw_data = raw
 
 
 class TiedModel:

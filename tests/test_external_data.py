@@ -153,3 +153,72 @@ def test_export_and_verify_with_external_data(tmp_path):
     np.testing.assert_allclose(_run(str(path), x), want, atol=1e-5, rtol=1e-5)
     model.save(tmp_path / "ae.keras")
     assert main(["verify", str(tmp_path / "ae.keras"), str(path)]) == 0
+
+
+# --- sessions over in-memory models above protobuf's limit ---------------------------------
+# The limit is lowered: open_proto_session then hands W (4 kB) to onnxruntime beside the graph.
+
+@pytest.fixture
+def low_limit(monkeypatch):
+    from tiedonnx.runtime import session
+
+    monkeypatch.setattr(session, "PROTOBUF_LIMIT", LOW)
+    monkeypatch.setattr(session, "DETACH_BYTES", 1024)
+    sources = []
+    real = session.open_session
+    monkeypatch.setattr(session, "open_session",
+                        lambda source, *a, **k: sources.append(source) or real(source, *a, **k))
+    return sources
+
+
+def test_proto_over_the_limit_runs_with_its_weights_beside_it(proto, x, low_limit):
+    from tiedonnx.runtime.session import open_proto_session
+
+    before = proto.SerializeToString()
+    session = open_proto_session(proto, providers=["CPUExecutionProvider"], label="m")
+    (sent,) = low_limit
+    graph_only = onnx.load_from_string(sent)
+    (w,) = [i for i in graph_only.graph.initializer if i.name == "W"]
+    assert w.data_location == onnx.TensorProto.EXTERNAL and not w.raw_data  # W went beside the graph
+    assert len(sent) < len(before) - W_BYTES + 200
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], _run(before, x))
+    assert proto.SerializeToString() == before  # restored
+
+
+def test_proto_is_restored_when_onnxruntime_refuses_it(proto, low_limit):
+    from tiedonnx.runtime.errors import ModelFileError
+    from tiedonnx.runtime.session import open_proto_session
+
+    proto.graph.node[0].op_type = "NoSuchOp"
+    before = proto.SerializeToString()
+    with pytest.raises(ModelFileError, match="onnxruntime cannot load model 'm'"):
+        open_proto_session(proto, providers=["CPUExecutionProvider"], label="m")
+    assert proto.SerializeToString() == before
+
+
+def test_lean_loads_a_model_over_the_limit(ext_path, proto, x, low_limit):
+    from tiedonnx.runtime import load
+
+    model = load(ext_path, providers="cpu", memory="lean")
+    np.testing.assert_allclose(model.run(x)["y"], _run(proto.SerializeToString(), x), atol=1e-6)
+    assert any(isinstance(s, bytes) for s in low_limit)  # the rewritten graph, not the file
+
+
+def test_export_checks_parity_over_the_limit_and_catches_a_wrong_weight(tmp_path, low_limit):
+    pytest.importorskip("keras")
+    from tiedonnx.converter.errors import ParityError
+    from tiedonnx.converter.export import export
+    from tiedonnx.converter.parity import verify
+
+    from . import models
+
+    model = models.dense_ae(features=FEATURES, hidden=HIDDEN)
+    report = export(model, tmp_path / "ae.onnx", external_threshold=LOW)
+    assert report.parity is not None and report.parity.ok
+    saved = onnx.load(str(tmp_path / "ae.onnx"))
+    (w,) = [i for i in saved.graph.initializer if len(i.dims) == 2]
+    array = onnx.numpy_helper.to_array(w).copy()
+    array[0, 0] += 1.0
+    w.CopyFrom(onnx.numpy_helper.from_array(array, w.name))
+    with pytest.raises(ParityError):
+        verify(model, saved)
