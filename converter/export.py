@@ -122,14 +122,6 @@ def _check_options(opset: int, precision: str) -> None:
         raise UsageError(f"Unknown precision. Received: precision={precision!r}. Use one of {list(PRECISIONS)}.")
 
 
-def _name_batch_dimension(proto) -> None:
-    """tf2onnx names the dynamic batch axis ``unk__N``; call it ``batch`` on inputs and outputs."""
-    for value in [*proto.graph.input, *proto.graph.output]:
-        dims = value.type.tensor_type.shape.dim
-        if dims and not dims[0].HasField("dim_value"):
-            dims[0].dim_param = "batch"
-
-
 def _prove_invariants(proto) -> None:
     import onnx
 
@@ -193,7 +185,7 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
 
     options = dict(block_size=block_size, symmetric=symmetric, per_channel=per_channel,
                    reduce_range=reduce_range)
-    check_precision_options(precision, **options)
+    check_precision_options(precision, short_names=short_names, **options)
     path = model_save.check_model_targets(path, force=force)  # and its external-data file
     ort_path = path.with_suffix(".ort") if ort else None
     if ort_path is not None:  # every output is checked before any work
@@ -211,7 +203,6 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
     proto, retie_report = retie(plain, prefer=_preferred_names(plain, ties))
     proto, _ = fold_initializer_shapes(proto)  # einsum kernels kept only for Shape (KerasHub attention)
     record_ties(proto, keras_ties=describe_stored_ties(keras_model, proto, ties))
-    _name_batch_dimension(proto)
     versions = _versions(opset)
     proto.producer_name, proto.producer_version = "tiedonnx", versions["tiedonnx"]
     write_metadata(proto, {"tiedonnx.versions": json.dumps(versions, sort_keys=True)})

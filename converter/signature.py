@@ -182,15 +182,17 @@ def open_axis_name(value: str, axis: int) -> str:
 def axis_names(specs: Sequence[InputSpec]) -> dict[str, list[str | None]]:
     """Symbolic names for the open axes of each input (``None`` for a fixed axis).
 
-    Axis 0 is :data:`BATCH_AXIS`. Axis 1 of a per-token input (``token_ids``,
-    ``padding_mask``...) is ``<prefix>sequence``, shared by the inputs with that
-    prefix, so a runtime and a reader see that they go together. Any other open
+    Axis 0 is :data:`BATCH_AXIS`. Axis 1 of a rank-2 per-token input
+    (``token_ids``, ``padding_mask``...: ``[batch, tokens]``) is
+    ``<prefix>sequence``, shared by the inputs with that prefix, so a runtime
+    and a reader see that they go together (a rank-3 ``attention_mask`` is not
+    per token: its axes get their own names). Any other open
     axis ``i`` of input ``x`` is ``x_axis<i>``: Keras does not say whether two
     inputs share it, and a shared name would claim they do.
     """
     names = {}
     for spec in specs:
-        per_token = _PER_TOKEN.match(spec.name)
+        per_token = _PER_TOKEN.match(spec.name) if len(spec.shape) == 2 else None
         axes: list[str | None] = []
         for i, dim in enumerate(spec.shape):
             if dim is not None:

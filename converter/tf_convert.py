@@ -164,9 +164,11 @@ def name_dynamic_axes(proto, model, signature: InputSignature, output_names: lis
             done[value.name] = _set_dim_params(value, by_input[value.name])
     for value in proto.graph.output:
         rank = len(value.type.tensor_type.shape.dim)
+        probed = value.name in follows  # else: assume axis 0 is the batch, as tf2onnx's graph says
         found = follows.get(value.name) or [None] * rank
         wanted = [found[i] if i < len(found) and found[i] else
-                  (BATCH_AXIS if i == 0 else open_axis_name(value.name, i)) for i in range(rank)]
+                  (BATCH_AXIS if i == 0 and not probed else open_axis_name(value.name, i))
+                  for i in range(rank)]
         done[value.name] = _set_dim_params(value, wanted)
     logger.debug("axis names: %s", done)
     return done

@@ -214,10 +214,10 @@ def _check_tensors(proto: onnx.ModelProto, path: Path, *, max_bytes: int) -> boo
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             external = True
             _check_external(tensor, path, nbytes)
-        elif tensor.raw_data and len(tensor.raw_data) != nbytes:
+        elif tensor.HasField("raw_data") and (held := len(tensor.raw_data)) != nbytes:  # one copy
             raise ModelFileError(
                 f"Tensor {tensor.name!r} in {str(path)!r} declares shape {list(tensor.dims)} "
-                f"({nbytes} bytes) but holds {len(tensor.raw_data)} bytes: the file is "
+                f"({nbytes} bytes) but holds {held} bytes: the file is "
                 "truncated or corrupt. Re-export it."
             )
     for item in sparse:
@@ -255,7 +255,9 @@ def _check_unambiguous(proto: onnx.ModelProto, path: Path) -> None:
                 "value runs is ambiguous. The file is corrupt or was edited; re-export it.")
     tensors, sparse = _all_tensors(proto)
     for tensor in tensors:
-        fields = [f for f in _VALUE_FIELDS if len(getattr(tensor, f))] + (["raw_data"] if tensor.raw_data else [])
+        # HasField: reading ``raw_data`` would copy the whole buffer
+        fields = [f for f in _VALUE_FIELDS if len(getattr(tensor, f))] + (
+            ["raw_data"] if tensor.HasField("raw_data") else [])
         if len(fields) > 1:
             raise ModelFileError(
                 f"Tensor {tensor.name!r} in {str(path)!r} holds its values twice ({', '.join(fields)}); "

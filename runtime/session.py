@@ -131,6 +131,7 @@ def load(path: str | os.PathLike, *, providers: ProviderArg = "auto", memory: st
     session.disable_fallback()
     session._model_bytes = None
     release_freed_memory()
+    _warn_full_range_int8(session, path)
     return TiedModel(session, path=path, memory=memory, required=required,
                      auto=isinstance(providers, str) and providers == "auto")
 
@@ -175,6 +176,39 @@ def _ort_format_session(path, options, providers, *, memory: str,
     return open_session(data, options, providers=providers, label=str(path),
                         fix="The file is not a valid ORT-format model for this onnxruntime; write "
                             "it again with `tiedonnx ort` from the .onnx.")
+
+
+#: Metadata key a full-range int8 file carries (graph.quantize.FULL_RANGE_KEY; not imported:
+#: the quantizer pulls onnxruntime's quantization tools).
+_FULL_RANGE_KEY = "tiedonnx.int8.full_range"
+
+
+def cpu_has_int8_dot() -> bool | None:
+    """Whether full 8-bit int8 weights are safe on this CPU: True on ARM or with x86 VNNI
+    (AVX512-VNNI, AVX-VNNI), False on x86 without it, None where /proc/cpuinfo is unreadable."""
+    import platform
+
+    machine = platform.machine().lower()
+    if machine in ("aarch64", "arm64"):
+        return True
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            flags = f.read()
+    except OSError:
+        return None
+    return " avx512_vnni" in flags or " avx_vnni" in flags
+
+
+def _warn_full_range_int8(session, path) -> None:
+    """Full-range int8 weights saturate in onnxruntime's x86 CPU kernels without VNNI: say so."""
+    meta = session.get_modelmeta().custom_metadata_map
+    if meta.get(_FULL_RANGE_KEY) == "true" and "CPUExecutionProvider" in session.get_providers() \
+            and cpu_has_int8_dot() is False:
+        logger.warning(
+            "%s has full-range int8 weights (%s): onnxruntime's int8 kernels on this CPU (x86 "
+            "without VNNI) add pairs of products in 16 bits and can saturate, giving wrong "
+            "outputs. Quantize again with reduce_range=True (the default; CLI: drop "
+            "--no-reduce-range) for this CPU.", str(path), _FULL_RANGE_KEY)
 
 
 def release_freed_memory() -> None:

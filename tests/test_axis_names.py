@@ -85,3 +85,22 @@ def test_keras_hub_lm_inputs_and_logits_share_the_sequence_axis(tmp_path):
     assert dims["token_ids"] == dims["padding_mask"] == ["batch", "sequence"]
     (logits,) = [v for k, v in dims.items() if k not in ("token_ids", "padding_mask")]
     assert logits == ["batch", "sequence", 97]
+
+
+def test_only_rank_2_per_token_inputs_share_the_sequence_name():
+    """A [batch, q, k] attention mask is not per token: claiming ``sequence`` for its axis 1 would
+    say it must match token_ids' length."""
+    specs = [InputSpec("token_ids", (None, None), "int32"),
+             InputSpec("attention_mask", (None, None, None), "int32")]
+    assert axis_names(specs) == {"token_ids": ["batch", "sequence"],
+                                 "attention_mask": ["batch", "attention_mask_axis1", "attention_mask_axis2"]}
+
+
+def test_an_output_axis_0_that_is_not_the_batch_is_not_called_batch(tmp_path):
+    """Concatenating along axis 0 doubles the rows: the output's axis 0 follows no input axis."""
+    x = keras.Input((4,), name="x")
+    y = keras.layers.Dense(3, name="d")(keras.layers.Concatenate(axis=0)([x, x]))
+    export(keras.Model(x, y), tmp_path / "m.onnx")
+    dims = _io_dims(tmp_path / "m.onnx")
+    assert dims["x"] == ["batch", 4]
+    assert dims[next(n for n in dims if n != "x")][0] not in ("batch", 0)

@@ -95,3 +95,25 @@ def test_ort_file_counts_the_float16_copy_like_the_onnx_file(tmp_path):
     (tie,) = report.ties
     assert tie["status"] == "ok", tie
     assert report.untied_bytes - report.bytes == N_IN * N_H * 2  # float16 W^T, not float32 W's 512
+
+
+def test_tie_records_of_the_wrong_shape_are_skipped_not_crashed_on(tmp_path, capsys):
+    """A hand-edited record whose ``keras`` is a string: quantize and inspect skip it (logged)."""
+    import json
+
+    from tiedonnx.runtime.cli import main
+    from tiedonnx.runtime.graph import TIES_KEY, write_metadata
+    from tiedonnx.runtime.testing import tied_autoencoder
+
+    model = tied_autoencoder(N_IN, N_H)
+    bad = [{"initializer": "W", "uses": [{"relation": "transpose", "perm": [1, 0], "output": "W__T"}],
+            "keras": "enc/kernel"},
+           {"initializer": "W", "uses": [{"relation": "transpose", "output": 7}]}]
+    write_metadata(model, {TIES_KEY: json.dumps(bad)})
+    assert read_ties(model) == []
+    onnx.save(model, tmp_path / "m.onnx")
+    for args in (["quantize", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "q.onnx"), "--precision", "int4"],
+                 ["inspect", str(tmp_path / "q.onnx")]):
+        assert main(args) == 0, args
+    out = capsys.readouterr().out
+    assert "internal error" not in out and "ties stored once: t" in out  # the tie, found in the graph

@@ -150,16 +150,9 @@ def test_keras_hub_lm_per_channel_int8_shares_one_tensor_and_passes_parity(tmp_p
 
 
 def _int8_vnni_or_arm() -> bool:
-    """Whether full-range int8 weights are safe here: ARM, or an x86 CPU with VNNI."""
-    import platform
+    from tiedonnx.runtime.session import cpu_has_int8_dot
 
-    if platform.machine().lower() in ("aarch64", "arm64"):
-        return True
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return " avx512_vnni" in flags or " avx_vnni" in flags
+    return cpu_has_int8_dot() is True
 
 
 @pytest.mark.parametrize("reduce_range", [None, False], ids=["default_7bit", "full_range"])
@@ -220,3 +213,52 @@ def test_cli_reduce_range_flag(tmp_path, capsys):
                  "--no-reduce-range"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "reduce_range applies to int8 only" in line and not (tmp_path / "b.onnx").exists()
+
+
+def _lm_with_untied_weight() -> onnx.ModelProto:
+    """ids -> E[ids] @ W @ E^T: an untied weight W quantized first, so its zero point (0, like
+    the tie's) is the one kept when equal parameters are merged."""
+    w = np.random.default_rng(1).standard_normal((HIDDEN, HIDDEN)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["E", "ids"], ["e"], axis=0, name="emb"),
+             helper.make_node("MatMul", ["e", "W"], ["h"], name="mid"),
+             helper.make_node("Transpose", ["E"], ["ET"], perm=[1, 0], name="tie"),
+             helper.make_node("MatMul", ["h", "ET"], ["logits"], name="proj")]
+    graph = helper.make_graph(
+        nodes, "lm", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", VOCAB])],
+        [numpy_helper.from_array(_table(), "E"), numpy_helper.from_array(w, "W")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_the_tie_record_names_scales_and_zero_points_the_file_has():
+    """quantize_dynamic's zero points are all 0 and get merged into one: the record follows."""
+    from tiedonnx.runtime.testing import tied_autoencoder
+
+    for model in (_lm_with_untied_weight(), _lm_graph(_table()), tied_autoencoder(16, 4)):
+        q = to_precision(model, "int8")
+        inits = {i.name for i in q.graph.initializer}
+        for tie in read_ties(q):
+            assert tie.scale in inits and tie.zero_point in (None, *inits), tie
+        assert inspect_model(q).ties_ok
+        broken = onnx.ModelProto()
+        broken.CopyFrom(q)
+        (tie,) = read_ties(broken)
+        tie.scale = "no_such_scale"
+        from tiedonnx.runtime.graph import write_ties
+
+        write_ties(broken, [tie])
+        assert "scale 'no_such_scale' is not an initializer" in inspect_model(broken).ties[0]["status"]
+
+
+@pytest.mark.parametrize("full_range, cpu, warned", [(True, False, True), (True, True, False),
+                                                      (False, False, False)])
+def test_load_warns_when_full_range_int8_meets_a_cpu_without_vnni(tmp_path, monkeypatch, caplog,
+                                                                  full_range, cpu, warned):
+    from tiedonnx.runtime import load, session
+
+    monkeypatch.setattr(session, "cpu_has_int8_dot", lambda: cpu)
+    path = tmp_path / "lm.onnx"
+    onnx.save(to_precision(_lm_graph(_table()), "int8", reduce_range=not full_range), path)
+    with caplog.at_level("WARNING", logger="tiedonnx.runtime.session"):
+        load(path, providers="cpu")
+    assert ("full-range int8 weights" in caplog.text) == warned

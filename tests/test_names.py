@@ -55,6 +55,16 @@ def test_short_names_compute_the_same_and_keep_the_tie(precision, rng):
     names = {i.name for i in short.graph.initializer} | {o for n in short.graph.node for o in n.output}
     assert tie.initializer in names and all(u.output in names for u in tie.uses)
     assert [t["status"] for t in inspect_model(short).ties] == ["ok"]
+    extra = lambda m: inspect_model(m).untied_bytes - inspect_model(m).bytes  # noqa: E731
+    # a plain exporter's second copy of W, at the stored precision (int4: two values per byte)
+    assert extra(short) == extra(long) == F * H * {"fp32": 4, "fp16": 2, "int8": 1, "int4": 0.5}[precision]
+
+
+def test_short_names_must_be_a_bool():
+    from tiedonnx.runtime.errors import UsageError
+
+    with pytest.raises(UsageError, match="short_names must be True or False. Received: short_names='false'"):
+        to_precision(tied_autoencoder(F, H), "int4", short_names="false")
 
 
 def test_int4_shortens_by_default_and_other_precisions_do_not():

@@ -75,13 +75,21 @@ def _cast_copies(tie: TieRecord) -> list[str]:
     """Target dtypes of the cast uses that a plain exporter stores as copies of their own.
 
     A ``mixed_float16`` model's untied file holds the float32 variable and a
-    (transposed) float16 copy; retie records that copy as a cast use. The cast
-    that reads a float16-stored tensor back to float32 (an fp16 file, whose
-    ``source`` names the float tensor it replaced) is how the one copy is read,
-    not a second copy.
+    (transposed) float16 copy; retie records that copy as a cast use, to a
+    narrower dtype. The cast that reads a float16-stored tensor back to float32
+    (an fp16 file) widens: it is how the one copy is read, not a second copy.
+    Without dtypes, that read-back is the use named as the tensor it replaced
+    (``source``; short names rename it, so the dtype rule comes first).
     """
-    return [u.to or "" for u in tie.uses
-            if u.relation == "cast" and not (tie.source is not None and u.output == tie.source)]
+    def read_back(use) -> bool:
+        try:
+            if use.to and tie.dtype:
+                return np.dtype(use.to).itemsize > np.dtype(tie.dtype).itemsize
+        except TypeError:  # a dtype numpy does not name
+            pass
+        return tie.source is not None and use.output == tie.source
+
+    return [u.to or "" for u in tie.uses if u.relation == "cast" and not read_back(u)]
 
 
 def copied_bytes(tie: TieRecord, stored_bytes: int) -> int:
@@ -170,7 +178,9 @@ def check_tie(tie: TieRecord, graph: onnx.GraphProto, inits: dict) -> list[str]:
         return [f"stored tensor {tie.initializer!r} is not an initializer of the graph"]
     reached = _reachable(graph, tie.initializer)
     made_by = producers(graph)
-    problems = []
+    problems = [f"{field} {name!r} is not an initializer of the graph"
+                for field, name in (("scale", tie.scale), ("zero point", tie.zero_point))
+                if name is not None and name not in inits]
     for use in tie.uses:
         if use.relation == "identity" and use.output not in made_by:
             continue  # an exact copy folded by retie: its readers read the stored tensor

@@ -303,10 +303,11 @@ def _record(tie: _Tie, source: np.ndarray) -> TieRecord:
                      source=tie.entry.initializer, uses=tie.uses, keras=tie.entry.keras)
 
 
-def merge_equal_parameters(graph: onnx.GraphProto, *, keep: set[str]) -> None:
+def merge_equal_parameters(graph: onnx.GraphProto, *, keep: set[str]) -> dict[str, str]:
     """One initializer per value among those quantization added (zero points are mostly 0).
 
     The file then holds no two equal tensors, the invariant every export proves.
+    Returns the merged names (old -> kept), for records that name them.
     """
     first: dict[tuple, str] = {}
     renames = {}
@@ -320,6 +321,7 @@ def merge_equal_parameters(graph: onnx.GraphProto, *, keep: set[str]) -> None:
         rename_uses(graph, renames)  # subgraphs too: they may read a merged parameter
         remove_initializers(graph, set(renames))
         logger.debug("merged %d equal quantization parameters", len(renames))
+    return renames
 
 
 def prune_initializers(graph: onnx.GraphProto) -> None:

@@ -100,6 +100,10 @@ class TieRecord:
                                      for u in uses])
         if not isinstance(record.initializer, str):
             raise TypeError("initializer must be a string")
+        if record.keras is not None and not isinstance(record.keras, dict):
+            raise TypeError("keras must be an object")
+        if not all(isinstance(u.output, str) for u in record.uses):
+            raise TypeError("a use's output must be a string")
         return record
 
     def members(self) -> dict[str, tuple[int, ...]]:

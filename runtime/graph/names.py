@@ -87,7 +87,7 @@ def _rename_metadata(model: onnx.ModelProto, ties: list, mapping: dict[str, str]
     rename = lambda name: mapping.get(name, name)  # noqa: E731
     if ties:
         for tie in ties:
-            tie.initializer = rename(tie.initializer)
+            tie.initializer = rename(tie.initializer)  # ``source`` keeps the old name: a record
             tie.scale = tie.scale and rename(tie.scale)
             tie.zero_point = tie.zero_point and rename(tie.zero_point)
             for use in tie.uses:

@@ -93,7 +93,7 @@ FULL_RANGE_KEY = "tiedonnx.int8.full_range"
 
 def check_precision_options(precision: str, *, per_channel: bool | None = None,
                             block_size: int | None = None, symmetric: bool | None = None,
-                            reduce_range: bool | None = None) -> None:
+                            reduce_range: bool | None = None, short_names: bool | None = None) -> None:
     """Raise one :class:`UsageError` listing every problem with these options (None = default).
 
     ``export`` calls it before converting, so a bad option fails before any work.
@@ -113,7 +113,8 @@ def check_precision_options(precision: str, *, per_channel: bool | None = None,
     if block_size is not None and (isinstance(block_size, bool) or block_size not in BLOCK_SIZES):
         problems.append(f"Unsupported int4 block size. Received: block_size={block_size!r}. Use one of "
                         f"{', '.join(map(str, BLOCK_SIZES))} (default {DEFAULT_BLOCK_SIZE}).")
-    for name, value in (("symmetric", symmetric), ("per_channel", per_channel), ("reduce_range", reduce_range)):
+    for name, value in (("symmetric", symmetric), ("per_channel", per_channel), ("reduce_range", reduce_range),
+                        ("short_names", short_names)):
         if value is not None and not isinstance(value, bool):
             problems.append(f"{name} must be True or False. Received: {name}={value!r}.")
     if problems:
@@ -159,7 +160,7 @@ def to_precision(model: onnx.ModelProto, precision: str, *, per_channel: bool | 
         >>> small = to_precision(onnx.load("ae.onnx"), "int8")  # doctest: +SKIP
     """
     check_precision_options(precision, per_channel=per_channel, block_size=block_size,
-                            symmetric=symmetric, reduce_range=reduce_range)
+                            symmetric=symmetric, reduce_range=reduce_range, short_names=short_names)
     current = read_precision(model)
     if current not in ("fp32", precision):
         raise UsageError(f"The model is already stored as {current}; converting {current} to "
@@ -269,7 +270,10 @@ def _to_int8(model: onnx.ModelProto, *, per_channel: bool, reduce_range: bool) -
                                       exclude=exclude)
     new_ties = [retie_quantized(quantized.graph, tie, model) for tie in ties]
     prune_initializers(quantized.graph)
-    merge_equal_parameters(quantized.graph, keep={i.name for i in model.graph.initializer})
+    merged = merge_equal_parameters(quantized.graph, keep={i.name for i in model.graph.initializer})
+    for tie in new_ties:  # a merged scale or zero point is read under the kept name
+        tie.scale = merged.get(tie.scale, tie.scale)
+        tie.zero_point = merged.get(tie.zero_point, tie.zero_point)
     write_ties(quantized, new_ties)
     write_metadata(quantized, {FULL_RANGE_KEY: None if reduce_range else "true"})
     # quantize_dynamic sets its own producer; the file is still ours.
@@ -306,7 +310,7 @@ def quantize_file(source: str | os.PathLike, target: str | os.PathLike, *, preci
     from ..model_save import check_model_targets, save_model
 
     check_precision_options(precision, per_channel=per_channel, block_size=block_size, symmetric=symmetric,
-                            reduce_range=reduce_range)
+                            reduce_range=reduce_range, short_names=short_names)
     check_model_targets(target, force=force)
     checked = read_model(source)
     out = to_precision(checked.proto, precision, per_channel=per_channel, block_size=block_size,
