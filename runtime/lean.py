@@ -55,7 +55,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .graph.edit import replace_repeated, transpose_perm, used_names
+from .graph.edit import main_opset, replace_repeated, transpose_perm, used_names
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -136,7 +136,7 @@ def lean_rewrite(model: onnx.ModelProto) -> tuple[onnx.ModelProto, LeanReport]:
         ranks = _ranks(model)
         for node in graph.node:
             if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in transposes:
-                if ranks.get(node.input[0]) != 2 or _opset(model) < 11:
+                if ranks.get(node.input[0]) != 2 or main_opset(model) < 11:
                     continue
                 _to_gemm(node, transposes[node.input[1]].input[0])
                 report.rewritten.append(node.name or node.output[0])
@@ -182,10 +182,6 @@ def _shared_weights(graph, weights: set[str], kept_outputs: set[str]) -> list[st
             for name in set(node.input) & weights:
                 readers[name] = readers.get(name, 0) + 1
     return sorted(name for name, count in readers.items() if count > 1)
-
-
-def _opset(model) -> int:
-    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
 def _ranks(model) -> dict[str, int]:

@@ -15,7 +15,7 @@ from onnx import helper
 
 __all__ = [
     "consumers", "iter_graphs", "prepend_nodes", "producers", "remove_initializers",
-    "rename_uses", "replace_repeated", "subgraphs", "transpose_perm", "used_names",
+    "main_opset", "relative_perm", "rename_uses", "replace_repeated", "subgraphs", "transpose_perm", "used_names",
 ]
 
 
@@ -109,3 +109,14 @@ def transpose_perm(node: onnx.NodeProto, rank: int) -> list[int]:
         if attr.name == "perm":
             return list(attr.ints)
     return list(reversed(range(rank)))
+
+
+def relative_perm(stored: tuple[int, ...], member: tuple[int, ...]) -> list[int]:
+    """``perm`` with ``transpose(transpose(S, stored), perm) == transpose(S, member)``."""
+    inverse = sorted(range(len(stored)), key=stored.__getitem__)  # argsort of a permutation
+    return [inverse[axis] for axis in member]
+
+
+def main_opset(model: onnx.ModelProto) -> int:
+    """The model's default-domain (``ai.onnx``) opset version; 0 when it imports none."""
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)

@@ -72,7 +72,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ConversionError
 from .duplicates import find_duplicates
-from .edit import consumers, prepend_nodes, remove_initializers, replace_repeated, subgraphs, used_names
+from .edit import (consumers, main_opset, prepend_nodes, relative_perm, remove_initializers, replace_repeated, subgraphs,
+                   used_names)
 from .int4_blocks import (DEQUANTIZE_OP, FUNCTION_DOMAIN, Blocks, dequantize_function, quantize_blocks,
                           scale_dtype)
 from .int4_views import flatten_weight_reshapes
@@ -129,7 +130,7 @@ def to_int4(model: onnx.ModelProto, *, block_size: int, symmetric: bool) -> onnx
 
 
 def _main_opset(model: onnx.ModelProto) -> int:
-    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    opset = main_opset(model)
     if opset < _MIN_OPSET:
         raise ConversionError(f"int4 needs ONNX opset {_MIN_OPSET} or newer. Received: opset {opset}. "
                               f"Export with opset >= {_MIN_OPSET}.")
@@ -243,7 +244,7 @@ def _store_4bit(graph: onnx.GraphProto, weight: _Weight, *, block_size: int, sym
     blocks.scales = blocks.scales.astype(scale_dtype(blocks.scales))
     blocks.check_faithful(rows, what=f"weight {weight.source!r}")
     for member, perm in weight.members.items():  # each use's view of the stored layout
-        if not np.array_equal(np.transpose(rows, _relative(layout, perm)), np.transpose(weight.array, perm)):
+        if not np.array_equal(np.transpose(rows, relative_perm(layout, perm)), np.transpose(weight.array, perm)):
             raise ConversionError(f"weight {weight.source!r}: use {member!r} would not read its own "
                                   "values from the 4-bit tensor; please report this model.")
     names = _add_initializers(graph, weight.source, blocks)
@@ -258,12 +259,6 @@ def _store_4bit(graph: onnx.GraphProto, weight: _Weight, *, block_size: int, sym
                                zero_point=names.get("zero_points"), axis=layout[1])
     logger.info("%s %r: one 4-bit tensor %s (block %d), uses: %s", "tie" if weight.tie else "weight",
                 weight.source, list(rows.shape), block_size, [u.relation for u in weight.uses] or ["direct"])
-
-
-def _relative(layout: tuple[int, ...], member: tuple[int, ...]) -> list[int]:
-    """``perm`` with ``transpose(transpose(S, layout), perm) == transpose(S, member)``."""
-    inverse = np.argsort(layout)
-    return [int(inverse[axis]) for axis in member]
 
 
 def _fresh(base: str, taken: set[str]) -> str:
@@ -331,7 +326,7 @@ def _float_reads(graph: onnx.GraphProto, weight: _Weight, layout: tuple[int, ...
                  float_name: str, *, k: int) -> list[onnx.NodeProto]:
     """``DequantizeNBits`` (+ Transpose) for each member some node still reads as float."""
     still_read = used_names(graph) - {o for n in graph.node for o in n.output}
-    wanted = {m: _relative(layout, weight.members[m]) for m in weight.members if m in still_read}
+    wanted = {m: relative_perm(layout, weight.members[m]) for m in weight.members if m in still_read}
     if not wanted:
         return []
     # The member laid out as stored is the function's own output; the others transpose it.

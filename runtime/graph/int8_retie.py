@@ -21,7 +21,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import ConversionError
-from .edit import consumers, prepend_nodes, remove_initializers, rename_uses, replace_repeated, used_names
+from .edit import (consumers, prepend_nodes, relative_perm, remove_initializers, rename_uses, replace_repeated,
+                   used_names)
 from .metadata import TieRecord, TieUse
 
 logger = logging.getLogger(__name__)
@@ -73,12 +74,6 @@ def per_channel_exclusions(graph: onnx.GraphProto, ties: list[TieRecord]) -> lis
     return exclude
 
 
-def _relative_perm(stored: tuple[int, ...], member: tuple[int, ...]) -> list[int]:
-    """``perm`` with ``transpose(transpose(S, stored), perm) == transpose(S, member)``."""
-    inverse = np.argsort(stored)
-    return [int(inverse[axis]) for axis in member]
-
-
 class _Tie:
     """One tie inside the quantized graph: its stored int8 tensor and how to reach it."""
 
@@ -104,7 +99,7 @@ class _Tie:
         return self.primary + suffix
 
     def rel(self, member: str) -> list[int]:
-        return _relative_perm(self.members[self.primary], self.members[member])
+        return relative_perm(self.members[self.primary], self.members[member])
 
     def add(self, op: str, inputs: list[str], output: str, **attrs) -> str:
         self.new_nodes.append(helper.make_node(op, inputs, [output],
