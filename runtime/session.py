@@ -16,7 +16,6 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from .errors import ModelFileError, ProviderError, UsageError, short_error
@@ -260,9 +259,9 @@ DETACH_BYTES = 1 << 20
 _IN_MEMORY = "tiedonnx-in-memory"  # the location the detached tensors claim; never read
 
 
-def open_proto_session(proto: onnx.ModelProto, options=None, *, providers, label: str,
+def open_proto_session(proto, options=None, *, providers, label: str,
                        limit: int | None = None, **kwargs) -> ort.InferenceSession:
-    """:func:`open_session` over an in-memory model of any size.
+    """:func:`open_session` over an in-memory model (an ``onnx.ModelProto``) of any size.
 
     Under ``limit`` (default: protobuf's 2 GiB) the model is serialized. Above
     it, protobuf cannot serialize it: its large initializers are handed to
@@ -270,6 +269,8 @@ def open_proto_session(proto: onnx.ModelProto, options=None, *, providers, label
     copies them into the session) and only the rest is serialized. ``proto``
     is restored before this returns, also when onnxruntime refuses the model.
     """
+    import onnx  # only when a model is loaded (see test_runtime_light)
+
     limit = PROTOBUF_LIMIT if limit is None else limit
     if proto.ByteSize() < limit:
         return open_session(proto.SerializeToString(), options, providers=providers, label=label, **kwargs)
