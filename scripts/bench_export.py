@@ -127,6 +127,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     logging.disable(logging.WARNING)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from machine import describe
+
+    print(describe())
     print(f"tensorflow {tf.__version__}, keras {keras.__version__}, tf2onnx {tf2onnx.__version__}; "
           f"{os.cpu_count()} CPUs; median of {args.repeats} runs")
     header = (f"{'model':32s} {'tf2onnx B':>11s} {'keras.export B':>15s} {'tiedonnx B':>11s} {'ratio':>6s}"

@@ -67,7 +67,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=3, help="single-process repeats (best)")
     args = parser.parse_args()
+    import sys
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from machine import describe
+
+    print(describe())
     import ray
 
     with tempfile.TemporaryDirectory(prefix="bench_ray_") as tmp:
@@ -101,7 +106,7 @@ def main() -> None:
 
 def report_table(args, *, single, ray_init, jobs, same) -> None:
     rows, mb = args.rows, args.rows * FEATURES * 4 / 1e6
-    chunks = jobs[0][1]["chunks"]
+    chunks = jobs[0][1].chunks
     print(f"bench_ray: {rows} rows x {FEATURES} float32 ({mb:.0f} MB .npy, memory-mapped), "
           f"tied AE {FEATURES}-{HIDDEN}-{FEATURES}, batch {args.batch_size} "
           f"({chunks} chunks), os.cpu_count()={os.cpu_count()}")

@@ -93,6 +93,10 @@ def main() -> int:
 
     from tiedonnx.runtime import load
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from machine import describe
+
+    print(describe())
     with tempfile.TemporaryDirectory() as tmp:
         path = args.model or build_tied_ae(Path(tmp) / "tied_ae.onnx")
         before_load = rss_bytes()
