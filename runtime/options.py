@@ -59,3 +59,8 @@ def check_positive_int(name: str, value: object, *, allow_none: bool = False) ->
         from .errors import UsageError
 
         raise UsageError(problem + ".")
+
+#: Metadata key of an int8 file quantized with full 8-bit weights (``reduce_range=False``):
+#: written by :mod:`.graph.quantize`, read by :func:`tiedonnx.runtime.load` (which warns on
+#: x86 CPUs without VNNI). Here, not in the quantizer, so loading never imports it.
+FULL_RANGE_KEY = "tiedonnx.int8.full_range"

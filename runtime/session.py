@@ -22,7 +22,7 @@ from .errors import ModelFileError, ProviderError, UsageError, short_error
 from .fast_run import fast_runner, session_runner
 from .inputs import TensorSpec, check_inputs, materialize
 from .model_file import PROTOBUF_LIMIT, DEFAULT_MAX_BYTES, read_model
-from .options import MEMORY_MODES, PROVIDER_CHOICES, check_positive_int
+from .options import FULL_RANGE_KEY, MEMORY_MODES, PROVIDER_CHOICES, check_positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -177,11 +177,6 @@ def _ort_format_session(path, options, providers, *, memory: str,
                             "it again with `tiedonnx ort` from the .onnx.")
 
 
-#: Metadata key a full-range int8 file carries (graph.quantize.FULL_RANGE_KEY; not imported:
-#: the quantizer pulls onnxruntime's quantization tools).
-_FULL_RANGE_KEY = "tiedonnx.int8.full_range"
-
-
 def cpu_has_int8_dot() -> bool | None:
     """Whether full 8-bit int8 weights are safe on this CPU: True on ARM or with x86 VNNI
     (AVX512-VNNI, AVX-VNNI), False on x86 without it, None where /proc/cpuinfo is unreadable."""
@@ -201,13 +196,13 @@ def cpu_has_int8_dot() -> bool | None:
 def _warn_full_range_int8(session, path) -> None:
     """Full-range int8 weights saturate in onnxruntime's x86 CPU kernels without VNNI: say so."""
     meta = session.get_modelmeta().custom_metadata_map
-    if meta.get(_FULL_RANGE_KEY) == "true" and "CPUExecutionProvider" in session.get_providers() \
+    if meta.get(FULL_RANGE_KEY) == "true" and "CPUExecutionProvider" in session.get_providers() \
             and cpu_has_int8_dot() is False:
         logger.warning(
             "%s has full-range int8 weights (%s): onnxruntime's int8 kernels on this CPU (x86 "
             "without VNNI) add pairs of products in 16 bits and can saturate, giving wrong "
             "outputs. Quantize again with reduce_range=True (the default; CLI: drop "
-            "--no-reduce-range) for this CPU.", str(path), _FULL_RANGE_KEY)
+            "--no-reduce-range) for this CPU.", str(path), FULL_RANGE_KEY)
 
 
 def release_freed_memory() -> None:

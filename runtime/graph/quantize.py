@@ -50,7 +50,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import ConversionError, UsageError
-from ..options import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, PRECISIONS  # the one list, shared with the CLI
+from ..options import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, FULL_RANGE_KEY, PRECISIONS  # the one list, shared with the CLI
 from .edit import replace_repeated, transpose_perm
 from .fp16 import to_fp16
 from .int8_retie import merge_equal_parameters, per_channel_exclusions, prune_initializers, retie_quantized
@@ -88,7 +88,6 @@ DEFAULT_PER_CHANNEL = False
 # CPUs with VNNI (AVX512-VNNI, AVX-VNNI) or on ARM, and is recorded in the
 # file's metadata under FULL_RANGE_KEY.
 REDUCE_RANGE = True
-FULL_RANGE_KEY = "tiedonnx.int8.full_range"
 
 
 def check_precision_options(precision: str, *, per_channel: bool | None = None,
