@@ -15,7 +15,7 @@ from onnx import helper
 
 __all__ = [
     "consumers", "iter_graphs", "prepend_nodes", "producers", "remove_initializers",
-    "main_opset", "relative_perm", "rename_uses", "replace_repeated", "subgraphs", "transpose_perm", "used_names",
+    "gathers_rows", "main_opset", "relative_perm", "rename_uses", "replace_repeated", "subgraphs", "transpose_perm", "used_names",
 ]
 
 
@@ -120,3 +120,10 @@ def relative_perm(stored: tuple[int, ...], member: tuple[int, ...]) -> list[int]
 def main_opset(model: onnx.ModelProto) -> int:
     """The model's default-domain (``ai.onnx``) opset version; 0 when it imports none."""
     return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
+def gathers_rows(node: onnx.NodeProto, name: str) -> bool:
+    """``node`` is an ONNX ``Gather`` of whole rows (axis 0) of ``name``, read as data only."""
+    return (node.op_type == "Gather" and node.domain in ("", "ai.onnx") and len(node.input) == 2
+            and node.input[0] == name and node.input[1] != name
+            and next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0) == 0)

@@ -72,7 +72,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ConversionError
 from .duplicates import find_duplicates
-from .edit import (consumers, main_opset, prepend_nodes, relative_perm, remove_initializers, replace_repeated, subgraphs,
+from .edit import (consumers, gathers_rows, main_opset, prepend_nodes, relative_perm, remove_initializers, replace_repeated, subgraphs,
                    used_names)
 from .int4_blocks import (DEQUANTIZE_OP, FUNCTION_DOMAIN, Blocks, dequantize_function, quantize_blocks,
                           scale_dtype)
@@ -197,11 +197,8 @@ def _lookup_tables(graph: onnx.GraphProto, candidates: dict[str, onnx.TensorProt
 
 def _row_lookup(node: onnx.NodeProto, name: str) -> bool:
     """``Gather(name, ids)`` on axis 0, or a ``Slice`` of ``name`` (data input only)."""
-    if list(node.input).count(name) != 1 or node.input[0] != name or node.domain not in ("", "ai.onnx"):
-        return False
-    if node.op_type == "Gather":
-        return next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0) == 0
-    return node.op_type == "Slice"
+    return gathers_rows(node, name) or (node.op_type == "Slice" and node.domain in ("", "ai.onnx")
+                                        and list(node.input).count(name) == 1 and node.input[0] == name)
 
 
 def _plain_gemm(node: onnx.NodeProto, member: str) -> bool:
@@ -219,8 +216,7 @@ def _native(node: onnx.NodeProto, member: str, perm: tuple[int, ...], layout: tu
     if _plain_gemm(node, member):  # Gemm reads member^T when transB is set
         transposed = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "transB"), 0)
         return "matmul" if (perm == layout) == bool(transposed) else None
-    axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
-    if node.op_type == "Gather" and node.input[0] == member and node.input[1] != member and axis == 0:
+    if gathers_rows(node, member):
         return "gather" if perm == layout else None
     return None
 

@@ -21,7 +21,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import ConversionError
-from .edit import (consumers, prepend_nodes, relative_perm, remove_initializers, rename_uses, replace_repeated,
+from .edit import (consumers, gathers_rows, prepend_nodes, relative_perm, remove_initializers, rename_uses, replace_repeated,
                    used_names)
 from .metadata import TieRecord, TieUse
 
@@ -216,8 +216,7 @@ def _replace_node(graph: onnx.GraphProto, node: onnx.NodeProto, pattern: list[on
 
 def _can_gather_rows(tie: _Tie, member: str, node: onnx.NodeProto) -> bool:
     """A lookup of whole rows of ``member`` whose scales run along those rows (per-channel LM tie)."""
-    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-    return (node.op_type == "Gather" and node.input[0] == member and axis == 0 and tie.q.ndim == 2
+    return (gathers_rows(node, member) and tie.q.ndim == 2
             and tie.axis is not None and tie.rel(member)[0] == tie.axis and not np.any(tie.zp))
 
 
