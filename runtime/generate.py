@@ -1,0 +1,317 @@
+"""Text generation over a generation folder: a KV cache in onnxruntime, no TensorFlow.
+
+:func:`load_lm` opens a folder written by ``tiedonnx export ... --task generate``
+(see :mod:`tiedonnx.converter.generation` for the decoder's contract) and
+returns a :class:`LanguageModel`; :meth:`LanguageModel.generate` runs the
+prompt once and then one decoder step per new token.
+
+The cache never leaves onnxruntime: each step's ``present.*`` outputs are
+``OrtValue`` s that I/O binding feeds back as the next step's
+``past_key_values.*`` (no copy into numpy and back); only the logits of the
+last position come out as an array.
+
+A batch of prompts of different lengths runs the way KerasHub's ``generate``
+does, so each row's tokens are those it would get alone: tokens are laid out
+right-padded, the prompt runs once up to the shortest prompt's length, then
+every row advances one position per step; a row still inside its own prompt
+is fed its prompt token (and draws no random number), the others their
+sampled token. Each row stops after ``max_new_tokens`` of its own, or at a
+stop token (kept as the row's last token).
+
+The session is opened with ``memory="lean"`` by default: the tied embedding
+is then held once in memory (the logits projection reads the stored table
+through ``Gemm(transB=1)``; see :mod:`tiedonnx.runtime.lean`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError, ModelFileError, UsageError
+from .generation_folder import GenerationConfig, kv_input_names, kv_output_names
+from .sampling import Mulberry32, SamplerSettings, sample
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["GenerationResult", "LanguageModel", "load_lm"]
+
+#: ``callback(row, token_id, text)``: text is the new piece of decoded text (None without a tokenizer).
+StreamCallback = Callable[[int, int, "str | None"], None]
+
+
+@dataclass
+class GenerationResult:
+    """What :meth:`LanguageModel.generate` produced, per row, and how fast."""
+
+    tokens: list[list[int]]
+    text: list[str] | None
+    prompt_tokens: list[int]
+    finish_reasons: list[str]
+    time_to_first_token_s: float = 0.0
+    decode_seconds: float = 0.0
+    decode_steps: int = 0
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Tokens per second per row after the first token (0 when nothing was decoded)."""
+        return self.decode_steps / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["decode_tokens_per_s"] = self.decode_tokens_per_s
+        return d
+
+
+def load_lm(folder: str | os.PathLike, *, providers="auto", memory: str = "lean",
+            threads: int | None = None) -> LanguageModel:
+    """Open a generation folder.
+
+    Args:
+        folder: a folder written by ``tiedonnx export ... --task generate``.
+        providers, threads: as in :func:`tiedonnx.runtime.load`.
+        memory: "lean" (default: the tie held once in memory) or "fast".
+
+    Raises:
+        ModelFileError: not a generation folder, or its decoder is not what ``tiedonnx.json`` says.
+    """
+    return LanguageModel(folder, providers=providers, memory=memory, threads=threads)
+
+
+class LanguageModel:
+    """A loaded generation folder. Create it with :func:`load_lm`."""
+
+    def __init__(self, folder, *, providers="auto", memory: str = "lean", threads: int | None = None):
+        from .session import load
+
+        self.folder = Path(folder)
+        self.config = GenerationConfig.read(self.folder)
+        path = self.config.model_path(self.folder)
+        if not path.is_file():
+            raise ModelFileError(f"Generation folder {str(self.folder)!r} lacks its decoder {self.config.model_file!r}."
+                                 " Export the folder again.")
+        self.model = load(path, providers=providers, memory=memory, threads=threads)
+        self._session = self.model._session
+        self._past_names = kv_input_names(self.config.num_layers)
+        self._present_names = kv_output_names(self.config.num_layers)
+        self._check_contract()
+        self._device = "cuda" if self.model.providers[0] in ("CUDAExecutionProvider",
+                                                             "TensorrtExecutionProvider") else "cpu"
+        self._tokenizer = None
+
+    def _check_contract(self) -> None:
+        inputs = [i.name for i in self._session.get_inputs()]
+        outputs = [o.name for o in self._session.get_outputs()]
+        want_in, want_out = ["input_ids", *self._past_names], ["logits", *self._present_names]
+        if sorted(inputs) != sorted(want_in) or sorted(outputs) != sorted(want_out):
+            raise ModelFileError(
+                f"{self.config.model_file!r} is not the decoder {self.folder / 'tiedonnx.json'} describes: inputs "
+                f"{inputs[:4]}..., outputs {outputs[:4]}...; expected input_ids and past_key_values.* for "
+                f"{self.config.num_layers} layers. Export the folder again.")
+        self._ids_dtype = np.int64 if self._session.get_inputs()[inputs.index("input_ids")].type == \
+            "tensor(int64)" else np.int32
+
+    @property
+    def tokenizer(self):
+        """The folder's Hugging Face tokenizer (``tokenizers.Tokenizer``).
+
+        Raises:
+            UsageError: the folder has no tokenizer, or ``tokenizers`` is not installed.
+        """
+        if self._tokenizer is None:
+            if not self.config.tokenizer:
+                raise UsageError(f"Generation folder {str(self.folder)!r} has no tokenizer: pass token ids "
+                                 "(a list of ints) instead of text, or export a model that has its preprocessor.")
+            try:
+                from tokenizers import Tokenizer
+            except ImportError:
+                raise UsageError('Text prompts need Hugging Face tokenizers: pip install -e ".[text]" '
+                                 "(or pass token ids).") from None
+            self._tokenizer = Tokenizer.from_file(str(self.folder / self.config.tokenizer))
+        return self._tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` (no special tokens added)."""
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ``ids``, special tokens left out."""
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def generate(self, prompts, *, max_new_tokens: int = 32, sampler: str | None = None,
+                 temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                 seed: int | None = None, stop_token_ids: Sequence[int] | None = None,
+                 callback: StreamCallback | None = None) -> GenerationResult:
+        """Generate up to ``max_new_tokens`` tokens after each prompt.
+
+        Args:
+            prompts: a string, a list of strings, a list of token ids, or a list of such lists.
+            max_new_tokens: new tokens per row.
+            sampler: "greedy", "top_k" or "top_p" (default: the model's, from the folder).
+            temperature, top_k, top_p: sampler settings (defaults from the folder).
+            seed: seeds :class:`~tiedonnx.runtime.sampling.Mulberry32` (default 0).
+            stop_token_ids: ids that end a row (default: the tokenizer's end token); ``[]`` for none.
+            callback: called as each token is produced, ``callback(row, token_id, text_piece)``.
+
+        Returns:
+            A :class:`GenerationResult`.
+
+        Raises:
+            InputError: an empty prompt, a token id outside the vocabulary, or a prompt that
+                with ``max_new_tokens`` does not fit ``max_length``.
+            UsageError: bad options, or text without a tokenizer.
+
+        Example:
+            >>> lm = load_lm("gpt2-gen")  # doctest: +SKIP
+            >>> lm.generate("The tie", max_new_tokens=8).text[0]  # doctest: +SKIP
+        """
+        defaults = self.config.defaults
+        settings = SamplerSettings.make(sampler or defaults.get("sampler", "greedy"), temperature=temperature,
+                                        top_k=top_k, top_p=top_p, defaults=defaults)
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+            raise UsageError(f"max_new_tokens must be an integer >= 1. Received: max_new_tokens={max_new_tokens!r}.")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise UsageError(f"seed must be an integer. Received: seed={seed!r}.")
+        rows, texts = self._prompt_ids(prompts)
+        self._check_fits(rows, max_new_tokens)
+        stops = set(self.config.eos_token_ids if stop_token_ids is None else self._stop_ids(stop_token_ids))
+        run = _Run(self, rows, max_new_tokens, settings, Mulberry32(0 if seed is None else seed), stops, callback,
+                   decode=texts)
+        return run.go()
+
+    def _stop_ids(self, ids) -> list[int]:
+        if isinstance(ids, (str, bytes)) or not all(isinstance(i, (int, np.integer)) for i in ids):
+            raise UsageError(f"stop_token_ids must be a list of token ids. Received: {ids!r:.80}.")
+        return [int(i) for i in ids]
+
+    def _prompt_ids(self, prompts) -> tuple[list[list[int]], bool]:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        elif isinstance(prompts, np.ndarray):
+            prompts = prompts.tolist() if prompts.ndim == 2 else [prompts.tolist()]
+        if not isinstance(prompts, (list, tuple)) or not prompts:
+            raise InputError(f"prompts must be a string, a list of strings or a list of token-id lists. "
+                             f"Received: {type(prompts).__name__} {prompts!r:.60}.")
+        if all(isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in prompts):
+            prompts = [list(prompts)]
+        texts = all(isinstance(p, str) for p in prompts)
+        rows = [self.encode(p) for p in prompts] if texts else [self._ids(p, i) for i, p in enumerate(prompts)]
+        for i, row in enumerate(rows):
+            if not row:
+                raise InputError(f"Prompt {i} is empty (0 tokens). Give every prompt at least one token.")
+        return rows, texts and self.config.tokenizer is not None
+
+    def _ids(self, prompt, index: int) -> list[int]:
+        if isinstance(prompt, np.ndarray):
+            prompt = prompt.tolist()
+        if not isinstance(prompt, (list, tuple)) or not all(
+                isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in prompt):
+            raise InputError(f"Prompt {index} must be text or a list of token ids. Received: {prompt!r:.60}. "
+                             "Do not mix text and token ids in one batch.")
+        bad = [int(t) for t in prompt if not 0 <= t < self.config.vocabulary_size]
+        if bad:
+            raise InputError(f"Prompt {index} has token ids outside the vocabulary [0, "
+                             f"{self.config.vocabulary_size}): {bad[:5]}. Use ids the model's tokenizer produces.")
+        return [int(t) for t in prompt]
+
+    def _check_fits(self, rows: list[list[int]], max_new_tokens: int) -> None:
+        limit = self.config.max_length
+        longest = max(len(r) for r in rows)
+        if limit is not None and longest + max_new_tokens > limit:
+            room = limit - longest
+            fix = (f"lower max_new_tokens to {room}" if room >= 1 else
+                   f"shorten the prompt to at most {limit - 1} tokens")
+            raise InputError(f"A prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds the "
+                             f"model's maximum length {limit}; {fix}.")
+
+
+class _Run:
+    """One call of :meth:`LanguageModel.generate`: the token table, the cache and the loop."""
+
+    def __init__(self, lm: LanguageModel, rows, max_new_tokens, settings, rng, stops, callback, *, decode: bool):
+        self.lm, self.settings, self.rng, self.stops, self.callback = lm, settings, rng, stops, callback
+        self.lengths = np.array([len(r) for r in rows])
+        self.ends = self.lengths + max_new_tokens  # exclusive end position per row
+        self.tokens = np.zeros((len(rows), int(self.ends.max())), dtype=np.int64)
+        for i, row in enumerate(rows):
+            self.tokens[i, :len(row)] = row
+        self.new = [[] for _ in rows]
+        self.done = [""] * len(rows)
+        self.decode = decode
+        self.shown = [""] * len(rows)
+        self.io = lm._session.io_binding()
+
+    def _step(self, ids: np.ndarray, past: list):
+        io, lm = self.io, self.lm
+        io.clear_binding_inputs()
+        io.clear_binding_outputs()
+        io.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=lm._ids_dtype))
+        for name, value in zip(lm._past_names, past):
+            io.bind_ortvalue_input(name, value)
+        io.bind_output("logits", "cpu")
+        for name in lm._present_names:
+            io.bind_output(name, lm._device)
+        lm._session.run_with_iobinding(io)
+        outputs = io.get_outputs()
+        return outputs[0].numpy()[:, -1, :], outputs[1:]
+
+    def _empty_past(self) -> list:
+        import onnxruntime as ort
+
+        c = self.lm.config
+        empty = np.zeros((len(self.lengths), c.num_kv_heads, 0, c.head_dim), dtype=np.dtype(c.cache_dtype))
+        return [ort.OrtValue.ortvalue_from_numpy(empty, self.lm._device, 0) for _ in self.lm._past_names]
+
+    def _emit(self, row: int, token: int, position: int) -> None:
+        self.tokens[row, position] = token
+        self.new[row].append(token)
+        if token in self.stops:
+            self.done[row] = "stop"
+        elif position + 1 >= self.ends[row]:
+            self.done[row] = "length"
+        if self.callback is not None:
+            self.callback(row, token, self._piece(row))
+
+    def _piece(self, row: int) -> str | None:
+        if not self.decode:
+            return None
+        text = self.lm.decode(self.new[row])
+        if text.endswith("\ufffd"):  # a character cut between tokens: wait for the rest
+            return ""
+        piece, self.shown[row] = text[len(self.shown[row]):], text
+        return piece
+
+    def go(self) -> GenerationResult:
+        start = time.perf_counter()
+        first = int(self.lengths.min())
+        logits, past = self._step(self.tokens[:, :first], self._empty_past())
+        first_token_at = decode_start = None
+        steps = 0
+        for position in range(first, int(self.ends.max())):
+            generating = [r for r in range(len(self.lengths)) if not self.done[r] and position >= self.lengths[r]
+                          and position < self.ends[r]]
+            if generating:
+                chosen = sample(logits[generating], self.settings, self.rng)
+                for row, token in zip(generating, chosen):
+                    self._emit(row, int(token), position)
+                if first_token_at is None:
+                    first_token_at = decode_start = time.perf_counter()
+                else:
+                    steps += 1
+            if all(self.done[r] or position + 1 >= self.ends[r] for r in range(len(self.lengths))):
+                break
+            logits, past = self._step(self.tokens[:, position:position + 1], past)
+        end = time.perf_counter()
+        return GenerationResult(
+            tokens=self.new, text=[self.lm.decode(t) for t in self.new] if self.decode else None,
+            prompt_tokens=self.lengths.tolist(), finish_reasons=[d or "length" for d in self.done],
+            time_to_first_token_s=(first_token_at or end) - start,
+            decode_seconds=end - (decode_start or end), decode_steps=steps,
+            settings=self.settings.__dict__)
