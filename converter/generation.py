@@ -239,7 +239,7 @@ def generation_config(lm, *, max_length: int | None, model_file: str, precision:
         family=type(lm).__name__.removesuffix("CausalLM"), num_layers=layers, num_kv_heads=heads,
         head_dim=dim, vocabulary_size=int(lm.backbone.token_embedding.input_dim),
         max_length=_max_length(lm, max_length), cache_dtype=str(lm.compute_dtype),
-        bos_token_id=special.get("bos"), eos_token_ids=special.get("eos", []),
+        bos_token_id=special.get("bos"), add_bos_token=special.get("add_bos", False), eos_token_ids=special.get("eos", []),
         pad_token_id=special.get("pad"), defaults=_sampler_settings(lm),
         tokenizer="tokenizer.json" if special.get("tokenizer") else None)
 

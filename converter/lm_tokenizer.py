@@ -87,6 +87,8 @@ def write_tokenizer(lm, folder: Path) -> dict:
                        "(export a model with its preprocessor, or a KerasHub preset folder, to include one)")
         return {}
     special = special_token_ids(tokenizer)
+    # KerasHub's preprocessors put the start token before every prompt (add_start_token=True).
+    special["add_bos"] = bool(getattr(lm.preprocessor, "add_start_token", False)) and "bos" in special
     try:
         text = tokenizer_json(tokenizer)
     except ImportError:

@@ -31,6 +31,7 @@ COMMANDS = (
     "quantize",
     "ort",
     "run",
+    "generate",
     "bench",
     "triton",
     "web",

@@ -52,6 +52,7 @@ class GenerationConfig:
     max_length: int | None
     cache_dtype: str = "float32"
     bos_token_id: int | None = None
+    add_bos_token: bool = False
     eos_token_ids: list[int] = field(default_factory=list)
     pad_token_id: int | None = None
     defaults: dict = field(default_factory=dict)
@@ -114,6 +115,10 @@ def _validated(raw: dict, path: Path) -> dict:
     vocab = out["vocabulary_size"]
     for key in ("bos_token_id", "pad_token_id"):
         out[key] = _int(raw, key, path, 0, vocab - 1, optional=True)
+    add_bos = raw.get("add_bos_token", False)
+    if not isinstance(add_bos, bool) or (add_bos and out["bos_token_id"] is None):
+        raise _bad(path, "add_bos_token", add_bos, "true (with a bos_token_id) or false")
+    out["add_bos_token"] = add_bos
     eos = raw.get("eos_token_ids", [])
     if not isinstance(eos, list) or len(eos) > 64 or not all(
             isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in eos):

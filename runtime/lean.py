@@ -133,13 +133,7 @@ def lean_rewrite(model: onnx.ModelProto) -> tuple[onnx.ModelProto, LeanReport]:
         and transpose_perm(node, 2) == [1, 0]
     }
     if transposes:
-        ranks = _ranks(model)
-        for node in graph.node:
-            if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in transposes:
-                if ranks.get(node.input[0]) != 2 or main_opset(model) < 11:
-                    continue
-                _to_gemm(node, transposes[node.input[1]].input[0])
-                report.rewritten.append(node.name or node.output[0])
+        _rewrite_uses(model, transposes, report)
         _drop_unused(graph, transposes, report)
     kept = {t: n for t, n in transposes.items() if (n.name or n.output[0]) in report.kept_transposes}
     from onnx import TensorProto
@@ -151,6 +145,73 @@ def lean_rewrite(model: onnx.ModelProto) -> tuple[onnx.ModelProto, LeanReport]:
     report.shared = _shared_weights(graph, weights, set(kept) if report.integer_only else set())
     _log(report)
     return model, report
+
+
+def _rewrite_uses(model, transposes: dict, report: LeanReport) -> None:
+    """``MatMul``/``Gemm`` over ``Transpose(W)`` -> ``Gemm(A, W, transB=1)``.
+
+    A rank-3+ ``A`` (a language model's ``[batch, sequence, hidden]`` before the
+    tied logits projection) is flattened to ``[-1, hidden]`` around the Gemm and
+    its leading axes restored (:func:`_flat_gemm`), so the projection too reads
+    the one stored table.
+    """
+    graph = model.graph
+    ranks = _ranks(model)
+    opset = main_opset(model)
+    nodes = []
+    for node in graph.node:
+        if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in transposes:
+            rank = ranks.get(node.input[0])
+            if rank == 2 and opset >= 11:
+                _to_gemm(node, transposes[node.input[1]].input[0])
+                report.rewritten.append(node.name or node.output[0])
+            elif node.op_type == "MatMul" and rank is not None and rank >= 3 and opset >= 13:
+                nodes += _flat_gemm(graph, node, transposes[node.input[1]].input[0], rank)
+                report.rewritten.append(node.name or node.output[0])
+                continue
+        nodes.append(node)
+    if len(nodes) != len(graph.node):
+        replace_repeated(graph.node, nodes)
+
+
+def _weight_dims(graph, name: str) -> list[int]:
+    """Dims of initializer ``name``, or of the initializer a ``Cast`` named ``name`` reads."""
+    inits = {init.name: list(init.dims) for init in graph.initializer}
+    if name in inits:
+        return inits[name]
+    cast = next(n for n in graph.node if n.op_type == "Cast" and n.output[0] == name)
+    return inits[cast.input[0]]
+
+
+def _flat_gemm(graph, node, weight: str, rank: int) -> list:
+    """``MatMul(A, Transpose(W))`` with a rank-``rank`` A as Reshape -> Gemm(transB=1) -> Reshape."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    rows, hidden = _weight_dims(graph, weight)
+    taken = used_names(graph) | {i.name for i in graph.initializer}
+    base = node.output[0]
+
+    def fresh(suffix: str) -> str:
+        name, i = f"{base}/lean_{suffix}", 0
+        while name in taken:
+            i += 1
+            name = f"{base}/lean_{suffix}{i}"
+        taken.add(name)
+        return name
+
+    consts = {key: fresh(key) for key in ("flat", "rows", "start", "end")}
+    for key, value in (("flat", [-1, hidden]), ("rows", [rows]), ("start", [0]), ("end", [rank - 1])):
+        graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=np.int64), consts[key]))
+    flat, prod, shape, lead, out_shape = (fresh(k) for k in ("a2", "y2", "shape", "lead", "out_shape"))
+    return [
+        helper.make_node("Reshape", [node.input[0], consts["flat"]], [flat], name=fresh("reshape_in")),
+        helper.make_node("Gemm", [flat, weight], [prod], name=node.name or fresh("gemm"), transB=1),
+        helper.make_node("Shape", [node.input[0]], [shape], name=fresh("shape_node")),
+        helper.make_node("Slice", [shape, consts["start"], consts["end"]], [lead], name=fresh("slice")),
+        helper.make_node("Concat", [lead, consts["rows"]], [out_shape], name=fresh("concat"), axis=0),
+        helper.make_node("Reshape", [prod, out_shape], [node.output[0]], name=fresh("reshape_out")),
+    ]
 
 
 def _log(report: LeanReport) -> None:

@@ -116,3 +116,30 @@ MODELS = {
     "no_ties": untied_model,
     "subclassed": subclassed,
 }
+
+
+# Tiny KerasHub causal LMs (2 layers), built from their constructors with seeded random weights.
+CAUSAL_LMS = ("gpt2", "qwen", "llama_tied", "gemma", "opt", "qwen3", "gpt_neox")
+
+
+def causal_lm(kind: str, *, vocabulary: int = 97, hidden: int = 16, max_length: int = 128, seed: int = 0,
+              preprocessor=None):
+    """A tiny KerasHub ``CausalLM`` of family ``kind`` (its tied token embedding is the logits layer)."""
+    import keras_hub
+
+    keras.utils.set_random_seed(seed)
+    m = keras_hub.models
+    common = dict(vocabulary_size=vocabulary, num_layers=2, hidden_dim=hidden, intermediate_dim=2 * hidden)
+    gqa = dict(num_query_heads=2, num_key_value_heads=1)
+    builders = {
+        "gpt2": lambda: (m.GPT2CausalLM, m.GPT2Backbone(num_heads=2, max_sequence_length=max_length, **common)),
+        "qwen": lambda: (m.QwenCausalLM, m.QwenBackbone(**gqa, **common)),
+        "llama_tied": lambda: (m.LlamaCausalLM, m.LlamaBackbone(**gqa, tie_word_embeddings=True, **common)),
+        "gemma": lambda: (m.GemmaCausalLM, m.GemmaBackbone(**gqa, head_dim=hidden // 2, **common)),
+        "opt": lambda: (m.OPTCausalLM, m.OPTBackbone(num_heads=2, max_sequence_length=max_length, **common)),
+        "qwen3": lambda: (m.Qwen3CausalLM, m.Qwen3Backbone(**gqa, head_dim=hidden // 2, **common)),
+        "gpt_neox": lambda: (m.GPTNeoXCausalLM, m.GPTNeoXBackbone(num_heads=2, max_sequence_length=max_length,
+                                                                   **common)),
+    }
+    task, backbone = builders[kind]()
+    return task(backbone, preprocessor=preprocessor)

@@ -12,9 +12,16 @@ HELP = "Export a .keras model to ONNX with one initializer per tie, verified aga
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL.keras", help="the .keras file")
+    parser.add_argument("model", metavar="MODEL.keras",
+                        help="the .keras file (with --task generate also a KerasHub preset folder)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.onnx",
-                        help="the .onnx file to write")
+                        help="the .onnx file to write (with --task generate: the folder)")
+    parser.add_argument("--task", choices=("forward", "generate"), default="forward",
+                        help="forward: one forward pass (default); generate: a generation folder with a "
+                             "KV-cache decoder and the tokenizer, for `tiedonnx generate` (KerasHub CausalLM)")
+    parser.add_argument("--max-length", type=int, default=None, metavar="N",
+                        help="--task generate: longest prompt + new tokens (default: the model's position "
+                             "table, unbounded for rotary models)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                         choices=list(SUPPORTED_OPSETS), metavar="N",
                         help=f"ONNX opset, {SUPPORTED_OPSETS[0]} to {SUPPORTED_OPSETS[-1]} "
@@ -37,6 +44,12 @@ def run(args: argparse.Namespace) -> int:
     from ..extras import require
 
     require("convert", what="tiedonnx export")
+    if args.task == "generate":
+        return _run_generate(args)
+    if args.max_length is not None:
+        from ..errors import UsageError
+
+        raise UsageError("--max-length applies to --task generate only. Add --task generate or drop --max-length.")
     from tiedonnx.converter.export import export
 
     report = export(args.model, args.output, opset=args.opset, verify=not args.no_verify,
@@ -46,6 +59,38 @@ def run(args: argparse.Namespace) -> int:
                     unsafe=args.unsafe_load_code, import_modules=args.import_modules)
     _flags.emit(report.as_dict(), as_json=args.json, lines=render(report))
     return 0
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from tiedonnx.converter.generation import export_generation
+
+    if args.ort:
+        from ..errors import UsageError
+
+        raise UsageError("--ort is not available with --task generate (the generation runtime reads .onnx). "
+                         "Drop --ort.")
+    report = export_generation(
+        args.model, args.output, precision=args.precision, max_length=args.max_length,
+        verify=not args.no_verify, force=args.force, unsafe=args.unsafe_load_code,
+        import_modules=args.import_modules, block_size=args.block_size, symmetric=args.symmetric,
+        short_names=args.short_names, per_channel=args.per_channel, reduce_range=args.reduce_range)
+    _flags.emit(report.as_dict(), as_json=args.json, lines=render_generation(report))
+    return 0
+
+
+def render_generation(report) -> list[str]:
+    c = report.config
+    lines = [f"wrote generation folder {report.folder}: {report.model_file} {_flags.human_bytes(report.bytes)}, "
+             f"precision {report.precision}",
+             f"  decoder: {c.num_layers} layers, {c.num_kv_heads} key/value heads of {c.head_dim}, vocabulary "
+             f"{c.vocabulary_size}, max length {c.max_length or 'unbounded'}; ties stored once: {len(report.ties)}",
+             "  tokenizer: " + (report.tokenizer or "none (generate from token ids)")]
+    if report.parity_max_abs is not None:
+        lines.append(f"  parity vs Keras on cached steps: max abs diff {report.parity_max_abs:.3g}")
+    else:
+        lines.append("  parity: not checked (--no-verify)")
+    lines.append(f'  next: tiedonnx generate {report.folder} "Your prompt"')
+    return lines
 
 
 def render(report) -> list[str]:
