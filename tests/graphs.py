@@ -99,3 +99,43 @@ def resolve(graph: onnx.GraphProto, name: str) -> str:
     while name in producers and producers[name].op_type in ("Transpose", "Identity"):
         name = producers[name].input[0]
     return name
+
+
+def tiny_decoder_folder(folder, *, vocab: int = 11, heads: int = 2, dim: int = 3, seed: int = 0,
+                        max_length: int = 16):
+    """A generation folder built by hand (no TensorFlow): one layer whose cache is the token embedding.
+
+    ``logits = E[ids] @ E^T`` (the tie, through a Transpose); ``present`` = past
+    concatenated with ``E[ids]`` viewed as ``[batch, heads, sequence, dim]``.
+    """
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    (folder / "onnx").mkdir(parents=True)
+    emb = np.random.default_rng(seed).standard_normal((vocab, heads * dim)).astype(np.float32)
+    f = TensorProto.FLOAT
+    nodes = [
+        helper.make_node("Gather", ["E", "input_ids"], ["h"]),
+        helper.make_node("Transpose", ["E"], ["E_T"], perm=[1, 0]),
+        helper.make_node("MatMul", ["h", "E_T"], ["logits"]),
+        helper.make_node("Shape", ["input_ids"], ["bt"]),
+        helper.make_node("Concat", ["bt", "hd"], ["split_shape"], axis=0),
+        helper.make_node("Reshape", ["h", "split_shape"], ["h4"]),
+        helper.make_node("Transpose", ["h4"], ["kv"], perm=[0, 2, 1, 3]),
+        helper.make_node("Concat", ["past_key_values.0.key", "kv"], ["present.0.key"], axis=2),
+        helper.make_node("Concat", ["past_key_values.0.value", "kv"], ["present.0.value"], axis=2),
+    ]
+    past = [helper.make_tensor_value_info(f"past_key_values.0.{k}", f, ["batch", heads, "past", dim])
+            for k in ("key", "value")]
+    outputs = [helper.make_tensor_value_info("logits", f, ["batch", "sequence", vocab])] + [
+        helper.make_tensor_value_info(f"present.0.{k}", f, ["batch", heads, "total", dim]) for k in ("key", "value")]
+    inits = [numpy_helper.from_array(emb, "E"), numpy_helper.from_array(np.array([heads, dim], np.int64), "hd")]
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT32, ["batch", "sequence"])
+    onnx.save(_model(nodes, [ids, *past], outputs, inits), str(folder / "onnx" / "model.onnx"))
+    config = {"format_version": 1, "model_file": "onnx/model.onnx", "precision": "fp32", "family": "Hand",
+              "num_layers": 1, "num_kv_heads": heads, "head_dim": dim, "vocabulary_size": vocab,
+              "max_length": max_length, "cache_dtype": "float32", "eos_token_ids": [],
+              "defaults": {"sampler": "greedy"}, "tokenizer": None}
+    (folder / "tiedonnx.json").write_text(json.dumps(config))
+    return emb

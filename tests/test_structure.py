@@ -41,6 +41,9 @@ def files(tmp_path_factory):
     onnx.save(tied_autoencoder(16, 4), str(root / "ae.onnx"))
     np.save(root / "x.npy", np.random.default_rng(0).random((5, 16), dtype=np.float32))
     (root / "m.keras").write_bytes(b"not read: the command must stop before")
+    from tests.graphs import tiny_decoder_folder
+
+    tiny_decoder_folder(root / "gen")
     return root
 
 
@@ -57,6 +60,7 @@ ONNX_ONLY = {
     "quantize": ["quantize", "{d}/ae.onnx", "-o", "{d}/out/q.onnx", "--precision", "int8"],
     "ort": ["ort", "{d}/ae.onnx", "-o", "{d}/out/a.ort"],
     "run": ["run", "{d}/ae.onnx", "-i", "{d}/x.npy", "-o", "{d}/out/y.npy"],
+    "generate": ["generate", "{d}/gen", "--ids", "1,2,3", "--max-new-tokens", "4"],
     "bench": ["bench", "{d}/ae.onnx", "--batch-sizes", "1", "--min-time", "0.01"],
     "triton": ["triton", "{d}/ae.onnx", "{d}/out/repo"],
 }
