@@ -187,7 +187,7 @@ def decoder_model(lm):
     import keras
 
     layers, heads, dim = cache_shape(lm)
-    ids = keras.Input((None,), dtype="int32", name="input_ids")
+    ids = keras.Input((None,), dtype="int64", name="input_ids")  # int64 as in Optimum (transformers.js feeds int64)
     past = [keras.Input((heads, None, dim), dtype=lm.compute_dtype, name=n) for n in kv_input_names(layers)]
     outputs = CachedDecoder(lm, layers, name="decoder")(ids, past)
     return keras.Model({"input_ids": ids, **{p.name: p for p in past}}, outputs, name="cached_decoder")
@@ -200,7 +200,7 @@ def parity_feeds(config: GenerationConfig, *, dtype: str = "float32", seed: int 
     for batch, past, new in PARITY_STEPS:
         if config.max_length and past + new > config.max_length:
             continue
-        feed = {"input_ids": rng.integers(0, config.vocabulary_size, (batch, new)).astype("int32")}
+        feed = {"input_ids": rng.integers(0, config.vocabulary_size, (batch, new)).astype("int64")}
         for name in kv_input_names(config.num_layers):
             feed[name] = rng.standard_normal((batch, config.num_kv_heads, past, config.head_dim)).astype(dtype)
         feeds.append(feed)

@@ -46,12 +46,12 @@ def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("gen")
     made = {}
 
-    def get(kind: str):
-        if kind not in made:
-            lm = models.causal_lm(kind)
-            export_generation(lm, root / kind)
-            made[kind] = (lm, root / kind)
-        return made[kind]
+    def get(kind: str, precision: str = "fp32"):
+        if (kind, precision) not in made:
+            lm = made[kind, "fp32"][0] if (kind, "fp32") in made else models.causal_lm(kind)
+            export_generation(lm, root / f"{kind}-{precision}", precision=precision)
+            made[kind, precision] = (lm, root / f"{kind}-{precision}")
+        return made[kind, precision]
 
     return get
 
@@ -122,7 +122,7 @@ def _onnx_steps(folder: Path, ids: np.ndarray, prompt: int) -> list[np.ndarray]:
 @pytest.mark.parametrize("kind", FAMILIES)
 def test_each_cached_step_matches_call_with_cache(folders, kind):
     lm, folder = folders(kind)
-    ids = np.random.default_rng(2).integers(0, 97, (2, 14)).astype("int32")
+    ids = np.random.default_rng(2).integers(0, 97, (2, 14)).astype("int64")
     expected, actual = _keras_steps(lm, ids, prompt=6), _onnx_steps(folder, ids, prompt=6)
     assert len(actual) == 9
     for i, (e, a) in enumerate(zip(expected, actual)):
@@ -144,17 +144,17 @@ def test_folder_stores_the_tie_once(folders, kind):
 
 
 @pytest.mark.parametrize("precision", ["int8", "int4", "fp16"])
-def test_quantized_folders_keep_one_tie_and_mostly_agree(folders, tmp_path, precision):
-    lm, fp32 = folders("gpt2")
-    out = export_generation(lm, tmp_path / precision, precision=precision)
-    assert out.model_file.endswith({"int8": "model_quantized.onnx", "int4": "model_q4.onnx",
-                                    "fp16": "model_fp16.onnx"}[precision])
-    info = inspect_file(str(tmp_path / precision / out.model_file))
+def test_quantized_folders_keep_one_tie_and_mostly_agree(folders, precision):
+    _, fp32 = folders("gpt2")
+    _, folder = folders("gpt2", precision)
+    model_file = json.loads((folder / "tiedonnx.json").read_text())["model_file"]
+    assert model_file == "onnx/" + {"int8": "model_quantized.onnx", "int4": "model_q4.onnx",
+                                    "fp16": "model_fp16.onnx"}[precision]
+    info = inspect_file(str(folder / model_file))
     assert len(info.ties) == 1 and not info.untied_duplicates
     prompts = _prompts(8, seed=3)
     ref = load_lm(fp32).generate(prompts, max_new_tokens=1, sampler="greedy", stop_token_ids=[]).tokens
-    got = load_lm(tmp_path / precision).generate(prompts, max_new_tokens=1, sampler="greedy",
-                                                 stop_token_ids=[]).tokens
+    got = load_lm(folder).generate(prompts, max_new_tokens=1, sampler="greedy", stop_token_ids=[]).tokens
     agreement = np.mean([a == b for a, b in zip(ref, got)])
     # Next-token agreement on random weights' nearly flat logits, 8 prompts: measured fp16 1.0,
     # int8 1.0, int4 0.75; the floors catch a broken file (chance is 1/97), not small drift.
@@ -332,3 +332,39 @@ def test_cli_export_and_generate(tmp_path, capsys):
         assert words in err and err.count("\n") == 1 and "Traceback" not in err
     assert main(["export", str(tmp_path / "lm.keras"), "-o", str(tmp_path / "x.onnx"), "--max-length", "9"]) == 2
     assert "--task generate only" in capsys.readouterr().err
+
+
+TRANSFORMERS_JS = Path.home() / ".cache/tiedonnx/transformers-js/node_modules"
+_TJS_SCRIPT = """
+import path from "node:path";
+const [,, modulesDir, folder, idsText, newTokens, dtype] = process.argv;
+const { env, AutoModelForCausalLM, Tensor } = await import(
+    path.join(modulesDir, "@huggingface/transformers/dist/transformers.node.mjs"));
+env.allowRemoteModels = false;
+env.localModelPath = path.dirname(folder) + "/";
+const model = await AutoModelForCausalLM.from_pretrained(path.basename(folder), { dtype, device: "cpu" });
+const ids = idsText.split(",").map((s) => BigInt(s));
+const input_ids = new Tensor("int64", BigInt64Array.from(ids), [1, ids.length]);
+const n = Number(newTokens);
+const out = await model.generate({ input_ids, max_new_tokens: n, min_new_tokens: n, do_sample: false });
+console.log(JSON.stringify(Array.from(out.data, Number).slice(ids.length)));
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision,dtype", [("fp32", "fp32"), ("int8", "q8"), ("int4", "q4")])
+def test_transformers_js_generates_the_same_greedy_tokens_from_the_folder(folders, tmp_path, precision, dtype):
+    """Optimum's contract, proved by another runtime: transformers.js in node, local files only."""
+    node = shutil.which("node")
+    if node is None or not (TRANSFORMERS_JS / "@huggingface/transformers").is_dir():
+        pytest.skip(f"node or transformers.js is missing ({TRANSFORMERS_JS}); .ci/run installs "
+                    "@huggingface/transformers@4.3.2 there")
+    _, folder = folders("gpt2", precision)
+    (tmp_path / "gen.mjs").write_text(_TJS_SCRIPT)
+    for prompt in ([5, 17, 33, 2, 9], [42], list(range(1, 30))):
+        ours = load_lm(folder).generate(prompt, max_new_tokens=20, sampler="greedy", stop_token_ids=[]).tokens[0]
+        proc = subprocess.run([node, str(tmp_path / "gen.mjs"), str(TRANSFORMERS_JS), str(folder),
+                               ",".join(map(str, prompt)), "20", dtype], capture_output=True, text=True,
+                              timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout.strip().splitlines()[-1]) == ours, prompt
