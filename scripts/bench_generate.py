@@ -1,0 +1,286 @@
+"""Generation side by side, same weights everywhere: KerasHub, the forward-only loop, tiedonnx cached, peers.
+
+    python scripts/bench_generate.py                   # tiny GPT-2 (vocabulary 1000, hidden 64, 2 layers)
+    python scripts/bench_generate.py --config gpt2-small --precisions fp32,int8,int4
+
+Rows (2 threads for every onnxruntime contender; KerasHub uses TensorFlow's own):
+
+* KerasHub ``generate`` (TensorFlow, compiled; GreedySampler), timed after a warm-up call;
+* today's forward-only loop: the plain ``tiedonnx export`` file run greedily, re-running the
+  whole prefix for every new token (no cache);
+* tiedonnx cached, per precision: the generation folder through ``tiedonnx.runtime.generate``;
+* transformers.js 4.3.2 in node reading the same fp32 folder (Optimum's contract), when installed;
+* Optimum (``optimum-onnx``) and onnxruntime-genai: these need torch / transformers and Hugging
+  Face files; when they are not installed the row says so in one line (they belong in a
+  separate environment, never in CI).
+
+Columns: files' bytes; RSS growth over session creation and after the prompt plus ``--new``
+tokens (fresh process each); time to first token for a ``--prompt``-token prompt; decode
+tokens/s at batch 1 and 8; greedy tokens identical to KerasHub's (batch 1, the first prompt).
+Decode rate = (new - 1) tokens over the time after the first token. Every contender gets
+the same prompts. Figures are the median of ``--rounds`` rounds, contenders interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe  # noqa: E402
+from settle import settle  # noqa: E402
+
+THREADS = 2
+CONFIGS = {
+    "tiny": dict(vocabulary_size=1000, num_layers=2, num_heads=2, hidden_dim=64, intermediate_dim=128,
+                 max_sequence_length=512),
+    "gpt2-small": dict(vocabulary_size=50257, num_layers=12, num_heads=12, hidden_dim=768,
+                       intermediate_dim=3072, max_sequence_length=1024),
+}
+TJS = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tiedonnx/transformers-js/node_modules"
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS")) / 1024
+
+
+def probe(folder: str, prompt: int, new: int) -> None:
+    """Child process: RSS growth over load_lm and after generating (printed as JSON)."""
+    import numpy as np
+
+    from tiedonnx.runtime.generate import load_lm
+
+    before = _rss_mib()
+    lm = load_lm(folder, threads=THREADS)
+    loaded = _rss_mib()
+    ids = np.random.default_rng(0).integers(1, lm.config.vocabulary_size, prompt).tolist()
+    lm.generate(ids, max_new_tokens=new, sampler="greedy", stop_token_ids=[])
+    print(json.dumps({"session_mib": loaded - before, "after_mib": _rss_mib() - before}))
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _prompts(vocab: int, batch: int, length: int, seed: int = 0) -> list[list[int]]:
+    import numpy as np
+
+    return np.random.default_rng(seed).integers(1, vocab, (batch, length)).tolist()
+
+
+def keras_hub_row(lm, prompts, new: int, rounds: int) -> dict:
+    import numpy as np
+
+    lm.compile(sampler="greedy")
+
+    def run(batch_prompts, n):
+        ids = np.zeros((len(batch_prompts), len(batch_prompts[0]) + n), "int32")
+        ids[:, :len(batch_prompts[0])] = batch_prompts
+        mask = np.zeros(ids.shape, bool)
+        mask[:, :len(batch_prompts[0])] = True
+        start = time.perf_counter()
+        out = lm.generate({"token_ids": ids, "padding_mask": mask}, stop_token_ids=None)
+        return time.perf_counter() - start, np.asarray(out["token_ids"])[:, len(batch_prompts[0]):]
+
+    row = {"name": "KerasHub generate (TF)"}
+    for batch in (1, 8):
+        p = prompts[:batch]
+        run(p, 1), run(p, new)  # compile both shapes
+        ones, fulls = [], []
+        for _ in range(rounds):
+            settle()
+            ones.append(run(p, 1)[0])
+            settle()
+            seconds, tokens = run(p, new)
+            fulls.append(seconds)
+        t1, tn = statistics.median(ones), statistics.median(fulls)
+        row[f"tps_b{batch}"] = (new - 1) / max(tn - t1, 1e-9)
+        if batch == 1:
+            row["ttft_ms"], row["tokens"] = t1 * 1e3, tokens[0].tolist()
+    return row
+
+
+def forward_loop_row(path: Path, prompts, new: int, rounds: int) -> dict:
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+
+    def run(p, n):
+        ids = np.array(p, dtype=np.int32)
+        start, first = time.perf_counter(), None
+        for _ in range(n):
+            feed = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
+            logits = session.run(None, {k: feed[k] for k in names})[0]
+            ids = np.concatenate([ids, logits[:, -1].argmax(-1)[:, None].astype(np.int32)], axis=1)
+            first = first or time.perf_counter()
+        return first - start, time.perf_counter() - first, ids[:, len(p[0]):]
+
+    row = {"name": "forward-only loop (no cache)", "bytes": path.stat().st_size}
+    for batch in (1, 8):
+        results = []
+        for _ in range(rounds):
+            settle()
+            results.append(run(prompts[:batch], new))
+        row[f"tps_b{batch}"] = (new - 1) / statistics.median(r[1] for r in results)
+        if batch == 1:
+            row["ttft_ms"] = statistics.median(r[0] for r in results) * 1e3
+            row["tokens"] = results[0][2][0].tolist()
+    return row
+
+
+def cached_row(folder: Path, precision: str, prompts, new: int, rounds: int) -> dict:
+    from tiedonnx.runtime.generate import load_lm
+
+    lm = load_lm(folder, threads=THREADS)
+    row = {"name": f"tiedonnx cached {precision}", "bytes": _folder_bytes(folder / "onnx")}
+    for batch in (1, 8):
+        results = []
+        lm.generate(prompts[:batch], max_new_tokens=4, sampler="greedy", stop_token_ids=[])  # warm-up
+        for _ in range(rounds):
+            settle()
+            results.append(lm.generate(prompts[:batch], max_new_tokens=new, sampler="greedy", stop_token_ids=[]))
+        row[f"tps_b{batch}"] = statistics.median(r.decode_tokens_per_s for r in results)
+        if batch == 1:
+            row["ttft_ms"] = statistics.median(r.time_to_first_token_s for r in results) * 1e3
+            row["tokens"] = results[0].tokens[0]
+    out = subprocess.run([sys.executable, __file__, "--probe", str(folder), "--prompt", str(len(prompts[0])),
+                          "--new", str(new)], capture_output=True, text=True, check=False)
+    try:
+        row.update(json.loads(out.stdout.strip().splitlines()[-1]))
+    except (IndexError, ValueError):
+        row["error"] = "RSS probe failed: " + out.stderr.strip().splitlines()[-1][:200] if out.stderr else "?"
+    return row
+
+
+def transformers_js_row(folder: Path, prompts, new: int) -> dict:
+    node = shutil.which("node")
+    if node is None or not (TJS / "@huggingface/transformers").is_dir():
+        return {"name": "transformers.js (node)", "error": f"not installed (npm install --prefix {TJS.parent} "
+                "--ignore-scripts @huggingface/transformers@4.3.2)"}
+    script = f"""
+import path from "node:path";
+const {{ env, AutoModelForCausalLM, Tensor }} = await import({json.dumps(str(TJS))} +
+    "/@huggingface/transformers/dist/transformers.node.mjs");
+env.allowRemoteModels = false; env.localModelPath = {json.dumps(str(folder.parent) + "/")};
+const model = await AutoModelForCausalLM.from_pretrained({json.dumps(folder.name)},
+    {{ dtype: "fp32", device: "cpu", session_options: {{ intraOpNumThreads: {THREADS} }} }});
+const ids = {json.dumps(prompts[0])}.map(BigInt);
+const input_ids = new Tensor("int64", BigInt64Array.from(ids), [1, ids.length]);
+const gen = (n) => model.generate({{ input_ids, max_new_tokens: n, min_new_tokens: n, do_sample: false }});
+await gen(2);
+let t = performance.now(); await gen(1); const t1 = performance.now() - t;
+t = performance.now(); const out = await gen({new}); const tn = performance.now() - t;
+console.log(JSON.stringify({{ t1, tn, tokens: Array.from(out.data, Number).slice(ids.length) }}));
+"""
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "bench.mjs").write_text(script)
+        proc = subprocess.run([node, str(Path(tmp) / "bench.mjs")], capture_output=True, text=True, check=False)
+    if proc.returncode:
+        return {"name": "transformers.js (node)", "error": proc.stderr.strip().splitlines()[-1][:200]}
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"name": "transformers.js (node), same fp32 folder", "ttft_ms": got["t1"],
+            "tps_b1": (new - 1) / max((got["tn"] - got["t1"]) / 1e3, 1e-9), "tokens": got["tokens"]}
+
+
+def peer_rows() -> list[dict]:
+    rows = []
+    for name, module, how in [("Optimum ORTModelForCausalLM", "optimum.onnxruntime", "optimum-onnx + torch"),
+                              ("onnxruntime-genai", "onnxruntime_genai", "onnxruntime-genai + transformers>=5")]:
+        try:
+            __import__(module)
+        except Exception as exc:  # a missing peer is one line, not a traceback
+            rows.append({"name": name, "error": f"not run: {type(exc).__name__}: {exc} (needs {how}, in its own "
+                                                 "environment, with the weights exported by KerasHub's "
+                                                 "export_to_transformers)"})
+        else:
+            rows.append({"name": name, "error": "installed, but this script does not drive it yet"})
+    return rows
+
+
+def _print(rows: list[dict], reference: list[int]) -> None:
+    print("| contender | bytes | session MiB | after MiB | TTFT ms | tok/s b1 | tok/s b8 | = KerasHub |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        if "error" in r and "tps_b1" not in r:
+            print(f"| {r['name']} | {r['error']} |")
+            continue
+        cell = lambda key, fmt: (fmt.format(r[key]) if key in r else "-")  # noqa: E731
+        same = "-" if "tokens" not in r else ("yes" if r["tokens"] == reference else "NO")
+        print(f"| {r['name']} | {cell('bytes', '{:,}')} | {cell('session_mib', '{:.1f}')} | "
+              f"{cell('after_mib', '{:.1f}')} | {cell('ttft_ms', '{:.1f}')} | {cell('tps_b1', '{:.1f}')} | "
+              f"{cell('tps_b8', '{:.1f}')} | {same} |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny")
+    parser.add_argument("--precisions", default="fp32,int8,int4")
+    parser.add_argument("--prompt", type=int, default=128)
+    parser.add_argument("--new", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default=None, help="keep the folders here (default: a temporary folder)")
+    parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.probe:
+        probe(args.probe, args.prompt, args.new)
+        return 0
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+    import keras_hub
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(THREADS)
+    from tiedonnx.converter.export import export
+    from tiedonnx.converter.generation import export_generation
+
+    print(describe())
+    print(f"config {args.config}: {CONFIGS[args.config]}; prompt {args.prompt} tokens, {args.new} new; "
+          f"{THREADS} threads; median of {args.rounds} rounds")
+    keras.utils.set_random_seed(0)
+    m = keras_hub.models
+    lm = m.GPT2CausalLM(m.GPT2Backbone(**CONFIGS[args.config]), preprocessor=None)
+    prompts = _prompts(CONFIGS[args.config]["vocabulary_size"], 8, args.prompt)
+    root = Path(args.out or tempfile.mkdtemp(prefix="bench-generate-"))
+    root.mkdir(parents=True, exist_ok=True)
+    rows = [keras_hub_row(lm, prompts, args.new, args.rounds)]
+    start = time.perf_counter()
+    export(lm, root / "forward.onnx", force=True, verify=False)
+    print(f"forward export {time.perf_counter() - start:.1f} s", flush=True)
+    rows.append(forward_loop_row(root / "forward.onnx", prompts, args.new, args.rounds))
+    for precision in args.precisions.split(","):
+        start = time.perf_counter()
+        export_generation(lm, root / precision, precision=precision, force=True)
+        print(f"generation export {precision} {time.perf_counter() - start:.1f} s", flush=True)
+        rows.append(cached_row(root / precision, precision, prompts, args.new, args.rounds))
+    if "fp32" in args.precisions.split(","):
+        rows.append(transformers_js_row(root / "fp32", prompts, args.new))
+    rows += peer_rows()
+    _print(rows, rows[0]["tokens"])
+    keras_tps = rows[0]["tps_b1"]
+    loop_ms = 1e3 * args.new / rows[1]["tps_b1"] + rows[1]["ttft_ms"]
+    for r in rows[2:]:
+        if r["name"].startswith("tiedonnx") and "tps_b1" in r:
+            total_ms = r["ttft_ms"] + 1e3 * (args.new - 1) / r["tps_b1"]
+            ratio = r.get("session_mib", float("nan")) * 2**20 / r["bytes"]
+            print(f"{r['name']}: decode {r['tps_b1'] / keras_tps:.2f}x KerasHub; prompt + {args.new} tokens "
+                  f"{loop_ms / total_ms:.2f}x faster than the forward-only loop; session RSS {ratio:.2f}x file")
+    if not args.out:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
