@@ -196,6 +196,10 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
     start = time.perf_counter()
     keras_model = _resolve_model(model, unsafe, import_modules)
     _check_compute_dtype(keras_model, precision)
+    if getattr(keras_model, "preprocessor", None) is not None:  # a KerasHub task with its tokenizer
+        logger.warning("%s has a preprocessor (tokenizer); the .onnx holds the model only. For a folder with "
+                       "the tokenizer and a KV-cache decoder, export with task='generate' (CLI: --task generate)",
+                       keras_model.name)
     ties = find_ties(keras_model)
 
     plain = keras_to_onnx(keras_model, opset=opset)

@@ -68,6 +68,8 @@ CLI_EXAMPLES: dict[str, list[str] | str] = {
     "bench": ["bench", "ae.onnx", "--keras", "model.keras", "--batch-sizes", "1,8", "--min-time", "0.01"],
     "triton": ["triton", "ae.onnx", "models/", "--max-batch-size", "16", "--instances", "2"],
     "run --ray": "tests/test_distributed.py (starts a local Ray cluster)",
+    "export --task": "README's 'Generate text' bash block; tests/test_generate.py",
+    "generate": "tests/test_generate.py (exports a generation folder first); README's 'Generate text' block",
     "demo": "tests/test_demo.py (trains for one epoch)",
     "web": "tests/test_web.py (needs chromium and onnxruntime-web)",
     "web --serve": "tests/test_web.py (serves on 127.0.0.1 for headless Chromium)",
@@ -80,7 +82,7 @@ def _synopsis() -> list[str]:
     for line in block.splitlines():
         words = shlex.split(line, comments=True)
         if words and words[0] == "tiedonnx":
-            flag = next((f for f in ("--ray", "--serve") if f in words), None)
+            flag = next((f for f in ("--ray", "--serve", "--task") if f in words), None)
             keys.append(f"{words[1]} {flag}" if flag else words[1])
     return keys
 
