@@ -146,7 +146,7 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
            short_names: bool | None = None, per_channel: bool | None = None,
            reduce_range: bool | None = None, force: bool = False, ort: bool = False,
            batch_sizes=DEFAULT_BATCH_SIZES, unsafe: bool = False,
-           import_modules=(), external_threshold: int | None = None) -> ExportReport:
+           import_modules=(), external_threshold: int | None = None, graph_passes=()) -> ExportReport:
     """Export a (tied) Keras model to an ONNX file with one initializer per tie.
 
     Args:
@@ -165,6 +165,8 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
             registered Keras classes load in safe mode (``["keras_hub"]``).
         external_threshold: serialized size above which weights are written to
             ``<path>.data`` (default :data:`EXTERNAL_DATA_THRESHOLD`).
+        graph_passes: extra ``ModelProto -> (ModelProto, report)`` passes run after
+            retie, before any precision change (the generation export folds its cache stacks).
 
     Returns:
         An :class:`ExportReport`.
@@ -206,6 +208,8 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
     convert_seconds = time.perf_counter() - start
     proto, retie_report = retie(plain, prefer=_preferred_names(plain, ties))
     proto, _ = fold_initializer_shapes(proto)  # einsum kernels kept only for Shape (KerasHub attention)
+    for graph_pass in graph_passes:
+        proto, _ = graph_pass(proto)
     record_ties(proto, keras_ties=describe_stored_ties(keras_model, proto, ties))
     versions = _versions(opset)
     proto.producer_name, proto.producer_version = "tiedonnx", versions["tiedonnx"]

@@ -146,8 +146,9 @@ def _make_cached_decoder_class():
                 logits, _, cache = self.lm.call_with_cache(input_ids, ops.stack(layers, axis=1), past_length)
             outputs = {"logits": ops.cast(logits, "float32")}
             for i, (k, v) in enumerate(zip(*[iter(kv_output_names(self.num_layers))] * 2)):
-                outputs[k] = ops.transpose(cache[:, i, 0], (0, 2, 1, 3))
-                outputs[v] = ops.transpose(cache[:, i, 1], (0, 2, 1, 3))
+                layer = cache[:, i]  # two single picks, which graph.stack_pick folds (not one double pick)
+                outputs[k] = ops.transpose(layer[:, 0], (0, 2, 1, 3))
+                outputs[v] = ops.transpose(layer[:, 1], (0, 2, 1, 3))
             return outputs
 
     return _CachedDecoder
@@ -328,6 +329,8 @@ def export_generation(model, folder: str | os.PathLike, *, precision: str = "fp3
     """
     from tiedonnx.runtime.options import PRECISIONS
 
+    from tiedonnx.runtime.graph.stack_pick import fold_stack_picks
+
     from .export import export
     from .lm_tokenizer import write_tokenizer
 
@@ -340,7 +343,8 @@ def export_generation(model, folder: str | os.PathLike, *, precision: str = "fp3
         decoder = decoder_model(lm)
         model_file = f"onnx/{MODEL_FILES[precision]}"
         (staging / "onnx").mkdir()
-        report = export(decoder, staging / model_file, precision=precision, verify=False, **precision_options)
+        report = export(decoder, staging / model_file, precision=precision, verify=False,
+                        graph_passes=(fold_stack_picks,), **precision_options)
         special = write_tokenizer(lm, staging)
         config = generation_config(lm, max_length=max_length, model_file=model_file, precision=precision,
                                    special=special)

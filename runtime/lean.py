@@ -57,7 +57,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .graph.edit import main_opset, replace_repeated, transpose_perm, used_names
+from .graph.edit import int64_constant, main_opset, replace_repeated, transpose_perm, used_names
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -187,8 +187,7 @@ def _weight_dims(graph, name: str) -> list[int]:
 
 def _flat_gemm(graph, node, weight: str, rank: int) -> list:
     """``MatMul(A, Transpose(W))`` with a rank-``rank`` A as Reshape -> Gemm(transB=1) -> Reshape."""
-    import numpy as np
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     rows, hidden = _weight_dims(graph, weight)
     taken = used_names(graph) | {i.name for i in graph.initializer}
@@ -202,9 +201,8 @@ def _flat_gemm(graph, node, weight: str, rank: int) -> list:
         taken.add(name)
         return name
 
-    consts = {key: fresh(key) for key in ("flat", "rows", "start", "end")}
-    for key, value in (("flat", [-1, hidden]), ("rows", [rows]), ("start", [0]), ("end", [rank - 1])):
-        graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=np.int64), consts[key]))
+    consts = {key: int64_constant(graph, value, fresh(key))
+              for key, value in (("flat", [-1, hidden]), ("rows", [rows]), ("start", [0]), ("end", [rank - 1]))}
     flat, prod, shape, lead, out_shape = (fresh(k) for k in ("a2", "y2", "shape", "lead", "out_shape"))
     return [
         helper.make_node("Reshape", [node.input[0], consts["flat"]], [flat], name=fresh("reshape_in")),

@@ -127,3 +127,17 @@ def gathers_rows(node: onnx.NodeProto, name: str) -> bool:
     return (node.op_type == "Gather" and node.domain in ("", "ai.onnx") and len(node.input) == 2
             and node.input[0] == name and node.input[1] != name
             and next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0) == 0)
+
+
+def int64_constant(graph: onnx.GraphProto, values: list[int], name: str) -> str:
+    """An int64 initializer holding ``values``: an existing equal one (the export's duplicate check
+    refuses two), else a new one named ``name``."""
+    import numpy as np
+    from onnx import TensorProto, numpy_helper
+
+    for init in graph.initializer:
+        if (init.data_type == TensorProto.INT64 and list(init.dims) == [len(values)]
+                and numpy_helper.to_array(init).tolist() == values):
+            return init.name
+    graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64), name))
+    return name

@@ -72,7 +72,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ConversionError
 from .duplicates import find_duplicates
-from .edit import (consumers, gathers_rows, main_opset, prepend_nodes, relative_perm, remove_initializers, replace_repeated, subgraphs,
+from .edit import (consumers, gathers_rows, int64_constant, main_opset, prepend_nodes, relative_perm, remove_initializers, replace_repeated, subgraphs,
                    used_names)
 from .int4_blocks import (DEQUANTIZE_OP, FUNCTION_DOMAIN, Blocks, dequantize_function, quantize_blocks,
                           scale_dtype)
@@ -310,7 +310,7 @@ def _rewrite_uses(graph: onnx.GraphProto, weight: _Weight, layout: tuple[int, ..
     if "matmul" in kinds:
         weight.uses.append(TieUse(relation="direct", output=names["packed"], kernel="integer"))
     if "gather" in kinds:
-        shape = _int64_constant(graph, [n_rows, -1], f"{names['rows']}_shape")
+        shape = int64_constant(graph, [n_rows, -1], f"{names['rows']}_shape")
         first.append(mk("Reshape", [names["packed"], shape], [names["rows"]],
                         name=f"tiedonnx_int4/{names['rows']}"))
         weight.uses.append(TieUse(relation="identity", output=names["rows"], kernel="integer"))
@@ -364,22 +364,11 @@ def _to_gather_block_quantized(graph: onnx.GraphProto, node: onnx.NodeProto, qua
     # Rows are padded to whole blocks; the lookup returns the padded width, trimmed here.
     wide = f"{output}_padded"
     node.output[0] = wide
-    bounds = [_int64_constant(graph, [v], f"{wide}_{n}") for n, v in (("start", 0), ("end", k), ("axis", -1))]
+    bounds = [int64_constant(graph, [v], f"{wide}_{n}") for n, v in (("start", 0), ("end", k), ("axis", -1))]
     nodes = list(graph.node)
     nodes.insert(nodes.index(node) + 1, helper.make_node("Slice", [wide, *bounds], [output],
                                                          name=f"tiedonnx_int4/{output}/trim"))
     replace_repeated(graph.node, nodes)
-
-
-def _int64_constant(graph: onnx.GraphProto, values: list[int], name: str) -> str:
-    """An int64 initializer holding ``values``: an existing equal one (the export's duplicate check
-    refuses two), else a new one named ``name``."""
-    for init in graph.initializer:
-        if (init.data_type == TensorProto.INT64 and list(init.dims) == [len(values)]
-                and numpy_helper.to_array(init).tolist() == values):
-            return init.name
-    graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64), name))
-    return name
 
 
 def _finish(model: onnx.ModelProto, opset: int, *, symmetric: bool) -> None:
