@@ -143,21 +143,31 @@ def fold_stack_picks(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     graph = model.graph
     constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer
                  if i.data_type == onnx.TensorProto.INT64 and len(i.dims) <= 1}
+    outputs = {o.name for o in graph.output}
     folded = 0
     while True:
         producers = {o: n for n in graph.node for o in n.output}
-        renames = {}
+        renames, changed = {}, 0
         for node in graph.node:
-            if node.op_type == "Squeeze":
-                source = _picked(node, producers, constants)
-                if source is not None:
-                    renames[node.output[0]] = source
-        if not renames:
+            source = _picked(node, producers, constants) if node.op_type == "Squeeze" else None
+            if source is None:
+                continue
+            changed += 1
+            if node.output[0] in outputs:  # callers know it by name: it stays, as an Identity
+                del node.input[:]
+                node.input.append(source)
+                node.op_type = "Identity"
+                del node.attribute[:]
+            else:
+                renames[node.output[0]] = source
+        if not changed:
             break
         rename_uses(graph, renames)
-        folded += len(renames)
+        folded += changed
         _drop_dead(graph)
     folded += _rewrite_stack_shapes(graph, constants)
+    if not folded:
+        return model, 0
     _drop_dead(graph)
     used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
     remove_initializers(graph, lambda init: init.name not in used and init.name in constants)
