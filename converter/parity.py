@@ -108,11 +108,12 @@ def make_inputs(model, specs, batch: int, *, seed: int = 0, length: int | None =
     Floats in [0, 1); integer ids below the vocabulary of the embedding that
     reads them; masks with real padding (see :mod:`.samples`).
     """
-    from .samples import Case, make_case_inputs, vocabularies
+    from .samples import Case, make_case_inputs, sample_plan
     from .signature import input_signature
 
     signature = input_signature(model)
-    arrays = make_case_inputs(signature, Case(batch, length), vocabularies(model, signature), seed=seed)
+    plan = sample_plan(model, signature)
+    arrays = make_case_inputs(signature, Case(batch, length), plan.vocab, positions=plan.positions, seed=seed)
     return [arrays[s.name] for s in specs]
 
 
@@ -273,7 +274,7 @@ def verify(keras_model, onnx_model, *, inputs: list[np.ndarray] | dict[str, np.n
         ParityError: any output missed; the message lists every case and output.
         InputError: ``inputs`` do not fit the model.
     """
-    from .samples import DEFAULT_SEQUENCE_LENGTHS, Case, cases, make_case_inputs, vocabularies
+    from .samples import DEFAULT_SEQUENCE_LENGTHS, Case, cases, make_case_inputs, sample_plan
     from .signature import input_signature
     from .tf_convert import check_numeric_inputs
 
@@ -289,9 +290,10 @@ def verify(keras_model, onnx_model, *, inputs: list[np.ndarray] | dict[str, np.n
         feed = _user_feed(inputs, signature, session)
         runs = [(Case(len(next(iter(feed.values())))), feed)]
     else:
-        vocab = vocabularies(keras_model, signature)
+        plan = sample_plan(keras_model, signature)
         lengths = DEFAULT_SEQUENCE_LENGTHS if sequence_lengths is None else tuple(sequence_lengths)
-        runs = [(c, make_case_inputs(signature, c, vocab)) for c in cases(signature, keras_model, batch_sizes, lengths)]
+        runs = [(c, make_case_inputs(signature, c, plan.vocab, positions=plan.positions))
+                for c in cases(signature, keras_model, batch_sizes, lengths)]
     worst: dict[str, OutputParity] = {}
     problems: list[str] = []
     for case, feed in runs:
