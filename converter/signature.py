@@ -227,7 +227,8 @@ def output_structure_names(model, outputs) -> list[str]:
     """ONNX output names for the model's (flattened) ``outputs``.
 
     Dict outputs are named by their keys (``keras.tree.flatten`` order, so
-    names and flattened values pair up); others by ``model.output_names``
+    names and flattened values pair up); a KerasHub language model's one output
+    ``logits``; others by ``model.output_names``
     when those are unique; else ``output`` / ``output_<i>``.
     """
     import keras
@@ -241,9 +242,21 @@ def output_structure_names(model, outputs) -> list[str]:
     return declared_output_names(model, count)
 
 
+# KerasHub language-model tasks: their one output is the vocabulary logits, which Keras
+# names after the layer computing it (the tied ``token_embedding``, ``mlm_head``).
+_LM_TASKS = ("CausalLM", "MaskedLM", "Seq2SeqLM")
+LOGITS = "logits"
+
+
+def _is_keras_hub_lm(model) -> bool:
+    return any(c.__name__ in _LM_TASKS and c.__module__.startswith("keras_hub") for c in type(model).__mro__)
+
+
 def declared_output_names(model, count: int) -> list[str]:
-    """``model.output_names`` when there are ``count`` of them and they are unique, else
-    ``output`` / ``output_<i>``."""
+    """``logits`` for a KerasHub language model's one output; else ``model.output_names`` when
+    there are ``count`` of them and they are unique; else ``output`` / ``output_<i>``."""
+    if count == 1 and _is_keras_hub_lm(model):
+        return [LOGITS]
     try:
         names = [str(n) for n in (getattr(model, "output_names", None) or [])]
     except (AttributeError, ValueError):

@@ -102,6 +102,7 @@ def test_masked_lm_exports_by_default_and_quantizes_with_one_tie(kind, tmp_path)
     report = export(model, tmp_path / "mlm.onnx")  # default verification: batch 1/3/64 x length 1/7/33
     assert report.parity.ok and report.parity.sequence_lengths == (1, 7, 33)
     proto = onnx.load(tmp_path / "mlm.onnx")
+    assert [o.name for o in proto.graph.output] == ["logits"]  # not "mlm_head", the layer's name
     embedding = _embedding_ties(proto)
     assert len(embedding) == 1 and [u.relation for u in embedding[0].uses] == ["transpose"]
     for precision in ("fp16", "int8", "int4"):
