@@ -135,6 +135,9 @@ def keras_to_onnx(model, *, opset: int = DEFAULT_OPSET):
         ) from exc
     _check_ops(proto, model.name)
     fold_captured_inputs(proto, concrete, keep=signature.names)
+    from .broken_ties import report_broken_ties
+
+    report_broken_ties(model, concrete=concrete)  # a tie the author wrote that Keras already broke
     name_dynamic_axes(proto, model, signature, names)
     return proto
 
