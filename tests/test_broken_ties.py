@@ -90,3 +90,18 @@ def test_real_ties_and_unrelated_constants_are_not_reported(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         export(model, tmp_path / "m.onnx")
     assert _warnings(caplog) == []
+
+
+def test_readme_problem_example_prints_the_warning(tmp_path):
+    """The README's "The problem" block, run as pasted, prints the line the README quotes."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (code,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "NaiveDenseTied" in b]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    quoted = re.search(r"It prints: `(.*?)`\.", readme, re.S)[1].replace("\n", " ")
+    assert quoted in proc.stdout and quoted in proc.stderr  # printed, and logged by export
