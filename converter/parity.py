@@ -252,7 +252,7 @@ def _run_case(keras_model, session, signature, feed, mapping) -> tuple[dict, dic
 
 def verify(keras_model, onnx_model, *, inputs: list[np.ndarray] | dict[str, np.ndarray] | None = None,
            batch_sizes=DEFAULT_BATCH_SIZES, sequence_lengths=None, precision: str = "fp32",
-           atol: float | None = None, rtol: float | None = None) -> ParityReport:
+           atol: float | None = None, rtol: float | None = None, input_spec=None) -> ParityReport:
     """Check that an ONNX model computes what the Keras model computes.
 
     Args:
@@ -266,6 +266,8 @@ def verify(keras_model, onnx_model, *, inputs: list[np.ndarray] | dict[str, np.n
         precision: selects the default tolerance (:data:`TOLERANCES`), widened
             to :data:`MIXED16_TOL` for models that compute in 16 bits.
         atol, rtol: override the tolerance.
+        input_spec: the inputs as declared at export (:mod:`.input_specs`),
+            for a model that declares none itself.
 
     Returns:
         A :class:`ParityReport` (the worst figure per output over all cases).
@@ -283,7 +285,7 @@ def verify(keras_model, onnx_model, *, inputs: list[np.ndarray] | dict[str, np.n
         atol = default_atol if atol is None else atol
         rtol = default_rtol if rtol is None else rtol
     session = _open(onnx_model)
-    signature = input_signature(keras_model)
+    signature = input_signature(keras_model, input_spec)
     check_numeric_inputs(keras_model, list(signature.specs))  # a "string" InputLayer: refuse, one line
     mapping = _onnx_input_names(session, signature)
     if inputs is not None:

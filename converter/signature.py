@@ -42,11 +42,16 @@ _PER_TOKEN = re.compile(r"^(?P<prefix>.*?)(token_ids|padding_mask|segment_ids|in
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One ONNX input: name, shape (batch ``None``, other dynamic axes ``None``) and dtype."""
+    """One ONNX input: name, shape (batch ``None``, other dynamic axes ``None``) and dtype.
+
+    ``axes``: names for the open axes when the caller declared them
+    (:mod:`.input_specs`); None lets :func:`axis_names` choose.
+    """
 
     name: str
     shape: tuple
     dtype: str
+    axes: tuple | None = None
 
     @property
     def dynamic_axes(self) -> list[int]:
@@ -56,10 +61,15 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class InputSignature:
-    """The model's input structure with leaves replaced by indices into ``specs``."""
+    """The model's input structure with leaves replaced by indices into ``specs``.
+
+    ``inferred``: the specs come from a build config (a subclassed model that
+    declares no ``keras.Input``): shapes of its first call, dtypes assumed float32.
+    """
 
     specs: tuple[InputSpec, ...]
     structure: Any
+    inferred: bool = False
 
     @property
     def names(self) -> list[str]:
@@ -197,6 +207,8 @@ def axis_names(specs: Sequence[InputSpec]) -> dict[str, list[str | None]]:
         for i, dim in enumerate(spec.shape):
             if dim is not None:
                 axes.append(None)
+            elif spec.axes and spec.axes[i]:
+                axes.append(spec.axes[i])
             elif i == 0:
                 axes.append(BATCH_AXIS)
             elif i == 1 and per_token:
@@ -207,20 +219,37 @@ def axis_names(specs: Sequence[InputSpec]) -> dict[str, list[str | None]]:
     return names
 
 
-def input_signature(model) -> InputSignature:
+def input_signature(model, input_spec=None) -> InputSignature:
     """The ONNX inputs of ``model`` and the structure it is called with.
+
+    Args:
+        model: a built Keras model.
+        input_spec: the caller's declaration of the inputs, one ``NAME:DTYPE:AXES``
+            (or :class:`InputSpec`) per input (see :mod:`.input_specs`); replaces
+            what the model declares or what its build config implies.
 
     Raises:
         ConversionError: the model declares no inputs and was never called.
+        UsageError: a malformed ``input_spec``, or not one per input.
     """
-    struct, from_tensors = _keras_structure(model)
+    from .input_specs import apply_input_spec, spec_structure
+
+    try:
+        struct, from_tensors = _keras_structure(model)
+    except ConversionError:
+        if input_spec is None:
+            raise
+        return spec_structure(input_spec)  # never called: the declared inputs are all there is
     leaves = _leaves(struct)
     raw = [_leaf_spec(leaf, from_tensors) for _, leaf in leaves]
     names = _names([r[0] for r in raw], [p for p, _ in leaves])
     specs = tuple(InputSpec(n, shape, dtype) for n, (_, shape, dtype) in zip(names, raw))
     counter = iter(range(len(leaves)))
     indexed = _map_leaves(struct, lambda _leaf: next(counter))
-    return InputSignature(specs, indexed)
+    signature = InputSignature(specs, indexed, inferred=not from_tensors)
+    if input_spec is None:
+        return signature
+    return apply_input_spec(signature, input_spec)
 
 
 def output_structure_names(model, outputs) -> list[str]:
