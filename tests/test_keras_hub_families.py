@@ -103,6 +103,8 @@ def test_masked_lm_exports_by_default_and_quantizes_with_one_tie(kind, tmp_path)
     assert report.parity.ok and report.parity.sequence_lengths == (1, 7, 33)
     proto = onnx.load(tmp_path / "mlm.onnx")
     assert [o.name for o in proto.graph.output] == ["logits"]  # not "mlm_head", the layer's name
+    # inspect names every tie (DeBERTaV3's query/key EinsumDense kernels are stored reshaped to 2-D).
+    assert all(t.keras and t.keras.get("variable") for t in read_ties(proto)), read_ties(proto)
     embedding = _embedding_ties(proto)
     assert len(embedding) == 1 and [u.relation for u in embedding[0].uses] == ["transpose"]
     for precision in ("fp16", "int8", "int4"):
@@ -113,6 +115,26 @@ def test_masked_lm_exports_by_default_and_quantizes_with_one_tie(kind, tmp_path)
         assert len(_embedding_ties(q)) == 1, precision
         # The precision's own bound (parity.TOLERANCES), on the default cases.
         assert verify(model, q, precision=precision).ok
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["electra", "t5"])
+def test_lookup_only_embedding_is_not_a_tie(kind, tmp_path):
+    """A backbone whose ReversibleEmbedding(tie_weights=True) is only looked up (ELECTRA), or looked up
+    by an encoder and a decoder (T5), stores one table and claims no tie."""
+    keras.utils.set_random_seed(0)
+    m = keras_hub.models
+    if kind == "electra":
+        model = m.ElectraBackbone(vocab_size=VOCAB, num_layers=2, num_heads=2, hidden_dim=HIDDEN, embedding_dim=HIDDEN,
+                                  intermediate_dim=32, max_sequence_length=64)
+    else:
+        model = m.T5Backbone(vocabulary_size=VOCAB, num_layers=2, num_heads=2, hidden_dim=HIDDEN,
+                             intermediate_dim=32, key_value_dim=8)
+    report = export(model, tmp_path / "b.onnx")
+    proto = onnx.load(tmp_path / "b.onnx")
+    assert report.ties == [] and read_ties(proto) == []
+    tables = [i for i in proto.graph.initializer if list(i.dims) == [VOCAB, HIDDEN]]
+    assert len(tables) == 1 and inspect_model(proto).untied_duplicates == []
 
 
 def test_fnet_is_refused_naming_the_fft_ops(tmp_path):
