@@ -184,6 +184,26 @@ def _open(onnx_model):
     return open_proto_session(onnx_model, providers=["CPUExecutionProvider"], label="the exported model")
 
 
+def _declared_by_file(session, signature):
+    """For a model that declares no inputs (``signature.inferred``): the file's inputs, when as many.
+
+    A subclassed model records only the shapes of its first call; the file
+    exported with ``input_spec`` knows the dtypes and open axes.
+    """
+    from .signature import InputSpec
+
+    inputs = session.get_inputs()
+    if len(inputs) != len(signature.specs):
+        return signature
+    specs = []
+    for value in inputs:
+        dtype = value.type[len("tensor("):-1] if value.type.startswith("tensor(") else ""
+        dtype = {"float": "float32", "double": "float64"}.get(dtype, dtype)
+        specs.append(InputSpec(value.name, tuple(d if isinstance(d, int) else None for d in value.shape), dtype))
+    logger.info("the Keras model declares no inputs; parity uses the file's: %s", specs)
+    return type(signature)(tuple(specs), signature.structure)
+
+
 def _onnx_input_names(session, signature) -> dict[str, str]:
     """Keras input name -> ONNX input name: by name, or by position for files named otherwise."""
     onnx_names = [i.name for i in session.get_inputs()]
@@ -286,6 +306,8 @@ def verify(keras_model, onnx_model, *, inputs: list[np.ndarray] | dict[str, np.n
         rtol = default_rtol if rtol is None else rtol
     session = _open(onnx_model)
     signature = input_signature(keras_model, input_spec)
+    if signature.inferred and input_spec is None:
+        signature = _declared_by_file(session, signature)
     check_numeric_inputs(keras_model, list(signature.specs))  # a "string" InputLayer: refuse, one line
     mapping = _onnx_input_names(session, signature)
     if inputs is not None:

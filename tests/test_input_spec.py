@@ -81,6 +81,15 @@ def test_input_spec_declares_dtype_and_open_axes_for_export_and_parity(called, t
     assert [u.relation for u in tie.uses] == ["transpose"]
 
 
+def test_verify_takes_the_inputs_from_the_file_for_a_model_that_declares_none(tmp_path):
+    from tiedonnx.converter.parity import verify
+
+    model = _lm()
+    export(model, tmp_path / "m.onnx", input_spec="token_ids:int32:batch,sequence", verify=False)
+    report = verify(model, str(tmp_path / "m.onnx"))  # no input_spec: int32 ids at lengths 1/7/33
+    assert report.ok and report.sequence_lengths == (1, 7, 33)
+
+
 def test_input_spec_count_must_match(tmp_path):
     with pytest.raises(UsageError, match=r"takes 1 input\(s\).*declares 2"):
         export(_lm(), tmp_path / "m.onnx", input_spec=["a:int32:batch,s", "b:int32:batch,s"])
