@@ -1,4 +1,5 @@
-"""KerasHub task models beyond the causal LMs: every masked LM the installed keras-hub builds.
+"""KerasHub task models beyond tests/test_keras_hub.py: every masked LM the installed keras-hub builds,
+more causal LM families, and encoder-decoder (Seq2SeqLM) models.
 
 Each model is built from its constructor with a tiny configuration (2 layers,
 hidden 16, vocabulary 101) and seeded random weights: nothing is downloaded.
@@ -62,6 +63,36 @@ def _masked_lm(kind: str):
 EXPORTED = ["bert", "distil_bert", "roberta", "xlm_roberta", "albert", "deberta_v3", "roformer_v2"]
 
 
+def _generative(kind: str):
+    """A tiny CausalLM or Seq2SeqLM with a tied token embedding (or, for mistral/phi3, untied)."""
+    keras.utils.set_random_seed(0)
+    m = keras_hub.models
+    base = dict(vocabulary_size=VOCAB, num_layers=2, hidden_dim=HIDDEN, intermediate_dim=32)
+    gqa = dict(num_query_heads=2, num_key_value_heads=1, **base)
+    side = dict(hidden_dim=HIDDEN, intermediate_dim=32, num_layers=1, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=8, layer_types=["full_attention"])
+    builders = {
+        "gpt_neox": lambda: m.GPTNeoXCausalLM(m.GPTNeoXBackbone(num_heads=2, max_sequence_length=64, **base),
+                                              preprocessor=None),
+        "opt": lambda: m.OPTCausalLM(m.OPTBackbone(num_heads=2, max_sequence_length=64, **base),
+                                     preprocessor=None),
+        "bloom": lambda: m.BloomCausalLM(m.BloomBackbone(num_heads=2, **base), preprocessor=None),
+        "falcon": lambda: m.FalconCausalLM(m.FalconBackbone(num_attention_heads=2, **base), preprocessor=None),
+        "qwen3": lambda: m.Qwen3CausalLM(m.Qwen3Backbone(head_dim=8, **gqa), preprocessor=None),
+        "bart": lambda: m.BartSeq2SeqLM(m.BartBackbone(num_heads=2, max_sequence_length=64, **base),
+                                        preprocessor=None),
+        "t5gemma": lambda: m.T5GemmaSeq2SeqLM(m.T5GemmaBackbone(
+            vocabulary_size=VOCAB, tie_word_embeddings=True, **{f"encoder_{k}": v for k, v in side.items()},
+            **{f"decoder_{k}": v for k, v in side.items()}), preprocessor=None),
+        "mistral": lambda: m.MistralCausalLM(m.MistralBackbone(**gqa), preprocessor=None),
+        "phi3": lambda: m.Phi3CausalLM(m.Phi3Backbone(max_sequence_length=64, **gqa), preprocessor=None),
+    }
+    return builders[kind]()
+
+
+TIED_GENERATIVE = ["gpt_neox", "opt", "bloom", "falcon", "qwen3", "bart", "t5gemma"]
+
+
 @pytest.fixture(scope="module")
 def bert():
     return _masked_lm("bert")
@@ -95,14 +126,12 @@ def test_a_position_input_is_found_by_use_whatever_its_name():
     assert plan.positions == {"attention_mask": None, "token_ids": None} and plan.vocab == {}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("kind", EXPORTED)
-def test_masked_lm_exports_by_default_and_quantizes_with_one_tie(kind, tmp_path):
-    model = _masked_lm(kind)
-    report = export(model, tmp_path / "mlm.onnx")  # default verification: batch 1/3/64 x length 1/7/33
+def _check_one_tie_at_every_precision(model, path):
+    """Default verified fp32 export, then fp16/int8/int4: one stored, named token-embedding tie each."""
+    report = export(model, path)  # default verification: batch 1/3/64 x length 1/7/33
     assert report.parity.ok and report.parity.sequence_lengths == (1, 7, 33)
-    proto = onnx.load(tmp_path / "mlm.onnx")
-    assert [o.name for o in proto.graph.output] == ["logits"]  # not "mlm_head", the layer's name
+    proto = onnx.load(path)
+    assert [o.name for o in proto.graph.output] == ["logits"]  # not the layer's name (mlm_head, token_embedding)
     # inspect names every tie (DeBERTaV3's query/key EinsumDense kernels are stored reshaped to 2-D).
     assert all(t.keras and t.keras.get("variable") for t in read_ties(proto)), read_ties(proto)
     embedding = _embedding_ties(proto)
@@ -115,6 +144,28 @@ def test_masked_lm_exports_by_default_and_quantizes_with_one_tie(kind, tmp_path)
         assert len(_embedding_ties(q)) == 1, precision
         # The precision's own bound (parity.TOLERANCES), on the default cases.
         assert verify(model, q, precision=precision).ok
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", EXPORTED)
+def test_masked_lm_exports_by_default_and_quantizes_with_one_tie(kind, tmp_path):
+    _check_one_tie_at_every_precision(_masked_lm(kind), tmp_path / "mlm.onnx")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", TIED_GENERATIVE)
+def test_causal_and_seq2seq_lm_export_and_quantize_with_one_tie(kind, tmp_path):
+    """BART's encoder and decoder look rows up in the one table: int4 rewrites both lookups."""
+    _check_one_tie_at_every_precision(_generative(kind), tmp_path / "lm.onnx")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["mistral", "phi3"])
+def test_untied_lm_claims_no_tie(kind, tmp_path):
+    report = export(_generative(kind), tmp_path / "lm.onnx")
+    proto = onnx.load(tmp_path / "lm.onnx")
+    assert report.ties == [] and read_ties(proto) == [] and not inspect_model(proto).untied_duplicates
+    assert not inspect_model(to_precision(proto, "int4")).untied_duplicates
 
 
 @pytest.mark.slow
