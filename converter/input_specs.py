@@ -97,8 +97,10 @@ def spec_structure(input_spec) -> InputSignature:
 
 def describe_inferred(model, signature: InputSignature) -> str:
     """One line: the inputs inferred for a model that declares none, and how to declare them."""
-    shown = ", ".join(f"{s.name} {s.dtype} [{', '.join('batch' if i == 0 else str(d) if d else '?' for i, d in enumerate(s.shape))}]"
-                      for s in signature.specs)
+    def axes(spec: InputSpec) -> str:
+        return ", ".join("batch" if i == 0 else str(d) if d else "?" for i, d in enumerate(spec.shape))
+
+    shown = ", ".join(f"{s.name} {s.dtype} [{axes(s)}]" for s in signature.specs)
     example = " ".join(f"--input-spec {s.name}:int32:batch,sequence" for s in signature.specs)
     return (f"model {model.name!r} declares no keras.Input; its inputs were inferred from the first call "
             f"it was built with: {shown} (Keras records shapes only, not dtypes). If it takes other "

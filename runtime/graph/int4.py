@@ -167,10 +167,8 @@ def _untied_weights(model: onnx.ModelProto, ties: list[TieRecord]) -> list[_Weig
     arrays = {name: numpy_helper.to_array(candidates[name]) for name in names
               if name in candidates and name not in tied}
     ranks = {i.name: len(i.dims) for i in graph.initializer}
-    stacked = [name for name in names if ranks.get(name, 2) > 2]
-    if stacked:  # MatMulNBits takes a 2-D weight; a mixture-of-experts layer stacks [experts, in, out]
-        logger.info("int4: %d stacked weight(s) of rank 3+ (mixture-of-experts experts) stay float32",
-                    len(stacked))
+    if stacked := [n for n in names if ranks.get(n, 2) > 2]:  # MatMulNBits takes 2-D weights only
+        logger.info("int4: %d stacked weight(s) of rank 3+ (mixture-of-experts experts) stay float32", len(stacked))
     # A weight stored as a 2-D view (.int4_views) may equal another one (seeded
     # clone initializers): one 4-bit tensor for both, as for a tie.
     members = {name: {name: _IDENTITY} for name in arrays}
