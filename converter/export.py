@@ -146,7 +146,8 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
            short_names: bool | None = None, per_channel: bool | None = None,
            reduce_range: bool | None = None, force: bool = False, ort: bool = False,
            batch_sizes=DEFAULT_BATCH_SIZES, unsafe: bool = False,
-           import_modules=(), external_threshold: int | None = None, graph_passes=()) -> ExportReport:
+           import_modules=(), external_threshold: int | None = None, input_spec=None,
+           graph_passes=()) -> ExportReport:
     """Export a (tied) Keras model to an ONNX file with one initializer per tie.
 
     Args:
@@ -165,6 +166,9 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
             registered Keras classes load in safe mode (``["keras_hub"]``).
         external_threshold: serialized size above which weights are written to
             ``<path>.data`` (default :data:`EXTERNAL_DATA_THRESHOLD`).
+        input_spec: the inputs, one ``"NAME:DTYPE:AXES"`` per input
+            (``"token_ids:int32:batch,sequence"``), for a subclassed model that
+            declares none (see :mod:`tiedonnx.converter.input_specs`).
         graph_passes: extra ``ModelProto -> (ModelProto, report)`` passes run after
             retie, before any precision change (the generation export folds its cache stacks).
 
@@ -195,6 +199,10 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
 
         check_output_path(ort_path, force=force)
         check_output_path(config_path_for(ort_path), force=force)
+    if input_spec is not None:  # a malformed spec is refused before the model loads
+        from .input_specs import spec_structure
+
+        spec_structure(input_spec)
     start = time.perf_counter()
     keras_model = _resolve_model(model, unsafe, import_modules)
     _check_compute_dtype(keras_model, precision)
@@ -204,7 +212,7 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
                        keras_model.name)
     ties = find_ties(keras_model)
 
-    plain = keras_to_onnx(keras_model, opset=opset)
+    plain = keras_to_onnx(keras_model, opset=opset, input_spec=input_spec)
     convert_seconds = time.perf_counter() - start
     proto, retie_report = retie(plain, prefer=_preferred_names(plain, ties))
     proto, _ = fold_initializer_shapes(proto)  # einsum kernels kept only for Shape (KerasHub attention)
@@ -222,7 +230,8 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
 
     parity = None
     if verify:  # over 2 GiB the large weights go to onnxruntime beside the graph (open_proto_session)
-        parity = verify_parity(keras_model, proto, batch_sizes=batch_sizes, precision=precision)
+        parity = verify_parity(keras_model, proto, batch_sizes=batch_sizes, precision=precision,
+                               input_spec=input_spec)
     threshold = EXTERNAL_DATA_THRESHOLD if external_threshold is None else external_threshold
     saved = model_save.save_model(proto, path, force=force, threshold=threshold)
     if ort_path is not None:

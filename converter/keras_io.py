@@ -271,8 +271,33 @@ def _log_warnings(said, level: int) -> None:
         logger.log(level, "Keras: %s", text)
 
 
+# Keras's words when a layer rebuilt from the file's config wants other variables than the file holds.
+_VARIABLE_MISMATCH = re.compile(r"Layer '(?P<layer>[^']+)' expected (?P<want>\d+) variables?, but received "
+                                r"(?P<got>\d+) variables? during loading\. Expected: (?P<names>\[[^\]]*\])")
+# ... and when a class cannot be rebuilt because its config lacks a constructor argument.
+_MISSING_ARGUMENT = re.compile(r"(?P<cls>[\w.]+)\.__init__\(\) missing \d+ required positional "
+                               r"arguments?: (?P<args>'[^\n]*?')(?:\.|\n|$)")
+
+
+def _config_hint(text: str) -> str | None:
+    """The real cause when the file's config cannot rebuild what was saved (not a missing import)."""
+    if m := _VARIABLE_MISMATCH.search(text):
+        return (f"Keras rebuilt layer {m['layer']!r} from the file's config with {m['want']} variable(s) "
+                f"{m['names']} but the file holds {m['got']} for it: the saved config does not describe "
+                "the layer that was saved (a class whose get_config() leaves an option out, such as "
+                "KerasHub's LlamaBackbone dropping tie_word_embeddings; keras.saving.load_model fails the "
+                "same way). Export the model object from the session that built it instead: "
+                "export(model, 'model.onnx')")
+    if m := _MISSING_ARGUMENT.search(text):
+        return (f"Keras cannot rebuild {m['cls']}: its saved config lacks the constructor argument(s) "
+                f"{m['args']} (a reference to another layer, such as tied_to, is not a config value). "
+                "Use tiedonnx.converter.DenseTied, which saves its tie, or export the model object from "
+                "the session that built it: export(model, 'model.onnx')")
+    return None
+
+
 def _load_error(path: Path, exc: Exception) -> ModelFileError:
-    """Keras's loading failure as one of our errors."""
+    """Keras's loading failure as one of our errors, with the cause when Keras buried it."""
     text = str(exc)
     if ("safe_mode" in text or "unsafe" in text.lower()
             or ("deserializ" in text.lower() and "lambda" in text.lower())):
@@ -281,8 +306,13 @@ def _load_error(path: Path, exc: Exception) -> ModelFileError:
             f"reference to an arbitrary module), which safe mode blocks. Pass unsafe=True (CLI: "
             f"{UNSAFE_FLAG}) only if you trust the file. Keras said: {short_error(exc, 300)}"
         )
+    cause = _config_hint(text)
+    if cause:
+        return ModelFileError(f"Could not load Keras model {str(path)!r}: {cause}.")
+    hint = ("Is a class it uses registered? (`import tiedonnx.converter` for tiedonnx's tied layers, "
+            "--import PKG for a package's)" if "locate class" in text.lower()
+            else "Is it a complete .keras file saved by Keras 3?")
     return ModelFileError(
         f"Could not load Keras model {str(path)!r}: {type(exc).__name__}: "
-        f"{short_error(exc, 300) if text.strip() else 'no detail'}. Is it a complete .keras file "
-        "saved by Keras 3 (with `import tiedonnx.converter` before saving custom tied layers)?"
+        f"{short_error(exc, 300) if text.strip() else 'no detail'}. {hint}"
     )

@@ -108,11 +108,12 @@ def make_inputs(model, specs, batch: int, *, seed: int = 0, length: int | None =
     Floats in [0, 1); integer ids below the vocabulary of the embedding that
     reads them; masks with real padding (see :mod:`.samples`).
     """
-    from .samples import Case, make_case_inputs, vocabularies
+    from .samples import Case, make_case_inputs, sample_plan
     from .signature import input_signature
 
     signature = input_signature(model)
-    arrays = make_case_inputs(signature, Case(batch, length), vocabularies(model, signature), seed=seed)
+    plan = sample_plan(model, signature)
+    arrays = make_case_inputs(signature, Case(batch, length), plan.vocab, positions=plan.positions, seed=seed)
     return [arrays[s.name] for s in specs]
 
 
@@ -183,6 +184,26 @@ def _open(onnx_model):
     return open_proto_session(onnx_model, providers=["CPUExecutionProvider"], label="the exported model")
 
 
+def _declared_by_file(session, signature):
+    """For a model that declares no inputs (``signature.inferred``): the file's inputs, when as many.
+
+    A subclassed model records only the shapes of its first call; the file
+    exported with ``input_spec`` knows the dtypes and open axes.
+    """
+    from .signature import InputSpec
+
+    inputs = session.get_inputs()
+    if len(inputs) != len(signature.specs):
+        return signature
+    specs = []
+    for value in inputs:
+        dtype = value.type[len("tensor("):-1] if value.type.startswith("tensor(") else ""
+        dtype = {"float": "float32", "double": "float64"}.get(dtype, dtype)
+        specs.append(InputSpec(value.name, tuple(d if isinstance(d, int) else None for d in value.shape), dtype))
+    logger.info("the Keras model declares no inputs; parity uses the file's: %s", specs)
+    return type(signature)(tuple(specs), signature.structure)
+
+
 def _onnx_input_names(session, signature) -> dict[str, str]:
     """Keras input name -> ONNX input name: by name, or by position for files named otherwise."""
     onnx_names = [i.name for i in session.get_inputs()]
@@ -251,7 +272,7 @@ def _run_case(keras_model, session, signature, feed, mapping) -> tuple[dict, dic
 
 def verify(keras_model, onnx_model, *, inputs: list[np.ndarray] | dict[str, np.ndarray] | None = None,
            batch_sizes=DEFAULT_BATCH_SIZES, sequence_lengths=None, precision: str = "fp32",
-           atol: float | None = None, rtol: float | None = None) -> ParityReport:
+           atol: float | None = None, rtol: float | None = None, input_spec=None) -> ParityReport:
     """Check that an ONNX model computes what the Keras model computes.
 
     Args:
@@ -265,6 +286,8 @@ def verify(keras_model, onnx_model, *, inputs: list[np.ndarray] | dict[str, np.n
         precision: selects the default tolerance (:data:`TOLERANCES`), widened
             to :data:`MIXED16_TOL` for models that compute in 16 bits.
         atol, rtol: override the tolerance.
+        input_spec: the inputs as declared at export (:mod:`.input_specs`),
+            for a model that declares none itself.
 
     Returns:
         A :class:`ParityReport` (the worst figure per output over all cases).
@@ -273,7 +296,7 @@ def verify(keras_model, onnx_model, *, inputs: list[np.ndarray] | dict[str, np.n
         ParityError: any output missed; the message lists every case and output.
         InputError: ``inputs`` do not fit the model.
     """
-    from .samples import DEFAULT_SEQUENCE_LENGTHS, Case, cases, make_case_inputs, vocabularies
+    from .samples import DEFAULT_SEQUENCE_LENGTHS, Case, cases, make_case_inputs, sample_plan
     from .signature import input_signature
     from .tf_convert import check_numeric_inputs
 
@@ -282,16 +305,19 @@ def verify(keras_model, onnx_model, *, inputs: list[np.ndarray] | dict[str, np.n
         atol = default_atol if atol is None else atol
         rtol = default_rtol if rtol is None else rtol
     session = _open(onnx_model)
-    signature = input_signature(keras_model)
+    signature = input_signature(keras_model, input_spec)
+    if signature.inferred and input_spec is None:
+        signature = _declared_by_file(session, signature)
     check_numeric_inputs(keras_model, list(signature.specs))  # a "string" InputLayer: refuse, one line
     mapping = _onnx_input_names(session, signature)
     if inputs is not None:
         feed = _user_feed(inputs, signature, session)
         runs = [(Case(len(next(iter(feed.values())))), feed)]
     else:
-        vocab = vocabularies(keras_model, signature)
+        plan = sample_plan(keras_model, signature)
         lengths = DEFAULT_SEQUENCE_LENGTHS if sequence_lengths is None else tuple(sequence_lengths)
-        runs = [(c, make_case_inputs(signature, c, vocab)) for c in cases(signature, keras_model, batch_sizes, lengths)]
+        runs = [(c, make_case_inputs(signature, c, plan.vocab, positions=plan.positions))
+                for c in cases(signature, keras_model, batch_sizes, lengths)]
     worst: dict[str, OutputParity] = {}
     problems: list[str] = []
     for case, feed in runs:

@@ -6,10 +6,15 @@ embedding never sees or with a padding mask of all ones, proves little. Here:
 - every open non-batch axis (a sequence length) is tried at several sizes,
   :data:`DEFAULT_SEQUENCE_LENGTHS`, kept within any maximum the model
   declares (``max_sequence_length``, a position embedding's table);
-- integer inputs are drawn below the vocabulary of the embedding that reads
-  them (found through the functional graph, nested models included);
-- mask inputs (bool, or a name with ``mask``) hold real right padding: each
-  row keeps at least one token, and every case longer than 1 pads some row.
+- what an integer input *is* decides its values, not its name
+  (:mod:`.index_inputs` follows it through the traced graph): token ids that
+  index a weight table are drawn below its rows (the embedding that reads
+  them, found through the functional graph first, nested models included);
+  positions that index an activation along the sequence (a masked LM's
+  ``mask_positions``) are drawn below the sequence length;
+- other mask inputs (bool, or a name with ``mask`` that indexes nothing)
+  hold real right padding: each row keeps at least one token, and every case
+  longer than 1 pads some row.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from .signature import InputSignature, InputSpec, _leaves
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_SEQUENCE_LENGTHS", "Case", "cases", "make_case_inputs", "max_sequence_length",
-           "vocabularies"]
+__all__ = ["DEFAULT_SEQUENCE_LENGTHS", "Case", "SamplePlan", "cases", "make_case_inputs",
+           "max_sequence_length", "sample_plan", "vocabularies"]
 
 #: Sizes tried for every open non-batch axis: 1 (a single token), 7 (odd, not a
 #: power of two) and 33 (past 32, where kernels switch tiles and vector widths).
@@ -79,7 +84,17 @@ def cases(signature: InputSignature, model, batch_sizes, lengths=DEFAULT_SEQUENC
 
 
 def is_mask(spec: InputSpec) -> bool:
+    """Bool, or named like a mask (asked only of inputs the graph uses as no index)."""
     return spec.dtype == "bool" or "mask" in spec.name.lower()
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    """What to draw for each integer input: ``vocab`` (name -> exclusive bound) and
+    ``positions`` (name -> exclusive bound, None for "the sequence length")."""
+
+    vocab: dict
+    positions: dict
 
 
 def _embedding_reading(model, tensor, depth: int = 0) -> int | None:
@@ -103,8 +118,15 @@ def _embedding_reading(model, tensor, depth: int = 0) -> int | None:
     return None
 
 
-def vocabularies(model, signature: InputSignature) -> dict[str, int]:
-    """Input name -> the exclusive upper bound for its values, for integer non-mask inputs."""
+def sample_plan(model, signature: InputSignature) -> SamplePlan:
+    """Token-id bounds and position inputs of ``model`` (see the module docstring).
+
+    Token ids: the functional graph's embedding first, then the traced graph's
+    table, else the smallest embedding of the model. Positions: integer inputs
+    the traced graph uses to index an activation.
+    """
+    from .index_inputs import index_uses
+
     try:
         tensors = [leaf for _, leaf in _leaves(model.input)]
     except (AttributeError, ValueError):
@@ -112,13 +134,25 @@ def vocabularies(model, signature: InputSignature) -> dict[str, int]:
     sizes = [layer.input_dim for layer in _layers(model)
              if isinstance(getattr(layer, "input_dim", None), int)]
     fallback = min(sizes) if sizes else FALLBACK_VOCABULARY
-    found = {}
-    for i, spec in enumerate(signature.specs):
-        if is_mask(spec) or not np.issubdtype(np.dtype(spec.dtype), np.integer):
+    integers = [s for s in signature.specs if np.issubdtype(np.dtype(s.dtype), np.integer)]
+    walked = {s.name: _embedding_reading(model, tensors[signature.specs.index(s)])
+              if len(tensors) == len(signature.specs) else None for s in integers}
+    traced = index_uses(model, signature, [n for n, v in walked.items() if not v])
+    positions = {n: u.bound for n, u in traced.items() if u.kind == "position"}
+    vocab = {}
+    for spec in integers:
+        use = traced.get(spec.name)
+        if spec.name in positions or (use is None and is_mask(spec)):
             continue
-        vocab = _embedding_reading(model, tensors[i]) if len(tensors) == len(signature.specs) else None
-        found[spec.name] = vocab or fallback
-    return found
+        vocab[spec.name] = walked[spec.name] or (use.bound if use else None) or fallback
+    if positions:
+        logger.info("parity: %s index the sequence; drawn as positions below its length", sorted(positions))
+    return SamplePlan(vocab, positions)
+
+
+def vocabularies(model, signature: InputSignature) -> dict[str, int]:
+    """Input name -> the exclusive upper bound for its values, for token-id inputs."""
+    return sample_plan(model, signature).vocab
 
 
 def _padding_mask(rng, batch: int, length: int, dtype: str) -> np.ndarray:
@@ -133,14 +167,28 @@ def _padding_mask(rng, batch: int, length: int, dtype: str) -> np.ndarray:
 
 
 def make_case_inputs(signature: InputSignature, case: Case, vocab: dict[str, int], *,
-                     seed: int = 0) -> dict[str, np.ndarray]:
-    """Deterministic inputs for one case, by input name (see the module docstring)."""
+                     positions: dict | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic inputs for one case, by input name (see the module docstring).
+
+    Args:
+        signature, case: the inputs and the batch size / sequence length.
+        vocab: token-id input name -> exclusive bound (:func:`sample_plan`).
+        positions: position input name -> exclusive bound, or None for the
+            case's sequence length (:func:`sample_plan`).
+        seed: the same seed and case give the same arrays.
+    """
     rng = np.random.default_rng([seed, case.batch, case.length or 0])
+    positions = positions or {}
     arrays = {}
     for spec in signature.specs:
         shape = (case.batch, *[(case.length or 1) if d is None else d for d in spec.shape[1:]])
         dtype = np.dtype(spec.dtype)
-        if is_mask(spec) and len(shape) == 2:
+        if spec.name in positions:
+            limit = positions[spec.name] or case.length or 1
+            arrays[spec.name] = rng.integers(0, limit, size=shape).astype(dtype)
+        elif spec.name in vocab and np.issubdtype(dtype, np.integer):
+            arrays[spec.name] = rng.integers(0, vocab[spec.name], size=shape).astype(dtype)
+        elif is_mask(spec) and len(shape) == 2:
             arrays[spec.name] = _padding_mask(rng, shape[0], shape[1], spec.dtype)
         elif is_mask(spec):
             arrays[spec.name] = (rng.random(shape) < 0.8).astype(dtype)

@@ -42,11 +42,16 @@ _PER_TOKEN = re.compile(r"^(?P<prefix>.*?)(token_ids|padding_mask|segment_ids|in
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One ONNX input: name, shape (batch ``None``, other dynamic axes ``None``) and dtype."""
+    """One ONNX input: name, shape (batch ``None``, other dynamic axes ``None``) and dtype.
+
+    ``axes``: names for the open axes when the caller declared them
+    (:mod:`.input_specs`); None lets :func:`axis_names` choose.
+    """
 
     name: str
     shape: tuple
     dtype: str
+    axes: tuple | None = None
 
     @property
     def dynamic_axes(self) -> list[int]:
@@ -56,10 +61,15 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class InputSignature:
-    """The model's input structure with leaves replaced by indices into ``specs``."""
+    """The model's input structure with leaves replaced by indices into ``specs``.
+
+    ``inferred``: the specs come from a build config (a subclassed model that
+    declares no ``keras.Input``): shapes of its first call, dtypes assumed float32.
+    """
 
     specs: tuple[InputSpec, ...]
     structure: Any
+    inferred: bool = False
 
     @property
     def names(self) -> list[str]:
@@ -197,6 +207,8 @@ def axis_names(specs: Sequence[InputSpec]) -> dict[str, list[str | None]]:
         for i, dim in enumerate(spec.shape):
             if dim is not None:
                 axes.append(None)
+            elif spec.axes and spec.axes[i]:
+                axes.append(spec.axes[i])
             elif i == 0:
                 axes.append(BATCH_AXIS)
             elif i == 1 and per_token:
@@ -207,27 +219,45 @@ def axis_names(specs: Sequence[InputSpec]) -> dict[str, list[str | None]]:
     return names
 
 
-def input_signature(model) -> InputSignature:
+def input_signature(model, input_spec=None) -> InputSignature:
     """The ONNX inputs of ``model`` and the structure it is called with.
+
+    Args:
+        model: a built Keras model.
+        input_spec: the caller's declaration of the inputs, one ``NAME:DTYPE:AXES``
+            (or :class:`InputSpec`) per input (see :mod:`.input_specs`); replaces
+            what the model declares or what its build config implies.
 
     Raises:
         ConversionError: the model declares no inputs and was never called.
+        UsageError: a malformed ``input_spec``, or not one per input.
     """
-    struct, from_tensors = _keras_structure(model)
+    from .input_specs import apply_input_spec, spec_structure
+
+    try:
+        struct, from_tensors = _keras_structure(model)
+    except ConversionError:
+        if input_spec is None:
+            raise
+        return spec_structure(input_spec)  # never called: the declared inputs are all there is
     leaves = _leaves(struct)
     raw = [_leaf_spec(leaf, from_tensors) for _, leaf in leaves]
     names = _names([r[0] for r in raw], [p for p, _ in leaves])
     specs = tuple(InputSpec(n, shape, dtype) for n, (_, shape, dtype) in zip(names, raw))
     counter = iter(range(len(leaves)))
     indexed = _map_leaves(struct, lambda _leaf: next(counter))
-    return InputSignature(specs, indexed)
+    signature = InputSignature(specs, indexed, inferred=not from_tensors)
+    if input_spec is None:
+        return signature
+    return apply_input_spec(signature, input_spec)
 
 
 def output_structure_names(model, outputs) -> list[str]:
     """ONNX output names for the model's (flattened) ``outputs``.
 
     Dict outputs are named by their keys (``keras.tree.flatten`` order, so
-    names and flattened values pair up); others by ``model.output_names``
+    names and flattened values pair up); a KerasHub language model's one output
+    ``logits``; others by ``model.output_names``
     when those are unique; else ``output`` / ``output_<i>``.
     """
     import keras
@@ -241,9 +271,21 @@ def output_structure_names(model, outputs) -> list[str]:
     return declared_output_names(model, count)
 
 
+# KerasHub language-model tasks: their one output is the vocabulary logits, which Keras
+# names after the layer computing it (the tied ``token_embedding``, ``mlm_head``).
+_LM_TASKS = ("CausalLM", "MaskedLM", "Seq2SeqLM")
+LOGITS = "logits"
+
+
+def _is_keras_hub_lm(model) -> bool:
+    return any(c.__name__ in _LM_TASKS and c.__module__.startswith("keras_hub") for c in type(model).__mro__)
+
+
 def declared_output_names(model, count: int) -> list[str]:
-    """``model.output_names`` when there are ``count`` of them and they are unique, else
-    ``output`` / ``output_<i>``."""
+    """``logits`` for a KerasHub language model's one output; else ``model.output_names`` when
+    there are ``count`` of them and they are unique; else ``output`` / ``output_<i>``."""
+    if count == 1 and _is_keras_hub_lm(model):
+        return [LOGITS]
     try:
         names = [str(n) for n in (getattr(model, "output_names", None) or [])]
     except (AttributeError, ValueError):

@@ -96,13 +96,15 @@ def _model_outputs(model, signature: InputSignature):
     return outputs if outputs is not None else model(signature.zeros(), training=False)
 
 
-def keras_to_onnx(model, *, opset: int = DEFAULT_OPSET):
+def keras_to_onnx(model, *, opset: int = DEFAULT_OPSET, input_spec=None):
     """Convert a built Keras model to an ONNX ``ModelProto`` with tf2onnx.
 
     Any input structure (single tensor, list, dict, nested) becomes one named
     ONNX input per leaf (:func:`~tiedonnx.converter.signature.input_signature`),
     and constants that TensorFlow captured from outside the traced function
     are stored as initializers, so the file's inputs are exactly the model's.
+    ``input_spec`` declares the inputs instead (:mod:`.input_specs`); a model
+    that declares none gets a warning saying what was inferred.
 
     Raises:
         ConversionError: tf2onnx failed or left ops it cannot map.
@@ -111,7 +113,11 @@ def keras_to_onnx(model, *, opset: int = DEFAULT_OPSET):
     import tensorflow as tf
     import tf2onnx
 
-    signature = input_signature(model)
+    signature = input_signature(model, input_spec)
+    if signature.inferred and input_spec is None:
+        from .input_specs import describe_inferred
+
+        logger.warning(describe_inferred(model, signature))
     check_numeric_inputs(model, list(signature.specs))
     names = output_structure_names(model, _model_outputs(model, signature))
 
@@ -135,6 +141,9 @@ def keras_to_onnx(model, *, opset: int = DEFAULT_OPSET):
         ) from exc
     _check_ops(proto, model.name)
     fold_captured_inputs(proto, concrete, keep=signature.names)
+    from .broken_ties import report_broken_ties
+
+    report_broken_ties(model, concrete=concrete)  # a tie the author wrote that Keras already broke
     name_dynamic_axes(proto, model, signature, names)
     return proto
 

@@ -148,9 +148,28 @@ def _variable_matching(model, array) -> Any | None:
         if id(variable) in seen or int(np.prod(variable.shape)) != array.size:
             continue
         seen.add(id(variable))
-        if find_permutations_of(np.asarray(variable.numpy()), {"stored": array}, casts=True):
+        value = np.asarray(variable.numpy())
+        # An EinsumDense kernel (DeBERTa's query: (16, 2, 8)) is stored reshaped to 2-D ([16, 16]).
+        layouts = [value] if value.shape == array.shape or value.ndim == array.ndim else [value.reshape(array.shape)]
+        if any(find_permutations_of(v, {"stored": array}, casts=True) for v in layouts):
             found.append(variable)
     return found[0] if len(found) == 1 else None
+
+
+def _lookups_only(proto, name: str, records: dict) -> bool:
+    """Whether every op reading initializer ``name`` is a row lookup (``Gather`` of its rows).
+
+    A ``ReversibleEmbedding(tie_weights=True)`` whose reverse (logits) path a
+    model never calls (an ELECTRA or T5 backbone) is one table read by lookups:
+    stored once anyway, and not a tie.
+    """
+    from tiedonnx.runtime.graph.edit import consumers
+
+    record = records.get(name)
+    if record is not None and record.uses:  # retie folded a copy: a second use exists
+        return False
+    readers = consumers(proto.graph, name)
+    return bool(readers) and all(n.op_type == "Gather" and n.input[0] == name for n in readers)
 
 
 def describe_stored_ties(model, proto, ties: list[Tie]) -> dict[str, dict]:
@@ -175,6 +194,10 @@ def describe_stored_ties(model, proto, ties: list[Tie]) -> dict[str, dict]:
     described: dict[str, dict] = {}
     for tie in ties:
         matches = find_permutations_of(np.asarray(tie.variable.numpy()), arrays, casts=True)
+        if tie.decoder is tie.tied and matches and _lookups_only(proto, matches[0][0], records):
+            logger.info("%s: tie_weights is set but the model only looks rows up in %r (no output "
+                        "projection reads it): not a tie", tie.decoder.name, tie.variable.path)
+            continue
         if not matches:
             raise ConversionError(
                 f"The tied kernel {tie.variable.path!r} (shape {tie.shape}) is not stored as-is in the "

@@ -105,6 +105,8 @@ def test_lm_fp32_export_one_copy_exact_inputs_and_parity_over_lengths(kind, lm_e
     # The file's inputs are exactly the model's (Gemma's captured scale is an initializer).
     assert [(i.name, i.type.tensor_type.elem_type) for i in proto.graph.input] == [
         ("token_ids", onnx.TensorProto.INT32), ("padding_mask", onnx.TensorProto.INT32)]
+    # The logits, not the name of the layer that computes them (the tied "token_embedding").
+    assert [o.name for o in proto.graph.output] == ["logits"]
     name = _stored_once(proto, _embedding(model))
     (tie,) = [t for t in read_ties(proto) if t.initializer == name]
     assert tie.keras["variable"] == "token_embedding/embeddings"

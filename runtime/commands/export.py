@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_int4_arguments(parser)
     parser.add_argument("--ort", action="store_true",
                         help="also write an ORT-format copy (OUT.ort) and its operator config")
+    parser.add_argument("--input-spec", action="append", metavar="NAME:DTYPE:AXES",
+                        help="declare an input of a model that declares none (a subclassed model), "
+                             "once per input in order, e.g. token_ids:int32:batch,sequence")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the parity check against Keras (default: verify)")
     _flags.add_force(parser)
@@ -56,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
                     precision=args.precision, block_size=args.block_size, symmetric=args.symmetric,
                     short_names=args.short_names, per_channel=args.per_channel,
                     reduce_range=args.reduce_range, force=args.force, ort=args.ort,
-                    unsafe=args.unsafe_load_code, import_modules=args.import_modules)
+                    unsafe=args.unsafe_load_code, import_modules=args.import_modules,
+                    input_spec=args.input_spec)
     _flags.emit(report.as_dict(), as_json=args.json, lines=render(report))
     return 0
 

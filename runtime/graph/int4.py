@@ -166,6 +166,9 @@ def _untied_weights(model: onnx.ModelProto, ties: list[TieRecord]) -> list[_Weig
     names.update(dict.fromkeys(_lookup_tables(graph, candidates)))
     arrays = {name: numpy_helper.to_array(candidates[name]) for name in names
               if name in candidates and name not in tied}
+    ranks = {i.name: len(i.dims) for i in graph.initializer}
+    if stacked := [n for n in names if ranks.get(n, 2) > 2]:  # MatMulNBits takes 2-D weights only
+        logger.info("int4: %d stacked weight(s) of rank 3+ (mixture-of-experts experts) stay float32", len(stacked))
     # A weight stored as a 2-D view (.int4_views) may equal another one (seeded
     # clone initializers): one 4-bit tensor for both, as for a tie.
     members = {name: {name: _IDENTITY} for name in arrays}
@@ -296,17 +299,20 @@ def _rewrite_uses(graph: onnx.GraphProto, weight: _Weight, layout: tuple[int, ..
     if names["scales_f32"] != names["scales"]:
         first.append(mk("Cast", [names["scales"]], [names["scales_f32"]], to=TensorProto.FLOAT,
                         name=f"tiedonnx_int4/{names['scales_f32']}"))
-    kinds = set()
+    kinds, trims = set(), []
     for member, perm in weight.members.items():
         for node in consumers(graph, member):
             kind = _native(node, member, perm, layout)
             if kind == "matmul":
                 _to_matmul_nbits(node, quantized, k=k, n=n_rows, block_size=blocks.block_size)
             elif kind == "gather":
-                _to_gather_block_quantized(graph, node, [names["rows"], *quantized[1:]], k=k,
-                                           padded=blocks.packed.shape[1] * blocks.block_size,
-                                           block_size=blocks.block_size)
+                trims += _to_gather_block_quantized(graph, node, [names["rows"], *quantized[1:]], k=k,
+                                                    padded=blocks.packed.shape[1] * blocks.block_size,
+                                                    block_size=blocks.block_size)
             kinds.add(kind)
+    if trims:  # once, after every reader is rewritten: rebuilding graph.node detaches the nodes in hand
+        after = {t.input[0]: t for t in trims}
+        replace_repeated(graph.node, [x for n in graph.node for x in (n, after.get(n.output[0])) if x is not None])
     if "matmul" in kinds:
         weight.uses.append(TieUse(relation="direct", output=names["packed"], kernel="integer"))
     if "gather" in kinds:
@@ -351,8 +357,11 @@ def _to_matmul_nbits(node: onnx.NodeProto, quantized: list[str], *, k: int, n: i
 
 
 def _to_gather_block_quantized(graph: onnx.GraphProto, node: onnx.NodeProto, quantized: list[str], *,
-                               k: int, padded: int, block_size: int) -> None:
-    """Turn ``Gather(M, ids)`` into ``GatherBlockQuantized`` over the packed rows, in place."""
+                               k: int, padded: int, block_size: int) -> list[onnx.NodeProto]:
+    """Turn ``Gather(M, ids)`` into ``GatherBlockQuantized`` over the packed rows, in place.
+
+    Returns the ``Slice`` that trims padded rows back to ``k`` (to insert after the node), if needed.
+    """
     ids, output = node.input[1], node.output[0]
     node.op_type, node.domain = "GatherBlockQuantized", "com.microsoft"
     replace_repeated(node.input, [quantized[0], ids, *quantized[1:]])
@@ -360,15 +369,12 @@ def _to_gather_block_quantized(graph: onnx.GraphProto, node: onnx.NodeProto, qua
     node.attribute.extend([helper.make_attribute("bits", 4), helper.make_attribute("block_size", block_size),
                            helper.make_attribute("gather_axis", 0), helper.make_attribute("quantize_axis", 1)])
     if padded == k:
-        return
+        return []
     # Rows are padded to whole blocks; the lookup returns the padded width, trimmed here.
     wide = f"{output}_padded"
     node.output[0] = wide
     bounds = [int64_constant(graph, [v], f"{wide}_{n}") for n, v in (("start", 0), ("end", k), ("axis", -1))]
-    nodes = list(graph.node)
-    nodes.insert(nodes.index(node) + 1, helper.make_node("Slice", [wide, *bounds], [output],
-                                                         name=f"tiedonnx_int4/{output}/trim"))
-    replace_repeated(graph.node, nodes)
+    return [helper.make_node("Slice", [wide, *bounds], [output], name=f"tiedonnx_int4/{output}/trim")]
 
 
 def _finish(model: onnx.ModelProto, opset: int, *, symmetric: bool) -> None:

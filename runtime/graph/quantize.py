@@ -264,7 +264,7 @@ def _to_int8(model: onnx.ModelProto, *, per_channel: bool, reduce_range: bool) -
     work = _untie(model, ties)
     # Per-channel: one use per tie is quantized by onnxruntime; the others are
     # rewritten around it by retie_quantized (see module docstring).
-    exclude = per_channel_exclusions(work.graph, ties) if per_channel else []
+    exclude = per_channel_exclusions(work.graph, ties) + stacked_weight_matmuls(work.graph) if per_channel else []
     quantized = _run_quantize_dynamic(work, per_channel=per_channel, reduce_range=reduce_range,
                                       exclude=exclude)
     new_ties = [retie_quantized(quantized.graph, tie, model) for tie in ties]
@@ -278,6 +278,23 @@ def _to_int8(model: onnx.ModelProto, *, per_channel: bool, reduce_range: bool) -
     # quantize_dynamic sets its own producer; the file is still ours.
     quantized.producer_name, quantized.producer_version = model.producer_name, model.producer_version
     return quantized
+
+
+def stacked_weight_matmuls(graph: onnx.GraphProto) -> list[str]:
+    """``MatMul`` nodes whose weight has rank 3 or more: left float32 by per-channel int8 (logged once).
+
+    A mixture-of-experts layer stacks its experts' kernels (``[experts, in, out]``)
+    and multiplies by all of them in one ``MatMul``. ``quantize_dynamic`` gives
+    such a weight per-channel zero points of shape ``[out]``, which onnxruntime's
+    ``MatMulInteger`` refuses ("b zero point is not valid", onnxruntime 1.32).
+    """
+    ranks = {i.name: len(i.dims) for i in graph.initializer}
+    names = [n.name for n in graph.node if n.op_type == "MatMul" and ranks.get(n.input[1], 2) > 2]
+    if names:
+        logger.info("int8 per-channel: %d MatMul(s) with stacked weights of rank 3+ (mixture-of-experts "
+                    "experts) stay float32; onnxruntime's MatMulInteger takes per-channel zero points "
+                    "for 2-D weights only", len(names))
+    return names
 
 
 @dataclass
