@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from tiedonnx.runtime.commands._preflight import DEMO_OUTPUT_FILES, check_demo_out_dir
 from tiedonnx.runtime.options import check_positive_int
 
 from .demo_data import HIDDEN, PIXELS, SIDE, DigitsSplit, load_digits_28, train
-from .errors import OutputExistsError, UsageError
+from .errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +71,10 @@ ONNX_VARIANTS = (
     VariantSpec("tiedonnx int4", "#CC79A7", "model.int4.onnx", "int4"),
 )
 VARIANTS = (KERAS_CALL, KERAS_PREDICT, *ONNX_VARIANTS)
-#: What a finished run leaves in ``out_dir`` (``web/`` only with onnxruntime-web).
-OUTPUT_FILES = ("model.keras", *(v.file for v in ONNX_VARIANTS), "reconstructions.png",
-                "size_latency.png", "report.md", "report.json", f"{WEB_DIR}/index.html")
+#: What a finished run leaves in ``out_dir`` (``web/`` only with onnxruntime-web). The CLI
+#: refuses an ``out_dir`` holding any of them before TensorFlow loads, so the list lives
+#: in the runtime; every variant's file must be on it (tests/test_preflight.py checks).
+OUTPUT_FILES = DEMO_OUTPUT_FILES
 
 
 @dataclass
@@ -131,19 +133,6 @@ def machine_name() -> str:
     cpu = info.get("model name") or platform.processor() or platform.machine()
     flags = " ".join(n for f, n in _CPU_FLAGS.items() if f in info.get("flags", "").split()) or "no AVX2"
     return f"{cpu}, {os.cpu_count()} cores ({flags}); onnxruntime {onnxruntime.__version__}"
-
-
-def _check_out_dir(out_dir: Path, force: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"out_dir must be a folder. Received a file: {str(out_dir)!r}. "
-                         "Pass a folder path.")
-    existing = [n for n in OUTPUT_FILES if (out_dir / n).exists()]
-    if existing and not force:
-        more = ", ..." if len(existing) > 3 else ""
-        raise OutputExistsError(
-            f"{str(out_dir)!r} already holds demo output ({', '.join(existing[:3])}{more}). "
-            "Pass force=True (CLI: --force) to overwrite it, or another out_dir (CLI: --out)."
-        )
 
 
 def _save_keras_atomic(model, path: Path) -> None:
@@ -217,7 +206,8 @@ def _write_web(out: Path, report: DemoReport) -> None:
     try:
         ort_web.dist_dir()
     except UsageError as exc:  # optional: the rest of the demo needs no Node.js
-        report.web_note = f"{WEB_DIR}/ was not written: {exc}"
+        report.web_note = (f"{WEB_DIR}/ (the page that runs the models in a browser) was not "
+                           f"written: {exc}; then run the demo again with --force")
         return
     models = {v.name: v.path for v in report.variants if v.precision}
     site = write_demo_site(out / WEB_DIR, models, runtime="local", force=True)
@@ -295,7 +285,7 @@ def run_demo(out_dir: str | os.PathLike = "demo-out", *, epochs: int = DEFAULT_E
     check_positive_int("epochs", epochs)
     step = on_step or (lambda msg: logger.info("%s", msg))
     out = Path(out_dir)
-    _check_out_dir(out, force)
+    check_demo_out_dir(out, force=force)
     out.mkdir(parents=True, exist_ok=True)
     clock = _Clock()
 

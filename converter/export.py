@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tiedonnx.runtime import model_save
@@ -146,7 +147,8 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
            short_names: bool | None = None, per_channel: bool | None = None,
            reduce_range: bool | None = None, force: bool = False, ort: bool = False,
            batch_sizes=DEFAULT_BATCH_SIZES, unsafe: bool = False,
-           import_modules=(), external_threshold: int | None = None) -> ExportReport:
+           import_modules=(), external_threshold: int | None = None,
+           on_step: Callable[[str], None] | None = None) -> ExportReport:
     """Export a (tied) Keras model to an ONNX file with one initializer per tie.
 
     Args:
@@ -165,6 +167,8 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
             registered Keras classes load in safe mode (``["keras_hub"]``).
         external_threshold: serialized size above which weights are written to
             ``<path>.data`` (default :data:`EXTERNAL_DATA_THRESHOLD`).
+        on_step: called with a short message as each step starts (the CLI
+            prints it; default: an info log).
 
     Returns:
         An :class:`ExportReport`.
@@ -193,13 +197,18 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
 
         check_output_path(ort_path, force=force)
         check_output_path(config_path_for(ort_path), force=force)
+    step = on_step or (lambda message: logger.info("%s", message))
     start = time.perf_counter()
+    if isinstance(model, (str, os.PathLike)):
+        step(f"loading the Keras model {os.fspath(model)}")
     keras_model = _resolve_model(model, unsafe, import_modules)
     _check_compute_dtype(keras_model, precision)
     ties = find_ties(keras_model)
 
+    step(f"converting with tf2onnx (opset {opset})")
     plain = keras_to_onnx(keras_model, opset=opset)
     convert_seconds = time.perf_counter() - start
+    step(f"storing each tie once ({len(ties)} tied layer(s) found by Keras)")
     proto, retie_report = retie(plain, prefer=_preferred_names(plain, ties))
     proto, _ = fold_initializer_shapes(proto)  # einsum kernels kept only for Shape (KerasHub attention)
     record_ties(proto, keras_ties=describe_stored_ties(keras_model, proto, ties))
@@ -209,13 +218,17 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
     if precision != "fp32" or short_names:
         from tiedonnx.runtime.graph.quantize import to_precision
 
+        step(f"converting weights to {precision}")
         proto = to_precision(proto, precision, short_names=short_names, **options)
+    step("checking the graph (onnx.checker) and that no weight is stored twice")
     _prove_invariants(proto)
 
     parity = None
     if verify:  # over 2 GiB the large weights go to onnxruntime beside the graph (open_proto_session)
+        step(f"checking parity against Keras at batch sizes {list(batch_sizes)}")
         parity = verify_parity(keras_model, proto, batch_sizes=batch_sizes, precision=precision)
     threshold = EXTERNAL_DATA_THRESHOLD if external_threshold is None else external_threshold
+    step(f"writing {path}")
     saved = model_save.save_model(proto, path, force=force, threshold=threshold)
     if ort_path is not None:
         from tiedonnx.runtime.graph.ort_format import save_ort

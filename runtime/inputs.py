@@ -238,15 +238,8 @@ def load_array_file(path: str | os.PathLike) -> np.ndarray | dict[str, np.ndarra
     Raises:
         InputError: missing file, unknown suffix, or not a readable numpy file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"Input file not found: {str(path)!r}. Check the path.")
+    path = check_array_file(path)
     suffix = path.suffix.lower()
-    if suffix not in (".npy", ".npz"):
-        raise InputError(
-            f"Input file must be .npy or .npz; received {str(path)!r}. Save it with np.save."
-        )
-    _check_magic(path, suffix)
     try:
         with np.errstate(all="raise"):  # thread-local, unlike warnings.catch_warnings
             if suffix == ".npy":
@@ -263,6 +256,27 @@ def load_array_file(path: str | os.PathLike) -> np.ndarray | dict[str, np.ndarra
             f"Could not read {str(path)!r} as a numpy {suffix} file ({short_error(exc)}). "
             "Object arrays and corrupt files are refused; save plain numeric arrays with np.save."
         ) from None
+
+
+def check_array_file(path: str | os.PathLike) -> Path:
+    """Refuse a path that is not an existing ``.npy``/``.npz`` file, without reading its data.
+
+    Returns:
+        The path, as a :class:`~pathlib.Path`.
+
+    Raises:
+        InputError: missing file, unknown suffix, or not numpy's format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"Input file not found: {str(path)!r}. Check the path.")
+    suffix = path.suffix.lower()
+    if suffix not in (".npy", ".npz"):
+        raise InputError(
+            f"Input file must be .npy or .npz; received {str(path)!r}. Save it with np.save."
+        )
+    _check_magic(path, suffix)
+    return path
 
 
 # What every file np.save / np.savez writes starts with.

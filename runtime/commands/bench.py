@@ -39,6 +39,9 @@ def parse_batch_sizes(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ._preflight import check_keras_file, check_onnx_file, refuse_keras_for_onnx
+
+    refuse_keras_for_onnx(args.model, command="bench")
     sizes = parse_batch_sizes(args.batch_sizes)
     if not args.min_time > 0:
         raise UsageError(f"--min-time must be a positive number of seconds. Received: {args.min_time}.")
@@ -46,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     if args.keras is not None:
         from ..extras import require
 
+        check_onnx_file(args.model)  # refusals that need no Keras, before TensorFlow loads
+        check_keras_file(args.keras, command="bench --keras")
         require("convert", what="tiedonnx bench --keras")
         from tiedonnx.converter.keras_bench import KerasTimer
 

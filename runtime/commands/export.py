@@ -29,21 +29,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip the parity check against Keras (default: verify)")
     _flags.add_force(parser)
     _flags.add_json(parser)
+    _flags.add_quiet(parser)
     _flags.add_unsafe_load_code(parser)
     _flags.add_import_modules(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..extras import require
+    from ._preflight import check_export
+    from ._progress import StepPrinter
 
+    check_export(args)  # every refusal that needs no Keras, before TensorFlow loads
     require("convert", what="tiedonnx export")
-    from tiedonnx.converter.export import export
+    with StepPrinter(enabled=not (args.json or args.quiet)) as step:
+        step("loading TensorFlow and Keras")
+        from tiedonnx.converter.export import export
 
-    report = export(args.model, args.output, opset=args.opset, verify=not args.no_verify,
-                    precision=args.precision, block_size=args.block_size, symmetric=args.symmetric,
-                    short_names=args.short_names, per_channel=args.per_channel,
-                    reduce_range=args.reduce_range, force=args.force, ort=args.ort,
-                    unsafe=args.unsafe_load_code, import_modules=args.import_modules)
+        report = export(args.model, args.output, opset=args.opset, verify=not args.no_verify,
+                        precision=args.precision, block_size=args.block_size,
+                        symmetric=args.symmetric, short_names=args.short_names,
+                        per_channel=args.per_channel, reduce_range=args.reduce_range,
+                        force=args.force, ort=args.ort, unsafe=args.unsafe_load_code,
+                        import_modules=args.import_modules, on_step=step)
     _flags.emit(report.as_dict(), as_json=args.json, lines=render(report))
     return 0
 

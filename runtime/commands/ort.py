@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..graph.ort_format import save_ort
+    from ._preflight import refuse_keras_for_onnx
+
+    refuse_keras_for_onnx(args.input, command="ort")
 
     report = save_ort(args.input, args.output, force=args.force)
     ops = "; ".join(f"{k}: {','.join(v)}" for k, v in report.operators.items())

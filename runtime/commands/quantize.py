@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..graph.quantize import quantize_file
+    from ._preflight import refuse_keras_for_onnx
+
+    refuse_keras_for_onnx(args.input, command="quantize")
 
     report = quantize_file(args.input, args.output, precision=args.precision,
                            per_channel=args.per_channel, block_size=args.block_size,

@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ._preflight import refuse_keras_for_onnx
+
+    refuse_keras_for_onnx(args.model, command="run")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be a positive integer; received {args.batch_size}.")
     if args.address is not None and not args.ray:

@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..triton import write_model_repository
+    from ._preflight import refuse_keras_for_onnx
+
+    refuse_keras_for_onnx(args.model, command="triton")
 
     report = write_model_repository(
         args.model, args.repo, name=args.name, backend=args.backend,

@@ -25,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..extras import require
+    from ._preflight import check_verify
 
+    check_verify(args)  # every refusal that needs no Keras, before TensorFlow loads
     require("convert", what="tiedonnx verify")
     from tiedonnx.converter.parity import verify_files
 
