@@ -68,6 +68,25 @@ def test_export_refuses_overwrite_without_force(saved, tmp_path, capsys):
     assert out.stat().st_size > 1000
 
 
+def test_export_prints_each_step_on_stderr_unless_quiet(saved, tmp_path, capsys):
+    import re
+
+    out = tmp_path / "ae.onnx"
+    assert main(["export", str(saved / "ae.keras"), "-o", str(out), "--precision", "int8"]) == 0
+    console = capsys.readouterr()
+    lines = console.err.splitlines()
+    assert lines and all(re.match(r"\[ *\d+\.\ds\] ", line) for line in lines), console.err
+    steps = [line.split("] ", 1)[1] for line in lines if "... still" not in line]
+    expected = ["loading TensorFlow", "loading the Keras model", "converting with tf2onnx",
+                "storing each tie once", "converting weights to int8", "checking the graph",
+                "checking parity against Keras", f"writing {out}"]
+    assert [s for s, e in zip(steps, expected) if s.startswith(e)] == steps, steps
+    assert len(steps) == len(expected) and console.out.startswith(f"wrote {out}")
+    for quiet in ("-q", "--json"):
+        assert main(["export", str(saved / "ae.keras"), "-o", str(out), "--force", quiet]) == 0
+        assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("content, message", [
     (None, "not found"),
     (b"", "empty"),
