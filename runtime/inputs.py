@@ -299,11 +299,26 @@ def _check_magic(path: Path, suffix: str) -> None:
         )
 
 
+#: The key ``np.savez(path, x)`` gives an array passed without a name.
+UNNAMED_KEY = "arr_0"
+
+
 def match_archive(arrays: dict[str, np.ndarray], specs: tuple[TensorSpec, ...]):
     """Map an ``.npz``'s arrays to the model's inputs.
 
-    A one-array archive feeds a one-input model whatever its key (``arr_0``).
+    A one-array archive feeds a one-input model when its key is the input's
+    name or ``arr_0`` (an array saved without a name, ``np.savez(path, x)``);
+    any other key is a mistake the README promises to refuse.
+
+    Raises:
+        InputError: a one-array archive whose key names no input of a one-input model.
     """
     if len(arrays) == 1 and len(specs) == 1:
-        return next(iter(arrays.values()))
+        (key, array), name = next(iter(arrays.items())), specs[0].name
+        if key not in (name, UNNAMED_KEY):
+            raise InputError(
+                f"The .npz holds an array named {key!r}, but the model's input is {name!r}. "
+                f"Save it under the input's name (np.savez(path, **{{{name!r}: x}})) or without "
+                f"a name (np.savez(path, x), key {UNNAMED_KEY!r}).")
+        return array
     return arrays

@@ -71,6 +71,7 @@ CLI_EXAMPLES: dict[str, list[str] | str] = {
     "demo": "tests/test_demo.py (trains for one epoch)",
     "web": "tests/test_web.py (needs chromium and onnxruntime-web)",
     "web --serve": "tests/test_web.py (serves on 127.0.0.1 for headless Chromium)",
+    "--version": "tests/test_runtime_cli.py (argparse prints it and exits)",
 }
 
 
