@@ -54,6 +54,7 @@ def rendered_tables(markdown: str) -> list[list[list[str]]]:
     return _Tables(MarkdownIt("commonmark").enable("table").render(markdown)).tables
 
 
+@pytest.mark.slow  # trains, exports five files, benchmarks
 def test_demo_one_epoch(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--epochs", "1"]) == 0
