@@ -32,8 +32,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_EPOCHS = 30
 BENCH_BATCHES = (1, 256)
-BENCH_ROUNDS = 5  # short rounds, many: load bursts on a shared machine last seconds;
-#                   at least as many as ONNX files (the rotation in _time_variants)
+BENCH_ROUNDS = 7  # short rounds, many: load bursts on a shared machine last seconds;
+#                   at least as many as the contenders (the rotation in interleave)
+BENCH_WINDOW_S = 0.05  # seconds of calls per contender per round
 WEB_DIR = "web"
 
 
@@ -87,7 +88,9 @@ class Variant:
     precision: str | None = None
     max_abs_vs_keras: float | None = None
     test_mse: float | None = None
-    latency_us: dict = field(default_factory=dict)  # batch -> microseconds per call (see _time_variants)
+    latency_us: dict = field(default_factory=dict)  # batch -> median µs per call over the rounds
+    latency_range_us: dict = field(default_factory=dict)  # batch -> [fastest, slowest round] µs
+    x_vs_plain: dict = field(default_factory=dict)  # batch -> plain tf2onnx time / this time, per round
 
 
 @dataclass
@@ -103,6 +106,7 @@ class DemoReport:
     variants: list[Variant] = field(default_factory=list)
     web_dir: str | None = None  # the browser page, when written
     web_note: str = ""          # why it was not written
+    timing_note: str = ""       # set when the rounds disagreed: the machine was busy
     step_seconds: dict = field(default_factory=dict)  # step -> seconds
     seconds: float = 0.0  # the whole run
 
@@ -168,35 +172,36 @@ def _onnx_runners(report: DemoReport) -> dict[str, Callable[[np.ndarray], np.nda
     return runners
 
 
-def _time_variants(variants, runners, keras_model, x_test, *, rounds: int = BENCH_ROUNDS) -> None:
-    """Latency per variant and batch: the best of ``rounds`` interleaved rounds, each the
-    median of its calls. Interleaving spreads a burst of load over all variants; the best
-    round drops bursts shorter than the run. Longer load still shows: on this project's
-    2-core machine at load average 7, a 2-thread fp32 session's batch-256 figure ranged
-    from 13k to 207k rows/s between runs (int8 stayed near 360k)."""
+def _time_variants(variants, runners, keras_model, x_test, *, rounds: int = BENCH_ROUNDS) -> list[str]:
+    """Latency per variant and batch: the median of ``rounds`` interleaved rounds
+    (:func:`tiedonnx.runtime.timing.interleave`), each the median of its calls, with the
+    fastest and slowest round, and each file's speed against plain tf2onnx taken within
+    rounds (a ratio both sides of which saw the same load). Returns the noisy-machine
+    warnings, one per batch whose rounds disagreed."""
     import tensorflow as tf
 
-    from tiedonnx.runtime.bench import median_seconds
+    from tiedonnx.runtime.timing import interleave, timed
 
     call = tf.function(lambda t: keras_model(t, training=False))
     fns = {KERAS_CALL.name: lambda x: call(x).numpy(),
            KERAS_PREDICT.name: lambda x: keras_model.predict(x, batch_size=len(x), verbose=0),
            **runners}
+    warnings = []
     for batch in BENCH_BATCHES:
         x = np.ascontiguousarray(np.resize(x_test, (batch, PIXELS)))
-        # The ONNX file timed first after Keras ran 20-35% faster at batch 1 (28 vs 35 µs,
-        # whichever file it was): rotate the files so each gets that slot once.
-        files = [v.name for v in variants if v.name in runners]
-        samples: dict[str, list[float]] = {name: [] for name in fns}
-        for r in range(rounds):
-            k = r % len(files)
-            for name in files[k:] + files[:k] + [KERAS_CALL.name, KERAS_PREDICT.name]:
-                slow = name == KERAS_PREDICT.name
-                samples[name].append(median_seconds(lambda: fns[name](x), min_time=0.06,
-                                                    min_calls=1 if slow else 5))
+        timers = {name: timed(lambda f=fn: f(x), min_time=BENCH_WINDOW_S,
+                              min_calls=1 if name == KERAS_PREDICT.name else 5)
+                  for name, fn in fns.items()}
+        measured = interleave(timers, rounds=rounds)
         for v in variants:
-            if v.name in samples:
-                v.latency_us[batch] = 1e6 * min(samples[v.name])
+            if v.name in measured.seconds:
+                v.latency_us[batch] = 1e6 * measured.median(v.name)
+                v.latency_range_us[batch] = [1e6 * s for s in measured.low_high(v.name)]
+                if v.name in runners and PLAIN.name in runners:
+                    v.x_vs_plain[batch] = measured.ratio(PLAIN.name, v.name)
+        if measured.warning():
+            warnings.append(f"batch {batch}: {measured.warning()}")
+    return warnings
 
 
 def _write_web(out: Path, report: DemoReport) -> None:
@@ -252,7 +257,7 @@ def _measure(report: DemoReport, model, data: DigitsSplit, out: Path, step, cloc
             v.test_mse = float(np.mean((recon[v.name] - data.x_test) ** 2))
     step(f"benchmarking Keras and onnxruntime side by side (batch {BENCH_BATCHES[0]} and "
          f"{BENCH_BATCHES[1]})")
-    _time_variants(report.variants, runners, model, data.x_test)
+    report.timing_note = "; ".join(_time_variants(report.variants, runners, model, data.x_test))
     report.step_seconds["check and benchmark"] = clock.lap()
     return recon
 

@@ -68,11 +68,15 @@ def test_export_refuses_overwrite_without_force(saved, tmp_path, capsys):
     assert out.stat().st_size > 1000
 
 
-def test_export_prints_each_step_on_stderr_unless_quiet(saved, tmp_path, capsys):
+def test_export_prints_each_step_on_a_terminal_unless_quiet(saved, tmp_path, capsys, monkeypatch):
     import re
 
     out = tmp_path / "ae.onnx"
-    assert main(["export", str(saved / "ae.keras"), "-o", str(out), "--precision", "int8"]) == 0
+    assert main(["export", str(saved / "ae.keras"), "-o", str(out), "--force"]) == 0
+    assert capsys.readouterr().err == ""  # not a terminal: the one result line, on stdout
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["export", str(saved / "ae.keras"), "-o", str(out), "--precision", "int8",
+                 "--force"]) == 0
     console = capsys.readouterr()
     lines = console.err.splitlines()
     assert lines and all(re.match(r"\[ *\d+\.\ds\] ", line) for line in lines), console.err

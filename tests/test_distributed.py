@@ -126,7 +126,7 @@ def test_input_that_does_not_fit_is_refused_before_ray_starts(files, tmp_path):
 
 def test_without_ray_says_how_to_install(files, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
-    with pytest.raises(UsageError, match=r"pip install 'tiedonnx\[ray\]'"):
+    with pytest.raises(UsageError, match=r'pip install -e "\.\[ray\]"'):
         run_ray(files["one"], files["x_path"], tmp_path / "y.npy")
 
 

@@ -6,6 +6,8 @@ import io
 import re
 import time
 
+import pytest
+
 from tiedonnx.runtime.commands._progress import _TICK_S, HEARTBEAT_S, StepPrinter
 
 
@@ -56,3 +58,34 @@ def test_thread_speaks_during_a_silent_step():
 def test_the_promise_is_under_five_seconds():
     # README and the issue promise a line at least every 5 s; the thread wakes every 0.25 s.
     assert HEARTBEAT_S + _TICK_S <= 5.0
+
+
+@pytest.mark.slow  # imports TensorFlow in a fresh process
+def test_export_on_a_real_terminal_prints_its_steps(tmp_path):
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    pytest.importorskip("keras")
+    from tests import models
+
+    models.dense_ae().save(tmp_path / "ae.keras")
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "tiedonnx.runtime.cli", "export", str(tmp_path / "ae.keras"),
+                             "-o", str(tmp_path / "ae.onnx")], stdout=subprocess.PIPE, stderr=secondary)
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            data = os.read(primary, 4096)
+        except OSError:  # the terminal closed: the process exited
+            break
+        if not data:
+            break
+        chunks.append(data)
+    out, _ = proc.communicate(timeout=300)
+    os.close(primary)
+    steps = [line.split("] ", 1)[1] for line in b"".join(chunks).decode().splitlines()]
+    assert proc.returncode == 0 and out.decode().startswith("wrote "), steps
+    assert steps[0] == "loading TensorFlow and Keras" and steps[-1].startswith("writing "), steps

@@ -18,7 +18,7 @@ def add_json(parser: argparse.ArgumentParser) -> None:
 
 def add_quiet(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true",
-                        help="no progress lines on stderr (--json implies it)")
+                        help="no step lines on stderr (--json implies it)")
 
 
 def add_unsafe_load_code(parser: argparse.ArgumentParser) -> None:

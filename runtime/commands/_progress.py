@@ -1,7 +1,9 @@
 """Progress lines on stderr for long commands (``export``, ``demo``): the CLI owns the terminal.
 
 The library reports each step it starts through an ``on_step`` callback;
-:class:`StepPrinter` prints it with the time since the command began. A step
+:class:`StepPrinter` prints it with the time since the command began (``export``:
+on a terminal only, so a pipe or a log still gets exactly one line, the result
+or the error; ``demo``: always, as it always did). A step
 can take a minute (importing TensorFlow, tf2onnx on a language model), so a
 background thread repeats the current step with its running time whenever
 :data:`HEARTBEAT_S` pass without a line: a person never waits 5 s on silence.
@@ -28,16 +30,17 @@ class StepPrinter:
     Use as a context manager; ``enabled=False`` (``--json``, ``-q``) prints nothing.
 
     Args:
-        enabled: print at all.
+        enabled: print at all; None: only when the stream is a terminal (a pipe or
+            a log then gets the command's one result or error line, nothing else).
         stream: where to print (default: ``sys.stderr`` at call time).
         heartbeat: seconds of silence before the current step is repeated.
         clock: a ``time.perf_counter``-like function (tests pass a fake one).
     """
 
-    def __init__(self, *, enabled: bool = True, stream: TextIO | None = None,
+    def __init__(self, *, enabled: bool | None = True, stream: TextIO | None = None,
                  heartbeat: float = HEARTBEAT_S, clock: Callable[[], float] = time.perf_counter):
-        self.enabled = enabled
         self._stream = stream
+        self.enabled = (self._out().isatty() if enabled is None else enabled)
         self.heartbeat = heartbeat
         self._clock = clock
         self.start = self._last = clock()
@@ -63,9 +66,12 @@ class StepPrinter:
         now = self._clock()
         self._last = now
         if self.enabled:
-            stream = self._stream or sys.stderr
+            stream = self._out()
             stream.write(f"[{now - self.start:5.1f}s] {text}\n")
             stream.flush()
+
+    def _out(self) -> TextIO:
+        return self._stream or sys.stderr
 
     def _run(self) -> None:
         while not self._stop.wait(_TICK_S):

@@ -41,12 +41,15 @@ def run(args: argparse.Namespace) -> int:
 
 def render(report) -> list[str]:
     """The demo's table, what it wrote and the next step."""
-    from tiedonnx.converter.demo_plots import TABLE_HEADER, table_rows
+    from tiedonnx.converter.demo_plots import TABLE_HEADER, speed_line, table_rows
 
     from .._term import format_table
 
     out = report.out_dir
-    lines = [format_table(TABLE_HEADER, table_rows(report)), "",
+    lines = [format_table(TABLE_HEADER, table_rows(report))]
+    lines += [speed_line(report)] if speed_line(report) else []
+    lines += [report.timing_note] if report.timing_note else []
+    lines += ["",
              f"done in {report.seconds:.1f} s; wrote {out}/: reconstructions.png, "
              "size_latency.png, report.md, report.json, model.keras, the .onnx files"
              + (" and web/" if report.web_dir else "")]

@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
 
     check_export(args)  # every refusal that needs no Keras, before TensorFlow loads
     require("convert", what="tiedonnx export")
-    with StepPrinter(enabled=not (args.json or args.quiet)) as step:
+    # Step lines on a terminal only: a pipe or a log gets one result or error line.
+    with StepPrinter(enabled=False if args.json or args.quiet else None) as step:
         step("loading TensorFlow and Keras")
         from tiedonnx.converter.export import export
 
