@@ -35,6 +35,12 @@ BENCH_BATCHES = (1, 256)
 BENCH_ROUNDS = 7  # short rounds, many: load bursts on a shared machine last seconds;
 #                   at least as many as the contenders (the rotation in interleave)
 BENCH_WINDOW_S = 0.05  # seconds of calls per contender per round
+BENCH_SETTLE_S = 0.05  # one-thread sessions leave no pool spinning; Keras's pools get this long
+#: onnxruntime threads per session. With 2 threads on this project's 2-core machine at
+#: load average 4-6, tiedonnx fp32 / plain tf2onnx at batch 256 (the same products) read
+#: 0.72, 1.00 and 1.34 in three runs: a 2-thread call waits for whichever thread the OS
+#: delays most. With 1 thread, 0.99-1.03 (/tmp experiment, 7 rounds of 50 ms windows).
+ONNX_THREADS = 1
 WEB_DIR = "web"
 
 
@@ -166,7 +172,7 @@ def _onnx_runners(report: DemoReport) -> dict[str, Callable[[np.ndarray], np.nda
     runners = {}
     for v in report.variants:
         if v.path:
-            session = load(v.path, providers="cpu")
+            session = load(v.path, providers="cpu", threads=ONNX_THREADS)
             name = session.outputs[0].name
             runners[v.name] = lambda x, s=session, n=name: s.run(x)[n]
     return runners
@@ -192,7 +198,7 @@ def _time_variants(variants, runners, keras_model, x_test, *, rounds: int = BENC
         timers = {name: timed(lambda f=fn: f(x), min_time=BENCH_WINDOW_S,
                               min_calls=1 if name == KERAS_PREDICT.name else 5)
                   for name, fn in fns.items()}
-        measured = interleave(timers, rounds=rounds)
+        measured = interleave(timers, rounds=rounds, settle_s=BENCH_SETTLE_S)
         for v in variants:
             if v.name in measured.seconds:
                 v.latency_us[batch] = 1e6 * measured.median(v.name)

@@ -120,9 +120,8 @@ class Rounds:
         worst = max(noisy, key=noisy.get)
         rounds = len(self.seconds[worst])
         return (f"noisy machine: the rounds of {len(noisy)} contender(s) disagree by more than "
-                f"{self.factor:g}x (worst: {worst}, {noisy[worst]:.1f}x between its fastest and "
-                f"slowest of {rounds} rounds); figures are medians, ratios are taken within "
-                "rounds, but rerun on a quieter machine before trusting absolute speeds")
+                f"{self.factor:g}x (worst: {worst}, {noisy[worst]:.1f}x across {rounds} rounds); "
+                "medians and within-round ratios are shown, absolute speeds are unreliable")
 
     def as_dict(self) -> dict:
         return {"seconds": {k: list(v) for k, v in self.seconds.items()}, "factor": self.factor,
