@@ -203,7 +203,7 @@ def _time_variants(variants, runners, keras_model, x_test, *, rounds: int = BENC
             if v.name in measured.seconds:
                 v.latency_us[batch] = 1e6 * measured.median(v.name)
                 v.latency_range_us[batch] = [1e6 * s for s in measured.low_high(v.name)]
-                if v.name in runners and PLAIN.name in runners:
+                if v.name in runners and v.name != PLAIN.name and PLAIN.name in runners:
                     v.x_vs_plain[batch] = measured.ratio(PLAIN.name, v.name)
         if measured.warning():
             warnings.append(f"batch {batch}: {measured.warning()}")
