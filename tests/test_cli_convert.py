@@ -52,7 +52,12 @@ def test_export_inspect_verify(saved, tmp_path, capsys):
     assert info["untied_bytes"] - info["bytes"] == 64 * 16 * 4  # the W^T copy a plain exporter stores
 
     assert main(["verify", str(saved / "ae.keras"), str(out)]) == 0
-    assert "parity ok" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert said.startswith("parity ok on random inputs") and "pass --input X.npy" in said
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((4, 64), dtype=np.float32))
+    assert main(["verify", str(saved / "ae.keras"), str(out), "--input", str(tmp_path / "x.npy"),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["inputs"] == str(tmp_path / "x.npy")
     assert main(["verify", str(saved / "other.keras"), str(out)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("tiedonnx verify: error: ONNX model does not match Keras") and err.count("\n") == 1
