@@ -441,3 +441,50 @@ def test_cdn_page_runs_only_the_pinned_files(browser, models, tmp_path, tamper):
     else:
         assert result["status"] == "error", result
         assert tamper in served  # the tampered file was fetched, and refused
+
+
+def _boxes(page, selectors) -> dict[str, dict]:
+    return {sel: page.locator(sel).bounding_box() for sel in selectors}
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    return (a["x"] < b["x"] + b["width"] and b["x"] < a["x"] + a["width"]
+            and a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"])
+
+
+@pytest.mark.slow  # headless Chromium
+@pytest.mark.parametrize("width", [1200, 420])
+def test_demo_layout_keeps_the_pad_clear_of_the_preview(browser, demo_url, width):
+    """Issue 27: the 280-px pad sat in a panel capped at 210 px, under the input preview."""
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    page.goto(demo_url)
+    assert page.evaluate("window.tiedonnxDemo.ready")["status"] == "ok"
+    box = _boxes(page, ["#pad", "#input", ".panel.pad", "#clear"])
+    page.close()
+    assert not _overlap(box["#pad"], box["#input"]), box
+    assert box["#pad"]["x"] >= 0 and box["#pad"]["x"] + box["#pad"]["width"] <= width, box
+    panel, pad = box[".panel.pad"], box["#pad"]  # the pad lies inside its own panel
+    assert panel["x"] <= pad["x"] and pad["x"] + pad["width"] <= panel["x"] + panel["width"] + 0.5, box
+    assert box["#clear"]["y"] >= pad["y"] + pad["height"]  # the button below the pad, not over it
+
+
+@pytest.mark.slow  # headless Chromium
+def test_demo_times_are_medians_after_a_warm_up_and_a_frozen_clock_is_said(browser, demo_url):
+    page = browser.new_page()
+    page.goto(demo_url)
+    assert page.evaluate("window.tiedonnxDemo.ready")["status"] == "ok"
+    for _ in range(3):
+        page.evaluate("window.tiedonnxDemo.update()")
+        page.evaluate("window.tiedonnxDemo.settled()")
+    runs = page.evaluate("window.tiedonnxDemo.state.history.fp32.length")
+    meta = page.inner_text("#meta-0")
+    page.close()
+    assert runs >= 2 and re.search(rf"\d+\.\d\d ms \(median of {runs} runs\)", meta), meta
+
+    frozen = browser.new_page()
+    frozen.add_init_script("performance.now = () => 1000;")  # a clock that never moves
+    frozen.goto(demo_url)
+    assert frozen.evaluate("window.tiedonnxDemo.ready")["status"] == "ok"
+    meta = frozen.inner_text("#meta-0")
+    frozen.close()
+    assert "time not measured" in meta and "0.00 ms" not in meta, meta
