@@ -54,6 +54,14 @@ from tiedonnx.runtime.testing import tied_autoencoder, tied_autoencoder_referenc
 from tiedonnx.runtime.timing import Rounds, interleave, timed  # noqa: E402
 
 FEATURES, HIDDEN, SCALE = 784, 256, 0.05
+_SAID: set[str] = set()
+
+
+def say_missing(line: str) -> None:
+    """A missing peer, in one stderr line, once per run."""
+    if line not in _SAID:
+        _SAID.add(line)
+        print(line, file=sys.stderr)
 
 
 def build_onnx(folder: Path) -> dict[str, Path]:
@@ -70,8 +78,7 @@ def litert_interpreter():
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
-        print('LiteRT: ai-edge-litert is not installed (pip install -e ".[bench]"); no LiteRT rows',
-              file=sys.stderr)
+        say_missing('LiteRT: ai-edge-litert is not installed (pip install -e ".[bench]"); no LiteRT rows')
         return None
     return Interpreter
 
@@ -84,8 +91,8 @@ def build_litert(folder: Path) -> dict[str, Path]:
         import keras
         import tensorflow as tf
     except ImportError as exc:
-        print(f"LiteRT: TensorFlow is not installed ({exc}; pip install -e \".[convert]\"), it converts "
-              "the .tflite files; no LiteRT rows", file=sys.stderr)
+        say_missing(f"LiteRT: TensorFlow is not installed ({exc}; pip install -e \".[convert]\"), it "
+                    "converts the .tflite files; no LiteRT rows")
         return {}
     w = tied_autoencoder_weights(FEATURES, HIDDEN, weight_scale=SCALE, bias_scale=0.0)
     x = keras.Input((FEATURES,), name="x")
@@ -125,8 +132,7 @@ def openvino_runners(path: Path, threads: int, x: np.ndarray) -> dict:
     try:
         import openvino as ov
     except ImportError as exc:
-        print(f"OpenVINO: openvino is not installed ({exc}; pip install openvino); no OpenVINO rows",
-              file=sys.stderr)
+        say_missing(f"OpenVINO: openvino is not installed ({exc}; pip install openvino); no OpenVINO rows")
         return {}
     core = ov.Core()
     runners = {}
