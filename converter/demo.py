@@ -32,14 +32,14 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_EPOCHS = 30
 BENCH_BATCHES = (1, 256)
-BENCH_ROUNDS = 7  # short rounds, many: load bursts on a shared machine last seconds;
-#                   at least as many as the contenders (the rotation in interleave)
-BENCH_WINDOW_S = 0.05  # seconds of calls per contender per round
-BENCH_SETTLE_S = 0.05  # one-thread sessions leave no pool spinning; Keras's pools get this long
-#: onnxruntime threads per session. With 2 threads on this project's 2-core machine at
-#: load average 4-6, tiedonnx fp32 / plain tf2onnx at batch 256 (the same products) read
-#: 0.72, 1.00 and 1.34 in three runs: a 2-thread call waits for whichever thread the OS
-#: delays most. With 1 thread, 0.99-1.03 (/tmp experiment, 7 rounds of 50 ms windows).
+# Many short rounds, each contender once per round: at load average 7, two equal models'
+# ratio over 7 rounds of 50 ms read 0.64-1.49 across runs, over 25 rounds of 10 ms
+# 0.98-1.03 (python scripts/bench_timing_noise.py --rounds 25 --window 0.01 --settle 0).
+BENCH_ROUNDS = 25
+BENCH_WINDOW_S = 0.01  # seconds of calls per contender per round (at least 3 calls)
+BENCH_SETTLE_S = 0.01  # one-thread sessions leave no pool spinning; Keras's pools get this long
+#: onnxruntime threads per session: at load average 7 a one-thread session's rounds spread
+#: 3.0x, a two-thread one's 9-17x (a 2-thread call waits for whichever thread the OS delays).
 ONNX_THREADS = 1
 WEB_DIR = "web"
 
@@ -195,8 +195,10 @@ def _time_variants(variants, runners, keras_model, x_test, *, rounds: int = BENC
     warnings = []
     for batch in BENCH_BATCHES:
         x = np.ascontiguousarray(np.resize(x_test, (batch, PIXELS)))
-        timers = {name: timed(lambda f=fn: f(x), min_time=BENCH_WINDOW_S,
-                              min_calls=1 if name == KERAS_PREDICT.name else 5)
+        for fn in fns.values():  # one warm-up call each; the median over rounds drops the rest
+            fn(x)
+        timers = {name: timed(lambda f=fn: f(x), min_time=BENCH_WINDOW_S, warmup=0,
+                              min_calls=1 if name == KERAS_PREDICT.name else 3)
                   for name, fn in fns.items()}
         measured = interleave(timers, rounds=rounds, settle_s=BENCH_SETTLE_S)
         for v in variants:

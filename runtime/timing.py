@@ -36,12 +36,16 @@ from .options import check_positive_int
 SETTLE_S = 0.15
 
 #: A contender whose slowest round is more than this many times its fastest
-#: was timed on a busy machine. On this project's 2-core machine, idle, rounds
-#: of the demo's ONNX files agree within 1.1-1.3x; with two busy processes
-#: beside it they moved 2-7x.
+#: was timed on a busy machine. On this project's shared 2-core machine at load
+#: average 7, the 784-256 autoencoder's rounds at batch 256 spread 3.0x on one
+#: thread and 9-17x on two (scripts/bench_timing_noise.py); bench_peers's rounds
+#: read 1.08-1.78x at load 4-7. (No idle machine was at hand to measure its floor.)
 NOISY_FACTOR = 1.5
 
-DEFAULT_ROUNDS = 5
+#: Many short rounds beat a few long ones: at load average 7, two equal models'
+#: within-round ratio over 7 rounds of 50 ms windows read 0.64-1.49 across 18 runs,
+#: over 25 rounds of 10 ms windows 0.98-1.03 across 12 (scripts/bench_timing_noise.py).
+DEFAULT_ROUNDS = 15
 
 
 def settle(seconds: float = SETTLE_S) -> None:

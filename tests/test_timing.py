@@ -67,3 +67,4 @@ def test_window_calls_warmup_then_at_least_min_calls():
 def test_rounds_must_be_positive():
     with pytest.raises(UsageError, match="Received: rounds=0"):
         interleave({"a": lambda: 1.0}, rounds=0)
+
