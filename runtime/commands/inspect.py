@@ -15,10 +15,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..graph.inspect import inspect_file
     from ._preflight import refuse_keras_for_onnx
 
-    refuse_keras_for_onnx(args.model, command="inspect")
+    refuse_keras_for_onnx(args.model, command="inspect")  # before the heavier imports
+    from ..graph.inspect import inspect_file
 
     report = inspect_file(args.model)
     _flags.emit(report.as_dict(), as_json=args.json, lines=render(args.model, report))

@@ -48,10 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..graph.quantize import quantize_file
     from ._preflight import refuse_keras_for_onnx
 
-    refuse_keras_for_onnx(args.input, command="quantize")
+    refuse_keras_for_onnx(args.input, command="quantize")  # before the heavier imports
+    from ..graph.quantize import quantize_file
 
     report = quantize_file(args.input, args.output, precision=args.precision,
                            per_channel=args.per_channel, block_size=args.block_size,

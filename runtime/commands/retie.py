@@ -18,10 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..graph.retie import retie_file
     from ._preflight import refuse_keras_for_onnx
 
-    refuse_keras_for_onnx(args.model, command="retie")
+    refuse_keras_for_onnx(args.model, command="retie")  # before the heavier imports
+    from ..graph.retie import retie_file
 
     report = retie_file(args.model, args.output, force=args.force)
     size = _flags.human_bytes

@@ -50,10 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..triton import write_model_repository
     from ._preflight import refuse_keras_for_onnx
 
-    refuse_keras_for_onnx(args.model, command="triton")
+    refuse_keras_for_onnx(args.model, command="triton")  # before the heavier imports
+    from ..triton import write_model_repository
 
     report = write_model_repository(
         args.model, args.repo, name=args.name, backend=args.backend,
