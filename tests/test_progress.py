@@ -89,3 +89,15 @@ def test_export_on_a_real_terminal_prints_its_steps(tmp_path):
     steps = [line.split("] ", 1)[1] for line in b"".join(chunks).decode().splitlines()]
     assert proc.returncode == 0 and out.decode().startswith("wrote "), steps
     assert steps[0] == "loading TensorFlow and Keras" and steps[-1].startswith("writing "), steps
+
+
+def test_on_the_real_stderr_a_helper_process_repeats_the_step(capfd):
+    # A helper process, not a thread: importing TensorFlow holds the GIL for seconds.
+    with StepPrinter(heartbeat=0.3) as step:
+        step("working")
+        deadline = time.time() + 1.2
+        while time.time() < deadline:  # a busy main thread: the repeats come from elsewhere
+            sum(range(1000))
+    lines = capfd.readouterr().err.splitlines()
+    assert lines[0].endswith("] working"), lines
+    assert 2 <= len(lines) <= 6 and all(re.search(r"\] \.\.\. still working$", x) for x in lines[1:]), lines
