@@ -22,17 +22,25 @@ from pathlib import Path
 
 import numpy as np
 
+from tiedonnx.runtime.commands._preflight import DEMO_OUTPUT_FILES, check_demo_out_dir
 from tiedonnx.runtime.options import check_positive_int
 
 from .demo_data import HIDDEN, PIXELS, SIDE, DigitsSplit, load_digits_28, train
-from .errors import OutputExistsError, UsageError
+from .errors import UsageError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_EPOCHS = 30
 BENCH_BATCHES = (1, 256)
-BENCH_ROUNDS = 5  # short rounds, many: load bursts on a shared machine last seconds;
-#                   at least as many as ONNX files (the rotation in _time_variants)
+# Many short rounds, each contender once per round: at load average 7, two equal models'
+# ratio over 7 rounds of 50 ms read 0.64-1.49 across runs, over 25 rounds of 10 ms
+# 0.98-1.03 (python scripts/bench_timing_noise.py --rounds 25 --window 0.01 --settle 0).
+BENCH_ROUNDS = 25
+BENCH_WINDOW_S = 0.01  # seconds of calls per contender per round (at least 3 calls)
+BENCH_SETTLE_S = 0.01  # one-thread sessions leave no pool spinning; Keras's pools get this long
+#: onnxruntime threads per session: at load average 7 a one-thread session's rounds spread
+#: 3.0x, a two-thread one's 9-17x (a 2-thread call waits for whichever thread the OS delays).
+ONNX_THREADS = 1
 WEB_DIR = "web"
 
 
@@ -70,9 +78,10 @@ ONNX_VARIANTS = (
     VariantSpec("tiedonnx int4", "#CC79A7", "model.int4.onnx", "int4"),
 )
 VARIANTS = (KERAS_CALL, KERAS_PREDICT, *ONNX_VARIANTS)
-#: What a finished run leaves in ``out_dir`` (``web/`` only with onnxruntime-web).
-OUTPUT_FILES = ("model.keras", *(v.file for v in ONNX_VARIANTS), "reconstructions.png",
-                "size_latency.png", "report.md", "report.json", f"{WEB_DIR}/index.html")
+#: What a finished run leaves in ``out_dir`` (``web/`` only with onnxruntime-web). The CLI
+#: refuses an ``out_dir`` holding any of them before TensorFlow loads, so the list lives
+#: in the runtime; every variant's file must be on it (tests/test_preflight.py checks).
+OUTPUT_FILES = DEMO_OUTPUT_FILES
 
 
 @dataclass
@@ -85,7 +94,9 @@ class Variant:
     precision: str | None = None
     max_abs_vs_keras: float | None = None
     test_mse: float | None = None
-    latency_us: dict = field(default_factory=dict)  # batch -> microseconds per call (see _time_variants)
+    latency_us: dict = field(default_factory=dict)  # batch -> median µs per call over the rounds
+    latency_range_us: dict = field(default_factory=dict)  # batch -> [fastest, slowest round] µs
+    x_vs_plain: dict = field(default_factory=dict)  # batch -> plain tf2onnx time / this time, per round
 
 
 @dataclass
@@ -101,6 +112,7 @@ class DemoReport:
     variants: list[Variant] = field(default_factory=list)
     web_dir: str | None = None  # the browser page, when written
     web_note: str = ""          # why it was not written
+    timing_note: str = ""       # set when the rounds disagreed: the machine was busy
     step_seconds: dict = field(default_factory=dict)  # step -> seconds
     seconds: float = 0.0  # the whole run
 
@@ -133,19 +145,6 @@ def machine_name() -> str:
     return f"{cpu}, {os.cpu_count()} cores ({flags}); onnxruntime {onnxruntime.__version__}"
 
 
-def _check_out_dir(out_dir: Path, force: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"out_dir must be a folder. Received a file: {str(out_dir)!r}. "
-                         "Pass a folder path.")
-    existing = [n for n in OUTPUT_FILES if (out_dir / n).exists()]
-    if existing and not force:
-        more = ", ..." if len(existing) > 3 else ""
-        raise OutputExistsError(
-            f"{str(out_dir)!r} already holds demo output ({', '.join(existing[:3])}{more}). "
-            "Pass force=True (CLI: --force) to overwrite it, or another out_dir (CLI: --out)."
-        )
-
-
 def _save_keras_atomic(model, path: Path) -> None:
     from tiedonnx.runtime.atomic import atomic_path
 
@@ -173,41 +172,44 @@ def _onnx_runners(report: DemoReport) -> dict[str, Callable[[np.ndarray], np.nda
     runners = {}
     for v in report.variants:
         if v.path:
-            session = load(v.path, providers="cpu")
+            session = load(v.path, providers="cpu", threads=ONNX_THREADS)
             name = session.outputs[0].name
             runners[v.name] = lambda x, s=session, n=name: s.run(x)[n]
     return runners
 
 
-def _time_variants(variants, runners, keras_model, x_test, *, rounds: int = BENCH_ROUNDS) -> None:
-    """Latency per variant and batch: the best of ``rounds`` interleaved rounds, each the
-    median of its calls. Interleaving spreads a burst of load over all variants; the best
-    round drops bursts shorter than the run. Longer load still shows: on this project's
-    2-core machine at load average 7, a 2-thread fp32 session's batch-256 figure ranged
-    from 13k to 207k rows/s between runs (int8 stayed near 360k)."""
+def _time_variants(variants, runners, keras_model, x_test, *, rounds: int = BENCH_ROUNDS) -> list[str]:
+    """Latency per variant and batch: the median of ``rounds`` interleaved rounds
+    (:func:`tiedonnx.runtime.timing.interleave`), each the median of its calls, with the
+    fastest and slowest round, and each file's speed against plain tf2onnx taken within
+    rounds (a ratio both sides of which saw the same load). Returns the noisy-machine
+    warnings, one per batch whose rounds disagreed."""
     import tensorflow as tf
 
-    from tiedonnx.runtime.bench import median_seconds
+    from tiedonnx.runtime.timing import interleave, timed
 
     call = tf.function(lambda t: keras_model(t, training=False))
     fns = {KERAS_CALL.name: lambda x: call(x).numpy(),
            KERAS_PREDICT.name: lambda x: keras_model.predict(x, batch_size=len(x), verbose=0),
            **runners}
+    warnings = []
     for batch in BENCH_BATCHES:
         x = np.ascontiguousarray(np.resize(x_test, (batch, PIXELS)))
-        # The ONNX file timed first after Keras ran 20-35% faster at batch 1 (28 vs 35 µs,
-        # whichever file it was): rotate the files so each gets that slot once.
-        files = [v.name for v in variants if v.name in runners]
-        samples: dict[str, list[float]] = {name: [] for name in fns}
-        for r in range(rounds):
-            k = r % len(files)
-            for name in files[k:] + files[:k] + [KERAS_CALL.name, KERAS_PREDICT.name]:
-                slow = name == KERAS_PREDICT.name
-                samples[name].append(median_seconds(lambda: fns[name](x), min_time=0.06,
-                                                    min_calls=1 if slow else 5))
+        for fn in fns.values():  # one warm-up call each; the median over rounds drops the rest
+            fn(x)
+        timers = {name: timed(lambda f=fn: f(x), min_time=BENCH_WINDOW_S, warmup=0,
+                              min_calls=1 if name == KERAS_PREDICT.name else 3)
+                  for name, fn in fns.items()}
+        measured = interleave(timers, rounds=rounds, settle_s=BENCH_SETTLE_S)
         for v in variants:
-            if v.name in samples:
-                v.latency_us[batch] = 1e6 * min(samples[v.name])
+            if v.name in measured.seconds:
+                v.latency_us[batch] = 1e6 * measured.median(v.name)
+                v.latency_range_us[batch] = [1e6 * s for s in measured.low_high(v.name)]
+                if v.name in runners and v.name != PLAIN.name and PLAIN.name in runners:
+                    v.x_vs_plain[batch] = measured.ratio(PLAIN.name, v.name)
+        if measured.warning():
+            warnings.append(f"batch {batch}: {measured.warning()}")
+    return warnings
 
 
 def _write_web(out: Path, report: DemoReport) -> None:
@@ -217,7 +219,8 @@ def _write_web(out: Path, report: DemoReport) -> None:
     try:
         ort_web.dist_dir()
     except UsageError as exc:  # optional: the rest of the demo needs no Node.js
-        report.web_note = f"{WEB_DIR}/ was not written: {exc}"
+        report.web_note = (f"{WEB_DIR}/ (the page that runs the models in a browser) was not "
+                           f"written: {exc}; then run the demo again with --force")
         return
     models = {v.name: v.path for v in report.variants if v.precision}
     site = write_demo_site(out / WEB_DIR, models, runtime="local", force=True)
@@ -262,7 +265,7 @@ def _measure(report: DemoReport, model, data: DigitsSplit, out: Path, step, cloc
             v.test_mse = float(np.mean((recon[v.name] - data.x_test) ** 2))
     step(f"benchmarking Keras and onnxruntime side by side (batch {BENCH_BATCHES[0]} and "
          f"{BENCH_BATCHES[1]})")
-    _time_variants(report.variants, runners, model, data.x_test)
+    report.timing_note = "; ".join(_time_variants(report.variants, runners, model, data.x_test))
     report.step_seconds["check and benchmark"] = clock.lap()
     return recon
 
@@ -295,7 +298,7 @@ def run_demo(out_dir: str | os.PathLike = "demo-out", *, epochs: int = DEFAULT_E
     check_positive_int("epochs", epochs)
     step = on_step or (lambda msg: logger.info("%s", msg))
     out = Path(out_dir)
-    _check_out_dir(out, force)
+    check_demo_out_dir(out, force=force)
     out.mkdir(parents=True, exist_ok=True)
     clock = _Clock()
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from tiedonnx.runtime.atomic import write_bytes_atomic
 
-from .demo import BENCH_ROUNDS, KERAS_PREDICT, PLAIN
+from .demo import BENCH_ROUNDS, KERAS_PREDICT, ONNX_THREADS, PLAIN
 
 TABLE_HEADER = ["variant", "file bytes", "max |diff| vs Keras", "test MSE", "batch-1 µs",
                 "batch-256 rows/s"]
@@ -94,9 +94,13 @@ def draw_size_latency(path: Path, report, colors: dict[str, str]) -> None:
         ax.grid(axis="x", color="#dddddd", linewidth=0.8)
         ax.set_axisbelow(True)
         ax.spines[["top", "right"]].set_visible(False)
+    noisy = "\nNOISY MACHINE: rounds disagreed (see report.md); compare bars, not absolute speeds" \
+        if report.timing_note else ""
     fig.suptitle(f"{report.model}: file size and speed\n"
-                 f"times: best of {BENCH_ROUNDS} rounds of medians on {report.machine}, "
-                 "CPU execution provider", fontsize=11)
+                 f"times: median of {BENCH_ROUNDS} interleaved rounds (whiskers: fastest to slowest "
+                 f"round) on {report.machine}\nonnxruntime: CPU provider, {ONNX_THREADS} thread "
+                 f"(steady on a shared machine); Keras: TensorFlow's own thread pools{noisy}",
+                 fontsize=11)
     fig.legend(handles=[Patch(color=c, label=v.name) for v, c in zip(variants, bar_colors)],
                loc="lower center", ncol=len(variants), fontsize=8.5, frameon=False,
                bbox_to_anchor=(0.5, -0.06))
@@ -130,11 +134,14 @@ def _latency_panel(ax, variants, names, bar_colors) -> None:
     for y, u in enumerate(us):
         ax.barh(names[y], min(u, limit), color=bar_colors[y], hatch="//" if off[y] else None,
                 edgecolor="white" if off[y] else None)
+        low, high = variants[y].latency_range_us.get(1, (u, u))
+        if not off[y]:
+            _whisker(ax, y, u, low, min(high, limit))
         if off[y]:
             ax.text(0.97 * limit, y, f"{u:,.0f} µs (off scale)", va="center", ha="right",
                     fontsize=8, bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.5})
         else:
-            ax.text(u, y, f" {u:,.0f} µs", va="center", fontsize=8)
+            ax.text(max(u, min(high, limit)), y, f" {u:,.0f} µs", va="center", fontsize=8)
     ax.set_xlim(0, limit)
     ax.set_xlabel("time per call, batch 1 (µs; lower is better)")
     ax.set_title("Latency, batch 1")
@@ -143,11 +150,21 @@ def _latency_panel(ax, variants, names, bar_colors) -> None:
 def _throughput_panel(ax, variants, names, bar_colors) -> None:
     rows_k = [256 / v.latency_us[256] * 1e3 if v.latency_us.get(256) else 0.0 for v in variants]
     ax.barh(names, rows_k, color=bar_colors)
-    for y, value in enumerate(rows_k):
-        ax.text(value, y, f" {value:,.0f}k", va="center", fontsize=8)
+    for y, (v, value) in enumerate(zip(variants, rows_k)):
+        fastest, slowest = v.latency_range_us.get(256, (0.0, 0.0))
+        if fastest and slowest:  # the slowest round is the fewest rows/s
+            _whisker(ax, y, value, 256 / slowest * 1e3, 256 / fastest * 1e3)
+        ax.text(max(value, 256 / fastest * 1e3 if fastest else 0.0), y, f" {value:,.0f}k",
+                va="center", fontsize=8)
     ax.set_xlabel("rows per second at batch 256 (thousands; higher is better)")
     ax.set_title("Throughput, batch 256")
     ax.margins(x=0.2)
+
+
+def _whisker(ax, y: int, value: float, low: float, high: float) -> None:
+    """The spread of a bar's rounds: a line from ``low`` to ``high`` across its end."""
+    ax.errorbar([value], [y], xerr=[[max(value - low, 0.0)], [max(high - value, 0.0)]], fmt="none",
+                ecolor="#222222", elinewidth=1.0, capsize=3)
 
 
 def table_rows(report) -> list[list[str]]:
@@ -166,6 +183,19 @@ def table_rows(report) -> list[list[str]]:
     return rows
 
 
+def speed_line(report) -> str:
+    """Each tiedonnx file's speed against plain tf2onnx, per batch, with each round's spread."""
+    parts = []
+    for v in report.variants:
+        if v.precision and v.x_vs_plain:
+            ratios = ", ".join(f"{r:.2f}x at batch {b}" for b, r in v.x_vs_plain.items())
+            parts.append(f"{v.name} {ratios}")
+    if not parts:
+        return ""
+    return ("Speed against plain tf2onnx (its time / the file's, taken within each round, median "
+            f"over rounds; > 1: faster): {'; '.join(parts)}.")
+
+
 def _md_row(cells) -> str:
     # A bare "|" inside a cell would end it: GFM tables need it escaped.
     return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
@@ -181,8 +211,11 @@ def write_markdown(path: Path, report) -> None:
         f"A {report.model} (the decoder reuses the encoder's kernel, transposed), trained for "
         f"{report.epochs} epochs on {report.train_rows:,} of scikit-learn's bundled digits "
         f"(8x8, upscaled); every figure is on the {report.test_rows} held-out digits. Times per "
-        f"call are the best of {BENCH_ROUNDS} interleaved rounds, each a median, on {report.machine}; "
-        "ONNX on onnxruntime's CPU provider; batch-256 rows/s is 256 divided by the batch-256 time. "
+        f"call are the median of {BENCH_ROUNDS} interleaved rounds (each contender once per round, "
+        f"the order rotated; each round a median of calls), on {report.machine}; "
+        f"ONNX on onnxruntime's CPU provider with {ONNX_THREADS} intra-op thread (a multi-thread "
+        "call on a shared machine waits for its most delayed thread), Keras on TensorFlow's own "
+        "thread pools; batch-256 rows/s is 256 divided by the batch-256 time. "
         f"Whole run: {report.seconds:.1f} s. Produced by "
         f"`tiedonnx demo --out {report.out_dir} --epochs {report.epochs}`.", "",
         _md_row(TABLE_HEADER),
@@ -192,6 +225,9 @@ def write_markdown(path: Path, report) -> None:
     if plain and tied and plain.bytes:
         lines += [f"The {tied.name} file is {tied.bytes / plain.bytes:.2f}x the {plain.name} "
                   "file: the tied kernel is stored once.", ""]
+    lines += [speed_line(report), ""] if speed_line(report) else []
+    if report.timing_note:
+        lines += [f"**Noisy machine.** {report.timing_note}.", ""]
     lines += ["![reconstructions](reconstructions.png)", "", "![size and latency](size_latency.png)", ""]
     if report.web_dir:
         lines += [f"`web/`: a page that runs the tiedonnx files in the browser (onnxruntime-web). "

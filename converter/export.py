@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tiedonnx.runtime import model_save
@@ -147,7 +148,7 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
            reduce_range: bool | None = None, force: bool = False, ort: bool = False,
            batch_sizes=DEFAULT_BATCH_SIZES, unsafe: bool = False,
            import_modules=(), external_threshold: int | None = None, input_spec=None,
-           graph_passes=()) -> ExportReport:
+           graph_passes=(), on_step: Callable[[str], None] | None = None) -> ExportReport:
     """Export a (tied) Keras model to an ONNX file with one initializer per tie.
 
     Args:
@@ -171,6 +172,8 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
             declares none (see :mod:`tiedonnx.converter.input_specs`).
         graph_passes: extra ``ModelProto -> (ModelProto, report)`` passes run after
             retie, before any precision change (the generation export folds its cache stacks).
+        on_step: called with a short message as each step starts (the CLI
+            prints it; default: an info log).
 
     Returns:
         An :class:`ExportReport`.
@@ -203,7 +206,10 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
         from .input_specs import spec_structure
 
         spec_structure(input_spec)
+    step = on_step or (lambda message: logger.info("%s", message))
     start = time.perf_counter()
+    if isinstance(model, (str, os.PathLike)):
+        step(f"loading the Keras model {os.fspath(model)}")
     keras_model = _resolve_model(model, unsafe, import_modules)
     _check_compute_dtype(keras_model, precision)
     if getattr(keras_model, "preprocessor", None) is not None:  # a KerasHub task with its tokenizer
@@ -212,8 +218,10 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
                        keras_model.name)
     ties = find_ties(keras_model)
 
+    step(f"converting with tf2onnx (opset {opset})")
     plain = keras_to_onnx(keras_model, opset=opset, input_spec=input_spec)
     convert_seconds = time.perf_counter() - start
+    step(f"storing each tie once ({len(ties)} tied layer(s) found by Keras)")
     proto, retie_report = retie(plain, prefer=_preferred_names(plain, ties))
     proto, _ = fold_initializer_shapes(proto)  # einsum kernels kept only for Shape (KerasHub attention)
     for graph_pass in graph_passes:
@@ -225,14 +233,18 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
     if precision != "fp32" or short_names:
         from tiedonnx.runtime.graph.quantize import to_precision
 
+        step(f"converting weights to {precision}")
         proto = to_precision(proto, precision, short_names=short_names, **options)
+    step("checking the graph (onnx.checker) and that no weight is stored twice")
     _prove_invariants(proto)
 
     parity = None
     if verify:  # over 2 GiB the large weights go to onnxruntime beside the graph (open_proto_session)
+        step(f"checking parity against Keras at batch sizes {list(batch_sizes)}")
         parity = verify_parity(keras_model, proto, batch_sizes=batch_sizes, precision=precision,
                                input_spec=input_spec)
     threshold = EXTERNAL_DATA_THRESHOLD if external_threshold is None else external_threshold
+    step(f"writing {path}")
     saved = model_save.save_model(proto, path, force=force, threshold=threshold)
     if ort_path is not None:
         from tiedonnx.runtime.graph.ort_format import save_ort

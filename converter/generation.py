@@ -59,7 +59,8 @@ import numpy as np
 
 from tiedonnx.runtime.errors import ParityError, UsageError
 from tiedonnx.runtime.generation_folder import (
-    CONFIG_NAME, FORMAT_VERSION, MODEL_FILES, GenerationConfig, kv_input_names, kv_output_names)
+    CONFIG_NAME, FORMAT_VERSION, MODEL_FILES, GenerationConfig, check_folder_target, kv_input_names,
+    kv_output_names)
 
 logger = logging.getLogger(__name__)
 
@@ -274,16 +275,7 @@ def _resolve_lm(model, *, unsafe: bool, import_modules):
 @contextlib.contextmanager
 def _staging_folder(target: Path, *, force: bool):
     """Build the folder beside ``target`` and publish it in one rename; a failure leaves ``target`` as it was."""
-    if target.exists() or target.is_symlink():
-        if not force:
-            from tiedonnx.runtime.errors import OutputExistsError
-
-            raise OutputExistsError(f"Output folder exists: {str(target)!r}. Pass force=True (CLI: --force) "
-                                    "to replace it, or choose another folder.")
-        if not target.is_dir() or target.is_symlink():
-            raise UsageError(f"Output {str(target)!r} exists and is not a folder; choose another path.")
-    if not target.parent.is_dir():
-        raise UsageError(f"The folder for {str(target)!r} does not exist. Create {str(target.parent)!r} first.")
+    check_folder_target(target, force=force)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tiedonnx-", dir=target.parent))
     try:
         yield staging

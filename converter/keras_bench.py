@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-from tiedonnx.runtime.bench import median_seconds
+from tiedonnx.runtime.timing import timed
 
 from .keras_io import load_keras_model
 from .tf_convert import check_numeric_inputs, input_specs
@@ -28,13 +30,13 @@ class KerasTimer:
     def _numpy(self, value):
         return self._tf.nest.map_structure(lambda t: np.asarray(t), value)
 
-    def time(self, feeds, *, min_time: float) -> tuple[float, float]:
+    def timers(self, feeds, *, min_time: float) -> dict[str, Callable[[], float]]:
+        """The compiled call and ``predict``, each a timer for :func:`tiedonnx.runtime.timing.interleave`."""
         x = self._arg(feeds)
         batch = next(iter(feeds.values())).shape[0]
-        call = median_seconds(lambda: self._numpy(self._call(x)), min_time=min_time)
-        predict = median_seconds(lambda: self.model.predict(x, batch_size=batch, verbose=0),
-                                 min_time=min_time, min_calls=3)
-        return call, predict
+        return {"keras call": timed(lambda: self._numpy(self._call(x)), min_time=min_time),
+                "keras predict": timed(lambda: self.model.predict(x, batch_size=batch, verbose=0),
+                                       min_time=min_time, min_calls=1)}
 
     def max_abs_diff(self, feeds, outputs: dict[str, np.ndarray]) -> float:
         ref = self._tf.nest.flatten(self._numpy(self._call(self._arg(feeds))))

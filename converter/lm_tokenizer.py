@@ -28,11 +28,11 @@ def load_preset(path: Path):
     Raises:
         UsageError: the directory is not a KerasHub causal-LM preset, or keras-hub is missing.
     """
-    from tiedonnx.runtime.errors import UsageError
+    from tiedonnx.runtime.errors import ModelFileError, UsageError
 
     if not (path / "config.json").is_file():
-        raise UsageError(f"{str(path)!r} is a folder but not a KerasHub preset (no config.json). Pass a .keras "
-                         "file, or a folder written by `CausalLM.save_to_preset`.")
+        raise ModelFileError(f"{str(path)!r} is a folder but not a KerasHub preset (no config.json). Pass a .keras "
+                             "file, or a folder written by `CausalLM.save_to_preset`.")
     try:
         import keras_hub
     except ImportError:

@@ -1,8 +1,9 @@
 """Benchmarks measured side by side in one run: tiedonnx, Keras, numpy's sgemm.
 
-Every figure a report holds was measured in the same process and run as the
-figures it is compared with, so ratios hold on a busy machine too (each is
-still a median; rerun for error bars). The numpy sgemm figure is the practical
+Every figure a report holds was measured in the same run as the figures it is
+compared with, interleaved round by round (:mod:`tiedonnx.runtime.timing`):
+each is the median over rounds, each row carries the spread of its rounds, and
+the report says when rounds disagreed (a busy machine). The numpy sgemm figure is the practical
 ceiling: the same matrix products the model does, at the same batch size,
 through numpy's BLAS.
 
@@ -13,13 +14,12 @@ this module never imports TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 from dataclasses import asdict, dataclass, field
@@ -28,6 +28,7 @@ import numpy as np
 
 from .errors import UsageError
 from .options import check_positive_int
+from .timing import DEFAULT_ROUNDS, Rounds, interleave, timed, window
 
 logger = logging.getLogger(__name__)
 
@@ -36,16 +37,11 @@ def median_seconds(fn: Callable[[], object], *, min_time: float = 0.25, min_call
                    max_calls: int = 20000) -> float:
     """Median wall time of ``fn()`` over at least ``min_calls`` calls and ``min_time`` s.
 
-    One untimed warm-up call comes first (session arenas, tracing).
+    One untimed warm-up call comes first (session arenas, tracing). One window of
+    :func:`tiedonnx.runtime.timing.window`; compare contenders with
+    :func:`~tiedonnx.runtime.timing.interleave` instead of one window each.
     """
-    fn()
-    times: list[float] = []
-    deadline = time.perf_counter() + min_time
-    while len(times) < min_calls or (time.perf_counter() < deadline and len(times) < max_calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return window(fn, min_time=min_time, min_calls=min_calls, max_calls=max_calls, warmup=1)
 
 
 def matmul_shapes(proto) -> list[tuple[int, int]] | None:
@@ -70,9 +66,8 @@ def matmul_shapes(proto) -> list[tuple[int, int]] | None:
     return shapes or None
 
 
-def numpy_sgemm_seconds(shapes: Sequence[tuple[int, int]], batch: int, *,
-                        min_time: float = 0.25, seed: int = 0) -> float:
-    """Median time of the same float32 matrix products through numpy's BLAS."""
+def numpy_sgemm_call(shapes: Sequence[tuple[int, int]], batch: int, *, seed: int = 0) -> Callable[[], None]:
+    """The model's float32 matrix products at ``batch`` rows, through numpy's BLAS."""
     rng = np.random.default_rng(seed)
     pairs = [(rng.random((batch, k), dtype=np.float32), rng.random((k, n), dtype=np.float32))
              for k, n in shapes]
@@ -81,7 +76,13 @@ def numpy_sgemm_seconds(shapes: Sequence[tuple[int, int]], batch: int, *,
         for a, b in pairs:
             a @ b
 
-    return median_seconds(products, min_time=min_time)
+    return products
+
+
+def numpy_sgemm_seconds(shapes: Sequence[tuple[int, int]], batch: int, *,
+                        min_time: float = 0.25, seed: int = 0) -> float:
+    """Median time of the same float32 matrix products through numpy's BLAS."""
+    return median_seconds(numpy_sgemm_call(shapes, batch, seed=seed), min_time=min_time)
 
 
 @dataclass
@@ -94,6 +95,7 @@ class BenchRow:
     numpy_gflops: float | None = None
     keras_call_s: float | None = None
     keras_predict_s: float | None = None
+    spread: dict = field(default_factory=dict)  # contender -> slowest round / fastest round
 
     @property
     def samples_per_s(self) -> float:
@@ -127,6 +129,8 @@ class BenchReport:
     flops_per_row: int | None
     rows: list[BenchRow] = field(default_factory=list)
     keras_max_abs_diff: float | None = None
+    rounds: int = DEFAULT_ROUNDS
+    timing_note: str = ""  # one line per batch whose rounds disagreed (a busy machine)
 
     def as_dict(self) -> dict:
         data = asdict(self)
@@ -137,30 +141,58 @@ class BenchReport:
         return json.dumps(self.as_dict(), indent=2)
 
 
-def numpy_sgemm_seconds_clean(shapes: Sequence[tuple[int, int]], batch: int, *,
-                              min_time: float = 0.25, seed: int = 0) -> float:
-    """:func:`numpy_sgemm_seconds` in a fresh Python process.
+_NUMPY_WORKER = """
+import json, sys
+from tiedonnx.runtime.bench import numpy_sgemm_seconds
+for line in sys.stdin:
+    a = json.loads(line)
+    print(numpy_sgemm_seconds([tuple(s) for s in a["shapes"]], a["batch"], min_time=a["min_time"],
+                              seed=a["seed"]), flush=True)
+"""
+
+
+class CleanNumpy:
+    """numpy's sgemm timed in a separate Python process, one window per request.
 
     Used when TensorFlow is loaded in this one: its thread pools share the
     cores with numpy's BLAS threads and made the reference 1,000x slower
-    (0.14 GFLOP/s instead of 139 on the 784-256 model, 2 cores).
+    (0.14 GFLOP/s instead of 139 on the 784-256 model, 2 cores). One process
+    serves every round, so the reference interleaves with the other contenders
+    without a Python start-up per window. Use as a context manager.
     """
-    code = ("import json, sys; from tiedonnx.runtime.bench import numpy_sgemm_seconds as f; "
-            "a = json.loads(sys.argv[1]); "
-            "print(f([tuple(s) for s in a['shapes']], a['batch'], min_time=a['min_time'], seed=a['seed']))")
-    arg = json.dumps({"shapes": [list(s) for s in shapes], "batch": batch, "min_time": min_time,
-                      "seed": seed})
-    proc = subprocess.run([sys.executable, "-c", code, arg], capture_output=True, text=True,
-                          check=False)
-    if proc.returncode != 0:
-        raise UsageError(f"The numpy reference failed in a subprocess: {proc.stderr.strip()[-300:]}")
-    return float(proc.stdout.strip().splitlines()[-1])
+
+    def __enter__(self) -> CleanNumpy:
+        self._proc = subprocess.Popen([sys.executable, "-c", _NUMPY_WORKER], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._proc.stdin.close()
+        self._proc.wait()
+
+    def timer(self, shapes: Sequence[tuple[int, int]], batch: int, *, min_time: float,
+              seed: int = 0) -> Callable[[], float]:
+        """A timer for :func:`~tiedonnx.runtime.timing.interleave`."""
+        request = json.dumps({"shapes": [list(s) for s in shapes], "batch": batch,
+                              "min_time": min_time, "seed": seed}) + "\n"
+
+        def measure() -> float:
+            self._proc.stdin.write(request)
+            self._proc.stdin.flush()
+            answer = self._proc.stdout.readline()
+            if not answer:
+                raise UsageError(f"The numpy reference failed in a subprocess: "
+                                 f"{self._proc.stderr.read().strip()[-300:]}")
+            return float(answer)
+
+        return measure
 
 
 class KerasReference(Protocol):
     """The Keras side of a benchmark (see ``tiedonnx.converter.keras_bench.KerasTimer``)."""
 
-    def time(self, feeds: dict[str, np.ndarray], *, min_time: float) -> tuple[float, float]: ...
+    def timers(self, feeds: dict[str, np.ndarray], *, min_time: float) -> dict[str, Callable[[], float]]:
+        """``{"keras call": timer, "keras predict": timer}`` for :func:`~tiedonnx.runtime.timing.interleave`."""
 
     def max_abs_diff(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> float: ...
 
@@ -168,7 +200,7 @@ class KerasReference(Protocol):
 def bench_model(path: str | os.PathLike, *, batch_sizes: Sequence[int] = (1, 64, 1024),
                 keras: KerasReference | None = None, providers="auto",
                 memory: str = "fast", threads: int | None = None,
-                min_time: float = 0.25, seed: int = 0) -> BenchReport:
+                min_time: float = 0.25, rounds: int = DEFAULT_ROUNDS, seed: int = 0) -> BenchReport:
     """Median latency, throughput and GFLOP/s per batch size, with Keras and numpy beside.
 
     Args:
@@ -178,7 +210,10 @@ def bench_model(path: str | os.PathLike, *, batch_sizes: Sequence[int] = (1, 64,
             ``tf.function`` call and ``predict``); the numpy reference then runs
             in a clean subprocess, away from TensorFlow's threads.
         providers, memory, threads: as for :func:`tiedonnx.runtime.load`.
-        min_time: seconds spent timing each figure at least.
+        min_time: seconds spent timing each figure at least, over all its rounds.
+        rounds: every contender (tiedonnx, numpy, Keras) is timed once per round,
+            the order rotated (:func:`tiedonnx.runtime.timing.interleave`); each
+            figure is the median over rounds.
 
     Raises:
         UsageError: empty or non-positive batch sizes, or an input with a
@@ -191,29 +226,50 @@ def bench_model(path: str | os.PathLike, *, batch_sizes: Sequence[int] = (1, 64,
         raise UsageError("batch_sizes is empty. Pass at least one positive integer, e.g. (1, 64).")
     for batch in batch_sizes:
         check_positive_int("batch_sizes[i]", batch)
+    check_positive_int("rounds", rounds)
     model = load(path, providers=providers, memory=memory, threads=threads)
     from .graph.ort_format import is_ort_file
 
     # An .ort file holds no ONNX graph to count FLOPs in: no GFLOP/s, no numpy reference.
     shapes = None if is_ort_file(path) else matmul_shapes(read_model(path).proto)
     flops_per_row = sum(2 * k * n for k, n in shapes) if shapes else None
-    report = BenchReport(str(path), model.providers, memory, flops_per_row)
+    report = BenchReport(str(path), model.providers, memory, flops_per_row, rounds=rounds)
     rng = np.random.default_rng(seed)
-    for batch in batch_sizes:
-        feeds = synthetic_inputs(model.inputs, int(batch), rng)
-        row = BenchRow(int(batch), median_seconds(lambda: model.run(feeds), min_time=min_time))
-        if shapes:
-            row.gflops = flops_per_row * batch / row.tiedonnx_s / 1e9
-            sgemm = numpy_sgemm_seconds if keras is None else numpy_sgemm_seconds_clean
-            np_s = sgemm(shapes, int(batch), min_time=min_time, seed=seed)
-            row.numpy_gflops = flops_per_row * batch / np_s / 1e9
-        if keras is not None:
-            row.keras_call_s, row.keras_predict_s = keras.time(feeds, min_time=min_time)
-            diff = keras.max_abs_diff(feeds, model.run(feeds))
-            report.keras_max_abs_diff = max(diff, report.keras_max_abs_diff or 0.0)
-        report.rows.append(row)
-        logger.info("bench batch %d: %.1f us", batch, row.tiedonnx_s * 1e6)
+    window_s = min_time / rounds  # each figure is timed min_time in all, over its rounds
+    notes = []
+    with contextlib.ExitStack() as stack:
+        clean = stack.enter_context(CleanNumpy()) if keras is not None and shapes else None
+        for batch in batch_sizes:
+            feeds = synthetic_inputs(model.inputs, int(batch), rng)
+            timers = {"tiedonnx": timed(lambda: model.run(feeds), min_time=window_s)}
+            if shapes:
+                timers["numpy"] = (clean.timer(shapes, int(batch), min_time=window_s, seed=seed) if clean
+                                   else timed(numpy_sgemm_call(shapes, int(batch), seed=seed),
+                                              min_time=window_s))
+            if keras is not None:
+                timers.update(keras.timers(feeds, min_time=window_s))
+            measured = interleave(timers, rounds=rounds)
+            report.rows.append(_row(int(batch), measured, flops_per_row))
+            if keras is not None:
+                diff = keras.max_abs_diff(feeds, model.run(feeds))
+                report.keras_max_abs_diff = max(diff, report.keras_max_abs_diff or 0.0)
+            if measured.warning():
+                notes.append(f"batch {batch}: {measured.warning()}")
+            logger.info("bench batch %d: %.1f us", batch, report.rows[-1].tiedonnx_s * 1e6)
+    report.timing_note = "; ".join(notes)
     return report
+
+
+def _row(batch: int, measured: Rounds, flops_per_row: int | None) -> BenchRow:
+    """A :class:`BenchRow` from one batch size's interleaved rounds."""
+    median = {name: measured.median(name) for name in measured.seconds}
+    row = BenchRow(batch, median["tiedonnx"], keras_call_s=median.get("keras call"),
+                   keras_predict_s=median.get("keras predict"),
+                   spread={name: round(measured.spread(name), 3) for name in measured.seconds})
+    if flops_per_row:
+        row.gflops = flops_per_row * batch / row.tiedonnx_s / 1e9
+        row.numpy_gflops = flops_per_row * batch / median["numpy"] / 1e9
+    return row
 
 
 def synthetic_inputs(specs, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -52,9 +52,22 @@ def _command_module(name: str):
     return importlib.import_module(f"tiedonnx.runtime.commands.{name}")
 
 
+def version() -> str:
+    """The installed distribution's version (package metadata), e.g. ``"0.1.0"``."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("tiedonnx")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        from . import __version__
+
+        return f"{__version__} (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tiedonnx",
                      description="Tied-weight Keras models to small, verified ONNX deployments.")
+    parser.add_argument("--version", action="version", version=f"tiedonnx {version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more output: -v info logs, TensorFlow's own logs and tracebacks of "
                              "internal errors; -vv debug logs")

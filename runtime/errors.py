@@ -84,11 +84,14 @@ class MissingExtraError(UsageError, ImportError):
     ``convert`` extra fails the way Python users expect, with the install hint.
     """
 
-    def __init__(self, what: str, extra: str, module: str | None = None):
+    def __init__(self, what: str, extra: str | tuple[str, ...], module: str | None = None):
+        extras = (extra,) if isinstance(extra, str) else tuple(extra)
+        names = ",".join(extras)
         missing = f" ({module} is not installed)" if module else ""
-        super().__init__(f"{what} needs the [{extra}] extra{missing}. "
-                         f"Install it with: pip install 'tiedonnx[{extra}]'")
-        self.extra = extra
+        # tiedonnx is installed from its checkout (it is not on PyPI): name the command that works.
+        super().__init__(f"{what} needs the [{names}] extra{'s' if len(extras) > 1 else ''}{missing}. "
+                         f"Install from the tiedonnx checkout with: pip install -e \".[{names}]\"")
+        self.extra = names
 
 
 class ParityError(TiedOnnxError, RuntimeError):

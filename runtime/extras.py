@@ -39,9 +39,10 @@ def require(*extras: str, what: str) -> None:
         what: who needs it, for the message (``"tiedonnx export"``).
 
     Raises:
-        MissingExtraError: with ``pip install 'tiedonnx[EXTRA]'`` in its message.
+        MissingExtraError: naming every extra the caller needs (so one install
+            command is enough) and the first missing module.
     """
-    for extra in extras:
-        module = missing_module(extra)
-        if module is not None:
-            raise MissingExtraError(what, extra, module)
+    missing = {extra: missing_module(extra) for extra in extras}
+    first = next((module for module in missing.values() if module is not None), None)
+    if first is not None:
+        raise MissingExtraError(what, extras, first)

@@ -27,6 +27,29 @@ SAMPLERS = ("greedy", "top_k", "top_p")
 _MAX_LAYERS, _MAX_HEADS, _MAX_DIM, _MAX_VOCAB = 4096, 4096, 65536, 10_000_000
 
 
+def check_folder_target(target: str | os.PathLike, *, force: bool) -> Path:
+    """Refuse a generation folder's output path before any work (the converter checks it again).
+
+    Raises:
+        OutputExistsError: something is there and ``force`` is False.
+        UsageError: it is not a folder, or its parent does not exist.
+    """
+    from .errors import OutputExistsError, UsageError
+
+    target = Path(target)
+    if str(target) in ("", "."):
+        raise UsageError("The output folder is empty or '.'. Name a new folder, e.g. -o lm-gen.")
+    if target.exists() or target.is_symlink():
+        if not force:
+            raise OutputExistsError(f"Output folder exists: {str(target)!r}. Pass force=True (CLI: --force) "
+                                    "to replace it, or choose another folder.")
+        if not target.is_dir() or target.is_symlink():
+            raise UsageError(f"Output {str(target)!r} exists and is not a folder; choose another path.")
+    if not target.parent.is_dir():
+        raise UsageError(f"The folder for {str(target)!r} does not exist. Create {str(target.parent)!r} first.")
+    return target
+
+
 def kv_input_names(num_layers: int) -> list[str]:
     """``past_key_values.{i}.key``, ``past_key_values.{i}.value`` for each layer, in order."""
     return [f"past_key_values.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]

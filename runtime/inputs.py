@@ -238,15 +238,8 @@ def load_array_file(path: str | os.PathLike) -> np.ndarray | dict[str, np.ndarra
     Raises:
         InputError: missing file, unknown suffix, or not a readable numpy file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"Input file not found: {str(path)!r}. Check the path.")
+    path = check_array_file(path)
     suffix = path.suffix.lower()
-    if suffix not in (".npy", ".npz"):
-        raise InputError(
-            f"Input file must be .npy or .npz; received {str(path)!r}. Save it with np.save."
-        )
-    _check_magic(path, suffix)
     try:
         with np.errstate(all="raise"):  # thread-local, unlike warnings.catch_warnings
             if suffix == ".npy":
@@ -263,6 +256,27 @@ def load_array_file(path: str | os.PathLike) -> np.ndarray | dict[str, np.ndarra
             f"Could not read {str(path)!r} as a numpy {suffix} file ({short_error(exc)}). "
             "Object arrays and corrupt files are refused; save plain numeric arrays with np.save."
         ) from None
+
+
+def check_array_file(path: str | os.PathLike) -> Path:
+    """Refuse a path that is not an existing ``.npy``/``.npz`` file, without reading its data.
+
+    Returns:
+        The path, as a :class:`~pathlib.Path`.
+
+    Raises:
+        InputError: missing file, unknown suffix, or not numpy's format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"Input file not found: {str(path)!r}. Check the path.")
+    suffix = path.suffix.lower()
+    if suffix not in (".npy", ".npz"):
+        raise InputError(
+            f"Input file must be .npy or .npz; received {str(path)!r}. Save it with np.save."
+        )
+    _check_magic(path, suffix)
+    return path
 
 
 # What every file np.save / np.savez writes starts with.
@@ -285,11 +299,26 @@ def _check_magic(path: Path, suffix: str) -> None:
         )
 
 
+#: The key ``np.savez(path, x)`` gives an array passed without a name.
+UNNAMED_KEY = "arr_0"
+
+
 def match_archive(arrays: dict[str, np.ndarray], specs: tuple[TensorSpec, ...]):
     """Map an ``.npz``'s arrays to the model's inputs.
 
-    A one-array archive feeds a one-input model whatever its key (``arr_0``).
+    A one-array archive feeds a one-input model when its key is the input's
+    name or ``arr_0`` (an array saved without a name, ``np.savez(path, x)``);
+    any other key is a mistake the README promises to refuse.
+
+    Raises:
+        InputError: a one-array archive whose key names no input of a one-input model.
     """
     if len(arrays) == 1 and len(specs) == 1:
-        return next(iter(arrays.values()))
+        (key, array), name = next(iter(arrays.items())), specs[0].name
+        if key not in (name, UNNAMED_KEY):
+            raise InputError(
+                f"The .npz holds an array named {key!r}, but the model's input is {name!r}. "
+                f"Save it under the input's name (np.savez(path, **{{{name!r}: x}})) or without "
+                f"a name (np.savez(path, x), key {UNNAMED_KEY!r}).")
+        return array
     return arrays

@@ -72,7 +72,8 @@ def resolve_providers(providers: ProviderArg, *, available: Sequence[str] | None
         raise ProviderError(
             f"Execution provider {missing} was asked for but is not available in this "
             f"onnxruntime install (available: {available}). For CUDA, replace the CPU wheel "
-            "with onnxruntime-gpu (README, Deployment: GPU), or pass providers='auto' or 'cpu'."
+            "with onnxruntime-gpu (README, Deployment: GPU), or pass providers='auto' (CLI: --provider auto) "
+            "or providers='cpu' (CLI: --provider cpu)."
         )
     return chosen, required
 
@@ -318,7 +319,7 @@ class TiedModel:
                 f"Execution provider {inactive} was asked for but is not active after session "
                 f"creation (active: {self.providers}); onnxruntime could not initialize it "
                 "(check the CUDA/cuDNN install). Refusing to fall back silently; pass "
-                "providers='auto' to allow it."
+                "providers='auto' (CLI: --provider auto) to allow it."
             )
         if auto:
             logger.info("providers='auto': running %s on %s", self.path, self.providers[0])

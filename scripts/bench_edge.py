@@ -17,7 +17,7 @@ held-out images against the Keras fp32 model. Throughput is samples/s,
 the median of ``--repeats`` timed windows per batch size. "session MB" is the
 RSS growth of a fresh process over onnxruntime session creation (median of 3).
 
-Fairness (scripts/settle.py): onnxruntime and LiteRT run with the same
+Fairness (tiedonnx.runtime.timing): onnxruntime and LiteRT run with the same
 ``--threads`` (default: the CPUs this process may use), passed explicitly to
 both (``intra_op_num_threads``, ``num_threads``: LiteRT's own default is one
 thread); every contender's windows start after a sleep so the previous one's
@@ -44,7 +44,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 from machine import describe  # noqa: E402  (scripts/ is on sys.path)
-from settle import settle  # noqa: E402
+from tiedonnx.runtime.timing import settle  # noqa: E402
 
 BATCHES = (1, 64, 256, 1024)
 INT4_ROWS = [("tiedonnx int4", {}), ("tiedonnx int4 symmetric", {"symmetric": True}),

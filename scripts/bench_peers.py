@@ -9,7 +9,12 @@ plain Keras model converted to LiteRT fp32 and dynamic-range int8 (the TFLite
 converter stores the tie twice; it needs TensorFlow); the fp32 ``.onnx`` run by
 OpenVINO's own runtime with ``INFERENCE_PRECISION_HINT`` f32 and bf16.
 
-Fairness (scripts/settle.py): every runtime gets ``--threads`` threads
+Peers come from the ``bench`` extra (``pip install -e ".[bench]"``: LiteRT's
+``ai-edge-litert``; TensorFlow's converter writes the ``.tflite`` files, and
+TensorFlow 2.21 no longer ships ``tf.lite.Interpreter``). A peer that is not
+installed is one line on stderr; the others are measured.
+
+Fairness (tiedonnx.runtime.timing): every runtime gets ``--threads`` threads
 (onnxruntime ``intra_op_num_threads``, LiteRT ``num_threads``, OpenVINO
 ``INFERENCE_NUM_THREADS``); each timed window starts after a sleep so the last
 contender's spinning threads have stopped; rounds are interleaved with the
@@ -41,14 +46,22 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from machine import describe  # noqa: E402  (scripts/ is on sys.path)
-from settle import best, interleaved, ratio  # noqa: E402
 
 from tiedonnx.runtime import load  # noqa: E402
 from tiedonnx.runtime._term import format_table  # noqa: E402
 from tiedonnx.runtime.graph.quantize import to_precision  # noqa: E402
 from tiedonnx.runtime.testing import tied_autoencoder, tied_autoencoder_reference, tied_autoencoder_weights  # noqa: E402
+from tiedonnx.runtime.timing import Rounds, interleave, timed  # noqa: E402
 
 FEATURES, HIDDEN, SCALE = 784, 256, 0.05
+_SAID: set[str] = set()
+
+
+def say_missing(line: str) -> None:
+    """A missing peer, in one stderr line, once per run."""
+    if line not in _SAID:
+        _SAID.add(line)
+        print(line, file=sys.stderr)
 
 
 def build_onnx(folder: Path) -> dict[str, Path]:
@@ -60,13 +73,26 @@ def build_onnx(folder: Path) -> dict[str, Path]:
     return paths
 
 
+def litert_interpreter():
+    """LiteRT's Interpreter class, or None after one line saying what to install."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        say_missing('LiteRT: ai-edge-litert is not installed (pip install -e ".[bench]"); no LiteRT rows')
+        return None
+    return Interpreter
+
+
 def build_litert(folder: Path) -> dict[str, Path]:
-    """The same weights as a plain Keras model, converted by the TFLite converter ({} without TF)."""
+    """The same weights as a plain Keras model, converted by the TFLite converter ({} without TF or LiteRT)."""
+    if litert_interpreter() is None:
+        return {}
     try:
         import keras
         import tensorflow as tf
     except ImportError as exc:
-        print(f"TensorFlow not available ({exc}); no LiteRT rows", file=sys.stderr)
+        say_missing(f"LiteRT: TensorFlow is not installed ({exc}; pip install -e \".[convert]\"), it "
+                    "converts the .tflite files; no LiteRT rows")
         return {}
     w = tied_autoencoder_weights(FEATURES, HIDDEN, weight_scale=SCALE, bias_scale=0.0)
     x = keras.Input((FEATURES,), name="x")
@@ -86,10 +112,8 @@ def build_litert(folder: Path) -> dict[str, Path]:
 
 
 def litert_runner(path: Path, threads: int, x: np.ndarray):
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:  # TensorFlow's copy (deprecated there)
-        from tensorflow.lite import Interpreter
+    from ai_edge_litert.interpreter import Interpreter
+
     interp = Interpreter(model_path=str(path), num_threads=threads)
     index = interp.get_input_details()[0]["index"]
     interp.resize_tensor_input(index, list(x.shape))
@@ -108,7 +132,7 @@ def openvino_runners(path: Path, threads: int, x: np.ndarray) -> dict:
     try:
         import openvino as ov
     except ImportError as exc:
-        print(f"openvino not installed ({exc}); no OpenVINO rows", file=sys.stderr)
+        say_missing(f"OpenVINO: openvino is not installed ({exc}; pip install openvino); no OpenVINO rows")
         return {}
     core = ov.Core()
     runners = {}
@@ -200,9 +224,9 @@ def openvino_ep(python: str, path: Path, threads: int, batches: list[int], round
           f"active providers {data['active']}), same {threads} threads, us per call:")
     rows = []
     for batch, medians in data["batches"].items():
-        cpu = medians["ORT CPU EP"]
-        rows.append([int(batch)] + [1e6 * best(medians, k) for k in medians]
-                    + [ratio(medians, k, "ORT CPU EP") for k in list(medians)[1:]])
+        rounds = Rounds({k: tuple(v) for k, v in medians.items()})
+        rows.append([int(batch)] + [1e6 * rounds.median(k) for k in medians]
+                    + [rounds.ratio(k, "ORT CPU EP") for k in list(medians)[1:]])
     names = list(next(iter(data["batches"].values())))
     print(format_table(["batch", *names, *[f"{n} / CPU EP" for n in names[1:]]], rows))
 
@@ -227,8 +251,9 @@ def main() -> int:
         for batch in batches:
             x = np.random.default_rng(batch).random((batch, FEATURES), dtype=np.float32)
             runners = contenders(onnx_paths, tflite_paths, args.threads, x)
-            rounds = interleaved(runners, rounds=args.rounds, calls=max(5, 3000 // batch),
-                                 warmup=max(3, 300 // batch))
+            timers = {n: timed(fn, min_calls=max(5, 3000 // batch), warmup=max(3, 300 // batch))
+                      for n, fn in runners.items()}
+            rounds = interleave(timers, rounds=args.rounds)
             rows.append((batch, rounds))
             del runners
         _print_results(rows)
@@ -237,15 +262,20 @@ def main() -> int:
     return 0
 
 
-def _print_results(rows) -> None:
-    names = list(rows[0][1])
+def _print_results(rows: list[tuple[int, Rounds]]) -> None:
+    names = list(rows[0][1].seconds)
     print(format_table(["contender", *[f"batch {b}" for b, _ in rows]],
-                       [[n, *[1e6 * best(r, n) for _, r in rows]] for n in names]))
+                       [[n, *[1e6 * r.median(n) for _, r in rows]] for n in names]))
+    print("spread (slowest / fastest round): " + "; ".join(
+        f"batch {b}: {max(r.spread(n) for n in names):.2f}x" for b, r in rows))
+    for batch, r in rows:
+        if r.warning():
+            print(f"batch {batch}: {r.warning()}")
     pairs = [("tiedonnx fp32", "raw onnxruntime fp32"), ("tiedonnx int8", "raw onnxruntime int8"),
              ("tiedonnx int8", "LiteRT int8"), ("raw onnxruntime int8", "LiteRT int8"),
              ("tiedonnx fp32", "LiteRT fp32"), ("OpenVINO f32", "tiedonnx fp32"),
              ("OpenVINO bf16", "tiedonnx fp32")]
-    table = [[f"{a} / {b}", *[ratio(r, a, b) for _, r in rows]] for a, b in pairs if a in names and b in names]
+    table = [[f"{a} / {b}", *[r.ratio(a, b) for _, r in rows]] for a, b in pairs if a in names and b in names]
     print("\nratios (within each round, median over rounds; < 1: the first is faster)")
     print(format_table(["ratio", *[f"batch {b}" for b, _ in rows]], table))
 

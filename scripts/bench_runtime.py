@@ -15,7 +15,7 @@ Targets, each printed as a ratio of figures measured side by side here:
   lean int8: <= 1.5x fast int8 at batch 1
 
 Timed comparisons between sessions settle between contenders and interleave
-rounds (scripts/settle.py); comparisons within one session alternate call by
+rounds (tiedonnx.runtime.timing); comparisons within one session alternate call by
 call and take the median of paired ratios.
 """
 

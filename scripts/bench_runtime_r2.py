@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from settle import interleaved, ratio
 
 from tiedonnx.runtime import load
 from tiedonnx.runtime.graph.ort_format import save_ort
 from tiedonnx.runtime.graph.quantize import to_precision
 from tiedonnx.runtime.testing import tied_autoencoder
+from tiedonnx.runtime.timing import interleave, timed
 
 # RSS growth of a fresh process over session creation alone (no run), every
 # import done before the baseline. ", warm": the process loaded a tiny model
@@ -89,9 +89,11 @@ def ort_vs_onnx(folder: Path, *, threads: int | None, rounds: int) -> dict[str, 
         x = np.random.default_rng(batch).random((batch, 784), dtype=np.float32)
         runners = {f"{p} {kind}": (lambda m=m: m.run(x)) for p, pair in models.items()
                    for kind, m in pair.items()}
-        times = interleaved(runners, rounds=rounds, calls=max(5, 2000 // batch), warmup=20)
+        calls = max(5, 2000 // batch)
+        times = interleave({n: timed(fn, min_calls=calls, warmup=20) for n, fn in runners.items()},
+                           rounds=rounds)
         for precision in models:
-            out.setdefault(precision, {})[batch] = ratio(times, f"{precision} .ort", f"{precision} .onnx")
+            out.setdefault(precision, {})[batch] = times.ratio(f"{precision} .ort", f"{precision} .onnx")
     return out
 
 
@@ -106,8 +108,9 @@ def lean_int8(folder: Path, *, threads: int | None, rounds: int) -> dict[str, fl
         for memory in ("fast", "lean"):
             model = load(path, providers="cpu", memory=memory, threads=threads)
             runners[f"{precision} {memory}"] = lambda m=model: m.run(x)
-    times = interleaved(runners, rounds=rounds, calls=2000, warmup=50)
-    out = {name: statistics.median(t) for name, t in times.items()}
+    times = interleave({n: timed(fn, min_calls=2000, warmup=50) for n, fn in runners.items()},
+                       rounds=rounds)
+    out = {name: times.median(name) for name in runners}
     for precision in ("fp32", "int8"):
-        out[f"{precision} lean / fast"] = ratio(times, f"{precision} lean", f"{precision} fast")
+        out[f"{precision} lean / fast"] = times.ratio(f"{precision} lean", f"{precision} fast")
     return out

@@ -52,7 +52,12 @@ def test_export_inspect_verify(saved, tmp_path, capsys):
     assert info["untied_bytes"] - info["bytes"] == 64 * 16 * 4  # the W^T copy a plain exporter stores
 
     assert main(["verify", str(saved / "ae.keras"), str(out)]) == 0
-    assert "parity ok" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert said.startswith("parity ok on random inputs") and "pass --input X.npy" in said
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((4, 64), dtype=np.float32))
+    assert main(["verify", str(saved / "ae.keras"), str(out), "--input", str(tmp_path / "x.npy"),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["inputs"] == str(tmp_path / "x.npy")
     assert main(["verify", str(saved / "other.keras"), str(out)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("tiedonnx verify: error: ONNX model does not match Keras") and err.count("\n") == 1
@@ -66,6 +71,29 @@ def test_export_refuses_overwrite_without_force(saved, tmp_path, capsys):
     assert out.read_bytes() == b"keep me"
     assert main(["export", str(saved / "ae.keras"), "-o", str(out), "--force"]) == 0
     assert out.stat().st_size > 1000
+
+
+def test_export_prints_each_step_on_a_terminal_unless_quiet(saved, tmp_path, capsys, monkeypatch):
+    import re
+
+    out = tmp_path / "ae.onnx"
+    assert main(["export", str(saved / "ae.keras"), "-o", str(out), "--force"]) == 0
+    assert capsys.readouterr().err == ""  # not a terminal: the one result line, on stdout
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["export", str(saved / "ae.keras"), "-o", str(out), "--precision", "int8",
+                 "--force"]) == 0
+    console = capsys.readouterr()
+    lines = console.err.splitlines()
+    assert lines and all(re.match(r"\[ *\d+\.\ds\] ", line) for line in lines), console.err
+    steps = [line.split("] ", 1)[1] for line in lines if "... still" not in line]
+    expected = ["loading TensorFlow", "loading the Keras model", "converting with tf2onnx",
+                "storing each tie once", "converting weights to int8", "checking the graph",
+                "checking parity against Keras", f"writing {out}"]
+    assert [s for s, e in zip(steps, expected) if s.startswith(e)] == steps, steps
+    assert len(steps) == len(expected) and console.out.startswith(f"wrote {out}")
+    for quiet in ("-q", "--json"):
+        assert main(["export", str(saved / "ae.keras"), "-o", str(out), "--force", quiet]) == 0
+        assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("content, message", [

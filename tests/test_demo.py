@@ -54,6 +54,7 @@ def rendered_tables(markdown: str) -> list[list[list[str]]]:
     return _Tables(MarkdownIt("commonmark").enable("table").render(markdown)).tables
 
 
+@pytest.mark.slow  # trains, exports five files, benchmarks
 def test_demo_one_epoch(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--epochs", "1"]) == 0
@@ -81,8 +82,19 @@ def test_demo_one_epoch(tmp_path, capsys):
     assert by_name["tiedonnx int8"]["max_abs_vs_keras"] <= 0.15
     # int4 after one epoch: measured 0.047 (30 epochs, scripts/bench_edge.py: 0.132).
     assert by_name["tiedonnx int4"]["max_abs_vs_keras"] <= 0.3
-    for v in report["variants"]:  # every variant timed at both batch sizes
+    for v in report["variants"]:  # every variant timed at both batch sizes, with its rounds' range
         assert set(v["latency_us"]) == {"1", "256"} and min(v["latency_us"].values()) > 0
+        for batch, (fastest, slowest) in v["latency_range_us"].items():
+            assert fastest <= v["latency_us"][batch] <= slowest
+        # speed against plain tf2onnx, within rounds, for each tiedonnx file
+        assert set(v["x_vs_plain"]) == ({"1", "256"} if v["precision"] else set())
+    assert "Speed against plain tf2onnx" in console.out
+    assert ("noisy machine" in console.out) == bool(report["timing_note"])
+    if report["web_dir"]:
+        assert f"next: tiedonnx web --serve {out}/web" in console.out
+    else:  # the skip is said in one line, with what to install
+        (line,) = [x for x in console.out.splitlines() if "web/" in x and "not written" in x]
+        assert "npm install" in line and "--force" in line
 
     import matplotlib.image as mpimg
 
@@ -149,3 +161,20 @@ def test_report_table_renders_with_escaped_pipes(tmp_path):
                       "batch-256 rows/s"],
                      ["a | b", "-", "0", "0.50000", "2", "-"],
                      ["c", "1,234", "1e-07", "0.50000", "3", "1,000,000"]]
+
+
+def test_without_onnxruntime_web_the_demo_says_so_in_one_line(tmp_path, monkeypatch):
+    from tiedonnx.converter import demo
+    from tiedonnx.runtime.commands.demo import render
+    from tiedonnx.runtime.web import ort_web
+
+    def missing(prefix=None):
+        raise UsageError("onnxruntime-web 1.30.0 is not installed. Install it with: npm install x")
+
+    monkeypatch.setattr(ort_web, "dist_dir", missing)
+    report = demo.DemoReport(str(tmp_path), 1, 10, 5)
+    demo._write_web(tmp_path, report)
+    assert report.web_dir is None and not (tmp_path / "web").exists()
+    lines = render(report)
+    assert lines[-1] == report.web_note and "npm install x" in lines[-1] and "--force" in lines[-1]
+    assert not any("web --serve" in line for line in lines)  # no next step that cannot work

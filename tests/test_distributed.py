@@ -50,6 +50,7 @@ def files(tmp_path):
     }
 
 
+@pytest.mark.slow  # starts a local Ray cluster
 def test_ray_equals_single_process_in_row_order(ray_local, files, tmp_path):
     # 2500 rows in chunks of 512: four full chunks and a short last one.
     report = run_ray(files["two"], files["x_path"], tmp_path / "y.npz", batch_size=512)
@@ -69,6 +70,7 @@ def test_ray_equals_single_process_in_row_order(ray_local, files, tmp_path):
                                                           "y.npz"]
 
 
+@pytest.mark.slow  # starts a local Ray cluster
 def test_npy_output_force_and_lean_memory(ray_local, files, tmp_path):
     out = tmp_path / "y.npy"
     np.save(out, np.zeros(3))
@@ -83,6 +85,7 @@ def test_npy_output_force_and_lean_memory(ray_local, files, tmp_path):
     assert report.workers == 1 and report.chunks == 1
 
 
+@pytest.mark.slow  # starts a local Ray cluster
 def test_bad_rows_raise_input_error_and_leave_no_output(ray_local, files, tmp_path):
     x = files["x"].copy()
     x[1700, 5] = np.nan
@@ -123,7 +126,7 @@ def test_input_that_does_not_fit_is_refused_before_ray_starts(files, tmp_path):
 
 def test_without_ray_says_how_to_install(files, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
-    with pytest.raises(UsageError, match=r"pip install 'tiedonnx\[ray\]'"):
+    with pytest.raises(UsageError, match=r'pip install -e "\.\[ray\]"'):
         run_ray(files["one"], files["x_path"], tmp_path / "y.npy")
 
 

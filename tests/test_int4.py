@@ -298,6 +298,7 @@ def test_cli_export_passes_the_int4_flags(tmp_path, monkeypatch):
         raise UsageError("stop here")
 
     monkeypatch.setattr(export_module, "export", fake_export)
+    (tmp_path / "m.keras").write_bytes(b"never read: the fake export stops first")
     assert main(["export", str(tmp_path / "m.keras"), "-o", str(tmp_path / "m.onnx"), "--precision", "int4",
                  "--block-size", "64", "--no-symmetric"]) == 2
     assert (seen["precision"], seen["block_size"], seen["symmetric"]) == ("int4", 64, False)

@@ -37,7 +37,8 @@ from tiedonnx.runtime.graph.inspect import inspect_model  # noqa: E402
 from tiedonnx.runtime.graph.quantize import to_precision  # noqa: E402
 
 # Keras warns that a softmax over a single key is constant: true, and expected at length 1.
-pytestmark = pytest.mark.filterwarnings("ignore:You are using a softmax over axis")
+pytestmark = [pytest.mark.slow,  # builds and exports KerasHub language models
+              pytest.mark.filterwarnings("ignore:You are using a softmax over axis")]
 
 VOCAB, HIDDEN = 97, 16
 LENGTHS = (1, 7, 33)

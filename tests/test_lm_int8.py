@@ -124,6 +124,7 @@ def test_per_tensor_lookup_is_dequantized_with_the_one_scale(rng):
     assert np.abs(embedded - table).max() <= np.abs(table).max() / 128 * 1.01
 
 
+@pytest.mark.slow  # builds and exports a KerasHub language model
 @pytest.mark.filterwarnings("ignore:You are using a softmax over axis")
 def test_keras_hub_lm_per_channel_int8_shares_one_tensor_and_passes_parity(tmp_path):
     keras = pytest.importorskip("keras")
@@ -178,6 +179,7 @@ def test_reduce_range_is_int8_only_and_a_bool():
         to_precision(_lm_graph(_table()), "int8", reduce_range="no")
 
 
+@pytest.mark.slow  # builds and exports a KerasHub language model
 @pytest.mark.filterwarnings("ignore:You are using a softmax over axis")
 @pytest.mark.skipif(not _int8_vnni_or_arm(), reason="full-range int8 weights saturate on x86 without VNNI")
 def test_gemma_int8_passes_parity_per_channel_with_full_range_weights(tmp_path):

@@ -73,6 +73,7 @@ CLI_EXAMPLES: dict[str, list[str] | str] = {
     "demo": "tests/test_demo.py (trains for one epoch)",
     "web": "tests/test_web.py (needs chromium and onnxruntime-web)",
     "web --serve": "tests/test_web.py (serves on 127.0.0.1 for headless Chromium)",
+    "--version": "tests/test_runtime_cli.py (argparse prints it and exits)",
 }
 
 
@@ -123,3 +124,16 @@ def test_bash_blocks_marked_run_run(folder):
         proc = subprocess.run(["bash", "-euo", "pipefail", "-c", body], cwd=folder, env=env,
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, f"README bash block failed:\n{body}\n{proc.stderr[-2000:]}"
+
+
+def test_python_blocks_import_the_converter_before_keras():
+    """Pasted alone, a block that imports Keras first prints TensorFlow's C++ start-up lines
+    (8 on this machine for `import keras`, 13 for the LM block); tiedonnx.converter imports
+    TensorFlow with them hidden, so it comes first."""
+    heavy = ("keras", "keras_hub", "tensorflow")
+    for i, (_, code) in enumerate(_blocks("python")):
+        imported = [line.split()[1].split(".")[0] for line in code.splitlines()
+                    if line.startswith(("import ", "from "))]
+        first_heavy = next((k for k, name in enumerate(imported) if name in heavy), None)
+        if first_heavy is not None:
+            assert "tiedonnx" in imported[:first_heavy], f"python block {i} imports {imported}"

@@ -69,3 +69,30 @@ def test_bench_against_keras_measures_the_same_model(tmp_path):
     assert report.keras_max_abs_diff < 1e-6
     for row in report.rows:
         assert row.keras_call_s > 0 and row.keras_predict_s > 0
+
+
+def test_bench_interleaves_contenders_and_keeps_each_rounds_spread(tmp_path):
+    report = bench_model(save(tied_ae(), tmp_path / "ae.onnx"), batch_sizes=[2], min_time=0.02,
+                         rounds=3, providers="cpu")
+    (row,) = report.rows
+    assert report.rounds == 3 and set(row.spread) == {"tiedonnx", "numpy"}
+    assert all(s >= 1.0 for s in row.spread.values())
+
+
+def test_bench_figures_are_medians_over_rounds_and_disagreeing_rounds_are_flagged(tmp_path, monkeypatch):
+    import tiedonnx.runtime.bench as bench
+    from tiedonnx.runtime.timing import Rounds
+
+    # One burst in round 2 made both contenders 8x slower: the medians ignore it, the note says it.
+    scripted = Rounds({"tiedonnx": (1e-3, 8e-3, 1e-3), "numpy": (2e-3, 16e-3, 2e-3)})
+    monkeypatch.setattr(bench, "interleave", lambda timers, rounds: scripted)
+    report = bench_model(save(tied_ae(), tmp_path / "ae.onnx"), batch_sizes=[4], providers="cpu")
+    (row,) = report.rows
+    assert row.tiedonnx_s == 1e-3 and row.pct_of_numpy == 200.0
+    assert row.spread == {"tiedonnx": 8.0, "numpy": 8.0}
+    assert report.timing_note.startswith("batch 4: noisy machine:")
+
+
+def test_bench_rounds_must_be_positive(tmp_path):
+    with pytest.raises(UsageError, match=r"Received: rounds=0"):
+        bench_model(save(tied_ae(), tmp_path / "ae.onnx"), rounds=0)

@@ -152,7 +152,7 @@ def test_ray_flag_without_ray_is_a_usage_error_naming_the_extra(ae_path, x_path,
                                                                monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # as on an install without the [ray] extra
     assert main(["run", ae_path, "-i", x_path, "-o", str(tmp_path / "y.npy"), "--ray"]) == 2
-    assert "pip install 'tiedonnx[ray]'" in _only_line(capsys.readouterr().err)
+    assert 'pip install -e ".[ray]"' in _only_line(capsys.readouterr().err)
     assert not (tmp_path / "y.npy").exists()
 
 
@@ -193,3 +193,69 @@ def test_format_table_aligns_numbers_right():
     table = format_table(["name", "ms"], [["a", 1.5], ["long", 1234.0], ["c", None]])
     assert table.splitlines() == ["name     ms", "----  -----", "a      1.50",
                                   "long  1,234", "c       n/a"]
+
+
+def test_a_one_array_npz_under_another_name_is_refused(ae_path, tmp_path, rng, capsys):
+    x = rng.random((2, 8), dtype=np.float32)
+    np.savez(tmp_path / "x.npz", wrong=x)
+    out = tmp_path / "y.npz"
+    assert main(["run", ae_path, "-i", str(tmp_path / "x.npz"), "-o", str(out)]) == 2
+    line = _only_line(capsys.readouterr().err)
+    assert "array named 'wrong', but the model's input is 'x'" in line, line
+    assert not out.exists()
+    np.savez(tmp_path / "x.npz", x=x)  # under the input's name it runs
+    assert main(["run", ae_path, "-i", str(tmp_path / "x.npz"), "-o", str(out)]) == 0
+
+
+def test_a_missing_provider_is_named_in_cli_words(ae_path, x_path, tmp_path, capsys):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("CUDA is available here: --provider cuda is not refused")
+    assert main(["run", ae_path, "-i", x_path, "-o", str(tmp_path / "y.npy"), "--provider", "cuda"]) == 2
+    line = _only_line(capsys.readouterr().err)
+    assert "--provider auto" in line and "--provider cpu" in line and "providers=" not in line, line
+
+
+def test_version_is_the_installed_distributions(capsys):
+    from importlib import metadata
+
+    import tiedonnx.runtime
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"tiedonnx {metadata.version('tiedonnx')}\n"
+    assert tiedonnx.runtime.__version__ == metadata.version("tiedonnx")  # pyproject and __init__ agree
+
+
+def test_ort_refuses_an_output_name_onnxruntime_would_not_read_as_ort(ae_path, tmp_path, capsys):
+    out = tmp_path / "y.onnx2"
+    assert main(["ort", ae_path, "-o", str(out)]) == 2
+    line = _only_line(capsys.readouterr().err)
+    assert "must name an .ort file" in line and f"-o {tmp_path / 'y.ort'}" in line, line
+    assert not out.exists()
+
+
+def test_run_json_report(ae_path, x_path, tmp_path, capsys):
+    out = tmp_path / "y.npy"
+    assert main(["run", ae_path, "-i", x_path, "-o", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["output"] == str(out) and report["rows"] == 10 and report["outputs"] == {"y": [10, 8]}
+
+
+def test_inspect_drops_the_missing_git_hash_tf2onnx_writes(tmp_path, capsys):
+    import onnx
+
+    model = onnx.load(save(tied_ae(), tmp_path / "ae.onnx"))
+    model.producer_name, model.producer_version = "tf2onnx", "1.17.0 None"  # as tf2onnx 1.17 writes it
+    onnx.save(model, tmp_path / "p.onnx")
+    assert main(["inspect", str(tmp_path / "p.onnx")]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.endswith("producer tf2onnx 1.17.0"), first
+
+
+def test_triton_serve_command_has_no_placeholder(ae_path, tmp_path, capsys):
+    assert main(["triton", ae_path, str(tmp_path / "repo")]) == 0
+    serve = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("serve:"))
+    assert "<" not in serve and "nvcr.io/nvidia/tritonserver:${TRITON_TAG:-24.10}-py3" in serve

@@ -38,6 +38,8 @@ from tiedonnx.runtime.triton.local_server import (  # noqa: E402
     fetch_server,
 )
 
+pytestmark = pytest.mark.slow  # fetches and starts a real tritonserver
+
 #: Served (memory="lean", rows merged by the dynamic batcher) vs `tiedonnx run`
 #: (memory="fast", 4096-row chunks). Measured on this model: max 2.4e-7 (2 ulp
 #: near 1.0); lean's Gemm(transB) kernel sums in another order than the

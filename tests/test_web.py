@@ -265,6 +265,7 @@ RUN_IN_PAGE = """async ([url, rows, dims]) => {
 }"""
 
 
+@pytest.mark.slow  # headless Chromium
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", "int4"])
 def test_page_outputs_match_onnxruntime_python(demo_page, models, precision):
     x = np.random.default_rng(1).random((5, FEATURES), dtype=np.float32)
@@ -299,6 +300,7 @@ BAD_FEEDS = [
 ]
 
 
+@pytest.mark.slow  # headless Chromium
 @pytest.mark.parametrize(("feeds", "message"), BAD_FEEDS, ids=[
     "name", "rank", "feature-size", "data-length", "dtype", "two-problems", "nan", "empty",
     "ragged", "string"])
@@ -313,6 +315,7 @@ def test_bad_feeds_get_the_js_apis_clear_errors(demo_page, feeds, message):
     assert re.search(message, got["message"]), got["message"]
 
 
+@pytest.mark.slow  # headless Chromium
 def test_nonfinite_and_other_float_types_run_when_asked(demo_page):
     got = demo_page.evaluate("""async () => {
       const t = await import(new URL("tiedonnx.mjs", location.href).href);
@@ -326,6 +329,7 @@ def test_nonfinite_and_other_float_types_run_when_asked(demo_page):
     assert got == {"inf": [1, 64], "same": True}
 
 
+@pytest.mark.slow  # headless Chromium
 def test_missing_model_is_a_model_file_error(demo_page):
     got = demo_page.evaluate("""async () => {
       const t = await import(new URL("tiedonnx.mjs", location.href).href);
@@ -340,6 +344,7 @@ def _canvas_pixels(page, selector: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(page.locator(selector).screenshot())).convert("L"), float)
 
 
+@pytest.mark.slow  # headless Chromium
 def test_demo_draws_and_a_stroke_changes_every_reconstruction(demo_page, models):
     pytest.importorskip("PIL", reason="Pillow is needed to read the screenshot")
     before = {sel: _canvas_pixels(demo_page, sel) for sel in ("#pad", "#input", "#out-0", "#out-2")}
@@ -366,6 +371,7 @@ def test_demo_draws_and_a_stroke_changes_every_reconstruction(demo_page, models)
     np.testing.assert_allclose(np.float32(state1["y"])[None], expected, rtol=0, atol=PARITY_ATOL)
 
 
+@pytest.mark.slow  # headless Chromium
 @needs_chromium
 @needs_package
 def test_model_page_in_plain_headless_chromium_dump_dom(models, tmp_path):
@@ -384,6 +390,7 @@ def test_model_page_in_plain_headless_chromium_dump_dom(models, tmp_path):
     np.testing.assert_allclose(y, onnxruntime_outputs(models["fp16"], x), rtol=0, atol=PARITY_ATOL)
 
 
+@pytest.mark.slow  # headless Chromium
 def test_model_page_shows_signature_sizes_and_timing(browser, models, tmp_path):
     write_site(models["int8"], tmp_path / "site")
     page = browser.new_page()
@@ -417,6 +424,7 @@ def _route_cdn(page, *, tamper: str | None = None) -> list[str]:
     return served
 
 
+@pytest.mark.slow  # headless Chromium
 @pytest.mark.parametrize("tamper", [None, "ort.wasm.min.mjs", "ort-wasm-simd-threaded.wasm"])
 def test_cdn_page_runs_only_the_pinned_files(browser, models, tmp_path, tamper):
     write_site(models["fp32"], tmp_path / "site", runtime="cdn")
@@ -433,3 +441,50 @@ def test_cdn_page_runs_only_the_pinned_files(browser, models, tmp_path, tamper):
     else:
         assert result["status"] == "error", result
         assert tamper in served  # the tampered file was fetched, and refused
+
+
+def _boxes(page, selectors) -> dict[str, dict]:
+    return {sel: page.locator(sel).bounding_box() for sel in selectors}
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    return (a["x"] < b["x"] + b["width"] and b["x"] < a["x"] + a["width"]
+            and a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"])
+
+
+@pytest.mark.slow  # headless Chromium
+@pytest.mark.parametrize("width", [1200, 420])
+def test_demo_layout_keeps_the_pad_clear_of_the_preview(browser, demo_url, width):
+    """Issue 27: the 280-px pad sat in a panel capped at 210 px, under the input preview."""
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    page.goto(demo_url)
+    assert page.evaluate("window.tiedonnxDemo.ready")["status"] == "ok"
+    box = _boxes(page, ["#pad", "#input", ".panel.pad", "#clear"])
+    page.close()
+    assert not _overlap(box["#pad"], box["#input"]), box
+    assert box["#pad"]["x"] >= 0 and box["#pad"]["x"] + box["#pad"]["width"] <= width, box
+    panel, pad = box[".panel.pad"], box["#pad"]  # the pad lies inside its own panel
+    assert panel["x"] <= pad["x"] and pad["x"] + pad["width"] <= panel["x"] + panel["width"] + 0.5, box
+    assert box["#clear"]["y"] >= pad["y"] + pad["height"]  # the button below the pad, not over it
+
+
+@pytest.mark.slow  # headless Chromium
+def test_demo_times_are_medians_after_a_warm_up_and_a_frozen_clock_is_said(browser, demo_url):
+    page = browser.new_page()
+    page.goto(demo_url)
+    assert page.evaluate("window.tiedonnxDemo.ready")["status"] == "ok"
+    for _ in range(3):
+        page.evaluate("window.tiedonnxDemo.update()")
+        page.evaluate("window.tiedonnxDemo.settled()")
+    runs = page.evaluate("window.tiedonnxDemo.state.history.fp32.length")
+    meta = page.inner_text("#meta-0")
+    page.close()
+    assert runs >= 2 and re.search(rf"\d+\.\d\d ms \(median of {runs} runs\)", meta), meta
+
+    frozen = browser.new_page()
+    frozen.add_init_script("performance.now = () => 1000;")  # a clock that never moves
+    frozen.goto(demo_url)
+    assert frozen.evaluate("window.tiedonnxDemo.ready")["status"] == "ok"
+    meta = frozen.inner_text("#meta-0")
+    frozen.close()
+    assert "time not measured" in meta and "0.00 ms" not in meta, meta

@@ -20,7 +20,7 @@ def model_config_pb2():
     """
     spec = importlib.util.find_spec("tritonclient")
     if spec is None:
-        pytest.skip("tritonclient is not installed (pip install 'tiedonnx[triton]')")
+        pytest.skip('tritonclient is not installed (pip install -e ".[triton]")')
     path = Path(spec.submodule_search_locations[0]) / "grpc" / "model_config_pb2.py"
     module_spec = importlib.util.spec_from_file_location("_triton_model_config_pb2", path)
     module = importlib.util.module_from_spec(module_spec)

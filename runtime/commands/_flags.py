@@ -16,6 +16,11 @@ def add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+def add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no step lines on stderr (--json implies it)")
+
+
 def add_unsafe_load_code(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unsafe-load-code", action="store_true",
                         help="DANGEROUS: let code stored in the .keras/.h5 file run "

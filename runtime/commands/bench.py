@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UsageError
+from ..timing import DEFAULT_ROUNDS
 from . import _flags
 
 HELP = ("Benchmark a model: median latency, throughput and GFLOP/s per batch size, "
@@ -22,7 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _flags.add_memory(parser)
     _flags.add_threads(parser)
     parser.add_argument("--min-time", type=float, default=0.25, metavar="S",
-                        help="seconds spent timing each figure at least (default: 0.25)")
+                        help="seconds spent timing each figure at least, over all rounds (default: 0.25)")
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, metavar="N",
+                        help="interleaved rounds: every contender once per round, the order rotated; "
+                             f"figures are medians over rounds (default: {DEFAULT_ROUNDS})")
     _flags.add_json(parser)
 
 
@@ -39,6 +43,9 @@ def parse_batch_sizes(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ._preflight import check_keras_file, check_onnx_file, refuse_keras_for_onnx
+
+    refuse_keras_for_onnx(args.model, command="bench")
     sizes = parse_batch_sizes(args.batch_sizes)
     if not args.min_time > 0:
         raise UsageError(f"--min-time must be a positive number of seconds. Received: {args.min_time}.")
@@ -46,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     if args.keras is not None:
         from ..extras import require
 
+        check_onnx_file(args.model)  # refusals that need no Keras, before TensorFlow loads
+        check_keras_file(args.keras, command="bench --keras")
         require("convert", what="tiedonnx bench --keras")
         from tiedonnx.converter.keras_bench import KerasTimer
 
@@ -53,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import bench_model
 
     report = bench_model(args.model, batch_sizes=sizes, keras=keras, providers=args.provider,
-                         memory=args.memory, threads=args.threads, min_time=args.min_time)
+                         memory=args.memory, threads=args.threads, min_time=args.min_time,
+                         rounds=args.rounds)
     _flags.emit(report.as_dict(), as_json=args.json, lines=[render(report)])
     return 0
 
@@ -73,9 +83,14 @@ def render(report) -> str:
         if keras:
             row += [r.keras_call_s * 1e3, r.x_vs_call, r.keras_predict_s * 1e3, r.x_vs_predict]
         rows.append(row)
-    lines = [f"{report.model} on {report.providers[0]} (memory={report.memory}); "
-             "medians measured in this run"]
+    lines = [f"{report.model} on {report.providers[0]} (memory={report.memory}); medians of "
+             f"{report.rounds} interleaved rounds measured in this run"]
     lines.append(format_table(headers, rows))
     if report.keras_max_abs_diff is not None:
         lines.append(f"max |tiedonnx - keras| = {report.keras_max_abs_diff:.3g}")
+    worst = max((s for r in report.rows for s in r.spread.values()), default=None)
+    if worst is not None:
+        lines.append(f"spread: the slowest round was at most {worst:.2f}x the fastest")
+    if report.timing_note:
+        lines.append(report.timing_note)
     return "\n".join(lines)

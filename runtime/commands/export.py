@@ -39,13 +39,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip the parity check against Keras (default: verify)")
     _flags.add_force(parser)
     _flags.add_json(parser)
+    _flags.add_quiet(parser)
     _flags.add_unsafe_load_code(parser)
     _flags.add_import_modules(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..extras import require
+    from ._preflight import check_export
+    from ._progress import StepPrinter
 
+    check_export(args)  # every refusal that needs no Keras, before TensorFlow loads
     require("convert", what="tiedonnx export")
     if args.task == "generate":
         return _run_generate(args)
@@ -53,14 +57,17 @@ def run(args: argparse.Namespace) -> int:
         from ..errors import UsageError
 
         raise UsageError("--max-length applies to --task generate only. Add --task generate or drop --max-length.")
-    from tiedonnx.converter.export import export
+    # Step lines on a terminal only: a pipe or a log gets one result or error line.
+    with StepPrinter(enabled=False if args.json or args.quiet else None) as step:
+        step("loading TensorFlow and Keras")
+        from tiedonnx.converter.export import export
 
-    report = export(args.model, args.output, opset=args.opset, verify=not args.no_verify,
-                    precision=args.precision, block_size=args.block_size, symmetric=args.symmetric,
-                    short_names=args.short_names, per_channel=args.per_channel,
-                    reduce_range=args.reduce_range, force=args.force, ort=args.ort,
-                    unsafe=args.unsafe_load_code, import_modules=args.import_modules,
-                    input_spec=args.input_spec)
+        report = export(args.model, args.output, opset=args.opset, verify=not args.no_verify,
+                        precision=args.precision, block_size=args.block_size,
+                        symmetric=args.symmetric, short_names=args.short_names,
+                        per_channel=args.per_channel, reduce_range=args.reduce_range,
+                        force=args.force, ort=args.ort, unsafe=args.unsafe_load_code,
+                        import_modules=args.import_modules, input_spec=args.input_spec, on_step=step)
     _flags.emit(report.as_dict(), as_json=args.json, lines=render(report))
     return 0
 
@@ -68,11 +75,6 @@ def run(args: argparse.Namespace) -> int:
 def _run_generate(args: argparse.Namespace) -> int:
     from tiedonnx.converter.generation import export_generation
 
-    if args.ort:
-        from ..errors import UsageError
-
-        raise UsageError("--ort is not available with --task generate (the generation runtime reads .onnx). "
-                         "Drop --ort.")
     report = export_generation(
         args.model, args.output, precision=args.precision, max_length=args.max_length,
         verify=not args.no_verify, force=args.force, unsafe=args.unsafe_load_code,

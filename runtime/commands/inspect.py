@@ -15,6 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ._preflight import refuse_keras_for_onnx
+
+    refuse_keras_for_onnx(args.model, command="inspect")  # before the heavier imports
     from ..graph.inspect import inspect_file
 
     report = inspect_file(args.model)
@@ -24,7 +27,9 @@ def run(args: argparse.Namespace) -> int:
 
 def render(path: str, info) -> list[str]:
     size = _flags.human_bytes
-    lines = [f"{path}: {size(info.bytes)}, opset {info.opset}, producer {info.producer or '?'}"]
+    # tf2onnx writes producer_version "1.17.0 None" when its build has no git hash.
+    producer = (info.producer or "").removesuffix(" None") or "?"
+    lines = [f"{path}: {size(info.bytes)}, opset {info.opset}, producer {producer}"]
     lines += [f"  input  {v['name']}: {v['dtype']} {v['shape']}" for v in info.inputs]
     lines += [f"  output {v['name']}: {v['dtype']} {v['shape']}" for v in info.outputs]
     lines.append(f"  initializers: {len(info.initializers)}")

@@ -18,6 +18,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..errors import UsageError
+    from ._preflight import refuse_keras_for_onnx
+
+    refuse_keras_for_onnx(args.input, command="ort")  # before the heavier imports
+    if Path(args.output).suffix != ".ort":  # onnxruntime reads a file as ORT format by its suffix
+        raise UsageError(f"-o must name an .ort file: onnxruntime loads a file as ORT format by its "
+                         f".ort suffix. Received: {args.output!r}. Use e.g. "
+                         f"-o {Path(args.output).with_suffix('.ort')}")
     from ..graph.ort_format import save_ort
 
     report = save_ort(args.input, args.output, force=args.force)

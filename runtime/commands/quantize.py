@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ._preflight import refuse_keras_for_onnx
+
+    refuse_keras_for_onnx(args.input, command="quantize")  # before the heavier imports
     from ..graph.quantize import quantize_file
 
     report = quantize_file(args.input, args.output, precision=args.precision,

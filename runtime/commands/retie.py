@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ._preflight import refuse_keras_for_onnx
+
+    refuse_keras_for_onnx(args.model, command="retie")  # before the heavier imports
     from ..graph.retie import retie_file
 
     report = retie_file(args.model, args.output, force=args.force)

@@ -25,12 +25,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _flags.add_force(parser)
     parser.add_argument("--allow-nonfinite", action="store_true",
                         help="run inputs containing NaN/inf instead of refusing them")
+    _flags.add_json(parser)
     parser.add_argument("--ray", action="store_true", help="run distributed on a Ray cluster")
     parser.add_argument("--address", default=None, metavar="ADDR",
                         help="Ray cluster address (with --ray; default: start a local one)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from ._preflight import refuse_keras_for_onnx
+
+    refuse_keras_for_onnx(args.model, command="run")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be a positive integer; received {args.batch_size}.")
     if args.address is not None and not args.ray:
@@ -48,8 +52,9 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     described = ", ".join(f"{name} {shape}" for name, shape in report.shapes.items())
-    print(f"wrote {report.output}: {described} in {report.seconds:.2f} s on {report.provider} "
-          f"(memory={report.memory})")
+    _flags.emit(report.as_dict(), as_json=args.json,
+                lines=[f"wrote {report.output}: {described} in {report.seconds:.2f} s on "
+                       f"{report.provider} (memory={report.memory})"])
     return 0
 
 

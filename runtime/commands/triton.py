@@ -10,6 +10,11 @@ from ..options import MEMORY_MODES
 from ..triton import BACKENDS, DEFAULT_MAX_BATCH_SIZE, DEFAULT_SERVING_MEMORY, SERVER_ENV
 from . import _flags
 
+#: The NGC container release printed in the serve command: Triton 24.10 ships server 2.51, the
+#: version tests/test_triton_server.py runs (docs/deploy-triton.md). A variable overrides it.
+TRITON_TAG = "24.10"
+TRITON_SERVER = "2.51"
+
 HELP = "Write a Triton model repository (ONNX Runtime or Python backend) for a tied .onnx file."
 
 
@@ -45,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ._preflight import refuse_keras_for_onnx
+
+    refuse_keras_for_onnx(args.model, command="triton")  # before the heavier imports
     from ..triton import write_model_repository
 
     report = write_model_repository(
@@ -66,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         gpus = "--gpus=all " if args.gpu else ""
         lines.append(f"serve: docker run --rm {gpus}-p8000:8000 -p8001:8001 -p8002:8002 "
-                     f"-v {repo}:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 "
+                     f"-v {repo}:/models nvcr.io/nvidia/tritonserver:${{TRITON_TAG:-{TRITON_TAG}}}-py3 "
                      "tritonserver --model-repository=/models")
+        lines.append(f"  ({TRITON_TAG}: the release of the Triton server {TRITON_SERVER} this "
+                     "project's tests run; set TRITON_TAG to pick another)")
     _flags.emit(report.as_dict(), as_json=args.json, lines=lines)
     return 0

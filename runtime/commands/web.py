@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UsageError
-from ._flags import add_force
+from ._flags import add_force, add_json, emit
 
 HELP = ("Write a static web page that runs MODEL.onnx in the browser (onnxruntime-web), "
         "or --serve a written one.")
@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(offline); cdn: load them from jsDelivr with integrity hashes "
                              "(default: local)")
     add_force(parser)
+    add_json(parser)
     parser.add_argument("--serve", metavar="SITE_DIR", default=None,
                         help="serve a written site on 127.0.0.1 (COOP/COEP headers, .mjs/.wasm "
                              "MIME types) instead of writing one")
@@ -46,15 +47,14 @@ def run(args: argparse.Namespace) -> int:
 
     report = write_site(args.model, args.out, runtime=args.runtime, force=args.force)
     model = report.models[0]
-    print(f"wrote {report.out_dir}/ ({len(report.written)} files, runtime={report.runtime})")
-    for spec in model["inputs"]:
-        print(f"  input  {spec['name']}: {spec['dtype']} {spec['shape']}")
-    for spec in model["outputs"]:
-        print(f"  output {spec['name']}: {spec['dtype']} {spec['shape']}")
-    print(f"  download: {report.download_bytes:,} bytes ({report.download_gzip_bytes():,} gzipped): "
-          f"onnxruntime-web {report.runtime_bytes:,}, model {model['bytes']:,}, "
-          f"page {report.page_bytes:,}")
-    print(f"open: tiedonnx web --serve {report.out_dir}")
+    lines = [f"wrote {report.out_dir}/ ({len(report.written)} files, runtime={report.runtime})"]
+    lines += [f"  input  {spec['name']}: {spec['dtype']} {spec['shape']}" for spec in model["inputs"]]
+    lines += [f"  output {spec['name']}: {spec['dtype']} {spec['shape']}" for spec in model["outputs"]]
+    lines += [f"  download: {report.download_bytes:,} bytes ({report.download_gzip_bytes():,} gzipped): "
+              f"onnxruntime-web {report.runtime_bytes:,}, model {model['bytes']:,}, "
+              f"page {report.page_bytes:,}",
+              f"open: tiedonnx web --serve {report.out_dir}"]
+    emit(report.as_dict(), as_json=args.json, lines=lines)
     return 0
 
 
