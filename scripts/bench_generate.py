@@ -45,6 +45,9 @@ CONFIGS = {
     "gpt2-small": dict(vocabulary_size=50257, num_layers=12, num_heads=12, hidden_dim=768,
                        intermediate_dim=3072, max_sequence_length=1024),
 }
+# int8 per channel: the default per-tensor 7-bit int8 misses the parity bound on GPT-2 small's
+# random weights (logits 0.068 against 0.05 x 1.25, measured with this script).
+PRECISION_OPTIONS = {"int8": {"per_channel": True}}
 TJS = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tiedonnx/transformers-js/node_modules"
 
 
@@ -232,6 +235,7 @@ def main() -> int:
     parser.add_argument("--new", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default=None, help="keep the folders here (default: a temporary folder)")
+    parser.add_argument("--reuse", action="store_true", help="keep an existing forward.onnx in --out")
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe:
@@ -245,6 +249,7 @@ def main() -> int:
     tf.config.threading.set_intra_op_parallelism_threads(THREADS)
     from tiedonnx.converter.export import export
     from tiedonnx.converter.generation import export_generation
+    from tiedonnx.runtime.errors import ParityError
 
     print(describe())
     print(f"config {args.config}: {CONFIGS[args.config]}; prompt {args.prompt} tokens, {args.new} new; "
@@ -257,21 +262,28 @@ def main() -> int:
     root.mkdir(parents=True, exist_ok=True)
     rows = [keras_hub_row(lm, prompts, args.new, args.rounds)]
     start = time.perf_counter()
-    export(lm, root / "forward.onnx", force=True, verify=False)
-    print(f"forward export {time.perf_counter() - start:.1f} s", flush=True)
+    if not (args.reuse and (root / "forward.onnx").is_file()):
+        export(lm, root / "forward.onnx", force=True, verify=False)
+        print(f"forward export {time.perf_counter() - start:.1f} s", flush=True)
     # Batch 8 of the cacheless loop re-runs 8 growing prefixes per token: minutes per round beyond tiny.
     rows.append(forward_loop_row(root / "forward.onnx", prompts, args.new, args.rounds,
                                  batches=(1, 8) if args.config == "tiny" else (1,)))
     for precision in args.precisions.split(","):
         start = time.perf_counter()
-        export_generation(lm, root / precision, precision=precision, force=True)
-        print(f"generation export {precision} {time.perf_counter() - start:.1f} s", flush=True)
+        options = PRECISION_OPTIONS.get(precision, {})
+        try:
+            export_generation(lm, root / precision, precision=precision, force=True, **options)
+        except ParityError as exc:  # a failed precision is a row with its reason, the rest still runs
+            rows.append({"name": f"tiedonnx cached {precision}", "error": f"parity failed: {str(exc)[:160]}"})
+            continue
+        print(f"generation export {precision} {options or ''} {time.perf_counter() - start:.1f} s", flush=True)
         rows.append(cached_row(root / precision, precision, prompts, args.new, args.rounds))
     if "fp32" in args.precisions.split(","):
         rows.append(transformers_js_row(root / "fp32", prompts, args.new))
     rows += peer_rows()
     _print(rows, rows[0]["tokens"])
     keras_tps = rows[0]["tps_b1"]
+    rows = [r for r in rows if "tps_b1" in r or r.get("error")]
     loop_ms = 1e3 * args.new / rows[1]["tps_b1"] + rows[1]["ttft_ms"]
     for r in rows[2:]:
         if r["name"].startswith("tiedonnx") and "tps_b1" in r:
