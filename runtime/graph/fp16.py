@@ -86,8 +86,8 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         if not _fits(data):
             too_large.append(init.name)
             kept.append(init)
-            logger.warning("fp16: %r kept in float32: largest |value| %g is over float16's %g",
-                           init.name, float(np.abs(data[np.isfinite(data)]).max()), _FP16_MAX)
+            logger.info("fp16: %r kept in float32: largest |value| %g is over float16's %g",
+                        init.name, float(np.abs(data[np.isfinite(data)]).max()), _FP16_MAX)
             continue
         half = data.astype(np.float16)
         underflow += int(np.count_nonzero((half == 0) & (data != 0)))
