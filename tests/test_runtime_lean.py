@@ -204,13 +204,3 @@ def test_lean_keeps_one_float32_copy_of_an_fp16_tie(tmp_path):
     lean = session_memory_mb(path, memory="lean")
     assert fast > 14, fast
     assert lean < 0.6 * fast, (lean, fast)
-
-
-def test_lean_keeps_one_copy_of_a_rank3_projection_in_memory(tmp_path):
-    # The LM case: the decoder reads [batch, 2, hidden] through Reshape -> Gemm(transB=1).
-    path = save(tied_ae(2048, 1024, rank=3), tmp_path / "big3.onnx")
-    fast = session_memory_mb(path, memory="fast")
-    lean = session_memory_mb(path, memory="lean")
-    # Measured (onnxruntime 1.32, CPU): fast 16.04, lean 8.03 MiB (8.1 before, with the transpose run per call).
-    assert fast > 14, fast
-    assert lean < 0.6 * fast, (lean, fast)
