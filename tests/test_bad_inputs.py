@@ -26,7 +26,15 @@ keras = pytest.importorskip("keras")
 from tiedonnx.runtime.graph.ort_format import config_path_for  # noqa: E402
 
 from . import models  # noqa: E402
-from .hostile import FEATURES, assert_clean_failure, bad_array, bad_model, call  # noqa: E402
+from .hostile import (  # noqa: E402
+    FEATURES,
+    TIE_KINDS,
+    assert_clean_failure,
+    bad_array,
+    bad_model,
+    bad_ort,
+    call,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -172,6 +180,54 @@ def test_non_tensor_outputs_are_refused_before_writing(cmd, kind, valid, tmp_pat
     argv, outputs = _onnx_command(cmd, bad_model(kind, valid / "good.onnx", bad), valid, out)
     line = assert_clean_failure(argv, outputs, out, capsys)
     assert "Output(s) ['y'] of" in line and "are not numeric tensors" in line
+
+
+# ------------------------------------------------- tiedonnx metadata, .ort files
+
+TIE_COMMANDS = [*ONNX_COMMANDS, "quantize_int8", "quantize_int4"]
+
+
+@pytest.mark.parametrize("kind", list(TIE_KINDS))
+@pytest.mark.parametrize("cmd", TIE_COMMANDS)
+def test_malformed_tie_record_is_refused_by_every_command(cmd, kind, valid, tmp_path, capsys):
+    """Issue 26, case 4: one validating reader (graph/metadata_check.py) behind read_model."""
+    bad, out = _case_dirs(tmp_path)
+    model = bad_model(kind, valid / "good.onnx", bad)
+    if cmd.startswith("quantize_"):
+        argv, outputs = (["quantize", str(model), "-o", str(out / "o.onnx"), "--precision",
+                          cmd.removeprefix("quantize_")], [out / "o.onnx"])
+    else:
+        argv, outputs = _onnx_command(cmd, model, valid, out)
+    line = assert_clean_failure(argv, outputs, out, capsys)
+    assert "has tiedonnx metadata that tiedonnx never writes" in line and re.search(TIE_KINDS[kind], line), line
+
+
+ORT_KINDS = ["ort_tie_not_json", "ort_tie_no_initializer", "ort_tie_cycle", "ort_tie_perm_huge",
+             "ort_kept_fp32_deep", "ort_meta_not_utf8", "ort_producer_past_end"]
+ORT_EXPECTED = {"ort_meta_not_utf8": "has metadata that is not UTF-8 text",
+                # inspect reads the producer name itself; run and bench have onnxruntime verify the file
+                "ort_producer_past_end": "is not a readable ORT-format model|ORT model verification failed"}
+
+
+@pytest.mark.parametrize("kind", ORT_KINDS)
+@pytest.mark.parametrize("cmd", ["inspect", "run", "bench"])
+def test_bad_ort_file(cmd, kind, valid, tmp_path, capsys):
+    """Issue 26, case 3: edited or corrupt .ort metadata is one line, as in .onnx files."""
+    bad, out = _case_dirs(tmp_path)
+    model = bad_ort(kind, valid / "good.onnx", bad)
+    argv, outputs = _onnx_command(cmd, model, valid, out)
+    line = assert_clean_failure(argv, outputs, out, capsys)
+    expected = ORT_EXPECTED.get(kind) or TIE_KINDS[kind.removeprefix("ort_")]
+    assert re.search(expected, line), line
+
+
+def test_ort_file_metadata_is_checked_by_load(valid, tmp_path):
+    from tiedonnx.runtime import load
+    from tiedonnx.runtime.errors import ModelFileError
+
+    for kind in ("ort_meta_not_utf8", "ort_tie_cycle"):
+        with pytest.raises(ModelFileError, match=ORT_EXPECTED.get(kind, "form a cycle")):
+            load(bad_ort(kind, valid / "good.onnx", tmp_path))
 
 
 # ------------------------------------------------------------ Keras models
