@@ -140,9 +140,11 @@ def _check_structure(proto: onnx.ModelProto, path: Path) -> None:
             f"{str(path)!r} has metadata that is not UTF-8 text (entries {broken[:3]}): the file is "
             "corrupt. Re-export it."
         )
-    from .graph.metadata_check import check_file_metadata  # tie records: types, sizes, cycles
+    from .graph.metadata import write_metadata
+    from .graph.metadata_check import drop_malformed  # tie records: types, sizes, cycles
 
-    check_file_metadata({p.key: p.value for p in proto.metadata_props}, path)
+    dropped = drop_malformed({p.key: p.value for p in proto.metadata_props}, path)
+    write_metadata(proto, dict.fromkeys(dropped))
 
 
 def _graphs_and_nodes(proto: onnx.ModelProto) -> tuple[list, list]:

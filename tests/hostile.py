@@ -162,6 +162,11 @@ def bad_onnx(kind: str, good: Path, folder: Path) -> Path:
         proto.graph.node.insert(0, node)
     elif kind in TIE_KINDS:
         _edit_tie_record(proto, kind)
+    elif kind == "huge_fixed_input":  # valid, one Identity node, input [batch, 2**40] float32 (4 TiB a row)
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2**40])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2**40])
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+        return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
     elif kind == "string_output":
         return _save(_non_tensor_output("string"), path)
     elif kind == "sequence_output":

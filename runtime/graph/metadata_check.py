@@ -1,10 +1,11 @@
 """The one validating reader of tiedonnx's metadata values (tie records, the fp16 kept list).
 
-Every command reads model files through :func:`tiedonnx.runtime.model_file.read_model`
-(``.onnx``) or :func:`tiedonnx.runtime.graph.ort_format.read_ort_model` (``.ort``);
-both call :func:`check_metadata`, so a file whose tiedonnx metadata is not what
-tiedonnx writes is refused with one :class:`~tiedonnx.runtime.errors.ModelFileError`
-before any pass reads it. What is checked, field by field, is what the writers
+Every command reads ``.onnx`` files through :func:`tiedonnx.runtime.model_file.read_model`,
+which calls :func:`drop_malformed`: a tiedonnx metadata value that is not what
+tiedonnx writes is removed from the loaded model with one warning line, before
+any pass reads it, and the command goes on with the graph alone (``inspect`` of
+an ``.ort`` file does the same; nothing else reads an ``.ort`` file's record).
+:func:`.metadata.read_ties` skips a malformed record of an in-memory model the same way. What is checked, field by field, is what the writers
 produce (:mod:`.metadata`, :mod:`.fp16`, :mod:`.int8_retie`, :mod:`.int4`):
 
 - the text is at most :data:`MAX_VALUE_CHARS` long and is JSON;
@@ -25,11 +26,14 @@ record: ``inspect`` reports it per tie (:func:`.inspect.check_tie`).
 from __future__ import annotations
 
 import json
+import logging
 
 from .metadata import TIES_KEY, MalformedRecord
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["MAX_NAME_CHARS", "MAX_RANK", "MAX_USES", "MAX_VALUE_CHARS", "RELATIONS", "check_entry",
-           "check_file_metadata", "check_metadata", "check_references", "load_json"]
+           "check_metadata", "check_references", "drop_malformed", "load_json"]
 
 # A record of 10,000 ties is about 2 MB of JSON; 64 MiB is far above any real model.
 MAX_VALUE_CHARS = 64 * 1024**2
@@ -40,6 +44,8 @@ MAX_RANK = 64
 # A tied tensor read by more uses than this is not something any writer produces.
 MAX_USES = 100_000
 RELATIONS = frozenset({"transpose", "identity", "cast", "dequantize", "direct"})
+# (path, key, problem) already warned about in this process.
+_WARNED: set[tuple[str, str, str]] = set()
 
 
 def _is_int(v) -> bool:
@@ -155,27 +161,38 @@ def _check_kept_fp32(text: str) -> None:
                               f"{_show(names)}")
 
 
-def check_metadata(entries: dict[str, str]) -> None:
-    """Validate every tiedonnx metadata value in ``entries`` (key -> value); raise MalformedRecord."""
+def check_metadata(entries: dict[str, str]) -> dict[str, str]:
+    """The tiedonnx metadata values in ``entries`` (key -> value) that are malformed: key -> problem."""
     from .fp16 import KEPT_FP32_KEY
     from .metadata import parse_ties
 
-    if TIES_KEY in entries:
-        parse_ties(entries[TIES_KEY])
-    if KEPT_FP32_KEY in entries:
-        _check_kept_fp32(entries[KEPT_FP32_KEY])
+    problems = {}
+    for key, check in ((TIES_KEY, parse_ties), (KEPT_FP32_KEY, _check_kept_fp32)):
+        if key in entries:
+            try:
+                check(entries[key])
+            except MalformedRecord as exc:
+                problems[key] = str(exc)
+    return problems
 
 
-def check_file_metadata(entries: dict[str, str], path, *, rewrite: str = "re-export it") -> None:
-    """:func:`check_metadata` for a model file: a malformed value is one ``ModelFileError``."""
-    from ..errors import ModelFileError
+def drop_malformed(entries: dict[str, str], path) -> list[str]:
+    """Keys of ``entries`` to drop, each logged as one warning line: the file is used without them.
 
-    try:
-        check_metadata(entries)
-    except MalformedRecord as exc:
-        raise ModelFileError(
-            f"{str(path)!r} has tiedonnx metadata that tiedonnx never writes ({exc}): the file was "
-            f"edited or is corrupt. Refused; {rewrite}, or remove that metadata key.") from None
+    A tie record is a description of the graph, not part of it: a file whose
+    record was edited by hand still runs, and ``retie``/``quantize`` find its
+    ties in the graph itself (:func:`.quantize.ties_in_graph`).
+    """
+    problems = check_metadata(entries)
+    for key, problem in problems.items():
+        said = (str(path), key, problem)
+        if said in _WARNED:  # a command that reads its file twice (bench, verify) says it once
+            continue
+        if len(_WARNED) < 1000:
+            _WARNED.add(said)
+        logger.warning("%s: ignoring its %s metadata, which tiedonnx never writes (%s); the file was "
+                       "edited or is corrupt. Re-export it, or remove that key.", str(path), key, problem)
+    return list(problems)
 
 
 def _show(value) -> str:

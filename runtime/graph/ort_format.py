@@ -293,7 +293,7 @@ def read_ort_model(path: str | os.PathLike, *, max_bytes: int) -> bytes:
             f"{ORT_IDENTIFIER!r}). Pass an .onnx file, or write an .ort with `tiedonnx ort`.")
     try:
         declared = _declared_ort_bytes(data, str(path))
-        read_ort_metadata(data, path)
+        read_ort_metadata(data, path, check=False)  # UTF-8: onnxruntime's metadata map needs it
     except (ModelFileError, UnsafeModelError):
         raise
     except Exception as exc:  # flatbuffers reads past the buffer: IndexError, struct.error...
@@ -307,17 +307,17 @@ def read_ort_model(path: str | os.PathLike, *, max_bytes: int) -> bytes:
     return data
 
 
-def read_ort_metadata(data: bytes, path: str | os.PathLike) -> dict[str, str]:
-    """An ORT-format model's metadata, key -> value, validated like an ``.onnx`` file's.
+def read_ort_metadata(data: bytes, path: str | os.PathLike, *, check: bool = True) -> dict[str, str]:
+    """An ORT-format model's metadata, key -> value; with ``check``, like an ``.onnx`` file's:
+    malformed tiedonnx values are left out, with one warning each (:mod:`.metadata_check`).
 
     Raises:
-        ModelFileError: a key or value that is not UTF-8, or tiedonnx metadata
-            that tiedonnx never writes (:mod:`.metadata_check`).
+        ModelFileError: a key or value that is not UTF-8.
     """
     import onnxruntime.tools.ort_format_model  # noqa: F401  (puts the flatbuffers schema on sys.path)
     from ort_flatbuffers_py import fbs
 
-    from .metadata_check import check_file_metadata
+    from .metadata_check import drop_malformed
 
     model = fbs.InferenceSession.InferenceSession.GetRootAsInferenceSession(bytearray(data), 0).Model()
     entries: dict[str, str] = {}
@@ -328,7 +328,8 @@ def read_ort_metadata(data: bytes, path: str | os.PathLike) -> dict[str, str]:
         except UnicodeDecodeError:
             raise ModelFileError(f"{str(path)!r} has metadata that is not UTF-8 text (entry {i}): the file "
                                  "is corrupt. Write it again with `tiedonnx ort`.") from None
-    check_file_metadata(entries, path, rewrite="write it again with `tiedonnx ort`")
+    for key in drop_malformed(entries, path) if check else ():
+        del entries[key]
     return entries
 
 
