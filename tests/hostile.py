@@ -273,7 +273,18 @@ def _external_field(proto: onnx.ModelProto, kind: str, folder: Path) -> None:
     fields = {"location": "w.bin", "offset": "0", "length": str(len(tensor.raw_data))}
     fields.update({"ext_offset_text": {"offset": "abc"}, "ext_length_float": {"length": "8.0"},
                    "ext_location_nul": {"location": "w.bin\0x"}, "ext_unknown_key": {"__class__": "x"},
-                   "ext_offset_huge": {"offset": "9" * 5000}}[kind])
+                   "ext_offset_huge": {"offset": "9" * 5000},
+                   # issue 26, also seen: the model file itself as data (its own bytes, within its size)
+                   "ext_location_self": {"location": "bad_ext_location_self.onnx"},
+                   "ext_overlap": {}}[kind])
+    size = len(tensor.raw_data)
+    _make_external(tensor, fields)
+    if kind == "ext_overlap":  # a second tensor reading the first one's bytes of w.bin
+        other = next(t for t in proto.graph.initializer[1:] if 0 < len(t.raw_data) <= size)
+        _make_external(other, {"location": "w.bin", "offset": "0", "length": str(len(other.raw_data))})
+
+
+def _make_external(tensor: onnx.TensorProto, fields: dict[str, str]) -> None:
     tensor.ClearField("raw_data")
     tensor.data_location = TensorProto.EXTERNAL
     for key, value in fields.items():

@@ -117,7 +117,7 @@ ONNX_KINDS = ["missing", "empty", "directory", "truncated", "truncated_at_field"
               "wrong_ext", "npy_as_model",
               # issue 13, case 2: external-data fields that are not what onnx writes
               "ext_offset_text", "ext_length_float", "ext_location_nul", "ext_unknown_key",
-              "ext_offset_huge",
+              "ext_offset_huge", "ext_location_self", "ext_overlap",
               # case 9: sparse tensors count at their dense size against the byte cap
               "sparse_initializer_bomb", "sparse_constant_bomb"]
 
@@ -130,6 +130,8 @@ EXPECTED = {
     "ext_location_nul": "External data location of tensor .* contains a NUL byte",
     "ext_unknown_key": r"has unknown or repeated keys \['__class__'\]",
     "ext_offset_huge": "External data offset of tensor .* must be a non-negative whole number",
+    "ext_location_self": "names the model file itself as its external data",
+    "ext_overlap": r"Tensors .* share bytes of 'w.bin' \(offsets 0 and 0\)",
     "sparse_initializer_bomb": r"declare \d+ bytes, over the limit .*sparse tensors count at their dense size",
     "sparse_constant_bomb": r"declare \d+ bytes, over the limit .*sparse tensors count at their dense size",
     "registered_name_list": r"malformed object in config.json \(registered_name=\['tiedonnx>DenseTied'\]\)",
