@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
 import sys
 import textwrap
 import zipfile
@@ -167,3 +168,19 @@ def test_import_time_failure_is_one_line(package, raised, packages, tmp_path, ca
     line = assert_clean_failure(["export", str(model), "-o", str(out / "m.onnx"), "--import", package],
                                 [out / "m.onnx"], out, capsys)
     assert f"Importing {package!r} failed: its import-time code raised {raised}" in line, line
+
+
+@pytest.mark.slow
+def test_keras_hub_does_not_vouch_for_tensorflow_text(tmp_path):
+    """The issue's real case: `--import keras_hub` registers tensorflow_text's `Text>...` classes
+    through its own imports; a file naming one (disguised as a Keras layer) is refused. A fresh
+    process: in this one, earlier tests may have imported both packages already."""
+    pytest.importorskip("keras_hub")
+    model = _keras_file(tmp_path, "text", lambda layer: layer.update(registered_name="Text>WhitespaceTokenizer"))
+    done = subprocess.run([sys.executable, "-m", "tiedonnx.runtime.cli", "export", str(model), "-o",
+                           str(tmp_path / "t.onnx"), "--import", "keras_hub"],
+                          capture_output=True, text=True, timeout=600)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert "'Text>WhitespaceTokenizer'" in lines[0] and "tensorflow_text" in lines[0], lines[0]
+    assert not (tmp_path / "t.onnx").exists()
