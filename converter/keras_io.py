@@ -170,9 +170,8 @@ def _check_string(text: str, path: Path, refused: frozenset[str]) -> None:
         found = _registered(text)
         raise UnsafeModelError(
             f"Refusing to load {str(path)!r}: it names {text[:80]!r}, which Keras would resolve to "
-            f"{_describe(found)}, a class registered by a package you did not name (it was "
-            "imported by one you named). Name that package with --import (import_modules=[...]) only "
-            "if you trust it.")
+            f"{_describe(found)}, a class registered by a package you did not name (an --import "
+            "brought it in). Name that package with --import (import_modules=[...]) only if you trust it.")
 
 
 def _registered(key):
