@@ -58,7 +58,7 @@ ISOLATION_HEADERS = {"Cross-Origin-Opener-Policy": "same-origin",
 # the whole response.
 IDLE_TIMEOUT_S = 30
 # Request lines are attacker-controlled text: control characters (terminal
-# escape sequences) are written as \\xNN in the log.
+# escape sequences) are written as \xNN in the log.
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
 
 
