@@ -214,3 +214,36 @@ def test_browser_module_matches_python_in_chromium(tmp_path):
         finally:
             browser.close()
     _check(results)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not on PATH (Debian: apt-get install -y chromium)")
+def test_bool_input_runs_in_chromium_as_in_onnxruntime(tmp_path):
+    """End to end: booleans go through load() and run() on onnxruntime-web (a Not node)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright-python not installed")
+    x = helper.make_tensor_value_info("x", TensorProto.BOOL, ["batch", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.BOOL, ["batch", 3])
+    graph = helper.make_graph([helper.make_node("Not", ["x"], ["y"])], "g", [x], [y])
+    model = tmp_path / "not.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), model)
+    feed = [[True, False, True], [False, False, True]]
+    expected = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(
+        None, {"x": np.array(feed)})[0]
+    write_site(model, tmp_path / "site")
+    with sync_api.sync_playwright() as p, serving(tmp_path / "site") as url:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            got = page.evaluate("""async (feed) => {
+                const t = await import("./tiedonnx.mjs");
+                const model = await t.load("not.onnx");
+                const out = await model.run(feed);
+                return { data: Array.from(out.y.data, Number), dims: out.y.dims, dtype: out.y.dtype };
+            }""", feed)
+        finally:
+            browser.close()
+    assert got["dtype"] == "bool" and got["dims"] == [2, 3]
+    assert got["data"] == expected.astype(int).ravel().tolist()
