@@ -268,6 +268,26 @@ def test_ort_malformed_tie_record_is_skipped_by_inspect(kind, valid, tmp_path, c
     assert len(said) == 1 and re.search(TIE_KINDS[kind.removeprefix("ort_")], said[0]), said
 
 
+def test_ort_refused_by_onnxruntime_says_one_line_not_a_warning_first(valid, tmp_path, capsys, caplog,
+                                                                      monkeypatch):
+    """Found by scripts/fuzz_loaders.py (an offset zeroed in a .ort): inspect warned about the tie
+    record, then failed on onnxruntime's verification: two lines. The record is checked after the
+    file loads. Here onnxruntime's refusal is stood in for, on a file whose record is malformed."""
+    from tiedonnx.runtime.errors import ModelFileError
+    from tiedonnx.runtime.graph import inspect_ort
+
+    def refuse(path):
+        raise ModelFileError(f"onnxruntime cannot load model {path!r}: ORT model verification failed.")
+
+    monkeypatch.setattr(inspect_ort, "_io", refuse)
+    bad, out = _case_dirs(tmp_path)
+    model = bad_ort("ort_tie_not_json", valid / "good.onnx", bad)
+    caplog.set_level(logging.WARNING)
+    line = assert_clean_failure(["inspect", str(model)], [], out, capsys)
+    assert "ORT model verification failed" in line
+    assert not [r for r in caplog.records if "never writes" in r.getMessage()]
+
+
 # ------------------------------------------------------------ Keras models
 
 KERAS_COMMANDS = ["export", "verify", "bench"]

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from .inspect import InspectReport, copied_bytes, dtype_name
 from .metadata import TIES_KEY, parse_ties
+from .metadata_check import drop_malformed
 from .ort_format import ort_initializers, read_ort_metadata, read_ort_model
 
 __all__ = ["inspect_ort_file"]
@@ -53,7 +54,7 @@ def _read_flatbuffer(data: bytes, path) -> tuple:
     from ..errors import ModelFileError, short_error
 
     try:
-        meta = read_ort_metadata(data, path)
+        meta = read_ort_metadata(data, path, check=False)  # the record is checked once the file loads
         model = _model(data)
         inits = ort_initializers(data, with_data=True)
         opsets = {model.OpsetImport(i).Domain().decode() or "ai.onnx": model.OpsetImport(i).Version()
@@ -73,6 +74,11 @@ def inspect_ort_file(path: str | os.PathLike, *, max_bytes: int | None = None) -
 
     data = read_ort_model(path, max_bytes=max_bytes or DEFAULT_MAX_BYTES)
     meta, inits, opsets, producer, ir_version = _read_flatbuffer(data, path)
+    # onnxruntime verifies the whole file first: a file it refuses is one error line, with no
+    # warning about its tie record before it.
+    inputs, outputs = _io(str(path))
+    for key in drop_malformed(meta, path):
+        del meta[key]
     groups: dict = {}
     for entry in inits:
         groups.setdefault(_value_key(entry), []).append(entry["name"])
@@ -89,7 +95,6 @@ def inspect_ort_file(path: str | os.PathLike, *, max_bytes: int | None = None) -
             tie.shape = list(stored["dims"])
         extra += copied_bytes(tie, (stored or {"bytes": 0})["bytes"])  # cast copies at their own dtype
         ties.append({**tie.as_dict(), "status": "ok" if not problems else "; ".join(problems)})
-    inputs, outputs = _io(str(path))
     size = Path(path).stat().st_size
     return InspectReport(
         bytes=size, untied_bytes=size + extra, opset=opsets, ir_version=ir_version,
