@@ -101,6 +101,7 @@ def read_model(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
     _check_unambiguous(proto, path)
     if check_graph:
         _run_checker(proto, path)
+    _drop_malformed_metadata(proto, path)  # last: a file refused above gets one error line, no warning
     logger.debug("read %s: %d nodes, external data: %s", path, len(proto.graph.node), external)
     return ModelFile(path=path, proto=proto, has_external_data=external)
 
@@ -140,8 +141,12 @@ def _check_structure(proto: onnx.ModelProto, path: Path) -> None:
             f"{str(path)!r} has metadata that is not UTF-8 text (entries {broken[:3]}): the file is "
             "corrupt. Re-export it."
         )
+
+
+def _drop_malformed_metadata(proto: onnx.ModelProto, path: Path) -> None:
+    """tiedonnx's own metadata that it never writes is dropped, one warning each (graph/metadata_check)."""
     from .graph.metadata import write_metadata
-    from .graph.metadata_check import drop_malformed  # tie records: types, sizes, cycles
+    from .graph.metadata_check import drop_malformed
 
     dropped = drop_malformed({p.key: p.value for p in proto.metadata_props}, path)
     write_metadata(proto, dict.fromkeys(dropped))

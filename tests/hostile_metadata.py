@@ -72,6 +72,8 @@ def bad_ort(kind: str, good: Path, folder: Path) -> Path:
         edit_tie_record(proto, base)
     elif kind == "ort_meta_not_utf8":
         proto.metadata_props.add(key="note", value="MARKER-NOT-UTF8")
+    elif kind == "ort_input_name_not_utf8":  # found by fuzz_loaders: onnxruntime hands names to Python
+        _rename_input(proto, "MARKER-NOT-UTF8")
     path = folder / f"bad_{kind}.ort"
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -79,9 +81,8 @@ def bad_ort(kind: str, good: Path, folder: Path) -> Path:
     options.add_session_config_entry("session.save_model_format", "ORT")
     ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     data = bytearray(path.read_bytes())
-    if kind == "ort_meta_not_utf8":
-        at = data.index(b"MARKER-NOT-UTF8")
-        data[at:at + 4] = b"\xff\xfe\xfd\xfc"
+    if kind in ("ort_meta_not_utf8", "ort_input_name_not_utf8"):
+        data = bytearray(bytes(data).replace(b"MARKER-NOT-UTF8", b"\xff\xfe\xfdKER-NOT-UTF8"))
     elif kind == "ort_producer_past_end":
         _point_past_end(data, field_slot=8)  # Model.producer_name in onnxruntime's ort.fbs
     path.write_bytes(bytes(data))
@@ -98,3 +99,10 @@ def _point_past_end(data: bytearray, *, field_slot: int) -> None:
     assert slot, "the model has no producer name to corrupt"
     at = model._tab.Pos + slot
     data[at:at + 4] = (len(data) + 1024).to_bytes(4, "little")
+
+
+def _rename_input(proto: onnx.ModelProto, new: str) -> None:
+    old = proto.graph.input[0].name
+    proto.graph.input[0].name = new
+    for node in proto.graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]

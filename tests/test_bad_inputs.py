@@ -231,8 +231,9 @@ def test_malformed_tie_record_is_one_stderr_line_in_a_real_process(valid, tmp_pa
     assert (tmp_path / "q.onnx").exists()
 
 
-ORT_KINDS = ["ort_meta_not_utf8", "ort_producer_past_end"]
+ORT_KINDS = ["ort_meta_not_utf8", "ort_producer_past_end", "ort_input_name_not_utf8"]
 ORT_EXPECTED = {"ort_meta_not_utf8": "has metadata that is not UTF-8 text",
+                "ort_input_name_not_utf8": "has a graph input or output name that is not UTF-8 text",
                 # inspect reads the producer name itself; run and bench have onnxruntime verify the file
                 "ort_producer_past_end": "is not a readable ORT-format model|ORT model verification failed"}
 
@@ -285,6 +286,23 @@ def test_ort_refused_by_onnxruntime_says_one_line_not_a_warning_first(valid, tmp
     caplog.set_level(logging.WARNING)
     line = assert_clean_failure(["inspect", str(model)], [], out, capsys)
     assert "ORT model verification failed" in line
+    assert not [r for r in caplog.records if "never writes" in r.getMessage()]
+
+
+def test_onnx_refused_by_the_checker_says_one_line_not_a_warning_first(valid, tmp_path, capsys, caplog):
+    """Found by scripts/fuzz_loaders.py (bit flips in the record and the graph): the record is
+    checked after every other check, so a refused file gets one error line and no warning."""
+    import onnx
+
+    bad, out = _case_dirs(tmp_path)
+    proto = onnx.load(bad_model("tie_not_json", valid / "good.onnx", bad))
+    nodes = list(proto.graph.node)[::-1]  # no longer topologically sorted: the checker refuses it
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    onnx.save(proto, bad / "unsorted.onnx")
+    caplog.set_level(logging.WARNING)
+    line = assert_clean_failure(["inspect", str(bad / "unsorted.onnx")], [], out, capsys)
+    assert "failed the ONNX checker" in line
     assert not [r for r in caplog.records if "never writes" in r.getMessage()]
 
 

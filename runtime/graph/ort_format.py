@@ -328,9 +328,23 @@ def read_ort_metadata(data: bytes, path: str | os.PathLike, *, check: bool = Tru
         except UnicodeDecodeError:
             raise ModelFileError(f"{str(path)!r} has metadata that is not UTF-8 text (entry {i}): the file "
                                  "is corrupt. Write it again with `tiedonnx ort`.") from None
+    graph = model.Graph()  # onnxruntime hands these names to Python as str: they must decode
+    names = [graph.Inputs(i) for i in range(graph.InputsLength())] + \
+        [graph.Outputs(i) for i in range(graph.OutputsLength())] if graph is not None else []
+    if any(not _is_utf8(name) for name in names):
+        raise ModelFileError(f"{str(path)!r} has a graph input or output name that is not UTF-8 text: the "
+                             "file is corrupt. Write it again with `tiedonnx ort`.")
     for key in drop_malformed(entries, path) if check else ():
         del entries[key]
     return entries
+
+
+def _is_utf8(name: bytes | None) -> bool:
+    try:
+        (name or b"").decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _declared_ort_bytes(data: bytes, label: str) -> int:
