@@ -39,8 +39,8 @@ KERAS_MARKERS = frozenset({"__keras_tensor__", "__tensor__", "__numpy__", "__byt
                            "__ellipsis__", "__slice__"})
 
 
-def _iter_objects(node, path: Path):
-    """Every serialized object (a dict with a 'class_name') in a Keras config."""
+def _walk(node, path: Path):
+    """Every dict and every string value in a Keras config, depth-capped."""
     stack = [(node, 0)]
     while stack:
         item, depth = stack.pop()
@@ -49,9 +49,9 @@ def _iter_objects(node, path: Path):
                 f"{str(path)!r} has a config.json nested more than {MAX_CONFIG_DEPTH} levels deep, "
                 "which no Keras model needs. Refused as malformed or hostile; re-save the model."
             )
+        if isinstance(item, (dict, str)):
+            yield item
         if isinstance(item, dict):
-            if "class_name" in item:
-                yield item
             stack.extend((value, depth + 1) for value in item.values())
         elif isinstance(item, list):
             stack.extend((value, depth + 1) for value in item)
@@ -61,21 +61,30 @@ def scan_keras_archive(path: Path, *, refused: frozenset[str] = frozenset()) -> 
     """Refuse archives that are bombs or that name code outside Keras before Keras parses them.
 
     Keras's safe mode (Keras >= 3.13.2) already blocks Python lambdas and
-    imports of arbitrary modules; this scan is a second, independent line: every
-    object in ``config.json`` must be a Keras class (module ``keras``/``keras.*``),
-    a Keras data marker (:data:`KERAS_MARKERS`, without a module), or a custom
-    object registered in this process whose module is the one the file names.
+    imports of arbitrary modules; this scan is a second, independent line that
+    judges what Keras will resolve (``serialization_lib``): Keras looks an
+    object's *registry key* up first (its ``registered_name``, or its
+    ``class_name`` when the file gives none; a ``"function"``'s ``config``), and
+    any plain string in the config that is a registry key becomes the registered
+    object. So every object must be a Keras data marker (:data:`KERAS_MARKERS`,
+    without a module); or have a key registered in this process by a trusted
+    source, from exactly the module the file names; or have an unregistered key
+    without a package part (no ``>``) and module ``keras``/``keras.*``. No string
+    anywhere may be a key in ``refused``.
 
     Raises:
         ModelFileError: not a valid archive, sizes or nesting over the caps,
             duplicate member names, malformed objects.
-        UnsafeModelError: an object refers to code outside Keras, or is one of
-            ``refused`` (registered names a package the caller did not name
-            brought in; see :func:`import_packages`).
+        UnsafeModelError: an object refers to code outside Keras, or a string
+            is one of ``refused`` (registry keys whose objects a package the
+            caller did not name brought in; see :func:`import_packages`).
     """
     tree = _read_config(path)
-    for obj in _iter_objects(tree, path):
-        _check_object(obj, path, refused)
+    for item in _walk(tree, path):
+        if isinstance(item, str):
+            _check_string(item, path, refused)
+        elif "class_name" in item:
+            _check_object(item, path, refused)
 
 
 def _read_config(path: Path):
@@ -120,42 +129,70 @@ def _check_members(infos: list, path: Path) -> None:
 
 def _check_object(obj: dict, path: Path, refused: frozenset[str] = frozenset()) -> None:
     name, module, registered = obj.get("class_name"), obj.get("module"), obj.get("registered_name")
-    wrong = [f"{key}={value!r:.60}" for key, value, ok in (
+    key = obj.get("config") if name == "function" else obj.get("registered_name", name)
+    wrong = [f"{field}={value!r:.60}" for field, value, ok in (
         ("class_name", name, isinstance(name, str)),
         ("module", module, module is None or isinstance(module, str)),
-        ("registered_name", registered, registered is None or isinstance(registered, str)))
+        ("registered_name", registered, registered is None or isinstance(registered, str)),
+        ("config", key, name != "function" or isinstance(key, str)))
         if not ok]
     if wrong:
         raise ModelFileError(
             f"{str(path)!r} has a malformed object in config.json ({', '.join(wrong)}): class_name "
-            "must be a string, module and registered_name strings or null. Re-save the model.")
+            "must be a string, module and registered_name strings or null, a function's config "
+            "its name. Re-save the model.")
     if name == "__lambda__":
         raise UnsafeModelError(
             f"Refusing to load {str(path)!r}: it holds Python bytecode (a Lambda layer's function), "
             f"which runs when loaded. Pass unsafe=True (CLI: {UNSAFE_FLAG}) only if you trust the file.")
     if name in KERAS_MARKERS and module is None:
+        return  # Keras builds these from data before any lookup
+    found = _registered(key) if not name.startswith("__") else None
+    if found is not None:
+        _check_string(key, path, refused)
+        if getattr(found, "__module__", None) == module:
+            return
+    elif (not name.startswith("__") and module is not None and ">" not in (key or "")
+          and (module == "keras" or module.startswith("keras."))):
         return
-    if not name.startswith("__") and module is not None and (
-            module == "keras" or module.startswith("keras.")
-            or (_registered_here(registered, module) and registered not in refused)):
-        return
+    resolved = f"; Keras would build {_describe(found)}" if found is not None else ""
     raise UnsafeModelError(
-        f"Refusing to load {str(path)!r}: it refers to {module or '?'}.{name[:80]}, which is "
-        "neither part of Keras nor a custom object registered from that module (registered_name "
-        f"{registered!r:.80}), so loading it could run code. Import and register your custom "
+        f"Refusing to load {str(path)!r}: it refers to {module or '?'}.{name[:80]}, which is neither "
+        f"part of Keras nor a custom object registered from that module (registered_name "
+        f"{registered!r:.80}{resolved}), so loading it could run code. Import and register your custom "
         f"classes first (a package's registered classes: import_modules=[...], CLI: --import "
         f"{(module or '?').split('.')[0]}), or pass unsafe=True (CLI: {UNSAFE_FLAG}) if you trust the file.")
 
 
-def _registered_here(registered: str | None, module: str) -> bool:
-    """Whether ``registered`` names an object registered in this process from ``module``."""
+def _check_string(text: str, path: Path, refused: frozenset[str]) -> None:
+    """Keras turns any string that is a registry key into the registered object."""
+    if text in refused:
+        found = _registered(text)
+        raise UnsafeModelError(
+            f"Refusing to load {str(path)!r}: it names {text[:80]!r}, which Keras would resolve to "
+            f"{_describe(found)}, a class registered by a package you did not name (an --import "
+            "brought it in). Name that package with --import (import_modules=[...]) only if you trust it.")
+
+
+def _registered(key):
+    """What Keras's registry returns for ``key`` (None: not registered, or not a usable key)."""
     import keras
 
-    if not registered:
-        return False
-    found = keras.saving.get_registered_object(registered)
-    return found is not None and getattr(found, "__module__", None) == module
+    if not isinstance(key, str) or not key:
+        return None
+    return keras.saving.get_registered_object(key)
 
+
+def _describe(found) -> str:
+    return f"{getattr(found, '__module__', '?')}.{getattr(found, '__qualname__', '?')}"[:160]
+
+
+# Registry entries that an import_packages() call brought in, in this process. A
+# later call trusts them only if it names their package: in-process a package is
+# imported once, so "registered during this call's import" alone would trust on
+# the second call what the first refused. Registrations by the caller's own code
+# (never through import_packages) are the caller's, and trusted.
+_IMPORTED: dict[str, object] = {}
 
 _PACKAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
@@ -164,15 +201,16 @@ def import_packages(names) -> frozenset[str]:
     """Import the packages the caller named, so their Keras serializables register.
 
     A named package (``keras_hub``) registers its classes on import; safe mode
-    then loads them as it loads Keras's own. Anything the import registered
-    from *other* packages is returned, to be refused: only what the caller
-    named is trusted.
+    then loads them as it loads Keras's own. Every registry key that this or
+    an earlier call's imports added or re-bound, still bound to that object, and
+    from a package this call does not name, is returned, to be refused wherever
+    a file names it: of what ``--import`` brought in, only what the caller named
+    is trusted.
 
     Raises:
-        UsageError: a name is not a Python package name, or is not installed.
+        UsageError: a name is not a Python package name, is not installed, or
+            its import-time code failed (any exception, ``sys.exit`` included).
     """
-    import importlib
-
     import keras
 
     names = [str(n) for n in names]
@@ -180,18 +218,30 @@ def import_packages(names) -> frozenset[str]:
     if bad:
         raise UsageError(f"Not a Python package name. Received: import_modules={bad!r}. "
                          "Name installed packages, e.g. keras_hub.")
-    before = set(keras.saving.get_custom_objects())
+    before = dict(keras.saving.get_custom_objects())
     for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            raise UsageError(f"Cannot import {name!r} ({short_error(exc)}). Received: import_modules="
-                             f"{names!r}. Install it (pip install {name.split('.')[0]}) or drop it.") from None
-    named = tuple(names)
-    added = {k: v for k, v in keras.saving.get_custom_objects().items() if k not in before}
-    return frozenset(k for k, v in added.items()
-                     if not any(str(getattr(v, "__module__", "")) == n
-                                or str(getattr(v, "__module__", "")).startswith(n + ".") for n in named))
+        _import_one(name, names)
+    registry = keras.saving.get_custom_objects()
+    _IMPORTED.update((k, v) for k, v in registry.items() if before.get(k) is not v)
+    return frozenset(k for k, v in _IMPORTED.items()
+                     if registry.get(k) is v and not any(
+                         str(getattr(v, "__module__", "")) == n
+                         or str(getattr(v, "__module__", "")).startswith(n + ".") for n in names))
+
+
+def _import_one(name: str, names: list[str]) -> None:
+    """Import one named package; any failure of its import-time code is one UsageError."""
+    import importlib
+
+    try:
+        importlib.import_module(name)
+    except ImportError as exc:
+        raise UsageError(f"Cannot import {name!r} ({short_error(exc)}). Received: import_modules="
+                         f"{names!r}. Install it (pip install {name.split('.')[0]}) or drop it.") from None
+    except (Exception, SystemExit) as exc:  # a package's import-time code can raise anything, or exit
+        raise UsageError(f"Importing {name!r} failed: its import-time code raised {type(exc).__name__}"
+                         f" ({short_error(exc) or 'no detail'}). Received: import_modules={names!r}. "
+                         "Fix or reinstall the package, or drop it.") from None
 
 
 def _check_file(path: Path) -> None:
@@ -229,7 +279,7 @@ def load_keras_model(path: str | os.PathLike, *, unsafe: bool = False, import_mo
 
     path = Path(path)
     _check_file(path)
-    refused = import_packages(import_modules) if import_modules else frozenset()
+    refused = import_packages(import_modules or ())
     suffix = path.suffix.lower()
     if suffix in (".h5", ".hdf5"):
         if not unsafe:

@@ -235,6 +235,7 @@ def bench_model(path: str | os.PathLike, *, batch_sizes: Sequence[int] = (1, 64,
     flops_per_row = sum(2 * k * n for k, n in shapes) if shapes else None
     report = BenchReport(str(path), model.providers, memory, flops_per_row, rounds=rounds)
     rng = np.random.default_rng(seed)
+    check_synthetic_size(model.inputs, max(int(b) for b in batch_sizes))  # before any timing
     window_s = min_time / rounds  # each figure is timed min_time in all, over its rounds
     notes = []
     with contextlib.ExitStack() as stack:
@@ -272,18 +273,46 @@ def _row(batch: int, measured: Rounds, flops_per_row: int | None) -> BenchRow:
     return row
 
 
-def synthetic_inputs(specs, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Uniform [0, 1) inputs of each spec's shape with ``batch`` rows."""
-    feeds = {}
+# What synthetic inputs may take, all inputs together: the cap read_model puts on
+# the tensors a model file declares (model_file.DEFAULT_MAX_BYTES, 4 GiB).
+MAX_SYNTHETIC_BYTES = 4 * 1024**3
+
+
+def _fixed_dims(spec) -> list[int]:
+    dims = list(spec.shape[1:])
+    if any(not isinstance(d, int) for d in dims):
+        raise UsageError(
+            f"Input {spec.name!r} has shape {spec.shape_text()}: only the batch axis may be "
+            "dynamic for a benchmark. Export with fixed feature sizes."
+        )
+    return dims
+
+
+def check_synthetic_size(specs, batch: int) -> None:
+    """Refuse inputs whose declared shapes need more than :data:`MAX_SYNTHETIC_BYTES` at ``batch`` rows.
+
+    Counted with Python integers (no overflow), at what allocation takes: the
+    float64 draw plus the copy in the input's dtype.
+
+    Raises:
+        UsageError: a dynamic axis other than the batch, or the inputs too large.
+    """
+    total = 0
     for spec in specs:
-        dims = [d for d in spec.shape[1:]]
-        if any(not isinstance(d, int) for d in dims):
-            raise UsageError(
-                f"Input {spec.name!r} has shape {spec.shape_text()}: only the batch axis may be "
-                "dynamic for a benchmark. Export with fixed feature sizes."
-            )
-        feeds[spec.name] = rng.random((batch, *dims)).astype(spec.dtype)
-    return feeds
+        elements = batch * int(np.prod([1, *_fixed_dims(spec)], dtype=object))
+        total += elements * (8 + np.dtype(spec.dtype).itemsize)
+    if total > MAX_SYNTHETIC_BYTES:
+        shapes = ", ".join(f"{s.name!r}: {s.shape_text()}" for s in specs)[:200]
+        raise UsageError(
+            f"Synthetic inputs for batch {batch} would take {total / 2**30:.3g} GiB (inputs {shapes}), "
+            f"over the limit of {MAX_SYNTHETIC_BYTES / 2**30:.0f} GiB. Pass smaller --batch-sizes, or "
+            "bench a model whose fixed axes are smaller.")
+
+
+def synthetic_inputs(specs, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Uniform [0, 1) inputs of each spec's shape with ``batch`` rows (size-checked first)."""
+    check_synthetic_size(specs, batch)
+    return {spec.name: rng.random((batch, *_fixed_dims(spec))).astype(spec.dtype) for spec in specs}
 
 
 _MEMORY_PROBE = """

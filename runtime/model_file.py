@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ModelFileError, UnsafeModelError, short_error
+from .errors import ModelFileError, short_error
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -101,6 +101,7 @@ def read_model(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
     _check_unambiguous(proto, path)
     if check_graph:
         _run_checker(proto, path)
+    _drop_malformed_metadata(proto, path)  # last: a file refused above gets one error line, no warning
     logger.debug("read %s: %d nodes, external data: %s", path, len(proto.graph.node), external)
     return ModelFile(path=path, proto=proto, has_external_data=external)
 
@@ -140,6 +141,15 @@ def _check_structure(proto: onnx.ModelProto, path: Path) -> None:
             f"{str(path)!r} has metadata that is not UTF-8 text (entries {broken[:3]}): the file is "
             "corrupt. Re-export it."
         )
+
+
+def _drop_malformed_metadata(proto: onnx.ModelProto, path: Path) -> None:
+    """tiedonnx's own metadata that it never writes is dropped, one warning each (graph/metadata_check)."""
+    from .graph.metadata import write_metadata
+    from .graph.metadata_check import drop_malformed
+
+    dropped = drop_malformed({p.key: p.value for p in proto.metadata_props}, path)
+    write_metadata(proto, dict.fromkeys(dropped))
 
 
 def _graphs_and_nodes(proto: onnx.ModelProto) -> tuple[list, list]:
@@ -206,20 +216,23 @@ def _check_tensors(proto: onnx.ModelProto, path: Path, *, max_bytes: int) -> boo
     """
     import onnx
 
-    declared, external = 0, False
+    from .external_data import ExternalRanges
+
+    declared, ranges = 0, ExternalRanges(path)
     tensors, sparse = _all_tensors(proto)
     for tensor in tensors:
         nbytes = _declared_bytes(tensor)
         declared += nbytes
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            external = True
-            _check_external(tensor, path, nbytes)
+            ranges.add(tensor, nbytes)
         elif tensor.HasField("raw_data") and (held := len(tensor.raw_data)) != nbytes:  # one copy
             raise ModelFileError(
                 f"Tensor {tensor.name!r} in {str(path)!r} declares shape {list(tensor.dims)} "
                 f"({nbytes} bytes) but holds {held} bytes: the file is "
                 "truncated or corrupt. Re-export it."
             )
+    ranges.check_overlaps()
+    external = bool(ranges.by_file)
     for item in sparse:
         declared += _declared_bytes(item.values, dims=item.dims)
     if declared > max_bytes:
@@ -306,78 +319,6 @@ def _declared_bytes(tensor, dims=None) -> int:
 
 # Keys onnx writes in TensorProto.external_data (basepath and checksum are unused
 # when loading). onnx's loader sets any key as an attribute, so others are refused.
-_EXTERNAL_KEYS = frozenset({"location", "offset", "length", "checksum", "basepath"})
-_MAX_DIGITS = 19  # int64
-
-
-def _check_external(tensor, path: Path, nbytes: int) -> None:
-    info = _external_info(tensor, path)
-    location = info.get("location", "")
-    shown = repr(location[:80]) + ("..." if len(location) > 80 else "")
-    folder = path.parent.resolve()
-    try:  # a name too long for the OS, or a symlink loop, is an OSError or RuntimeError here
-        target = (folder / location).resolve()
-        inside = bool(location) and not os.path.isabs(location) and target.is_relative_to(folder)
-        size = target.stat().st_size if inside and target.is_file() else None
-    except (OSError, RuntimeError) as exc:
-        raise ModelFileError(
-            f"External data location {shown} of tensor {tensor.name!r} in {str(path)!r} cannot be "
-            f"opened ({short_error(exc)}). The file is corrupt or was edited; re-save the model."
-        ) from None
-    if not inside:
-        raise UnsafeModelError(
-            f"Tensor {tensor.name!r} in {str(path)!r} keeps its data at {shown}, outside "
-            f"the model's folder {str(folder)!r}. Refused: external data must sit next to the "
-            "model. Move the data file into that folder and re-save the model."
-        )
-    if size is None:
-        raise ModelFileError(
-            f"External data file {shown} of tensor {tensor.name!r} is missing next to "
-            f"{str(path)!r} (or is not a regular file). Copy it next to the model."
-        )
-    offset = _external_int(info, "offset", tensor, path, default=0)
-    length = _external_int(info, "length", tensor, path, default=size - offset)
-    if length != nbytes or offset + length > size:
-        raise ModelFileError(
-            f"External data of tensor {tensor.name!r} ({shown}, offset {offset}, length "
-            f"{length}) does not match its declared {nbytes} bytes or runs past the end of the "
-            f"file ({size} bytes). The data file is truncated or from another model."
-        )
-
-
-def _external_info(tensor, path: Path) -> dict[str, str]:
-    counts = Counter(entry.key for entry in tensor.external_data)
-    bad = sorted(k[:40] for k, n in counts.items() if k not in _EXTERNAL_KEYS or n > 1)[:5]
-    info = {entry.key: entry.value for entry in tensor.external_data}
-    if bad:
-        raise ModelFileError(
-            f"External data entry of tensor {tensor.name!r} in {str(path)!r} has unknown or "
-            f"repeated keys {bad}; onnx writes {sorted(_EXTERNAL_KEYS)}, once each. The file is "
-            "corrupt or was edited; re-save it with onnx.save(..., save_as_external_data=True)."
-        )
-    if "\0" in info.get("location", ""):
-        raise ModelFileError(
-            f"External data location of tensor {tensor.name!r} in {str(path)!r} contains a NUL "
-            f"byte: {info['location'][:80]!r}. No file has such a name; the file is corrupt or "
-            "was edited. Re-save the model."
-        )
-    return info
-
-
-def _external_int(info: dict[str, str], key: str, tensor, path: Path, *, default: int) -> int:
-    """``offset``/``length`` as onnx writes them: a plain decimal integer."""
-    if key not in info:
-        return default
-    text = info[key]
-    if not (text.isascii() and text.isdigit() and len(text) <= _MAX_DIGITS):
-        raise ModelFileError(
-            f"External data {key} of tensor {tensor.name!r} in {str(path)!r} must be a "
-            f"non-negative whole number of bytes; received {text[:40]!r}. The file is corrupt "
-            "or was edited; re-save the model."
-        )
-    return int(text)
-
-
 def _load_external(proto: onnx.ModelProto, path: Path) -> None:
     from onnx.external_data_helper import load_external_data_for_model
 

@@ -2,6 +2,7 @@
 
     python scripts/fuzz_loaders.py --cases 200     # ~10 minutes on 2 cores
     python scripts/fuzz_loaders.py --cases 400 --jobs 4 --seed 1 --keep /tmp/fuzz_failures
+    python scripts/fuzz_loaders.py --cases 2000 --mix onnx=0.4,ties=0.3,ort=0.3   # no TensorFlow per case
 
 Valid seed files (a tied dense autoencoder and a tied conv autoencoder, each as
 ``.keras`` and as ``.onnx`` from ``tiedonnx export``, plus the dense one with its
@@ -10,13 +11,20 @@ bytes, protobuf fields, external-data entries, sparse tensors, non-tensor
 outputs, ``.keras`` config objects, registered names and modules, deep JSON,
 archive member tricks, and hostile input ``.npy`` files.
 
-Each mutated ``.onnx`` goes through ``tiedonnx inspect`` and ``tiedonnx run``,
-each mutated ``.keras`` through ``tiedonnx export``, every one in its own
-subprocess with a timeout. A case passes when the command exits 0, or exits 2
+Tie records and ``.ort`` files are mutated by ``scripts/fuzz_mutators_ties.py``
+(JSON values retyped, deleted, duplicated, cycles, bad permutations, deep
+nesting; ``.ort`` bytes, flatbuffer offsets, the record's text in place, and
+files rebuilt by onnxruntime around a hostile record).
+
+Each mutated ``.onnx`` and ``.ort`` goes through ``tiedonnx inspect`` and
+``tiedonnx run``, each ``.onnx`` with a mutated tie record through ``inspect``
+and ``quantize`` (int8 and int4), each mutated ``.keras`` through ``tiedonnx
+export``, every one in its own subprocess with a timeout. A case passes when the command exits 0, or exits 2
 with exactly one stderr line ``tiedonnx <cmd>: error: ...``; and, either way,
 leaves no temporary file, and on failure no output file. Anything else (a
-traceback, exit 3 or another code, extra stderr lines, a signal, a hang, a file
-left behind) is a failure; failing inputs are kept with ``--keep``.
+traceback, exit 3 (a bug in tiedonnx, counted on its own in the summary) or
+another code, extra stderr lines, a signal, a hang, a file left behind) is a
+failure; failing inputs are kept with ``--keep``.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fuzz_mutators import Case, mutate_onnx  # noqa: E402
 from fuzz_mutators_keras import mutate_keras  # noqa: E402
+from fuzz_mutators_ties import mutate_ort, mutate_ties  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -88,6 +97,13 @@ def build_seeds(folder: Path) -> dict[str, dict]:
                                   "files": {"model.keras": (folder / f"{name}.keras").read_bytes()}}
         seeds[f"{name}.onnx"] = {"kind": "onnx", "model": "model.onnx", "x": x,
                                  "files": {"model.onnx": (folder / f"{name}.onnx").read_bytes()}}
+    from tiedonnx.runtime.graph.ort_format import save_ort
+
+    for name in ("dense", "conv"):
+        save_ort(folder / f"{name}.onnx", folder / f"{name}.ort")
+        seeds[f"{name}.ort"] = {"kind": "ort", "model": "model.ort", "x": seeds[f"{name}.onnx"]["x"],
+                                "onnx": (folder / f"{name}.onnx").read_bytes(),
+                                "files": {"model.ort": (folder / f"{name}.ort").read_bytes()}}
     proto = onnx.load(folder / "dense.onnx")
     ext = folder / "ext"
     ext.mkdir()
@@ -110,7 +126,11 @@ def commands_for(case: Case, folder: Path) -> list[tuple[str, list[str], list[Pa
     if case.kind == "keras":
         out = folder / "out.onnx"
         return [("export", ["export", model, "-o", str(out), "--no-verify"], [out])]
-    y = folder / "y.npy"
+    y, q = folder / "y.npy", folder / "q.onnx"
+    if case.kind == "onnx_ties":  # what reads tie records: inspect and the quantizers
+        return [("inspect", ["inspect", model], []),
+                ("quantize", ["quantize", model, "-o", str(q), "--precision", "int8"], [q]),
+                ("quantize", ["quantize", model, "-o", str(q), "--precision", "int4", "--force"], [q])]
     return [("inspect", ["inspect", model], []),
             ("run", ["run", model, "-i", str(folder / "x.npy"), "-o", str(y), "--provider", "cpu"], [y])]
 
@@ -155,7 +175,7 @@ def run_case(index: int, case: Case, seed: dict, root: Path, outside: Path, time
         (folder / name).write_bytes(data)
     for name in case.links:
         (folder / name).symlink_to(outside)
-    if case.kind == "onnx" and "x.npy" not in case.files:
+    if case.kind in ("onnx", "onnx_ties", "ort") and "x.npy" not in case.files:
         (folder / "x.npy").write_bytes(seed["x"])
     outcomes = []
     for name, argv, outputs in commands_for(case, folder):
@@ -166,17 +186,31 @@ def run_case(index: int, case: Case, seed: dict, root: Path, outside: Path, time
     return outcomes
 
 
-def make_cases(seeds: dict[str, dict], n: int, rnd: random.Random, onnx_share: float) -> list[Case]:
-    onnx_seeds = sorted(k for k, s in seeds.items() if s["kind"] == "onnx")
-    keras_seeds = sorted(k for k, s in seeds.items() if s["kind"] == "keras")
+MUTATE = {"onnx": mutate_onnx, "ties": mutate_ties, "ort": mutate_ort, "keras": mutate_keras}
+SEED_KIND = {"onnx": "onnx", "ties": "onnx", "ort": "ort", "keras": "keras"}
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """``"onnx=0.4,ties=0.2,ort=0.2,keras=0.2"`` -> shares that sum to 1."""
+    mix = {k.strip(): float(v) for k, v in (part.split("=") for part in text.split(","))}
+    unknown = set(mix) - set(MUTATE)
+    if unknown or sum(mix.values()) <= 0:
+        raise SystemExit(f"--mix: families are {sorted(MUTATE)} with positive shares; received {text!r}")
+    total = sum(mix.values())
+    return {k: v / total for k, v in mix.items()}
+
+
+def make_cases(seeds: dict[str, dict], n: int, rnd: random.Random, mix: dict[str, float]) -> list[Case]:
+    families, bounds, acc = list(mix), [], 0.0
+    for family in families:
+        acc += mix[family]
+        bounds.append(round(n * acc))
     cases = []
     for i in range(n):
-        if i < round(n * onnx_share):
-            name = rnd.choice(onnx_seeds)
-            case = mutate_onnx(seeds[name], rnd)
-        else:
-            name = rnd.choice(keras_seeds)
-            case = mutate_keras(seeds[name], rnd)
+        family = families[next(j for j, bound in enumerate(bounds) if i < bound)]
+        name = rnd.choice(sorted(k for k, s in seeds.items() if s["kind"] == SEED_KIND[family]
+                                 and (family != "ties" or "external" not in k)))
+        case = MUTATE[family](seeds[name], rnd)
         case.seed_name = name
         cases.append(case)
     return cases
@@ -189,14 +223,18 @@ def report(outcomes: list[Outcome], cases: list[Case], elapsed: float, keep: Pat
     failures = [o for o in outcomes if o.status not in ("ok", "refused")]
     kinds = collections.Counter(c.kind for c in cases)
     families = collections.Counter(f"{c.kind}:{c.mutation.split(':')[0]}" for c in cases)
-    print(f"fuzz_loaders: {len(cases)} mutated files ({kinds['onnx']} .onnx, {kinds['keras']} .keras), "
+    exit3 = sum(o.status == "exit_3" for o in outcomes)
+    print(f"fuzz_loaders: {len(cases)} mutated files ({kinds['onnx']} .onnx, {kinds['onnx_ties']} .onnx "
+          f"tie records, {kinds['ort']} .ort, {kinds['keras']} .keras), "
           f"{len(outcomes)} subprocess runs in {elapsed:.0f} s")
     print("  mutations: " + ", ".join(f"{k} {v}" for k, v in sorted(families.items())))
     for command in sorted(by_command):
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(by_command[command].items()))
         slowest = max(o.seconds for o in outcomes if o.command == command)
         print(f"  {command:8} {counts}  (slowest {slowest:.1f} s)")
-    print(f"failures: {len(failures)}")
+    print(f"failures: {len(failures)} (exit 3, a bug in tiedonnx: {exit3}; tracebacks: "
+          f"{sum(o.status == 'traceback' for o in failures)}; signals: "
+          f"{sum(o.status == 'signal' for o in failures)}; hangs: {sum(o.status == 'hang' for o in failures)})")
     for o in failures:
         print(f"  case {o.case} {o.command} [{o.status}] {o.mutation}")
         print("    " + o.detail.strip().replace("\n", "\n    ")[-1200:])
@@ -209,8 +247,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=200,
                         help="mutated files to try (default 200, ~10 min on 2 cores)")
-    parser.add_argument("--onnx-share", type=float, default=0.6,
-                        help="fraction of cases that are .onnx (default 0.6)")
+    parser.add_argument("--mix", default="onnx=0.35,ties=0.2,ort=0.2,keras=0.25",
+                        help="share of each mutation family: .onnx files, their tie records, .ort files, "
+                             ".keras files (default onnx=0.35,ties=0.2,ort=0.2,keras=0.25)")
     parser.add_argument("--jobs", type=int, default=2, help="subprocesses at a time (default 2)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a run counts as a hang")
     parser.add_argument("--seed", type=int, default=0)
@@ -225,7 +264,7 @@ def main() -> int:
         outside = root / "outside.bin"
         outside.write_bytes(b"secret outside the model folder\n" * 64)
         rnd = random.Random(args.seed)
-        cases = make_cases(seeds, args.cases, rnd, args.onnx_share)
+        cases = make_cases(seeds, args.cases, rnd, parse_mix(args.mix))
         print(f"seeds built in {time.perf_counter() - start:.0f} s: {', '.join(sorted(seeds))}", flush=True)
         outcomes: list[Outcome] = []
         with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:

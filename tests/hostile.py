@@ -23,6 +23,8 @@ from onnx import TensorProto, helper
 
 from tiedonnx.runtime.cli import main
 
+from .hostile_metadata import TIE_KINDS, bad_ort, edit_tie_record  # noqa: F401  (re-exported)
+
 FEATURES = 8
 SENTINEL = b"existing output: must survive a failed command\n"
 # Warning categories Python's default filters hide from a CLI user; any other
@@ -160,6 +162,13 @@ def bad_onnx(kind: str, good: Path, folder: Path) -> Path:
     elif kind == "sparse_constant_bomb":
         node = helper.make_node("Constant", [], ["bomb"], sparse_value=_sparse("bomb_v", [2**20, 2**20]))
         proto.graph.node.insert(0, node)
+    elif kind in TIE_KINDS:
+        edit_tie_record(proto, kind)
+    elif kind == "huge_fixed_input":  # valid, one Identity node, input [batch, 2**40] float32 (4 TiB a row)
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2**40])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2**40])
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+        return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
     elif kind == "string_output":
         return _save(_non_tensor_output("string"), path)
     elif kind == "sequence_output":
@@ -176,7 +185,18 @@ def _external_field(proto: onnx.ModelProto, kind: str, folder: Path) -> None:
     fields = {"location": "w.bin", "offset": "0", "length": str(len(tensor.raw_data))}
     fields.update({"ext_offset_text": {"offset": "abc"}, "ext_length_float": {"length": "8.0"},
                    "ext_location_nul": {"location": "w.bin\0x"}, "ext_unknown_key": {"__class__": "x"},
-                   "ext_offset_huge": {"offset": "9" * 5000}}[kind])
+                   "ext_offset_huge": {"offset": "9" * 5000},
+                   # issue 26, also seen: the model file itself as data (its own bytes, within its size)
+                   "ext_location_self": {"location": "bad_ext_location_self.onnx"},
+                   "ext_overlap": {}}[kind])
+    size = len(tensor.raw_data)
+    _make_external(tensor, fields)
+    if kind == "ext_overlap":  # a second tensor reading the first one's bytes of w.bin
+        other = next(t for t in proto.graph.initializer[1:] if 0 < len(t.raw_data) <= size)
+        _make_external(other, {"location": "w.bin", "offset": "0", "length": str(len(other.raw_data))})
+
+
+def _make_external(tensor: onnx.TensorProto, fields: dict[str, str]) -> None:
     tensor.ClearField("raw_data")
     tensor.data_location = TensorProto.EXTERNAL
     for key, value in fields.items():

@@ -12,6 +12,7 @@ are built once per module; the bad ones come from :mod:`tests.hostile`.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import re
 import subprocess
@@ -26,7 +27,15 @@ keras = pytest.importorskip("keras")
 from tiedonnx.runtime.graph.ort_format import config_path_for  # noqa: E402
 
 from . import models  # noqa: E402
-from .hostile import FEATURES, assert_clean_failure, bad_array, bad_model, call  # noqa: E402
+from .hostile import (  # noqa: E402
+    FEATURES,
+    TIE_KINDS,
+    assert_clean_failure,
+    bad_array,
+    bad_model,
+    bad_ort,
+    call,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,7 +117,7 @@ ONNX_KINDS = ["missing", "empty", "directory", "truncated", "truncated_at_field"
               "wrong_ext", "npy_as_model",
               # issue 13, case 2: external-data fields that are not what onnx writes
               "ext_offset_text", "ext_length_float", "ext_location_nul", "ext_unknown_key",
-              "ext_offset_huge",
+              "ext_offset_huge", "ext_location_self", "ext_overlap",
               # case 9: sparse tensors count at their dense size against the byte cap
               "sparse_initializer_bomb", "sparse_constant_bomb"]
 
@@ -121,6 +130,8 @@ EXPECTED = {
     "ext_location_nul": "External data location of tensor .* contains a NUL byte",
     "ext_unknown_key": r"has unknown or repeated keys \['__class__'\]",
     "ext_offset_huge": "External data offset of tensor .* must be a non-negative whole number",
+    "ext_location_self": "names the model file itself as its external data",
+    "ext_overlap": r"Tensors .* share bytes of 'w.bin' \(offsets 0 and 0\)",
     "sparse_initializer_bomb": r"declare \d+ bytes, over the limit .*sparse tensors count at their dense size",
     "sparse_constant_bomb": r"declare \d+ bytes, over the limit .*sparse tensors count at their dense size",
     "registered_name_list": r"malformed object in config.json \(registered_name=\['tiedonnx>DenseTied'\]\)",
@@ -172,6 +183,127 @@ def test_non_tensor_outputs_are_refused_before_writing(cmd, kind, valid, tmp_pat
     argv, outputs = _onnx_command(cmd, bad_model(kind, valid / "good.onnx", bad), valid, out)
     line = assert_clean_failure(argv, outputs, out, capsys)
     assert "Output(s) ['y'] of" in line and "are not numeric tensors" in line
+
+
+@pytest.mark.parametrize("cmd", ["bench", "run"])
+def test_huge_declared_input_is_refused_before_allocating(cmd, valid, tmp_path, capsys):
+    """Issue 26, case 5: bench allocates synthetic inputs from the declared shape; it must refuse
+    [batch, 2**40] as run does (run refuses the x.npy that does not match it)."""
+    bad, out = _case_dirs(tmp_path)
+    argv, outputs = _onnx_command(cmd, bad_model("huge_fixed_input", valid / "good.onnx", bad), valid, out)
+    line = assert_clean_failure(argv, outputs, out, capsys)
+    if cmd == "bench":
+        # 2**40 float32 values, drawn as float64 then cast: 2**40 * (8 + 4) bytes = 12,288 GiB
+        assert re.search(r"batch 1 would take 1.23e\+04 GiB .*over the limit of 4 GiB", line), line
+
+
+# ------------------------------------------------- tiedonnx metadata, .ort files
+
+TIE_COMMANDS = [*ONNX_COMMANDS, "quantize_int8", "quantize_int4"]
+
+
+@pytest.mark.parametrize("kind", list(TIE_KINDS))
+@pytest.mark.parametrize("cmd", TIE_COMMANDS)
+def test_malformed_tie_record_is_skipped_with_one_warning(cmd, kind, valid, tmp_path, capsys, caplog):
+    """Issue 26, case 4: one validating reader (graph/metadata_check.py) behind read_model drops a
+    record tiedonnx never writes, with one warning line; the command goes on with the graph alone."""
+    bad, out = _case_dirs(tmp_path)
+    model = bad_model(kind, valid / "good.onnx", bad)
+    if cmd.startswith("quantize_"):
+        argv = ["quantize", str(model), "-o", str(out / "o.onnx"), "--precision", cmd.removeprefix("quantize_")]
+    else:
+        argv, _ = _onnx_command(cmd, model, valid, out)
+    caplog.set_level(logging.WARNING)
+    code, stdout, stderr = call(argv, capsys)
+    assert code == 0 and "Traceback" not in stdout + stderr, stderr
+    said = [r.getMessage() for r in caplog.records if "which tiedonnx never writes" in r.getMessage()]
+    assert len(said) == 1 and re.search(TIE_KINDS[kind], said[0]), said
+
+
+def test_malformed_tie_record_is_one_stderr_line_in_a_real_process(valid, tmp_path):
+    model = bad_model("tie_cycle", valid / "good.onnx", tmp_path)
+    done = subprocess.run([sys.executable, "-m", "tiedonnx.runtime.cli", "quantize", str(model), "-o",
+                           str(tmp_path / "q.onnx"), "--precision", "int8"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ignoring its tiedonnx.ties metadata" in lines[0], lines
+    assert (tmp_path / "q.onnx").exists()
+
+
+ORT_KINDS = ["ort_meta_not_utf8", "ort_producer_past_end", "ort_input_name_not_utf8"]
+ORT_EXPECTED = {"ort_meta_not_utf8": "has metadata that is not UTF-8 text",
+                "ort_input_name_not_utf8": "has a graph input or output name that is not UTF-8 text",
+                # inspect reads the producer name itself; run and bench have onnxruntime verify the file
+                "ort_producer_past_end": "is not a readable ORT-format model|ORT model verification failed"}
+
+
+@pytest.mark.parametrize("kind", ORT_KINDS)
+@pytest.mark.parametrize("cmd", ["inspect", "run", "bench"])
+def test_bad_ort_file(cmd, kind, valid, tmp_path, capsys):
+    """Issue 26, case 3: edited or corrupt .ort metadata is one line, as in .onnx files."""
+    bad, out = _case_dirs(tmp_path)
+    model = bad_ort(kind, valid / "good.onnx", bad)
+    argv, outputs = _onnx_command(cmd, model, valid, out)
+    line = assert_clean_failure(argv, outputs, out, capsys)
+    expected = ORT_EXPECTED.get(kind) or TIE_KINDS[kind.removeprefix("ort_")]
+    assert re.search(expected, line), line
+
+
+def test_ort_file_metadata_is_checked_by_load(valid, tmp_path):
+    from tiedonnx.runtime import load
+    from tiedonnx.runtime.errors import ModelFileError
+
+    with pytest.raises(ModelFileError, match=ORT_EXPECTED["ort_meta_not_utf8"]):
+        load(bad_ort("ort_meta_not_utf8", valid / "good.onnx", tmp_path))
+
+
+@pytest.mark.parametrize("kind", ["ort_tie_not_json", "ort_tie_no_initializer", "ort_tie_cycle",
+                                  "ort_tie_perm_huge", "ort_kept_fp32_deep"])
+def test_ort_malformed_tie_record_is_skipped_by_inspect(kind, valid, tmp_path, capsys, caplog):
+    model = bad_ort(kind, valid / "good.onnx", tmp_path)
+    caplog.set_level(logging.WARNING)
+    code, stdout, stderr = call(["inspect", str(model)], capsys)
+    assert code == 0, stderr
+    said = [r.getMessage() for r in caplog.records if "which tiedonnx never writes" in r.getMessage()]
+    assert len(said) == 1 and re.search(TIE_KINDS[kind.removeprefix("ort_")], said[0]), said
+
+
+def test_ort_refused_by_onnxruntime_says_one_line_not_a_warning_first(valid, tmp_path, capsys, caplog,
+                                                                      monkeypatch):
+    """Found by scripts/fuzz_loaders.py (an offset zeroed in a .ort): inspect warned about the tie
+    record, then failed on onnxruntime's verification: two lines. The record is checked after the
+    file loads. Here onnxruntime's refusal is stood in for, on a file whose record is malformed."""
+    from tiedonnx.runtime.errors import ModelFileError
+    from tiedonnx.runtime.graph import inspect_ort
+
+    def refuse(path):
+        raise ModelFileError(f"onnxruntime cannot load model {path!r}: ORT model verification failed.")
+
+    monkeypatch.setattr(inspect_ort, "_io", refuse)
+    bad, out = _case_dirs(tmp_path)
+    model = bad_ort("ort_tie_not_json", valid / "good.onnx", bad)
+    caplog.set_level(logging.WARNING)
+    line = assert_clean_failure(["inspect", str(model)], [], out, capsys)
+    assert "ORT model verification failed" in line
+    assert not [r for r in caplog.records if "never writes" in r.getMessage()]
+
+
+def test_onnx_refused_by_the_checker_says_one_line_not_a_warning_first(valid, tmp_path, capsys, caplog):
+    """Found by scripts/fuzz_loaders.py (bit flips in the record and the graph): the record is
+    checked after every other check, so a refused file gets one error line and no warning."""
+    import onnx
+
+    bad, out = _case_dirs(tmp_path)
+    proto = onnx.load(bad_model("tie_not_json", valid / "good.onnx", bad))
+    nodes = list(proto.graph.node)[::-1]  # no longer topologically sorted: the checker refuses it
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    onnx.save(proto, bad / "unsorted.onnx")
+    caplog.set_level(logging.WARNING)
+    line = assert_clean_failure(["inspect", str(bad / "unsorted.onnx")], [], out, capsys)
+    assert "failed the ONNX checker" in line
+    assert not [r for r in caplog.records if "never writes" in r.getMessage()]
 
 
 # ------------------------------------------------------------ Keras models

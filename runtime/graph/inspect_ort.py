@@ -10,14 +10,14 @@ tensor sizes) before anything else.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 from .inspect import InspectReport, copied_bytes, dtype_name
-from .metadata import TIES_KEY, TieRecord
-from .ort_format import ort_initializers, read_ort_model
+from .metadata import TIES_KEY, parse_ties
+from .metadata_check import drop_malformed
+from .ort_format import ort_initializers, read_ort_metadata, read_ort_model
 
 __all__ = ["inspect_ort_file"]
 
@@ -44,24 +44,48 @@ def _io(path: str) -> tuple[list[dict], list[dict]]:
     return describe(model.inputs), describe(model.outputs)
 
 
+def _read_flatbuffer(data: bytes, path) -> tuple:
+    """Metadata (validated), initializers, opsets, producer and IR version, or one ModelFileError.
+
+    :func:`.ort_format.read_ort_model` has walked the tensors; a crafted buffer
+    can still point a name or an opset past the end of the file, which the
+    flatbuffers reader reports as any of several exceptions.
+    """
+    from ..errors import ModelFileError, short_error
+
+    try:
+        meta = read_ort_metadata(data, path, check=False)  # the record is checked once the file loads
+        model = _model(data)
+        inits = ort_initializers(data, with_data=True)
+        opsets = {model.OpsetImport(i).Domain().decode() or "ai.onnx": model.OpsetImport(i).Version()
+                  for i in range(model.OpsetImportLength())}
+        producer = f"{(model.ProducerName() or b'').decode()} {(model.ProducerVersion() or b'').decode()}"
+        return meta, inits, opsets, producer.strip(), model.IrVersion()
+    except ModelFileError:
+        raise
+    except Exception as exc:  # IndexError, struct.error, UnicodeDecodeError, ... from a crafted buffer
+        raise ModelFileError(f"{str(path)!r} is not a readable ORT-format model ({short_error(exc)}): "
+                             "the file is corrupt. Write it again with `tiedonnx ort`.") from None
+
+
 def inspect_ort_file(path: str | os.PathLike, *, max_bytes: int | None = None) -> InspectReport:
     """Describe an ``.ort`` file like :func:`~.inspect.inspect_model` describes an ``.onnx``."""
     from ..model_file import DEFAULT_MAX_BYTES
 
     data = read_ort_model(path, max_bytes=max_bytes or DEFAULT_MAX_BYTES)
-    model = _model(data)
-    meta = {model.MetadataProps(i).Key().decode("utf-8", "replace"):
-            model.MetadataProps(i).Value().decode("utf-8", "replace")
-            for i in range(model.MetadataPropsLength())}
-    inits = ort_initializers(data, with_data=True)
+    meta, inits, opsets, producer, ir_version = _read_flatbuffer(data, path)
+    # onnxruntime verifies the whole file first: a file it refuses is one error line, with no
+    # warning about its tie record before it.
+    inputs, outputs = _io(str(path))
+    for key in drop_malformed(meta, path):
+        del meta[key]
     groups: dict = {}
     for entry in inits:
         groups.setdefault(_value_key(entry), []).append(entry["name"])
     copies = {n: names[0] for names in groups.values() if len(names) > 1 for n in names[1:]}
     by_name = {e["name"]: e for e in inits}
     ties, extra = [], 0
-    for raw in json.loads(meta.get(TIES_KEY, "[]")):
-        tie = TieRecord.from_dict(raw)
+    for tie in parse_ties(meta[TIES_KEY]) if TIES_KEY in meta else []:  # validated by read_ort_model
         stored = by_name.get(tie.initializer)
         problems = [] if stored else [f"stored tensor {tie.initializer!r} is not in the file"]
         twins = [n for n, src in copies.items() if tie.initializer in (n, src)]
@@ -71,14 +95,10 @@ def inspect_ort_file(path: str | os.PathLike, *, max_bytes: int | None = None) -
             tie.shape = list(stored["dims"])
         extra += copied_bytes(tie, (stored or {"bytes": 0})["bytes"])  # cast copies at their own dtype
         ties.append({**tie.as_dict(), "status": "ok" if not problems else "; ".join(problems)})
-    inputs, outputs = _io(str(path))
     size = Path(path).stat().st_size
-    opsets = {model.OpsetImport(i).Domain().decode() or "ai.onnx": model.OpsetImport(i).Version()
-              for i in range(model.OpsetImportLength())}
-    producer = f"{(model.ProducerName() or b'').decode()} {(model.ProducerVersion() or b'').decode()}"
     return InspectReport(
-        bytes=size, untied_bytes=size + extra, opset=opsets, ir_version=model.IrVersion(),
-        producer=producer.strip(), inputs=inputs, outputs=outputs,
+        bytes=size, untied_bytes=size + extra, opset=opsets, ir_version=ir_version,
+        producer=producer, inputs=inputs, outputs=outputs,
         initializers=[{"name": e["name"], "shape": e["dims"], "bytes": e["bytes"],
                        "dtype": dtype_name(e["data_type"])} for e in inits],
         ties=ties,
@@ -86,4 +106,3 @@ def inspect_ort_file(path: str | os.PathLike, *, max_bytes: int | None = None) -
                            for n, src in copies.items()],
         metadata={k: v for k, v in meta.items() if k != TIES_KEY} | {"format": "ORT"},
     )
-

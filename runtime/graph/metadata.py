@@ -22,11 +22,16 @@ import onnx
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PRECISION_KEY", "TIES_KEY", "read_precision", "TieRecord", "TieUse", "read_ties", "write_metadata", "write_ties"]
+__all__ = ["PRECISION_KEY", "TIES_KEY", "MalformedRecord", "read_precision", "TieRecord", "TieUse", "parse_ties",
+           "read_ties", "write_metadata", "write_ties"]
 
 TIES_KEY = "tiedonnx.ties"
 VERSIONS_KEY = "tiedonnx.versions"
 PRECISION_KEY = "tiedonnx.precision"
+
+
+class MalformedRecord(ValueError):
+    """A tiedonnx metadata value that is not what tiedonnx writes (readers turn it into one error line)."""
 
 
 def _compact(obj) -> dict:
@@ -90,21 +95,16 @@ class TieRecord:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict) -> TieRecord:
-        """Build from a metadata entry; raises ``TypeError``/``KeyError`` on a malformed one."""
+    def from_dict(cls, data) -> TieRecord:
+        """Build from one metadata entry, validated; raises :class:`MalformedRecord` on a bad one."""
+        from .metadata_check import check_entry
+
+        check_entry(data, "record")
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
         uses = kwargs.pop("uses", None) or []
         use_keys = {f.name for f in fields(TieUse)}
-        record = cls(**kwargs, uses=[TieUse(**{k: v for k, v in u.items() if k in use_keys})
-                                     for u in uses])
-        if not isinstance(record.initializer, str):
-            raise TypeError("initializer must be a string")
-        if record.keras is not None and not isinstance(record.keras, dict):
-            raise TypeError("keras must be an object")
-        if not all(isinstance(u.output, str) for u in record.uses):
-            raise TypeError("a use's output must be a string")
-        return record
+        return cls(**kwargs, uses=[TieUse(**{k: v for k, v in u.items() if k in use_keys}) for u in uses])
 
     def members(self) -> dict[str, tuple[int, ...]]:
         """Float tensor names of this tie -> the permutation of the stored tensor that gives them."""
@@ -120,22 +120,45 @@ class TieRecord:
             self.uses.append(use)
 
 
+def parse_ties(text: str) -> list[TieRecord]:
+    """The tie records in ``text`` (a :data:`TIES_KEY` value), every entry validated.
+
+    Raises:
+        MalformedRecord: not JSON, not a list of records, a field of the wrong
+            type or size, or records that contradict each other (see
+            :mod:`.metadata_check`).
+    """
+    from .metadata_check import check_references, load_json
+
+    entries = load_json(text, TIES_KEY)
+    if not isinstance(entries, list):
+        raise MalformedRecord(f"{TIES_KEY} must be a JSON list of records; received a "
+                              f"{type(entries).__name__}")
+    ties = []
+    for i, entry in enumerate(entries):
+        try:
+            ties.append(TieRecord.from_dict(entry))
+        except MalformedRecord as exc:
+            raise MalformedRecord(f"{TIES_KEY} entry {i}: {exc}") from None
+    check_references(ties)
+    return ties
+
+
 def read_ties(model: onnx.ModelProto) -> list[TieRecord]:
-    """The tie record of ``model`` (empty when it has none; malformed entries are skipped, logged)."""
+    """The tie record of ``model`` (empty when it has none).
+
+    Files are validated when read (:func:`tiedonnx.runtime.model_file.read_model`
+    refuses a malformed record); an in-memory model with a malformed record is
+    treated as having none, with one warning.
+    """
     for prop in model.metadata_props:
         if prop.key != TIES_KEY:
             continue
         try:
-            entries = json.loads(prop.value)
-        except (json.JSONDecodeError, RecursionError):
-            logger.warning("metadata %s is not valid JSON; ignoring it", TIES_KEY)
+            ties = parse_ties(prop.value)
+        except MalformedRecord as exc:
+            logger.warning("ignoring the malformed tie record: %s", exc)
             return []
-        ties = []
-        for entry in entries if isinstance(entries, list) else []:
-            try:
-                ties.append(TieRecord.from_dict(entry))
-            except (TypeError, KeyError, AttributeError, ValueError):
-                logger.warning("metadata %s has a malformed entry; ignoring it", TIES_KEY)
         _fill_from_graph(model.graph, ties)
         return ties
     return []

@@ -33,7 +33,7 @@ from .metadata import read_ties
 logger = logging.getLogger(__name__)
 
 __all__ = ["CONFIG_SUFFIX", "ORT_IDENTIFIER", "OrtReport", "config_path_for", "is_ort_file", "load_onnx",
-           "ort_initializers", "read_ort_model", "save_ort"]
+           "ort_initializers", "read_ort_metadata", "read_ort_model", "save_ort"]
 
 CONFIG_SUFFIX = ".required_operators.config"
 # Fusions only; ConstantFolding would materialize Transpose(W) as a copy.
@@ -293,6 +293,7 @@ def read_ort_model(path: str | os.PathLike, *, max_bytes: int) -> bytes:
             f"{ORT_IDENTIFIER!r}). Pass an .onnx file, or write an .ort with `tiedonnx ort`.")
     try:
         declared = _declared_ort_bytes(data, str(path))
+        read_ort_metadata(data, path, check=False)  # UTF-8: onnxruntime's metadata map needs it
     except (ModelFileError, UnsafeModelError):
         raise
     except Exception as exc:  # flatbuffers reads past the buffer: IndexError, struct.error...
@@ -304,6 +305,46 @@ def read_ort_model(path: str | os.PathLike, *, max_bytes: int) -> bytes:
             f"Tensors in {str(path)!r} declare {declared} bytes, over the limit of {max_bytes}. "
             "If you trust the model, pass a larger max_bytes=.")
     return data
+
+
+def read_ort_metadata(data: bytes, path: str | os.PathLike, *, check: bool = True) -> dict[str, str]:
+    """An ORT-format model's metadata, key -> value; with ``check``, like an ``.onnx`` file's:
+    malformed tiedonnx values are left out, with one warning each (:mod:`.metadata_check`).
+
+    Raises:
+        ModelFileError: a key or value that is not UTF-8.
+    """
+    import onnxruntime.tools.ort_format_model  # noqa: F401  (puts the flatbuffers schema on sys.path)
+    from ort_flatbuffers_py import fbs
+
+    from .metadata_check import drop_malformed
+
+    model = fbs.InferenceSession.InferenceSession.GetRootAsInferenceSession(bytearray(data), 0).Model()
+    entries: dict[str, str] = {}
+    for i in range(model.MetadataPropsLength()):
+        prop = model.MetadataProps(i)
+        try:
+            entries[(prop.Key() or b"").decode("utf-8")] = (prop.Value() or b"").decode("utf-8")
+        except UnicodeDecodeError:
+            raise ModelFileError(f"{str(path)!r} has metadata that is not UTF-8 text (entry {i}): the file "
+                                 "is corrupt. Write it again with `tiedonnx ort`.") from None
+    graph = model.Graph()  # onnxruntime hands these names to Python as str: they must decode
+    names = [graph.Inputs(i) for i in range(graph.InputsLength())] + \
+        [graph.Outputs(i) for i in range(graph.OutputsLength())] if graph is not None else []
+    if any(not _is_utf8(name) for name in names):
+        raise ModelFileError(f"{str(path)!r} has a graph input or output name that is not UTF-8 text: the "
+                             "file is corrupt. Write it again with `tiedonnx ort`.")
+    for key in drop_malformed(entries, path) if check else ():
+        del entries[key]
+    return entries
+
+
+def _is_utf8(name: bytes | None) -> bool:
+    try:
+        (name or b"").decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _declared_ort_bytes(data: bytes, label: str) -> int:

@@ -11,9 +11,9 @@ adds the cross-origin-isolation headers that multi-threaded wasm needs)::
       <model>.onnx    each model, byte for byte
       ort/            the three onnxruntime-web files (``runtime="local"`` only)
 
-Files are checked first (model files with :func:`read_model`, targets against
-``force``), then written atomically; ``index.html`` is written last, so a
-failed run never leaves a page that loads a half-written site.
+Files are checked first (model files with :func:`read_model`, every target
+against ``force``), then the site is built in a temporary sibling folder and
+published at once (:mod:`.publish`), so a failed run leaves ``OUT`` as it was.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import quote
 
-from ..atomic import write_bytes_atomic
-from ..errors import OutputExistsError, UsageError
+from ..errors import UsageError
 from ..model_file import read_model
 from . import ort_web
+from .publish import check_targets, publish
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def write_site(model_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     """
     model_path = Path(model_path)
     model = _describe(model_path, label=model_path.stem)
-    return _write(Path(out_dir), "model", [(model_path, model)], runtime=runtime,
+    return _write(out_dir, "model", [(model_path, model)], runtime=runtime,
                   force=force, npm_prefix=npm_prefix)
 
 
@@ -152,7 +152,7 @@ def write_demo_site(out_dir: str | os.PathLike, models: dict[str, str | os.PathL
             raise UsageError(f"Model labels must be non-empty strings. Received: {label!r}.")
         entries.append((Path(path), _describe(Path(path), label=label)))
     _check_digits(entries)
-    return _write(Path(out_dir), "demo", entries, runtime=runtime, force=force,
+    return _write(out_dir, "demo", entries, runtime=runtime, force=force,
                   npm_prefix=npm_prefix)
 
 
@@ -209,33 +209,31 @@ def _check_digits(entries: list[tuple[Path, dict]]) -> None:
                          "Pass files of one model (e.g. its fp32, fp16 and int8 exports).")
 
 
-def _write(out_dir: Path, page: str, entries: list[tuple[Path, dict]], *, runtime: str,
+def _write(out_dir: Path | str, page: str, entries: list[tuple[Path, dict]], *, runtime: str,
            force: bool, npm_prefix) -> SiteReport:
+    if not os.fspath(out_dir).strip():  # Path("") is ".": the site would land in the current folder
+        raise UsageError("The site folder is empty (''). Pass a folder path, e.g. site/.")
+    out_dir = Path(out_dir)
     files, dist = ort_web.runtime_files(runtime, prefix=npm_prefix, folder=RUNTIME_FOLDER)
     names = [m["file"] for _, m in entries]
-    reserved = {*_COMMON_ASSETS, *_PAGE_ASSETS[page], "index.html", "site.json"}
+    reserved = {*_COMMON_ASSETS, *_PAGE_ASSETS[page], "index.html", "site.json", RUNTIME_FOLDER}
     clashes = sorted({n for n in names if names.count(n) > 1 or n in reserved})
     if clashes:
-        raise UsageError(f"Model file names must be unique and not page file names. "
-                         f"Received: {clashes}. Rename or copy the files first.")
+        raise UsageError(f"Model file names must be unique and not page file or folder names "
+                         f"({sorted(reserved)}). Received: {clashes}. Rename or copy the files first.")
     site = {"tiedonnx_web": 1, "page": page, "runtime": {
         "mode": runtime, "package": ort_web.PACKAGE, "version": ort_web.VERSION,
         "files": [f.as_dict() for f in files]}, "models": [m for _, m in entries]}
-    contents = _page_files(page, site, files)
-    targets = {out_dir / name: ("page", data) for name, data in contents.items()}
-    targets.update({out_dir / m["file"]: ("model", path) for path, m in entries})
+    contents: dict[str, bytes | Path] = dict(_page_files(page, site, files))
+    page_bytes = sum(len(d) for d in contents.values())
+    contents.update({m["file"]: path for path, m in entries})
     if runtime == "local":
-        targets.update({out_dir / f.url: ("runtime", dist / f.name) for f in files})
-    _prepare(out_dir, list(targets), force=force)
+        contents.update({f.url: dist / f.name for f in files})
+    check_targets(out_dir, list(contents), force=force)  # every check before the first byte
     report = SiteReport(out_dir=str(out_dir), page=page, runtime=runtime,
                         models=site["models"], runtime_files=site["runtime"]["files"],
-                        page_bytes=sum(len(d) for d in contents.values()), _dist=dist)
-    # index.html last: until it is there, the folder is not a page.
-    for target in sorted(targets, key=lambda t: t.name == "index.html"):
-        kind, source = targets[target]
-        data = source if kind == "page" else Path(source).read_bytes()
-        write_bytes_atomic(target, data, force=force)
-        report.written.append(str(target))
+                        page_bytes=page_bytes, _dist=dist)
+    report.written = publish(out_dir, contents, force=force)
     logger.info("wrote %s site to %s (%d files, runtime=%s)", page, out_dir,
                 len(report.written), runtime)
     return report
@@ -254,23 +252,6 @@ def _page_files(page: str, site: dict, files: list) -> dict[str, bytes]:
     for name in (*_COMMON_ASSETS, *_PAGE_ASSETS[page]):
         out[name] = assets.joinpath(name).read_bytes()
     return out
-
-
-def _prepare(out_dir: Path, targets: list[Path], *, force: bool) -> None:
-    """Check every target before writing any; create the folders."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"Site folder is a file: {str(out_dir)!r}. Pass a folder path.")
-    parent = out_dir.parent if str(out_dir.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"The site folder's parent does not exist. Received: {str(out_dir)!r}. "
-                         "Create the parent folder first.")
-    existing = [str(t) for t in targets if t.exists()]
-    if existing and not force:
-        raise OutputExistsError(f"{len(existing)} site file(s) already exist, e.g. "
-                                f"{existing[0]!r}. Pass force=True (CLI: --force) to overwrite "
-                                "them, or choose another folder.")
-    for folder in sorted({t.parent for t in targets}):
-        folder.mkdir(parents=True, exist_ok=True)
 
 
 @functools.lru_cache(maxsize=32)

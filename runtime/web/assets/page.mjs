@@ -5,12 +5,14 @@ import { load, ortVersion, shapeText, timeRuns } from "./tiedonnx.mjs";
 
 const $ = (id) => document.getElementById(id);
 
-/** Batch-1 feeds: dynamic axes are 1, value ((37 k) mod 101) / 100 at flat index k. */
+/** Batch-1 feeds: dynamic axes are 1, value ((37 k) mod 101) / 100 at flat index k
+ * (integers: not divided; bool: whether it is odd). */
 export function probeFeeds(inputs) {
   return Object.fromEntries(inputs.map((s) => {
     const dims = s.shape.map((d) => (typeof d === "number" ? d : 1));
     const n = dims.reduce((a, b) => a * b, 1);
-    const data = Array.from({ length: n }, (_, k) => ((37 * k) % 101) / (s.dtype.startsWith("float") ? 100 : 1));
+    const value = (k) => ((37 * k) % 101) / (s.dtype.startsWith("float") ? 100 : 1);
+    const data = Array.from({ length: n }, (_, k) => (s.dtype === "bool" ? value(k) % 2 === 1 : value(k)));
     return [s.name, { data, dims }];
   }));
 }

@@ -8,7 +8,8 @@
 //   out.y.data, out.y.dims                      // by output name
 //
 // Inputs are checked before onnxruntime sees them, with the Python runtime's
-// wording: names, rank, fixed axis sizes, dtype, NaN/inf (refused unless
+// wording and accept/refuse table: names, rank, fixed axis sizes, dims (whole
+// numbers), nesting (never ragged), dtype (bool included), NaN/inf (refused unless
 // {allowNonfinite: true}). Every problem found is reported in one InputError.
 // Other float types are cast to the model's (as Keras does); integers are cast
 // to the model's integer type only when every value fits.
@@ -153,12 +154,9 @@ export class TiedModel {
    * @param {{allowNonfinite?: boolean}} options
    */
   async run(feeds, { allowNonfinite = false } = {}) {
-    const arrays = checkInputs(feeds, this.inputs);
-    const tensors = {};
-    for (const s of this.inputs) {
-      const data = materialize(s, arrays[s.name], allowNonfinite);
-      tensors[s.name] = new ort.Tensor(s.dtype, data, arrays[s.name].dims);
-    }
+    const ready = prepareFeeds(feeds, this.inputs, { allowNonfinite });
+    const tensors = Object.fromEntries(Object.entries(ready).map(([name, f]) =>
+      [name, new ort.Tensor(f.dtype, f.data, f.dims)]));
     const results = await this.session.run(tensors);
     const out = {};
     for (const s of this.outputs) {
@@ -170,6 +168,20 @@ export class TiedModel {
 }
 
 // ---- input checks (same rules and wording as tiedonnx/runtime/inputs.py) ----
+//
+// The accept/refuse table is the Python runtime's, feed by feed (tests/test_web_inputs.py
+// runs the same hostile feeds through both). JavaScript has no int/float distinction
+// in plain numbers, so an array of numbers stands for numpy's float64 for a float
+// input and must hold safe integers for an integer one; an array of booleans, or an
+// ort.Tensor of type "bool", is numpy's bool (a bool input takes nothing else).
+
+/** Check feeds against specs and cast them: {name: {data, dims, dtype}}, ready for ort.Tensor. */
+export function prepareFeeds(feeds, specs, { allowNonfinite = false } = {}) {
+  const arrays = checkInputs(feeds, specs);
+  return Object.fromEntries(specs.map((s) => [s.name, {
+    data: materialize(s, arrays[s.name], allowNonfinite), dims: arrays[s.name].dims, dtype: s.dtype,
+  }]));
+}
 
 /** Match feeds to specs by name, rank, fixed axes and dtype kind; raise every problem at once. */
 export function checkInputs(feeds, specs) {
@@ -215,35 +227,68 @@ function byName(feeds, specs) {
 
 const list = (xs) => `[${xs.map((x) => `'${x}'`).join(", ")}]`;
 const typeName = (v) => (v === null ? "null" : v?.constructor?.name ?? typeof v);
+const short = (v) => { const t = typeof v === "string" ? `'${v}'` : String(v); return t.length > 40 ? `${t.slice(0, 37)}...` : t; };
 
-// Typed array class -> dtype name, for received data (bool shares Uint8Array).
+// Typed array class -> dtype name, for received data (bool shares Uint8Array: see dtypeOf).
 const DTYPE_OF = new Map(Object.entries(TYPED).filter(([n]) => n !== "bool").map(([n, T]) => [T, n]));
-const dtypeOf = (data) => (Array.isArray(data) ? "number" : DTYPE_OF.get(data?.constructor) ?? null);
+
+/** The dtype of received data: a typed array's, "number" / "bool" for plain arrays, else null. */
+function dtypeOf(data, declared) {
+  if (Array.isArray(data)) {
+    if (data.every((x) => typeof x === "number")) return "number";
+    if (data.length && data.every((x) => typeof x === "boolean")) return "bool";
+    return null;  // strings, mixed, objects: numpy would make an object or string array
+  }
+  const dtype = DTYPE_OF.get(data?.constructor) ?? null;
+  return declared === "bool" && dtype === "uint8" ? "bool" : dtype;  // ort.Tensor("bool", Uint8Array)
+}
+
+/** Dims of a nested array, every level checked (numpy refuses ragged nesting); null if ragged. */
+function nestedDims(value) {
+  const dims = [];
+  for (let v = value; Array.isArray(v); v = v[0]) dims.push(v.length);
+  const walk = (v, depth) => (depth === dims.length ? !Array.isArray(v)
+    : Array.isArray(v) && v.length === dims[depth] && v.every((x) => walk(x, depth + 1)));
+  return walk(value, 0) ? dims : null;
+}
+
+const badDims = (dims) => !Array.isArray(dims) && !ArrayBuffer.isView(dims) ? true
+  : Array.from(dims).some((d) => !Number.isSafeInteger(Number(d)) || Number(d) < 0 || typeof d === "string");
 
 /** One input as {data, dims, dtype}; nested arrays get their dims as numpy would. */
 function asArray(value, name) {
-  let data, dims;
+  let data, dims, declared = null;
   if (isTensorLike(value)) {
     ({ data, dims } = value);
-    dims = Array.from(dims ?? [], Number);
-  } else if (Array.isArray(value)) {
-    dims = [];
-    for (let v = value; Array.isArray(v); v = v[0]) dims.push(v.length);
-    data = value.flat(Infinity);
-    if (data.length !== dims.reduce((a, b) => a * b, 1) || data.some((x) => typeof x !== "number")) {
-      throw new InputError(`Input '${name}' could not be read as an array (received ragged or ` +
-        "non-numeric nested arrays). Pass {data, dims} with a typed array.");
+    declared = value.type ?? value.dtype ?? null;
+    if (badDims(dims)) {
+      throw new InputError(`Input '${name}' has dims ${short(Array.isArray(dims) ? `[${dims}]` : dims)}: ` +
+        "dims must be an array of non-negative whole numbers, one per axis, e.g. [1, 64].");
     }
+    dims = Array.from(dims, Number);
+  } else if (Array.isArray(value)) {
+    dims = nestedDims(value);
+    if (dims === null) {
+      throw new InputError(`Input '${name}' could not be read as an array (received ragged ` +
+        "nested arrays: rows of different lengths or depths). Pass {data, dims} with a typed array.");
+    }
+    data = value.flat(Infinity);
   } else {
     data = value;
     dims = ArrayBuffer.isView(value) ? [value.length] : null;
   }
-  const dtype = data == null ? null : dtypeOf(data);
+  const dtype = data == null ? null : dtypeOf(data, declared);
   if (dtype === null || dims === null) {
     throw new InputError(`Input '${name}' could not be read as an array (received ` +
-      `${typeName(value)}). Pass {data: Float32Array, dims: [batch, ...]}.`);
+      `${Array.isArray(data) ? "an array of non-numbers" : typeName(value)}). ` +
+      "Pass {data: Float32Array, dims: [batch, ...]}.");
   }
   return { data, dims, dtype };
+}
+
+function fix(s) {
+  if (s.dtype === "bool") return "booleans (Array.from(x, Boolean)) or new ort.Tensor('bool', Uint8Array.from(x), dims)";
+  return `${TYPED[s.dtype]?.name ?? s.dtype}.from(x)`;
 }
 
 function checkOne(s, a) {
@@ -264,13 +309,26 @@ function checkOne(s, a) {
     problems.push(`Input '${s.name}' expects shape ${expected}; received shape ${got} ` +
       `(axis ${bad} is ${a.dims[bad]}, expected ${s.shape[bad]}).`);
   }
-  const compatible = a.dtype === "number" ? kind(s.dtype) !== "b" : kind(a.dtype) === kind(s.dtype);
+  const want = kind(s.dtype);
+  const compatible = a.dtype === "number" ? want !== "b" : a.dtype === "bool" ? want === "b"
+    : kind(a.dtype) === want && want !== "b";
   if (!compatible) {
-    const T = TYPED[s.dtype]?.name ?? s.dtype;
     problems.push(`Input '${s.name}' expects dtype ${s.dtype}; received ${a.dtype}. Convert it ` +
-      `explicitly (${T}.from(x)), scaling first if the values need it.`);
+      `explicitly (${fix(s)}), scaling first if the values need it.`);
   }
   return problems;
+}
+
+// 64-bit ranges as BigInt: a BigInt64Array holds values past Number's safe range.
+const BIG_RANGE = { int64: [-(2n ** 63n), 2n ** 63n - 1n], uint64: [0n, 2n ** 64n - 1n] };
+
+function outOfRange(s, v) {
+  if (typeof v === "bigint") {
+    const [lo, hi] = BIG_RANGE[s.dtype] ?? INT_RANGE[s.dtype].map(BigInt);
+    return v < lo || v > hi;
+  }
+  const [lo, hi] = s.dtype in BIG_RANGE ? [Number.MIN_SAFE_INTEGER, Number.MAX_SAFE_INTEGER] : INT_RANGE[s.dtype];
+  return !Number.isSafeInteger(v) || v < lo || v > hi;
 }
 
 /** Cast one input to the model's dtype and check its values. */
@@ -281,10 +339,16 @@ function materialize(s, a, allowNonfinite) {
       "build (no typed array for it). Use a browser with Float16Array, or an fp32 input model.");
   }
   let data = a.data;
+  if (s.dtype === "bool") {
+    const bad = Array.prototype.findIndex.call(data, (v) => v !== true && v !== false && v !== 0 && v !== 1);
+    if (bad >= 0) {
+      throw new InputError(`Input '${s.name}' expects bool; received value ${short(data[bad])} ` +
+        `(at flat index ${bad}) in a bool tensor, which holds only 0 and 1. Fix the data.`);
+    }
+    return data instanceof Uint8Array ? data : Uint8Array.from(data, (v) => (v ? 1 : 0));
+  }
   if (kind(s.dtype) === "i") {
-    const [lo, hi] = INT_RANGE[s.dtype];
-    const bad = Array.prototype.findIndex.call(data, (v) => !Number.isInteger(Number(v)) ||
-      Number(v) < lo || Number(v) > hi);
+    const bad = Array.prototype.findIndex.call(data, (v) => outOfRange(s, v));
     if (bad >= 0) {
       throw new InputError(`Input '${s.name}' expects ${s.dtype}; received ${a.dtype} value ` +
         `${data[bad]} (at flat index ${bad}), not an integer in ${s.dtype}'s range. Fix the data.`);
@@ -298,8 +362,14 @@ function materialize(s, a, allowNonfinite) {
     const bad = data.findIndex((v) => !Number.isFinite(v));
     if (bad >= 0) {
       const rowSize = a.dims.slice(1).reduce((x, y) => x * y, 1) || 1;
+      const row = Math.floor(bad / rowSize), source = a.data[bad];
+      if (Number.isFinite(Number(source))) {
+        throw new InputError(`Input '${s.name}' holds ${a.dtype} values outside ${s.dtype}'s range ` +
+          `(first at row ${row}: ${source}); cast to ${s.dtype} they become inf. Scale the data, ` +
+          "or pass {allowNonfinite: true} to run it anyway.");
+      }
       throw new InputError(`Input '${s.name}' contains NaN or inf (first at row ` +
-        `${Math.floor(bad / rowSize)}). Clean the data, or pass {allowNonfinite: true} to run it anyway.`);
+        `${row}). Clean the data, or pass {allowNonfinite: true} to run it anyway.`);
     }
   }
   return data;
@@ -316,9 +386,8 @@ function materialize(s, a, allowNonfinite) {
 export async function timeRuns(model, feeds, { runs = 1000, block = 100, warmup = 50, raw = false } = {}) {
   let tensors = null;
   if (raw) {  // the bare session, inputs checked and cast once up front
-    const arrays = checkInputs(feeds, model.inputs);
-    tensors = Object.fromEntries(model.inputs.map((s) => [s.name,
-      new ort.Tensor(s.dtype, materialize(s, arrays[s.name], false), arrays[s.name].dims)]));
+    tensors = Object.fromEntries(Object.entries(prepareFeeds(feeds, model.inputs)).map(([name, f]) =>
+      [name, new ort.Tensor(f.dtype, f.data, f.dims)]));
   }
   const call = raw ? () => model.session.run(tensors) : () => model.run(feeds);
   for (let i = 0; i < warmup; i++) await call();
