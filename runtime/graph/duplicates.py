@@ -5,10 +5,10 @@ from names or shapes. Candidates are grouped first by dtype, element count,
 sorted shape and an order-independent fingerprint, so the full comparisons
 run only between tensors that can possibly match.
 
-Integer tensors under :data:`MIN_DUPLICATE_BYTES` are not candidates: a
-one-byte zero point or an index constant that equals another by chance is not
-a tie, and the node that would replace it costs more than it saves. Float
-tensors are always candidates: a tied 2x1 kernel is 8 bytes.
+Tensors under :data:`MIN_DUPLICATE_BYTES` are not candidates (a one-byte zero
+point, an index constant or a captured scalar that equals another by chance is
+not a tie, and the node that would replace it costs more than it saves),
+except float matrices: a tied 2x1 kernel is 8 bytes.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from onnx import numpy_helper
 
 __all__ = ["MIN_DUPLICATE_BYTES", "Duplicate", "find_duplicates", "find_permutations_of", "initializer_arrays"]
 
-#: Smaller integer tensors are never reported as copies. Measured (``python
+#: Smaller tensors (float matrices excepted) are never reported as copies. Measured (``python
 #: scripts/small_duplicates.py``): in the fp32/fp16/int8/int4 files of tiny QwenMoe,
 #: Qwen3Moe, GPT-2, BERT and DeBERTaV3 models the only equal pairs left are two
 #: uint8 [1, 1] int4 zero points (1 byte, the QwenMoe pair that broke the tie proof);
@@ -146,9 +146,10 @@ def find_duplicates(arrays: dict[str, np.ndarray], *, prefer: list[str] | None =
         that stays. A group of ``k`` equal tensors yields ``k - 1`` entries.
     """
     prefer = list(prefer or [])
-    # Small *integer* tensors only (quantization zero points, index constants): a float weight of
-    # 2 values can still be a real tie (a 2x1 tied kernel, tests/test_property.py).
-    arrays = {k: v for k, v in arrays.items() if v.nbytes >= min_bytes or np.issubdtype(v.dtype, np.floating)}
+    # A small float *matrix* can still be a real tie (a 2x1 tied kernel, 8 bytes: tests/test_property.py);
+    # small scalars, vectors and integer tensors (zero points, T5Gemma's captured scale) are not ties.
+    arrays = {k: v for k, v in arrays.items()
+              if v.nbytes >= min_bytes or (v.ndim >= 2 and np.issubdtype(v.dtype, np.floating))}
     found = _permutation_duplicates(arrays, prefer)
     return found + _cast_duplicates(arrays, skip={d.copy for d in found})
 
