@@ -142,6 +142,34 @@ def _prove_invariants(proto) -> None:
                               f"{[(d.copy, d.relation, d.source) for d in left]}")
 
 
+def _check_before_work(path, *, opset: int, precision: str, options: dict, short_names, force: bool, ort: bool,
+                       input_spec):
+    """Every refusal that needs no model: options, the output files (and .ort ones), the input spec."""
+    _check_options(opset, precision)
+    from tiedonnx.runtime.graph.quantize import check_precision_options
+
+    check_precision_options(precision, short_names=short_names, **options)
+    path = model_save.check_model_targets(path, force=force)  # and its external-data file
+    ort_path = path.with_suffix(".ort") if ort else None
+    if ort_path is not None:
+        from tiedonnx.runtime.graph.ort_format import config_path_for
+
+        check_output_path(ort_path, force=force)
+        check_output_path(config_path_for(ort_path), force=force)
+    if input_spec is not None:  # a malformed spec is refused before the model loads
+        from .input_specs import spec_structure
+
+        spec_structure(input_spec)
+    return path, ort_path
+
+
+def _warn_preprocessor(keras_model) -> None:
+    if getattr(keras_model, "preprocessor", None) is not None:  # a KerasHub task with its tokenizer
+        logger.warning("%s has a preprocessor (tokenizer); the .onnx holds the model only. For a folder with "
+                       "the tokenizer and a KV-cache decoder, export with task='generate' (CLI: --task generate)",
+                       keras_model.name)
+
+
 def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify: bool = True,
            precision: str = "fp32", block_size: int | None = None, symmetric: bool | None = None,
            short_names: bool | None = None, per_channel: bool | None = None,
@@ -189,33 +217,17 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
         >>> report.bytes, report.untied_bytes  # doctest: +SKIP
         (803810, 1606318)
     """
-    _check_options(opset, precision)
-    from tiedonnx.runtime.graph.quantize import check_precision_options
-
     options = dict(block_size=block_size, symmetric=symmetric, per_channel=per_channel,
                    reduce_range=reduce_range)
-    check_precision_options(precision, short_names=short_names, **options)
-    path = model_save.check_model_targets(path, force=force)  # and its external-data file
-    ort_path = path.with_suffix(".ort") if ort else None
-    if ort_path is not None:  # every output is checked before any work
-        from tiedonnx.runtime.graph.ort_format import config_path_for
-
-        check_output_path(ort_path, force=force)
-        check_output_path(config_path_for(ort_path), force=force)
-    if input_spec is not None:  # a malformed spec is refused before the model loads
-        from .input_specs import spec_structure
-
-        spec_structure(input_spec)
+    path, ort_path = _check_before_work(path, opset=opset, precision=precision, options=options,
+                                        short_names=short_names, force=force, ort=ort, input_spec=input_spec)
     step = on_step or (lambda message: logger.info("%s", message))
     start = time.perf_counter()
     if isinstance(model, (str, os.PathLike)):
         step(f"loading the Keras model {os.fspath(model)}")
     keras_model = _resolve_model(model, unsafe, import_modules)
     _check_compute_dtype(keras_model, precision)
-    if getattr(keras_model, "preprocessor", None) is not None:  # a KerasHub task with its tokenizer
-        logger.warning("%s has a preprocessor (tokenizer); the .onnx holds the model only. For a folder with "
-                       "the tokenizer and a KV-cache decoder, export with task='generate' (CLI: --task generate)",
-                       keras_model.name)
+    _warn_preprocessor(keras_model)
     ties = find_ties(keras_model)
 
     step(f"converting with tf2onnx (opset {opset})")
