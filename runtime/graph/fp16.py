@@ -25,7 +25,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .edit import prepend_nodes, replace_repeated
-from .metadata import TieUse, read_ties, write_metadata, write_ties
+from .metadata import KEPT_FP32_KEY, TieUse, read_ties, write_metadata, write_ties
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,6 @@ __all__ = ["FP16_SUFFIX", "KEPT_FP32_KEY", "to_fp16"]
 FP16_SUFFIX = "__fp16"
 _FP16_MAX = float(np.finfo(np.float16).max)
 #: Metadata key: JSON list of the float32 initializers left in float32 (out of float16 range).
-KEPT_FP32_KEY = "tiedonnx.fp16.kept_fp32"
 
 
 def _key(half: np.ndarray) -> tuple:

@@ -28,6 +28,8 @@ __all__ = ["PRECISION_KEY", "TIES_KEY", "MalformedRecord", "read_precision", "Ti
 TIES_KEY = "tiedonnx.ties"
 VERSIONS_KEY = "tiedonnx.versions"
 PRECISION_KEY = "tiedonnx.precision"
+#: Tensors an fp16 file keeps in float32 (a JSON list), written by :mod:`.fp16`.
+KEPT_FP32_KEY = "tiedonnx.fp16.kept_fp32"
 
 
 class MalformedRecord(ValueError):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 
-from .metadata import TIES_KEY, MalformedRecord
+from .metadata import KEPT_FP32_KEY, TIES_KEY, MalformedRecord
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +153,6 @@ def load_json(text, key: str):
 
 
 def _check_kept_fp32(text: str) -> None:
-    from .fp16 import KEPT_FP32_KEY
-
     names = load_json(text, KEPT_FP32_KEY)
     if not (isinstance(names, list) and all(_is_name(n) for n in names)):
         raise MalformedRecord(f"{KEPT_FP32_KEY} must be a JSON list of tensor names; received "
@@ -163,7 +161,6 @@ def _check_kept_fp32(text: str) -> None:
 
 def check_metadata(entries: dict[str, str]) -> dict[str, str]:
     """The tiedonnx metadata values in ``entries`` (key -> value) that are malformed: key -> problem."""
-    from .fp16 import KEPT_FP32_KEY
     from .metadata import parse_ties
 
     problems = {}
