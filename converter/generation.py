@@ -46,6 +46,7 @@ conventions for the precision)::
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -122,6 +123,7 @@ def _cache_writes_as_concat():
         keras.ops.slice_update = original
 
 
+@functools.lru_cache(maxsize=None)
 def _make_cached_decoder_class():
     import keras
     from keras import ops
