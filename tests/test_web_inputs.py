@@ -192,6 +192,18 @@ def test_browser_module_matches_python_in_node(tmp_path):
     _check(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
+def _evaluate_in_site(sync_api, site, script: str, arg):
+    """Serve ``site``, open it in headless Chromium and return ``page.evaluate(script, arg)``."""
+    with sync_api.sync_playwright() as p, serving(site) as url:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            return page.evaluate(script, arg)
+        finally:
+            browser.close()
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not on PATH (Debian: apt-get install -y chromium)")
 def test_browser_module_matches_python_in_chromium(tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright-python not installed")
@@ -200,19 +212,12 @@ def test_browser_module_matches_python_in_chromium(tmp_path):
     site = tmp_path / "site"
     write_site(model, site)
     shutil.copy(HARNESS, site / "harness.mjs")
-    with sync_api.sync_playwright() as p, serving(site) as url:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            page.goto(url)
-            results = page.evaluate("""async (cases) => {
-                const ort = await import("onnxruntime-web");
-                const t = await import("./tiedonnx.mjs");
-                const h = await import("./harness.mjs");
-                return h.runCases(cases, t, ort);
-            }""", _js_cases())
-        finally:
-            browser.close()
+    results = _evaluate_in_site(sync_api, site, """async (cases) => {
+        const ort = await import("onnxruntime-web");
+        const t = await import("./tiedonnx.mjs");
+        const h = await import("./harness.mjs");
+        return h.runCases(cases, t, ort);
+    }""", _js_cases())
     _check(results)
 
 
@@ -232,18 +237,11 @@ def test_bool_input_runs_in_chromium_as_in_onnxruntime(tmp_path):
     expected = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(
         None, {"x": np.array(feed)})[0]
     write_site(model, tmp_path / "site")
-    with sync_api.sync_playwright() as p, serving(tmp_path / "site") as url:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            page.goto(url)
-            got = page.evaluate("""async (feed) => {
-                const t = await import("./tiedonnx.mjs");
-                const model = await t.load("not.onnx");
-                const out = await model.run(feed);
-                return { data: Array.from(out.y.data, Number), dims: out.y.dims, dtype: out.y.dtype };
-            }""", feed)
-        finally:
-            browser.close()
+    got = _evaluate_in_site(sync_api, tmp_path / "site", """async (feed) => {
+        const t = await import("./tiedonnx.mjs");
+        const model = await t.load("not.onnx");
+        const out = await model.run(feed);
+        return { data: Array.from(out.y.data, Number), dims: out.y.dims, dtype: out.y.dtype };
+    }""", feed)
     assert got["dtype"] == "bool" and got["dims"] == [2, 3]
     assert got["data"] == expected.astype(int).ravel().tolist()
