@@ -186,11 +186,14 @@ def cache_shape(lm) -> tuple[int, int, int]:
     return shape[1], shape[4], shape[5]
 
 
-def decoder_model(lm):
-    """A functional Keras model of one cached step: Optimum's inputs and outputs, by name."""
+def decoder_model(lm, shape: tuple[int, int, int] | None = None):
+    """A functional Keras model of one cached step: Optimum's inputs and outputs, by name.
+
+    ``shape`` is :func:`cache_shape` of ``lm`` when the caller has it (it traces a step to find it).
+    """
     import keras
 
-    layers, heads, dim = cache_shape(lm)
+    layers, heads, dim = shape or cache_shape(lm)
     ids = keras.Input((None,), dtype="int64", name="input_ids")  # int64 as in Optimum (transformers.js feeds int64)
     past = [keras.Input((heads, None, dim), dtype=lm.compute_dtype, name=n) for n in kv_input_names(layers)]
     outputs = CachedDecoder(lm, layers, name="decoder")(ids, past)
@@ -235,9 +238,9 @@ def _sampler_settings(lm) -> dict:
     return settings
 
 
-def generation_config(lm, *, max_length: int | None, model_file: str, precision: str,
-                      special: dict) -> GenerationConfig:
-    layers, heads, dim = cache_shape(lm)
+def generation_config(lm, *, shape: tuple[int, int, int], max_length: int | None, model_file: str,
+                      precision: str, special: dict) -> GenerationConfig:
+    layers, heads, dim = shape
     return GenerationConfig(
         format_version=FORMAT_VERSION, model_file=model_file, precision=precision,
         family=type(lm).__name__.removesuffix("CausalLM"), num_layers=layers, num_kv_heads=heads,
@@ -334,13 +337,14 @@ def export_generation(model, folder: str | os.PathLike, *, precision: str = "fp3
     start = time.perf_counter()
     with _staging_folder(target, force=force) as staging:
         lm = _resolve_lm(model, unsafe=unsafe, import_modules=import_modules)
-        decoder = decoder_model(lm)
+        shape = cache_shape(lm)
+        decoder = decoder_model(lm, shape)
         model_file = f"onnx/{MODEL_FILES[precision]}"
         (staging / "onnx").mkdir()
         report = export(decoder, staging / model_file, precision=precision, verify=False,
                         graph_passes=(fold_stack_picks,), **precision_options)
         special = write_tokenizer(lm, staging)
-        config = generation_config(lm, max_length=max_length, model_file=model_file, precision=precision,
+        config = generation_config(lm, shape=shape, max_length=max_length, model_file=model_file, precision=precision,
                                    special=special)
         worst = _verify_steps(decoder, staging / model_file, config, precision) if verify else None
         config.write(staging / CONFIG_NAME)
@@ -366,10 +370,3 @@ def _write_transformers_config(lm, config: GenerationConfig, folder: Path) -> No
     (folder / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
     gen = {"bos_token_id": config.bos_token_id, "eos_token_id": eos, "max_length": config.max_length}
     (folder / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
-
-
-def check_generation_options(task: str) -> None:
-    if task not in ("forward", "generate"):
-        raise UsageError(f"Unknown task. Received: task={task!r}. Use 'forward' (one forward pass, the default) "
-                         "or 'generate' (a generation folder with a KV-cache decoder).")
-
