@@ -235,6 +235,28 @@ def test_cli_model_or_version_folder_is_a_file(tmp_path, capsys, blocker):
     assert _snapshot(repo) == before
 
 
+@pytest.mark.parametrize("link", ["ae", "ae/1"])
+def test_cli_refuses_folder_symlinks_inside_the_repository(tmp_path, capsys, link):
+    """A model or version folder that is a symbolic link would send the files elsewhere."""
+    model = _tied_ae(tmp_path / "ae.onnx")
+    repo, elsewhere = tmp_path / "repo", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (repo / link).parent.mkdir(parents=True, exist_ok=True)
+    (repo / link).symlink_to(elsewhere, target_is_directory=True)
+    line = _refused(["triton", str(model), str(repo), "--force"], capsys)
+    what = "Model folder" if link == "ae" else "Version folder"
+    assert f"{what} {str(repo / link)!r} is a symbolic link" in line
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_cli_refuses_an_empty_repository_path(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = _tied_ae(tmp_path / "ae.onnx")
+    line = _refused(["triton", str(model), ""], capsys)
+    assert "The repository folder is empty ('')" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ae.onnx"]
+
+
 @pytest.mark.parametrize("folder", ["config.pbtxt", "1/model.onnx"])
 def test_cli_force_checks_everything_before_writing(tmp_path, capsys, folder):
     """--force over a repository where one target is a folder: refused, and no other

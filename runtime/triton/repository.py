@@ -141,6 +141,8 @@ def write_model_repository(
     """
     _check_options(backend=backend, max_batch_size=max_batch_size, instances=instances,
                    python_env=python_env, memory=memory, threads=threads)
+    if not os.fspath(repo_dir).strip():  # Path("") is ".": the repository would be the current folder
+        raise UsageError("The repository folder is empty (''). Pass a folder path, e.g. models/.")
     model_path = Path(model_path)
     name = model_path.stem if name is None else name
     _check_name(name)
@@ -264,6 +266,11 @@ def _check_targets(repo_dir: Path, model_dir: Path, targets: list[Path], *, forc
         if os.path.lexists(folder) and not folder.is_dir():
             raise UsageError(f"{what} {str(folder)!r} exists and is not a folder. Remove or "
                              "rename it, or choose another repository (or --name).")
+    for folder, what in ((model_dir, "Model folder"), (model_dir / VERSION, "Version folder")):
+        if folder.is_symlink():  # writing through it would put files outside the repository
+            raise UsageError(f"{what} {str(folder)!r} is a symbolic link (to "
+                             f"{os.readlink(folder)!r}): tiedonnx writes only inside the repository. "
+                             "Replace the link with a real folder, or choose another --name.")
     folders = [str(t) for t in targets if t.is_dir()]
     if folders:
         raise UsageError(f"Triton model file paths are folders: {', '.join(folders)}. Remove "
