@@ -200,7 +200,8 @@ class KerasReference(Protocol):
 def bench_model(path: str | os.PathLike, *, batch_sizes: Sequence[int] = (1, 64, 1024),
                 keras: KerasReference | None = None, providers="auto",
                 memory: str = "fast", threads: int | None = None,
-                min_time: float = 0.25, rounds: int = DEFAULT_ROUNDS, seed: int = 0) -> BenchReport:
+                min_time: float = 0.25, rounds: int = DEFAULT_ROUNDS, seed: int = 0,
+                sequence_length: int | None = None) -> BenchReport:
     """Median latency, throughput and GFLOP/s per batch size, with Keras and numpy beside.
 
     Args:
@@ -214,10 +215,12 @@ def bench_model(path: str | os.PathLike, *, batch_sizes: Sequence[int] = (1, 64,
         rounds: every contender (tiedonnx, numpy, Keras) is timed once per round,
             the order rotated (:func:`tiedonnx.runtime.timing.interleave`); each
             figure is the median over rounds.
+        sequence_length: the length every dynamic non-batch axis takes (a
+            sequence model's inputs, e.g. token ids ``[batch, sequence]``).
 
     Raises:
         UsageError: empty or non-positive batch sizes, or an input with a
-            dynamic axis other than the batch.
+            dynamic axis other than the batch and no ``sequence_length``.
     """
     from .model_file import read_model
     from .session import load
@@ -227,21 +230,25 @@ def bench_model(path: str | os.PathLike, *, batch_sizes: Sequence[int] = (1, 64,
     for batch in batch_sizes:
         check_positive_int("batch_sizes[i]", batch)
     check_positive_int("rounds", rounds)
+    if sequence_length is not None:
+        check_positive_int("sequence_length", sequence_length)
     model = load(path, providers=providers, memory=memory, threads=threads)
     from .graph.ort_format import is_ort_file
 
     # An .ort file holds no ONNX graph to count FLOPs in: no GFLOP/s, no numpy reference.
-    shapes = None if is_ort_file(path) else matmul_shapes(read_model(path).proto)
+    # A sequence model's products scale with its length, which per-row FLOPs do not count.
+    shapes = (None if is_ort_file(path) or sequence_length is not None
+              else matmul_shapes(read_model(path).proto))
     flops_per_row = sum(2 * k * n for k, n in shapes) if shapes else None
     report = BenchReport(str(path), model.providers, memory, flops_per_row, rounds=rounds)
     rng = np.random.default_rng(seed)
-    check_synthetic_size(model.inputs, max(int(b) for b in batch_sizes))  # before any timing
+    check_synthetic_size(model.inputs, max(int(b) for b in batch_sizes), sequence_length)  # before timing
     window_s = min_time / rounds  # each figure is timed min_time in all, over its rounds
     notes = []
     with contextlib.ExitStack() as stack:
         clean = stack.enter_context(CleanNumpy()) if keras is not None and shapes else None
         for batch in batch_sizes:
-            feeds = synthetic_inputs(model.inputs, int(batch), rng)
+            feeds = synthetic_inputs(model.inputs, int(batch), rng, sequence_length)
             timers = {"tiedonnx": timed(lambda: model.run(feeds), min_time=window_s)}
             if shapes:
                 timers["numpy"] = (clean.timer(shapes, int(batch), min_time=window_s, seed=seed) if clean
@@ -278,28 +285,31 @@ def _row(batch: int, measured: Rounds, flops_per_row: int | None) -> BenchRow:
 MAX_SYNTHETIC_BYTES = 4 * 1024**3
 
 
-def _fixed_dims(spec) -> list[int]:
-    dims = list(spec.shape[1:])
-    if any(not isinstance(d, int) for d in dims):
+def _fixed_dims(spec, sequence_length: int | None = None) -> list[int]:
+    """The non-batch dims, each dynamic one set to ``sequence_length`` (a sequence model's length)."""
+    dims = [d if isinstance(d, int) else sequence_length for d in spec.shape[1:]]
+    if any(d is None for d in dims):
         raise UsageError(
-            f"Input {spec.name!r} has shape {spec.shape_text()}: only the batch axis may be "
-            "dynamic for a benchmark. Export with fixed feature sizes."
+            f"Input {spec.name!r} has shape {spec.shape_text()}: an axis besides the batch is dynamic. "
+            "Pass --sequence-length N (sequence_length=N) to bench a sequence model at length N, "
+            "or export with fixed feature sizes."
         )
     return dims
 
 
-def check_synthetic_size(specs, batch: int) -> None:
+def check_synthetic_size(specs, batch: int, sequence_length: int | None = None) -> None:
     """Refuse inputs whose declared shapes need more than :data:`MAX_SYNTHETIC_BYTES` at ``batch`` rows.
 
     Counted with Python integers (no overflow), at what allocation takes: the
     float64 draw plus the copy in the input's dtype.
 
     Raises:
-        UsageError: a dynamic axis other than the batch, or the inputs too large.
+        UsageError: a dynamic axis other than the batch (without ``sequence_length``), or the
+            inputs too large.
     """
     total = 0
     for spec in specs:
-        elements = batch * int(np.prod([1, *_fixed_dims(spec)], dtype=object))
+        elements = batch * int(np.prod([1, *_fixed_dims(spec, sequence_length)], dtype=object))
         total += elements * (8 + np.dtype(spec.dtype).itemsize)
     if total > MAX_SYNTHETIC_BYTES:
         shapes = ", ".join(f"{s.name!r}: {s.shape_text()}" for s in specs)[:200]
@@ -309,10 +319,21 @@ def check_synthetic_size(specs, batch: int) -> None:
             "bench a model whose fixed axes are smaller.")
 
 
-def synthetic_inputs(specs, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Uniform [0, 1) inputs of each spec's shape with ``batch`` rows (size-checked first)."""
-    check_synthetic_size(specs, batch)
-    return {spec.name: rng.random((batch, *_fixed_dims(spec))).astype(spec.dtype) for spec in specs}
+def synthetic_inputs(specs, batch: int, rng: np.random.Generator,
+                     sequence_length: int | None = None) -> dict[str, np.ndarray]:
+    """Inputs of each spec's shape with ``batch`` rows (size-checked first).
+
+    Floats are uniform in [0, 1); integers and booleans are ones: a valid token id
+    or index for any table of two or more rows, and "attend" in a padding mask.
+    """
+    check_synthetic_size(specs, batch, sequence_length)
+    feeds = {}
+    for spec in specs:
+        shape = (batch, *_fixed_dims(spec, sequence_length))
+        kind = np.dtype(spec.dtype).kind
+        feeds[spec.name] = (np.ones(shape, spec.dtype) if kind in "iub"
+                            else rng.random(shape).astype(spec.dtype))
+    return feeds
 
 
 _MEMORY_PROBE = """

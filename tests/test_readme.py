@@ -66,6 +66,8 @@ CLI_EXAMPLES: dict[str, list[str] | str] = {
     "ort": ["ort", "ae.onnx", "-o", "ae.ort"],
     "run": ["run", "ae.onnx", "-i", "X.npy", "-o", "Y.npy", "--batch-size", "3", "--memory", "lean"],
     "bench": ["bench", "ae.onnx", "--keras", "model.keras", "--batch-sizes", "1,8", "--min-time", "0.01"],
+    "bench --sequence-length": "tests/test_bench_sequence.py (a model with an open token axis)",
+    "bench --new-tokens": "README's 'Generate text' bash block; tests/test_bench_sequence.py",
     "triton": ["triton", "ae.onnx", "models/", "--max-batch-size", "16", "--instances", "2"],
     "run --ray": "tests/test_distributed.py (starts a local Ray cluster)",
     "export --task": "README's 'Generate text' bash block; tests/test_generate.py",
@@ -83,7 +85,8 @@ def _synopsis() -> list[str]:
     for line in block.splitlines():
         words = shlex.split(line, comments=True)
         if words and words[0] == "tiedonnx":
-            flag = next((f for f in ("--ray", "--serve", "--task") if f in words), None)
+            flag = next((f for f in ("--ray", "--serve", "--task", "--sequence-length", "--new-tokens")
+                         if f in words), None)
             keys.append(f"{words[1]} {flag}" if flag else words[1])
     return keys
 

@@ -9,16 +9,23 @@ from ..timing import DEFAULT_ROUNDS
 from . import _flags
 
 HELP = ("Benchmark a model: median latency, throughput and GFLOP/s per batch size, "
-        "with Keras (--keras) and numpy's sgemm measured in the same run.")
+        "with Keras (--keras) and numpy's sgemm measured in the same run; on a generation "
+        "folder, time to first token and decode tokens/s.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL.onnx", help="the .onnx or .ort file")
+    parser.add_argument("model", metavar="MODEL.onnx", help="the .onnx or .ort file, or a generation "
+                        "folder (tiedonnx export --task generate)")
     parser.add_argument("--keras", default=None, metavar="MODEL.keras",
                         help="the same model as .keras, to time its compiled call and predict "
                              "(needs the [convert] extra)")
-    parser.add_argument("--batch-sizes", default="1,64,1024", metavar="1,64,1024",
-                        help="comma-separated batch sizes (default: 1,64,1024)")
+    parser.add_argument("--batch-sizes", default=None, metavar="1,64,1024",
+                        help="comma-separated batch sizes (default: 1,64,1024; 1 for a generation folder)")
+    parser.add_argument("--sequence-length", type=int, default=None, metavar="N",
+                        help="length of every dynamic axis besides the batch (a sequence model's "
+                             "token axis); for a generation folder, the prompt's length (default 128)")
+    parser.add_argument("--new-tokens", type=int, default=128, metavar="N",
+                        help="generation folder only: tokens generated after the prompt (default 128)")
     _flags.add_provider(parser)
     _flags.add_memory(parser)
     _flags.add_threads(parser)
@@ -43,10 +50,13 @@ def parse_batch_sizes(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..bench_generation import is_generation_folder
     from ._preflight import check_keras_file, check_onnx_file, refuse_keras_for_onnx
 
+    if is_generation_folder(args.model):
+        return _run_generation(args)
     refuse_keras_for_onnx(args.model, command="bench")
-    sizes = parse_batch_sizes(args.batch_sizes)
+    sizes = parse_batch_sizes(args.batch_sizes or "1,64,1024")
     if not args.min_time > 0:
         raise UsageError(f"--min-time must be a positive number of seconds. Received: {args.min_time}.")
     keras = None
@@ -63,8 +73,24 @@ def run(args: argparse.Namespace) -> int:
 
     report = bench_model(args.model, batch_sizes=sizes, keras=keras, providers=args.provider,
                          memory=args.memory, threads=args.threads, min_time=args.min_time,
-                         rounds=args.rounds)
+                         rounds=args.rounds, sequence_length=args.sequence_length)
     _flags.emit(report.as_dict(), as_json=args.json, lines=[render(report)])
+    return 0
+
+
+def _run_generation(args: argparse.Namespace) -> int:
+    """``bench DIR`` on a generation folder: time to first token and decode tokens/s."""
+    from ..bench_generation import bench_generation, render as render_generation
+
+    if args.keras is not None:
+        raise UsageError("--keras compares single calls; a generation folder is timed on its own. "
+                         f"Received: --keras {args.keras!r} with the folder {args.model!r}. Drop --keras.")
+    report = bench_generation(args.model, batch_sizes=parse_batch_sizes(args.batch_sizes or "1"),
+                              prompt_length=128 if args.sequence_length is None else args.sequence_length,
+                              new_tokens=args.new_tokens, providers=args.provider,
+                              memory=args.memory,
+                              threads=args.threads, rounds=args.rounds)
+    _flags.emit(report.as_dict(), as_json=args.json, lines=[render_generation(report)])
     return 0
 
 
