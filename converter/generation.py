@@ -316,6 +316,7 @@ def export_generation(model, folder: str | os.PathLike, *, precision: str = "fp3
         force: replace an existing folder.
         unsafe, import_modules: as in :func:`~tiedonnx.converter.export.export`.
         **precision_options: block_size, symmetric, per_channel, reduce_range, short_names.
+            int8 folders default to ``per_channel=True`` (one scale per output channel).
 
     Returns:
         A :class:`GenerationExportReport`.
@@ -333,6 +334,11 @@ def export_generation(model, folder: str | os.PathLike, *, precision: str = "fp3
 
     if precision not in PRECISIONS:
         raise UsageError(f"Unknown precision. Received: precision={precision!r}. Use one of {list(PRECISIONS)}.")
+    if precision == "int8" and precision_options.get("per_channel") is None:
+        # Per-tensor int8 (export's default) fails this folder's own parity check on the GPT-2 small
+        # configuration: logits 0.068 off against 0.05 x 1.25 (scripts/bench_generate.py, random
+        # weights); one scale per output channel passes it, at the same size.
+        precision_options["per_channel"] = True
     target = Path(folder)
     start = time.perf_counter()
     with _staging_folder(target, force=force) as staging:

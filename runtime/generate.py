@@ -260,7 +260,13 @@ class _Run:
         self.new = [[] for _ in rows]
         self.done = [""] * len(rows)
         self.decode = decode
-        self.shown = [""] * len(rows)
+        # One incremental decoder per row: each step decodes only what is new (decoding the whole
+        # row again per token made streaming quadratic in its length).
+        self.streams = None
+        if decode:  # text prompts: the tokenizer (and so the [text] extra) is already loaded
+            from tokenizers.decoders import DecodeStream
+
+            self.streams = [DecodeStream(skip_special_tokens=True) for _ in rows]
         self.io = lm._session.io_binding()
 
     def _step(self, ids: np.ndarray, past: list):
@@ -297,11 +303,8 @@ class _Run:
     def _piece(self, row: int) -> str | None:
         if not self.decode:
             return None
-        text = self.lm.decode(self.new[row])
-        if text.endswith("\ufffd"):  # a character cut between tokens: wait for the rest
-            return ""
-        piece, self.shown[row] = text[len(self.shown[row]):], text
-        return piece
+        # None while a character is cut between tokens: the stream holds it until the rest arrives.
+        return self.streams[row].step(self.lm.tokenizer, int(self.new[row][-1])) or ""
 
     def go(self) -> GenerationResult:
         start = time.perf_counter()

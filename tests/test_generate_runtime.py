@@ -50,3 +50,33 @@ def test_prompt_longer_than_the_maximum_is_refused(tmp_path):
     lm = load_lm(tmp_path / "gen", providers="cpu")
     with pytest.raises(InputError, match="exceeds the model's maximum length 16; shorten the prompt to at most 15"):
         lm.generate([[1] * 16], max_new_tokens=1)
+
+
+def test_streamed_pieces_add_up_to_the_text_and_wait_for_cut_characters(tmp_path):
+    """The callback's pieces come from one incremental decoder per row: their concatenation is
+    the decoded text, and a character whose bytes span two tokens appears once both arrived."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    from tiedonnx.runtime.generate import _Run
+    from tiedonnx.runtime.sampling import Mulberry32, SamplerSettings
+
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["hello world"], trainers.BpeTrainer(
+        vocab_size=260, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    text = "h\u00e9llo w\u00f6rld \u2603"  # é and ö are 2 bytes, the snowman 3: none is a token of its own
+    ids = tok.encode(text).ids
+    assert len(ids) > len(text)  # some characters are cut between tokens
+    tiny_decoder_folder(tmp_path / "gen", vocab=300)
+    lm = load_lm(tmp_path / "gen", providers="cpu")
+    lm._tokenizer = tok
+    pieces = []
+    run = _Run(lm, [[1]], len(ids), SamplerSettings(), Mulberry32(0), set(),
+               lambda row, token, piece: pieces.append(piece), decode=True)
+    for position, token in enumerate(ids, start=1):
+        run._emit(0, token, position)
+    assert "".join(pieces) == text == tok.decode(ids)
+    assert "" in pieces  # a token that ends mid-character shows nothing yet
+    assert all("\ufffd" not in p for p in pieces)
