@@ -45,6 +45,7 @@ async function generate(lm) {
     const out = await lm.generate(input, { ...options(), signal: controller.signal, onToken: ({ token, piece }) => {
       text.data += piece ?? ` ${token}`;
     } });
+    if (out.text !== null) text.data = out.text;  // the end, with a character left cut by the last token
     $("speed").textContent = `${out.tokens.length} tokens; first after ${(out.time_to_first_token_s * 1000).toFixed(0)} ms, ` +
       `then ${out.decode_tokens_per_s.toFixed(1)} tokens/s (${out.finish_reason})`;
     report("done", { tokens: out.tokens, text: out.text, decode_tokens_per_s: out.decode_tokens_per_s });

@@ -252,17 +252,20 @@ export class LanguageModel {
     return this.tokenizer;
   }
 
-  promptIds(prompt) {
+  /** [ids, isText] of one prompt: text, token ids, or a batch of one of those (as Python takes it). */
+  promptIds(prompt, inBatch = false) {
     if (typeof prompt === "string") return [this.encode(prompt), true];
     if (ArrayBuffer.isView(prompt)) prompt = Array.from(prompt, Number);
-    if (!Array.isArray(prompt)) {
+    if (!Array.isArray(prompt) || (!prompt.length && !inBatch)) {
       throw new InputError("prompts must be a string, a list of strings or a list of token-id lists. " +
-        `Received: ${typeof prompt} ${pyRepr(prompt, 60)}.`);
+        `Received: ${Array.isArray(prompt) ? "list" : typeof prompt} ${pyRepr(prompt, 60)}.`);
     }
-    if (prompt.length && prompt.every((p) => typeof p === "string" || Array.isArray(p))) {
+    const nested = prompt.filter((p) => typeof p === "string" || Array.isArray(p) || ArrayBuffer.isView(p));
+    if (!inBatch && nested.length === prompt.length && prompt.length > 1) {
       throw new UsageError(`generate() in the browser takes one prompt (text or token ids); received ${prompt.length}. ` +
         "Call it once per prompt.");
     }
+    if (!inBatch && nested.length === 1 && prompt.length === 1) return this.promptIds(prompt[0], true);
     if (!prompt.every(isInt)) {
       throw new InputError(`Prompt 0 must be text or a list of token ids. Received: ${pyRepr(prompt, 60)}. ` +
         "Do not mix text and token ids in one batch.");
