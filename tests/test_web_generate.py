@@ -146,8 +146,8 @@ def _python(folder, prompt, **options):
 
 
 @needs_chromium
-@pytest.mark.parametrize("precision", ["fp32", pytest.param("int8", marks=pytest.mark.slow),
-                                       pytest.param("int4", marks=pytest.mark.slow)])
+@pytest.mark.slow  # headless Chromium and a KerasHub export
+@pytest.mark.parametrize("precision", ["fp32", "int8", "int4"])
 def test_greedy_tokens_equal_the_python_runtime(folders, precision):
     folder, site = folders(precision)
     got = evaluate_in_site(site, GENERATE_ALL, [PROMPTS, {"max_new_tokens": NEW, "sampler": "greedy",
@@ -159,18 +159,30 @@ def test_greedy_tokens_equal_the_python_runtime(folders, precision):
 
 
 @needs_chromium
-@pytest.mark.slow
+@pytest.mark.slow  # headless Chromium
 def test_seeded_top_k_and_top_p_equal_the_python_runtime(folders):
     folder, site = folders("fp32")
-    runs = [("top_k", {"top_k": 20, "temperature": 1.5, "seed": 7}), ("top_p", {"top_p": 0.8, "seed": 12345})]
-    for sampler, options in runs:
-        options = {"max_new_tokens": NEW, "sampler": sampler, "stop_token_ids": [], **options}
-        got = evaluate_in_site(site, GENERATE_ALL, [PROMPTS[:2], options])
-        for prompt, js in zip(PROMPTS[:2], got):
-            tokens, _ = _python(folder, prompt, **{k: v for k, v in options.items() if k != "stop_token_ids"})
+    runs = [{"sampler": "top_k", "top_k": 20, "temperature": 1.5, "seed": 7},
+            {"sampler": "top_p", "top_p": 0.8, "seed": 12345}]
+    got = evaluate_in_site(site, """async ([prompts, runs, n]) => {
+        const { loadLM } = await import("./generate.mjs");
+        const lm = await loadLM("lm/");
+        const out = [];
+        for (const options of runs) {
+            for (const prompt of prompts) {
+                out.push((await lm.generate(prompt, { ...options, max_new_tokens: n, stop_token_ids: [] })).tokens);
+            }
+        }
+        return out;
+    }""", [PROMPTS[:2], runs, NEW])
+    expected = []
+    for options in runs:
+        for prompt in PROMPTS[:2]:
+            tokens, _ = _python(folder, prompt, max_new_tokens=NEW, **options)
             greedy, _ = _python(folder, prompt, max_new_tokens=NEW, sampler="greedy")
-            assert tokens != greedy, (sampler, prompt)  # the draws matter: this is not greedy in disguise
-            assert js["tokens"] == tokens, (sampler, prompt)
+            assert tokens != greedy, (options, prompt)  # the draws matter: this is not greedy in disguise
+            expected.append(tokens)
+    assert got == expected
 
 
 BAD = [  # (prompt, options): each must fail in the page exactly as in Python
@@ -188,6 +200,7 @@ BAD = [  # (prompt, options): each must fail in the page exactly as in Python
 
 
 @needs_chromium
+@pytest.mark.slow  # headless Chromium
 def test_bad_input_gets_the_python_runtime_error(folders):
     folder, site = folders("fp32")
     got = evaluate_in_site(site, """async (cases) => {
@@ -231,6 +244,7 @@ STREAM = """async (maxNew) => {
 
 
 @needs_chromium
+@pytest.mark.slow  # headless Chromium
 def test_the_page_streams_text_as_it_is_generated(folders):
     folder, site = folders("fp32")
     got = evaluate_in_site(site, STREAM, 120)
