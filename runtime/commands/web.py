@@ -47,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
                              f"'tiedonnx web --serve {args.serve}' alone.")
         return _serve(args)
     if args.model is None or args.out is None:
-        raise UsageError("tiedonnx web needs MODEL.onnx and OUT_DIR (or --serve SITE_DIR). "
-                         "Example: tiedonnx web ae.onnx site/ && tiedonnx web --serve site/")
+        raise UsageError("tiedonnx web needs MODEL.onnx (or a generation folder) and OUT_DIR (or --serve "
+                         "SITE_DIR). Example: tiedonnx web ae.onnx site/ && tiedonnx web --serve site/")
     from ..generation_folder import CONFIG_NAME
 
     if os.path.isdir(args.model) and os.path.isfile(os.path.join(args.model, CONFIG_NAME)):
