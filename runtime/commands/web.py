@@ -3,27 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..errors import UsageError
 from ._flags import add_force, add_json, emit
 
-HELP = ("Write a static web page that runs MODEL.onnx in the browser (onnxruntime-web), "
-        "or --serve a written one.")
+HELP = ("Write a static web page that runs MODEL.onnx in the browser (onnxruntime-web), or that "
+        "generates text from a generation folder, or --serve a written one.")
 
 # Mirror tiedonnx.runtime.web's RUNTIME_MODES and DEFAULT_PORT; a test keeps them
 # equal (importing the library here would make building the parser heavier).
 RUNTIME_MODES = ("local", "cdn")
 DEFAULT_PORT = 8000
+PRECISIONS = ("fp32", "fp16", "int8", "int4")  # generation_folder.MODEL_FILES' keys (a test keeps them equal)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", nargs="?", metavar="MODEL.onnx",
-                        help="the .onnx file to put on the page (copied unchanged)")
+    parser.add_argument("model", nargs="?", metavar="MODEL.onnx|GEN_DIR",
+                        help="the .onnx file to put on the page (copied unchanged), or a generation folder "
+                             "(tiedonnx export ... --task generate): a page that streams generated text")
     parser.add_argument("out", nargs="?", metavar="OUT_DIR", help="the site folder to write")
     parser.add_argument("--runtime", choices=RUNTIME_MODES, default="local",
                         help="local: copy the pinned onnxruntime-web wasm files into the site "
                              "(offline); cdn: load them from jsDelivr with integrity hashes "
                              "(default: local)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="generation folders: which decoder in DIR/onnx/ the page loads "
+                             "(default: the one DIR/tiedonnx.json names)")
     add_force(parser)
     add_json(parser)
     parser.add_argument("--serve", metavar="SITE_DIR", default=None,
@@ -41,8 +47,15 @@ def run(args: argparse.Namespace) -> int:
                              f"'tiedonnx web --serve {args.serve}' alone.")
         return _serve(args)
     if args.model is None or args.out is None:
-        raise UsageError("tiedonnx web needs MODEL.onnx and OUT_DIR (or --serve SITE_DIR). "
-                         "Example: tiedonnx web ae.onnx site/ && tiedonnx web --serve site/")
+        raise UsageError("tiedonnx web needs MODEL.onnx (or a generation folder) and OUT_DIR (or --serve "
+                         "SITE_DIR). Example: tiedonnx web ae.onnx site/ && tiedonnx web --serve site/")
+    from ..generation_folder import CONFIG_NAME
+
+    if os.path.isdir(args.model) and os.path.isfile(os.path.join(args.model, CONFIG_NAME)):
+        return _generation_site(args)
+    if args.precision is not None:
+        raise UsageError(f"--precision picks a decoder of a generation folder; {args.model!r} is not one "
+                         f"(no {CONFIG_NAME}). Drop --precision, or pass the folder.")
     from ..web import write_site
 
     report = write_site(args.model, args.out, runtime=args.runtime, force=args.force)
@@ -54,6 +67,23 @@ def run(args: argparse.Namespace) -> int:
               f"onnxruntime-web {report.runtime_bytes:,}, model {model['bytes']:,}, "
               f"page {report.page_bytes:,}",
               f"open: tiedonnx web --serve {report.out_dir}"]
+    emit(report.as_dict(), as_json=args.json, lines=lines)
+    return 0
+
+
+def _generation_site(args: argparse.Namespace) -> int:
+    from ..web import write_generation_site
+
+    report = write_generation_site(args.model, args.out, precision=args.precision, runtime=args.runtime,
+                                   force=args.force)
+    model = report.models[0]
+    data = sum(f["bytes"] for f in report.data_files)
+    lines = [f"wrote {report.out_dir}/ ({len(report.written)} files, runtime={report.runtime}): text generation",
+             f"  decoder {model['file']} ({model['bytes']:,} bytes)",
+             f"  download: {report.download_bytes:,} bytes ({report.download_gzip_bytes():,} gzipped): "
+             f"runtime and tokenizer library {report.runtime_bytes:,}, decoder {model['bytes']:,}, "
+             f"tokenizer and config files {data:,}, page {report.page_bytes:,}",
+             f"open: tiedonnx web --serve {report.out_dir}"]
     emit(report.as_dict(), as_json=args.json, lines=lines)
     return 0
 

@@ -17,6 +17,7 @@ from .ort_web import RUNTIME_MODES
 from .ort_web import VERSION as ORT_WEB_VERSION
 from .ort_web import cache_dir, install_command
 from .serve import DEFAULT_PORT, serve, serving
+from .generation_site import write_generation_site
 from .site import SiteReport, write_demo_site, write_site
 
 __all__ = [
@@ -30,5 +31,6 @@ __all__ = [
     "serve",
     "serving",
     "write_demo_site",
+    "write_generation_site",
     "write_site",
 ]

@@ -1,4 +1,4 @@
-"""The onnxruntime-web files a tiedonnx page needs, from one pinned npm package.
+"""The npm files a tiedonnx page needs: onnxruntime-web and, for text, @huggingface/tokenizers, each pinned.
 
 The wasm backend of onnxruntime-web loads three files out of its 148 MB
 ``node_modules``: the ES module ``ort.wasm.min.mjs`` (the JavaScript API), the
@@ -31,7 +31,6 @@ from ..errors import UsageError
 PACKAGE = "onnxruntime-web"
 VERSION = "1.30.0"
 RUNTIME_MODES = ("local", "cdn")
-CDN_BASE = f"https://cdn.jsdelivr.net/npm/{PACKAGE}@{VERSION}/dist/"
 
 #: The module the page imports as ``onnxruntime-web`` (wasm backend only).
 MODULE_FILE = "ort.wasm.min.mjs"
@@ -51,7 +50,7 @@ FILES = {
 
 @dataclass(frozen=True)
 class RuntimeFile:
-    """One onnxruntime-web file as the page loads it."""
+    """One npm file as the page loads it."""
 
     name: str
     url: str        # relative to the site (local) or absolute (cdn)
@@ -63,17 +62,93 @@ class RuntimeFile:
                 "integrity": self.integrity}
 
 
+@dataclass(frozen=True)
+class PinnedPackage:
+    """An npm package at one version whose files are checked against their published SHA-384.
+
+    ``folder`` names the cache sub-folder (``~/.cache/tiedonnx/<folder>/<version>``).
+    """
+
+    package: str
+    version: str
+    folder: str
+    files: dict
+
+    @property
+    def cdn_base(self) -> str:
+        return f"https://cdn.jsdelivr.net/npm/{self.package}@{self.version}/dist/"
+
+    def cache_dir(self) -> Path:
+        root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return Path(root) / "tiedonnx" / self.folder / self.version
+
+    def install_command(self, prefix: Path | None = None) -> str:
+        prefix = self.cache_dir() if prefix is None else prefix
+        return (f"npm install --prefix {prefix} --no-save --no-audit --no-fund --ignore-scripts "
+                f"{self.package}@{self.version}")
+
+    def dist_dir(self, prefix: str | os.PathLike | None = None) -> Path:
+        """The checked ``dist/`` folder (raises :class:`UsageError` with the install command)."""
+        prefix = self.cache_dir() if prefix is None else Path(prefix)
+        package = prefix / "node_modules" / self.package
+        name = f"{self.package} {self.version}"
+        fix = f"Install it with: {self.install_command(prefix)}"
+        if shutil.which("npm") is None and not package.is_dir():
+            fix += " (npm is not on PATH: install Node.js 18+ and npm first, e.g. apt-get install -y npm)"
+        manifest = package / "package.json"
+        if not manifest.is_file():
+            raise UsageError(f"{name} is not installed in {str(prefix)!r} "
+                             f"(no {self.package}/package.json under node_modules). {fix}")
+        try:
+            found = json.loads(manifest.read_text(encoding="utf-8")).get("version")
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"Could not read {str(manifest)!r} ({exc}). {fix}") from exc
+        if found != self.version:
+            raise UsageError(f"{self.package} in {str(prefix)!r} is version {found!r}; tiedonnx pins "
+                             f"{self.version} (its files' hashes are checked). {fix}")
+        dist = package / "dist"
+        for file, expected in self.files.items():
+            path = dist / file
+            if not path.is_file():
+                raise UsageError(f"{name} in {str(prefix)!r} lacks dist/{file}. {fix}")
+            if sri(path.read_bytes()) != expected:
+                raise UsageError(f"dist/{file} in {str(prefix)!r} differs from {name}'s "
+                                 f"published file (SHA-384 mismatch): a damaged or edited install. "
+                                 f"Remove {str(prefix)!r}, then reinstall. {fix}")
+        return dist
+
+    def runtime_files(self, mode: str, *, prefix: str | os.PathLike | None = None,
+                      folder: str) -> tuple[list[RuntimeFile], Path]:
+        """The files the page loads (site-relative in ``folder``, or pinned CDN URLs) and their ``dist/``."""
+        if mode not in RUNTIME_MODES:
+            raise UsageError(f"Unknown runtime. Received: runtime={mode!r}. "
+                             f"Use one of {', '.join(RUNTIME_MODES)}.")
+        dist = self.dist_dir(prefix)
+        files = []
+        for name, integrity in self.files.items():
+            url = f"{folder}/{name}" if mode == "local" else self.cdn_base + name
+            files.append(RuntimeFile(name, url, (dist / name).stat().st_size, integrity))
+        return files, dist
+
+
+ORT_WEB = PinnedPackage(PACKAGE, VERSION, PACKAGE, FILES)
+CDN_BASE = ORT_WEB.cdn_base
+
+#: The tokenizer library of the text-generation page: Hugging Face's own JavaScript port
+#: (zero dependencies, one 36 KB ES module; transformers.js 4.3.2 uses this version).
+TOKENIZERS = PinnedPackage("@huggingface/tokenizers", "0.2.0", "huggingface-tokenizers", {
+    "tokenizers.min.mjs": "sha384-Tl2lMbeE3RCGFLOUGQ7LhvaagysxiOw/9dulz2sD6jxNa1MckRJQBbYdVHhOoqEs",
+})
+
+
 def cache_dir() -> Path:
     """Where the pinned package is expected: ``~/.cache/tiedonnx/onnxruntime-web/<version>``."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "tiedonnx" / PACKAGE / VERSION
+    return ORT_WEB.cache_dir()
 
 
 def install_command(prefix: Path | None = None) -> str:
     """The one npm command that installs the pinned package where tiedonnx looks."""
-    prefix = cache_dir() if prefix is None else prefix
-    return (f"npm install --prefix {prefix} --no-save --no-audit --no-fund --ignore-scripts "
-            f"{PACKAGE}@{VERSION}")
+    return ORT_WEB.install_command(prefix)
 
 
 def dist_dir(prefix: str | os.PathLike | None = None) -> Path:
@@ -88,32 +163,7 @@ def dist_dir(prefix: str | os.PathLike | None = None) -> Path:
             missing or differs from the pinned release (one line, with the
             command that installs it).
     """
-    prefix = cache_dir() if prefix is None else Path(prefix)
-    package = prefix / "node_modules" / PACKAGE
-    fix = f"Install it with: {install_command(prefix)}"
-    if shutil.which("npm") is None and not package.is_dir():
-        fix += " (npm is not on PATH: install Node.js 18+ and npm first, e.g. apt-get install -y npm)"
-    manifest = package / "package.json"
-    if not manifest.is_file():
-        raise UsageError(f"{PACKAGE} {VERSION} is not installed in {str(prefix)!r} "
-                         f"(no {PACKAGE}/package.json under node_modules). {fix}")
-    try:
-        found = json.loads(manifest.read_text(encoding="utf-8")).get("version")
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"Could not read {str(manifest)!r} ({exc}). {fix}") from exc
-    if found != VERSION:
-        raise UsageError(f"{PACKAGE} in {str(prefix)!r} is version {found!r}; tiedonnx pins "
-                         f"{VERSION} (its files' hashes are checked). {fix}")
-    dist = package / "dist"
-    for name, expected in FILES.items():
-        path = dist / name
-        if not path.is_file():
-            raise UsageError(f"{PACKAGE} {VERSION} in {str(prefix)!r} lacks dist/{name}. {fix}")
-        if sri(path.read_bytes()) != expected:
-            raise UsageError(f"dist/{name} in {str(prefix)!r} differs from {PACKAGE} {VERSION}'s "
-                             f"published file (SHA-384 mismatch): a damaged or edited install. "
-                             f"Remove {str(prefix)!r}, then reinstall. {fix}")
-    return dist
+    return ORT_WEB.dist_dir(prefix)
 
 
 def sri(data: bytes) -> str:
@@ -134,19 +184,12 @@ def runtime_files(mode: str, *, prefix: str | os.PathLike | None = None,
     Raises:
         UsageError: unknown mode, or the package is missing or damaged.
     """
-    if mode not in RUNTIME_MODES:
-        raise UsageError(f"Unknown runtime. Received: runtime={mode!r}. "
-                         f"Use one of {', '.join(RUNTIME_MODES)}.")
-    dist = dist_dir(prefix)
-    files = []
-    for name, integrity in FILES.items():
-        url = f"{folder}/{name}" if mode == "local" else CDN_BASE + name
-        files.append(RuntimeFile(name, url, (dist / name).stat().st_size, integrity))
-    return files, dist
+    return ORT_WEB.runtime_files(mode, prefix=prefix, folder=folder)
 
 
-def import_map(files: list[RuntimeFile]) -> dict:
-    """The page's import map: ``onnxruntime-web`` -> the wasm-only module.
+def import_map(files: list[RuntimeFile], tokenizer_files: list[RuntimeFile] = ()) -> dict:
+    """The page's import map: ``onnxruntime-web`` -> the wasm-only module (and, for the
+    generation page, ``@huggingface/tokenizers`` -> its one ES module).
 
     Absolute (CDN) URLs also get ``integrity`` entries, which the browser
     checks on every module import of that URL, including onnxruntime-web's own
@@ -156,7 +199,10 @@ def import_map(files: list[RuntimeFile]) -> dict:
     by_name = {f.name: f for f in files}
     module = by_name[MODULE_FILE].url
     # Import-map values must be URLs: a bare "ort/..." would read as a package name.
-    imports = {PACKAGE: module if module.startswith("https://") else "./" + module}
-    integrity = {f.url: f.integrity for f in files
+    url = lambda u: u if u.startswith("https://") else "./" + u  # noqa: E731
+    imports = {PACKAGE: url(module)}
+    for f in tokenizer_files:
+        imports[TOKENIZERS.package] = url(f.url)
+    integrity = {f.url: f.integrity for f in (*files, *tokenizer_files)
                  if f.url.startswith("https://") and f.name.endswith(".mjs")}
     return {"imports": imports, **({"integrity": integrity} if integrity else {})}

@@ -38,9 +38,22 @@ from .publish import check_targets, publish
 logger = logging.getLogger(__name__)
 
 RUNTIME_FOLDER = "ort"
-_PAGE_ASSETS = {"model": ("page.mjs",), "demo": ("demo.mjs",)}
+TOKENIZERS_FOLDER = "tokenizers"
+_PAGE_ASSETS = {"model": ("page.mjs",), "demo": ("demo.mjs",),
+                "generate": ("generate.mjs", "generate-page.mjs")}
 _COMMON_ASSETS = ("tiedonnx.mjs", "report-errors.js", "style.css")
-_TEMPLATES = {"model": "index.html", "demo": "demo.html"}
+_TEMPLATES = {"model": "index.html", "demo": "demo.html", "generate": "generate.html"}
+
+
+@dataclass
+class _Extra:
+    """What a page adds to the common site: data files, site.json keys, the tokenizer library."""
+
+    files: dict[str, bytes | Path] = field(default_factory=dict)  # site path -> content, fetched by the page
+    copies: dict[str, Path] = field(default_factory=dict)  # site path -> source, for other readers
+    site: dict = field(default_factory=dict)
+    tokenizer: bool = False
+    tokenizer_prefix: str | os.PathLike | None = None
 
 
 @dataclass
@@ -54,6 +67,8 @@ class SiteReport:
         models: per model: ``label``, ``file``, ``url``, ``bytes``, ``inputs``, ``outputs``.
         runtime_files: per onnxruntime-web file: ``name``, ``url``, ``bytes``, ``integrity``.
         page_bytes: bytes of the page's own files (HTML, JavaScript, CSS, site.json).
+        data_files: per other file a visit fetches (a generation page's tokenizer.json,
+            tiedonnx.json): ``file``, ``bytes``.
         written: every file written, in order.
     """
 
@@ -63,8 +78,10 @@ class SiteReport:
     models: list[dict]
     runtime_files: list[dict]
     page_bytes: int
+    data_files: list[dict] = field(default_factory=list)
     written: list[str] = field(default_factory=list)
     _dist: Path | None = field(default=None, repr=False)
+    _sources: dict = field(default_factory=dict, repr=False)  # runtime file URL -> its checked source
 
     @property
     def runtime_bytes(self) -> int:
@@ -72,14 +89,17 @@ class SiteReport:
 
     @property
     def download_bytes(self) -> int:
-        """Everything a first visit fetches: runtime, models and page files."""
-        return self.runtime_bytes + sum(m["bytes"] for m in self.models) + self.page_bytes
+        """Everything a first visit fetches: runtime, models, data and page files."""
+        return (self.runtime_bytes + sum(m["bytes"] for m in self.models) + self.page_bytes
+                + sum(f["bytes"] for f in self.data_files))
 
     def download_gzip_bytes(self) -> int:
         """The same, gzip-compressed (level 6, what static hosts typically send)."""
-        runtime = sum(gzip_size(self._dist / f["name"]) for f in self.runtime_files)
-        models = sum(gzip_size(Path(self.out_dir) / m["file"]) for m in self.models)
-        return runtime + models + self.page_bytes
+        runtime = sum(gzip_size(self._sources.get(f["url"], self._dist / f["name"]))
+                      for f in self.runtime_files)
+        site = Path(self.out_dir)
+        files = sum(gzip_size(site / m["file"]) for m in (*self.models, *self.data_files))
+        return runtime + files + self.page_bytes
 
     def as_dict(self) -> dict:
         data = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
@@ -210,40 +230,58 @@ def _check_digits(entries: list[tuple[Path, dict]]) -> None:
 
 
 def _write(out_dir: Path | str, page: str, entries: list[tuple[Path, dict]], *, runtime: str,
-           force: bool, npm_prefix) -> SiteReport:
+           force: bool, npm_prefix, extra: _Extra | None = None) -> SiteReport:
+    extra = extra or _Extra()
     if not os.fspath(out_dir).strip():  # Path("") is ".": the site would land in the current folder
         raise UsageError("The site folder is empty (''). Pass a folder path, e.g. site/.")
     out_dir = Path(out_dir)
     files, dist = ort_web.runtime_files(runtime, prefix=npm_prefix, folder=RUNTIME_FOLDER)
+    sources = {f.url: dist / f.name for f in files}
+    libs = []
+    if extra.tokenizer:
+        libs, lib_dist = ort_web.TOKENIZERS.runtime_files(runtime, prefix=extra.tokenizer_prefix,
+                                                          folder=TOKENIZERS_FOLDER)
+        sources.update({f.url: lib_dist / f.name for f in libs})
     names = [m["file"] for _, m in entries]
-    reserved = {*_COMMON_ASSETS, *_PAGE_ASSETS[page], "index.html", "site.json", RUNTIME_FOLDER}
+    reserved = {*_COMMON_ASSETS, *_PAGE_ASSETS[page], "index.html", "site.json", RUNTIME_FOLDER,
+                TOKENIZERS_FOLDER}
     clashes = sorted({n for n in names if names.count(n) > 1 or n in reserved})
     if clashes:
         raise UsageError(f"Model file names must be unique and not page file or folder names "
                          f"({sorted(reserved)}). Received: {clashes}. Rename or copy the files first.")
     site = {"tiedonnx_web": 1, "page": page, "runtime": {
         "mode": runtime, "package": ort_web.PACKAGE, "version": ort_web.VERSION,
-        "files": [f.as_dict() for f in files]}, "models": [m for _, m in entries]}
-    contents: dict[str, bytes | Path] = dict(_page_files(page, site, files))
+        "files": [f.as_dict() for f in files]}, "models": [m for _, m in entries], **extra.site}
+    data = [{"file": n, "bytes": len(d) if isinstance(d, bytes) else d.stat().st_size}
+            for n, d in extra.files.items()]
+    if data:
+        site["data_files"] = data
+    if libs:
+        site["tokenizer_runtime"] = {"package": ort_web.TOKENIZERS.package,
+                                     "version": ort_web.TOKENIZERS.version,
+                                     "files": [f.as_dict() for f in libs]}
+    contents: dict[str, bytes | Path] = dict(_page_files(page, site, files, libs))
     page_bytes = sum(len(d) for d in contents.values())
     contents.update({m["file"]: path for path, m in entries})
+    contents.update(extra.files)
+    contents.update(extra.copies)
     if runtime == "local":
-        contents.update({f.url: dist / f.name for f in files})
+        contents.update(sources)
     check_targets(out_dir, list(contents), force=force)  # every check before the first byte
     report = SiteReport(out_dir=str(out_dir), page=page, runtime=runtime,
-                        models=site["models"], runtime_files=site["runtime"]["files"],
-                        page_bytes=page_bytes, _dist=dist)
+                        models=site["models"], runtime_files=[f.as_dict() for f in (*files, *libs)],
+                        page_bytes=page_bytes, _dist=dist, _sources=sources, data_files=data)
     report.written = publish(out_dir, contents, force=force)
     logger.info("wrote %s site to %s (%d files, runtime=%s)", page, out_dir,
                 len(report.written), runtime)
     return report
 
 
-def _page_files(page: str, site: dict, files: list) -> dict[str, bytes]:
+def _page_files(page: str, site: dict, files: list, libs: list = ()) -> dict[str, bytes]:
     """index.html (import map filled in), the scripts, the stylesheet and site.json."""
     assets = resources.files(__package__).joinpath("assets")
     # "</" inside a <script> element would end it early; JSON allows "<\/".
-    importmap = json.dumps(ort_web.import_map(files), indent=2).replace("</", "<\\/")
+    importmap = json.dumps(ort_web.import_map(files, libs), indent=2).replace("</", "<\\/")
     title = " | ".join(m["label"] for m in site["models"])
     template = assets.joinpath(_TEMPLATES[page]).read_text(encoding="utf-8")
     index = template.replace("__IMPORT_MAP__", importmap).replace("__TITLE__", html.escape(title))

@@ -1,0 +1,257 @@
+"""The text-generation page (``tiedonnx web GEN_DIR OUT``): site files, and generate.mjs in headless Chromium.
+
+The browser runs a tiny KerasHub GPT-2 (2 layers, hidden 16, a byte-level BPE of
+300 tokens trained in tests/models.py) exported per precision; every expected
+token comes from the Python runtime (``tiedonnx.runtime.generate``) on the same
+folder, every expected error from the Python runtime's own message. Site-writing
+checks use the hand-built folder of tests/graphs.py (no TensorFlow).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import pytest
+
+from tiedonnx.runtime.cli import main
+from tiedonnx.runtime.errors import InputError, ModelFileError, UsageError
+from tiedonnx.runtime.web import ort_web, write_generation_site
+
+from .browser import evaluate_in_site, needs_chromium
+from .graphs import tiny_decoder_folder
+
+
+def _packages_or_reason() -> str:
+    try:
+        ort_web.dist_dir()
+        ort_web.TOKENIZERS.dist_dir()
+    except UsageError as exc:
+        return str(exc)
+    return ""
+
+
+MISSING = _packages_or_reason()
+pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"pinned npm package missing: {MISSING}")
+NEW = 24
+PROMPTS = ["The tie", "Tied weights are stored once, with the", "Generation runs the prompt", [5, 17, 33, 2, 9]]
+
+
+# ---- the site (no browser) ------------------------------------------------------------
+
+def test_site_holds_one_decoder_the_tokenizer_library_and_the_folder_files(tmp_path):
+    tiny_decoder_folder(tmp_path / "gen")
+    report = write_generation_site(tmp_path / "gen", tmp_path / "site")
+    site = json.loads((tmp_path / "site" / "site.json").read_text())
+    assert site["page"] == "generate" and site["lm"]["url"] == "lm/"
+    assert report.models[0]["file"] == "lm/onnx/model.onnx"
+    assert sorted(f["name"] for f in report.runtime_files) == sorted([*ort_web.FILES, "tokenizers.min.mjs"])
+    for name in ("index.html", "generate.mjs", "generate-page.mjs", "tiedonnx.mjs", "lm/tiedonnx.json",
+                 "lm/onnx/model.onnx", "tokenizers/tokenizers.min.mjs", "ort/" + ort_web.WASM_FILE):
+        assert (tmp_path / "site" / name).is_file(), name
+    sizes = {f.relative_to(tmp_path / "site").as_posix(): f.stat().st_size
+             for f in (tmp_path / "site").rglob("*") if f.is_file()}
+    fetched = sum(sizes[n] for n in ("lm/onnx/model.onnx", "lm/tiedonnx.json", "tokenizers/tokenizers.min.mjs",
+                                     *(f"ort/{n}" for n in ort_web.FILES)))
+    assert report.download_bytes == fetched + report.page_bytes
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert '"@huggingface/tokenizers": "./tokenizers/tokenizers.min.mjs"' in index
+
+
+def test_cdn_site_pins_the_tokenizer_library_with_its_hash(tmp_path):
+    tiny_decoder_folder(tmp_path / "gen")
+    write_generation_site(tmp_path / "gen", tmp_path / "site", runtime="cdn")
+    assert not (tmp_path / "site" / "tokenizers").exists()
+    index = (tmp_path / "site" / "index.html").read_text()
+    url = "https://cdn.jsdelivr.net/npm/@huggingface/tokenizers@0.2.0/dist/tokenizers.min.mjs"
+    assert f'"@huggingface/tokenizers": "{url}"' in index
+    assert f'"{url}": "{ort_web.TOKENIZERS.files["tokenizers.min.mjs"]}"' in index
+
+
+def test_bad_folders_and_precisions_are_refused_before_writing(tmp_path, capsys):
+    tiny_decoder_folder(tmp_path / "gen")
+    with pytest.raises(UsageError, match=r"has no int4 decoder \(onnx/model_q4.onnx\); it holds \['fp32'\]"):
+        write_generation_site(tmp_path / "gen", tmp_path / "site", precision="int4")
+    (tmp_path / "gen" / "onnx" / "model.onnx").unlink()
+    with pytest.raises(ModelFileError, match="lacks its decoder 'onnx/model.onnx'"):
+        write_generation_site(tmp_path / "gen", tmp_path / "site")
+    with pytest.raises(UsageError, match="@huggingface/tokenizers 0.2.0 is not installed .* npm install --prefix"):
+        ort_web.TOKENIZERS.dist_dir(tmp_path / "empty")
+    assert main(["web", str(tmp_path / "gen" / "onnx"), str(tmp_path / "site"), "--precision", "int8"]) == 2
+    err = capsys.readouterr().err
+    assert "--precision picks a decoder of a generation folder" in err and err.count("\n") == 1
+    assert not (tmp_path / "site").exists()
+
+
+def test_cli_precision_choices_are_the_folder_model_files():
+    from tiedonnx.runtime.commands import web
+    from tiedonnx.runtime.generation_folder import MODEL_FILES
+
+    assert web.PRECISIONS == tuple(MODEL_FILES)
+
+
+# ---- in Chromium, against the Python runtime ------------------------------------------
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """precision -> a generation folder of one tiny GPT-2 with its tokenizer (exported on first use)."""
+    pytest.importorskip("keras_hub", reason="KerasHub is not installed (pip install -e '.[hub]')")
+    pytest.importorskip("tokenizers", reason="Hugging Face tokenizers is not installed (pip install -e '.[text]')")
+    import keras_hub
+
+    from tiedonnx.converter.generation import export_generation
+
+    from . import models
+
+    root, made, state = tmp_path_factory.mktemp("webgen"), {}, {}
+
+    def get(precision: str):
+        if precision not in made:
+            if "lm" not in state:
+                tokenizer = models.tiny_bpe()
+                pre = keras_hub.models.GPT2CausalLMPreprocessor(tokenizer, sequence_length=64)
+                state["lm"] = models.causal_lm("gpt2", vocabulary=tokenizer.vocabulary_size(), preprocessor=pre)
+            # verify=False: test_generate.py checks the export against Keras; here the folder is the reference.
+            export_generation(state["lm"], root / precision, precision=precision, verify=False)
+            write_generation_site(root / precision, root / f"site-{precision}")
+            made[precision] = root / precision
+        return made[precision], root / f"site-{precision}"
+
+    return get
+
+
+GENERATE_ALL = """async ([prompts, options]) => {
+    const { loadLM } = await import("./generate.mjs");
+    const lm = await loadLM("lm/");
+    const out = [];
+    for (const prompt of prompts) {
+        const r = await lm.generate(prompt, options);
+        out.push({ tokens: r.tokens, ids: typeof prompt === "string" ? lm.encode(prompt) : null });
+    }
+    return out;
+}"""
+
+
+@functools.lru_cache(maxsize=4)
+def _load_lm(folder):
+    from tiedonnx.runtime.generate import load_lm
+
+    return load_lm(folder)
+
+
+def _python(folder, prompt, **options):
+    lm = _load_lm(folder)
+    return lm.generate(prompt, stop_token_ids=[], **options).tokens[0], (
+        lm.encode(prompt) if isinstance(prompt, str) else None)
+
+
+@needs_chromium
+@pytest.mark.slow  # headless Chromium and a KerasHub export
+@pytest.mark.parametrize("precision", ["fp32", "int8", "int4"])
+def test_greedy_tokens_equal_the_python_runtime(folders, precision):
+    folder, site = folders(precision)
+    got = evaluate_in_site(site, GENERATE_ALL, [PROMPTS, {"max_new_tokens": NEW, "sampler": "greedy",
+                                                          "stop_token_ids": []}])
+    for prompt, js in zip(PROMPTS, got):
+        tokens, ids = _python(folder, prompt, max_new_tokens=NEW, sampler="greedy")
+        assert js["ids"] == ids, prompt  # @huggingface/tokenizers encodes as Python's tokenizers
+        assert js["tokens"] == tokens, prompt
+
+
+@needs_chromium
+@pytest.mark.slow  # headless Chromium
+def test_seeded_top_k_and_top_p_equal_the_python_runtime(folders):
+    folder, site = folders("fp32")
+    runs = [{"sampler": "top_k", "top_k": 20, "temperature": 1.5, "seed": 7},
+            {"sampler": "top_p", "top_p": 0.8, "seed": 12345}]
+    got = evaluate_in_site(site, """async ([prompts, runs, n]) => {
+        const { loadLM } = await import("./generate.mjs");
+        const lm = await loadLM("lm/");
+        const out = [];
+        for (const options of runs) {
+            for (const prompt of prompts) {
+                out.push((await lm.generate(prompt, { ...options, max_new_tokens: n, stop_token_ids: [] })).tokens);
+            }
+        }
+        return out;
+    }""", [PROMPTS[:2], runs, NEW])
+    expected = []
+    for options in runs:
+        for prompt in PROMPTS[:2]:
+            tokens, _ = _python(folder, prompt, max_new_tokens=NEW, **options)
+            greedy, _ = _python(folder, prompt, max_new_tokens=NEW, sampler="greedy")
+            assert tokens != greedy, (options, prompt)  # the draws matter: this is not greedy in disguise
+            expected.append(tokens)
+    assert got == expected
+
+
+BAD = [  # (prompt, options): each must fail in the page exactly as in Python
+    (list(range(1, 121)), {"max_new_tokens": 20}),
+    ("The tie " * 80, {"max_new_tokens": 4}),
+    ([[]], {}),
+    ([], {}),
+    ([5, 300, -1], {}),
+    ([5, 6], {"max_new_tokens": 0}),
+    ([5, 6], {"sampler": "beam"}),
+    ([5, 6], {"sampler": "top_p", "top_p": 1.5}),
+    ([5, 6], {"sampler": "top_k", "top_k": 0}),
+    ([5, 6], {"temperature": 0}),
+]
+
+
+@needs_chromium
+@pytest.mark.slow  # headless Chromium
+def test_bad_input_gets_the_python_runtime_error(folders):
+    folder, site = folders("fp32")
+    got = evaluate_in_site(site, """async (cases) => {
+        const { loadLM } = await import("./generate.mjs");
+        const lm = await loadLM("lm/");
+        const out = [];
+        for (const [prompt, options] of cases) {
+            try { await lm.generate(prompt, options); out.push(null); }
+            catch (err) { out.push(`${err.name}: ${err.message}`); }
+        }
+        return out;
+    }""", BAD)
+    lm = _load_lm(folder)
+    for (prompt, options), js in zip(BAD, got):
+        with pytest.raises((InputError, UsageError)) as caught:
+            lm.generate(prompt, **options)
+        assert js == f"{type(caught.value).__name__}: {caught.value}", (prompt, options)
+    assert got[0].startswith("InputError: A prompt of 120 tokens plus max_new_tokens=20 exceeds the model's "
+                             "maximum length 128; lower max_new_tokens to 8.")
+
+
+STREAM = """async (maxNew) => {
+    const $ = (id) => document.getElementById(id);
+    await new Promise((ok) => { const wait = () => ($("result").dataset.status ? ok() : setTimeout(wait, 20)); wait(); });
+    if ($("result").dataset.status !== "ready") return { error: $("result").textContent };
+    $("prompt").value = "The tie";
+    $("sampler").value = "greedy";
+    $("max_new_tokens").value = String(maxNew);
+    const seen = [];
+    $("go").click();
+    await new Promise((ok) => {
+        const frame = () => {
+            seen.push($("output").textContent.length);
+            $("result").dataset.status === "ready" ? requestAnimationFrame(frame) : ok();
+        };
+        requestAnimationFrame(frame);
+    });
+    return { seen, output: $("output").textContent, result: JSON.parse($("result").textContent),
+             speed: $("speed").textContent, download: $("download").textContent };
+}"""
+
+
+@needs_chromium
+@pytest.mark.slow  # headless Chromium
+def test_the_page_streams_text_as_it_is_generated(folders):
+    folder, site = folders("fp32")
+    got = evaluate_in_site(site, STREAM, 120)
+    assert "error" not in got, got
+    expected = _load_lm(folder).generate("The tie", max_new_tokens=120, sampler="greedy")
+    assert got["result"]["tokens"] == expected.tokens[0]
+    assert got["output"] == "The tie" + expected.text[0]
+    growing = sorted(set(n for n in got["seen"] if len("The tie") < n < len(got["output"])))
+    assert len(growing) >= 2, got["seen"]  # frames painted with partial text: it streamed
+    assert "tokens/s" in got["speed"] and got["download"].startswith("download ")
