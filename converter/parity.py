@@ -175,7 +175,7 @@ def compare(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], *,
 
 def _open(onnx_model):
     """A CPU session over a path, serialized bytes or a proto (of any size: see open_proto_session)."""
-    from tiedonnx.runtime.session import open_proto_session, open_session
+    from tiedonnx.runtime.sessions import open_proto_session, open_session
 
     if isinstance(onnx_model, (str, os.PathLike)):
         return open_session(str(onnx_model), providers=["CPUExecutionProvider"], label=str(onnx_model))

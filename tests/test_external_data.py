@@ -160,7 +160,7 @@ def test_export_and_verify_with_external_data(tmp_path):
 
 @pytest.fixture
 def low_limit(monkeypatch):
-    from tiedonnx.runtime import session
+    from tiedonnx.runtime import sessions as session
 
     monkeypatch.setattr(session, "PROTOBUF_LIMIT", LOW)
     monkeypatch.setattr(session, "DETACH_BYTES", 1024)
@@ -172,7 +172,7 @@ def low_limit(monkeypatch):
 
 
 def test_proto_over_the_limit_runs_with_its_weights_beside_it(proto, x, low_limit):
-    from tiedonnx.runtime.session import open_proto_session
+    from tiedonnx.runtime.sessions import open_proto_session
 
     before = proto.SerializeToString()
     session = open_proto_session(proto, providers=["CPUExecutionProvider"], label="m")
@@ -187,7 +187,7 @@ def test_proto_over_the_limit_runs_with_its_weights_beside_it(proto, x, low_limi
 
 def test_proto_is_restored_when_onnxruntime_refuses_it(proto, low_limit):
     from tiedonnx.runtime.errors import ModelFileError
-    from tiedonnx.runtime.session import open_proto_session
+    from tiedonnx.runtime.sessions import open_proto_session
 
     proto.graph.node[0].op_type = "NoSuchOp"
     before = proto.SerializeToString()

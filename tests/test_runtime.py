@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from tiedonnx.runtime import InputError, ProviderError, TiedModel, UsageError, load
-from tiedonnx.runtime.session import resolve_providers
+from tiedonnx.runtime.providers import resolve_providers
 from tests.graphs import (
     REFERENCE_ATOL, int_model, save, tied_ae, tied_reference, total_sum, two_inputs,
 )
