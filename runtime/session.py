@@ -127,7 +127,7 @@ class TiedModel:
         self._io_binding = self.providers[0] in (CUDA, TENSORRT)
         self._run_native = session_runner(session)
         self._fast = None if self._io_binding else fast_runner(
-            session, self.inputs, self.outputs, bind=self.providers[0] == CPU)
+            session, self.inputs, self.outputs, bind=self.providers[0] == CPU, run=self._run_native)
 
     def __repr__(self) -> str:
         ins = ", ".join(f"{s.name}{s.shape_text()}" for s in self.inputs)
