@@ -254,15 +254,16 @@ def generation_config(lm, *, shape: tuple[int, int, int], max_length: int | None
 def _verify_steps(decoder, proto_path: Path, config: GenerationConfig, precision: str) -> float:
     from .parity import verify
 
-    worst, problems = 0.0, []
+    worst, problems, mismatches = 0.0, [], []
     for feed in parity_feeds(config):
         try:
             worst = max(worst, verify(decoder, str(proto_path), inputs=feed, precision=precision).max_abs)
         except ParityError as exc:
             problems.append(str(exc))
+            mismatches += exc.mismatches
     if problems:
         raise ParityError("The generation decoder does not match Keras: " + " | ".join(problems),
-                          mismatches=problems)
+                          mismatches=mismatches)
     return worst
 
 

@@ -98,7 +98,8 @@ class ParityError(TiedOnnxError, RuntimeError):
     """Outputs of two runs of the same model differ beyond the tolerance.
 
     Attributes:
-        mismatches: one entry per output that missed, with its figures.
+        mismatches: one entry per output and case that missed (the converter's
+            ``parity_compare.Mismatch``: ``kind``, ``output``, ``detail``, ``case``).
     """
 
     exit_code = 1
