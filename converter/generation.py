@@ -325,15 +325,14 @@ def export_generation(model, folder: str | os.PathLike, *, precision: str = "fp3
         UsageError: not a KerasHub causal LM, bad options, or an existing folder without ``force``.
         ConversionError, ParityError: as in :func:`~tiedonnx.converter.export.export`; nothing is written.
     """
-    from tiedonnx.runtime.options import PRECISIONS
+    from tiedonnx.runtime.options import check_precision
 
     from tiedonnx.runtime.graph.stack_pick import fold_stack_picks
 
     from .export import export
     from .lm_tokenizer import write_tokenizer
 
-    if precision not in PRECISIONS:
-        raise UsageError(f"Unknown precision. Received: precision={precision!r}. Use one of {list(PRECISIONS)}.")
+    check_precision(precision)
     target = Path(folder)
     start = time.perf_counter()
     with _staging_folder(target, force=force) as staging:

@@ -227,3 +227,16 @@ def test_large_model_conversion_builds_the_same_graph_and_restores_tf2onnx(monke
     assert sorted(n.op_type for n in fixed.graph.node) == sorted(n.op_type for n in plain.graph.node)
     weights = lambda m: sorted(a.tobytes() for a in initializer_arrays(m.graph).values())  # noqa: E731
     assert weights(fixed) == weights(plain)
+
+
+def test_an_unknown_precision_is_refused_in_one_wording_everywhere(tmp_path):
+    from tiedonnx.converter.generation import export_generation
+    from tiedonnx.runtime.graph.quantize import check_precision_options
+
+    wording = r"^Unknown precision\. Received: precision='int2'\. Use one of fp32, fp16, int8, int4\.$"
+    for call in (lambda: export(models.dense_ae(), tmp_path / "m.onnx", precision="int2"),
+                 lambda: export_generation("no_model", tmp_path / "lm", precision="int2"),
+                 lambda: check_precision_options("int2")):
+        with pytest.raises(UsageError, match=wording):
+            call()
+    assert list(tmp_path.iterdir()) == []

@@ -5,15 +5,11 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UsageError
+from ..options import DEFAULT_PORT, RUNTIME_MODES
 from ._flags import add_force, add_json, emit
 
 HELP = ("Write a static web page that runs MODEL.onnx in the browser (onnxruntime-web), "
         "or --serve a written one.")
-
-# Mirror tiedonnx.runtime.web's RUNTIME_MODES and DEFAULT_PORT; a test keeps them
-# equal (importing the library here would make building the parser heavier).
-RUNTIME_MODES = ("local", "cdn")
-DEFAULT_PORT = 8000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
