@@ -204,6 +204,16 @@ def test_lean_loads_a_model_over_the_limit(ext_path, proto, x, low_limit):
     assert any(isinstance(s, bytes) for s in low_limit)  # the rewritten graph, not the file
 
 
+def test_export_reads_the_threshold_of_model_save_when_it_runs(tmp_path, low_threshold):
+    pytest.importorskip("keras")
+    from tiedonnx.converter.export import export
+
+    from . import models
+
+    report = export(models.dense_ae(features=FEATURES, hidden=HIDDEN), tmp_path / "ae.onnx", verify=False)
+    assert report.data_path == str(data_path_for(tmp_path / "ae.onnx"))  # ~5 kB > the patched 1000 B
+
+
 def test_export_checks_parity_over_the_limit_and_catches_a_wrong_weight(tmp_path, low_limit):
     pytest.importorskip("keras")
     from tiedonnx.converter.errors import ParityError
