@@ -191,16 +191,7 @@ def _all_tensors(proto: onnx.ModelProto) -> tuple[list, list]:
     """
     tensors: list = []
     sparse: list = []
-    graphs, node_lists = _graphs_and_nodes(proto)
-    _dense(graphs, node_lists, tensors)
-    for graph in graphs:
-        sparse.extend(graph.sparse_initializer)
-    for nodes in node_lists:
-        for node in nodes:
-            for attr in node.attribute:
-                if attr.HasField("sparse_tensor"):
-                    sparse.append(attr.sparse_tensor)
-                sparse.extend(attr.sparse_tensors)
+    _collect(*_graphs_and_nodes(proto), tensors, sparse)
     for item in sparse:
         tensors.extend((item.values, item.indices))
     return tensors, sparse
@@ -214,20 +205,27 @@ def loaded_tensors(proto: onnx.ModelProto) -> list:
     loader leaves alone (so a writer must not move them out either).
     """
     tensors: list = []
-    _dense(*_graphs_and_nodes(proto, training=False), tensors)
+    _collect(*_graphs_and_nodes(proto, training=False), tensors, None)
     return tensors
 
 
-def _dense(graphs: list, node_lists: list, tensors: list) -> None:
-    """Append the initializers of ``graphs`` and the tensor attributes of ``node_lists``."""
+def _collect(graphs: list, node_lists: list, tensors: list, sparse: list | None) -> None:
+    """Append the initializers and tensor attributes to ``tensors``, and (unless None) the
+    sparse ones to ``sparse``."""
     for graph in graphs:
         tensors.extend(graph.initializer)
+        if sparse is not None:
+            sparse.extend(graph.sparse_initializer)
     for nodes in node_lists:
         for node in nodes:
             for attr in node.attribute:
                 if attr.HasField("t"):
                     tensors.append(attr.t)
                 tensors.extend(attr.tensors)
+                if sparse is not None:
+                    if attr.HasField("sparse_tensor"):
+                        sparse.append(attr.sparse_tensor)
+                    sparse.extend(attr.sparse_tensors)
 
 
 def _check_tensors(proto: onnx.ModelProto, path: Path, *, max_bytes: int) -> bool:
