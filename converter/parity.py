@@ -259,7 +259,6 @@ def verify(keras_model, onnx_model, *, inputs: list[np.ndarray] | dict[str, np.n
         ParityError: any output missed; the message lists every case and output.
         InputError: ``inputs`` do not fit the model.
     """
-    from .samples import DEFAULT_SEQUENCE_LENGTHS, Case, cases, make_case_inputs, sample_plan
     from .signature import input_signature
     from .tf_convert import check_numeric_inputs
 
@@ -273,14 +272,7 @@ def verify(keras_model, onnx_model, *, inputs: list[np.ndarray] | dict[str, np.n
         signature = _declared_by_file(session, signature)
     check_numeric_inputs(keras_model, list(signature.specs))  # a "string" InputLayer: refuse, one line
     mapping = _onnx_input_names(session, signature)
-    if inputs is not None:
-        feed = _user_feed(inputs, signature, session)
-        runs = [(Case(len(next(iter(feed.values())))), feed)]
-    else:
-        plan = sample_plan(keras_model, signature)
-        lengths = DEFAULT_SEQUENCE_LENGTHS if sequence_lengths is None else tuple(sequence_lengths)
-        runs = [(c, make_case_inputs(signature, c, plan.vocab, positions=plan.positions))
-                for c in cases(signature, keras_model, batch_sizes, lengths)]
+    runs = _runs(keras_model, session, signature, inputs, batch_sizes, sequence_lengths)
     worst: dict[str, OutputParity] = {}
     problems: list[Mismatch] = []
     for case, feed in runs:
@@ -299,6 +291,19 @@ def verify(keras_model, onnx_model, *, inputs: list[np.ndarray] | dict[str, np.n
             + "; ".join(map(str, problems)) + "." + precision_hint(precision, problems),
             mismatches=problems)
     return report
+
+
+def _runs(keras_model, session, signature, inputs, batch_sizes, sequence_lengths) -> list[tuple]:
+    """``(case, feed)`` pairs: the user's one feed, or generated inputs for every case."""
+    from .samples import DEFAULT_SEQUENCE_LENGTHS, Case, cases, make_case_inputs, sample_plan
+
+    if inputs is not None:
+        feed = _user_feed(inputs, signature, session)
+        return [(Case(len(next(iter(feed.values())))), feed)]
+    plan = sample_plan(keras_model, signature)
+    lengths = DEFAULT_SEQUENCE_LENGTHS if sequence_lengths is None else tuple(sequence_lengths)
+    return [(c, make_case_inputs(signature, c, plan.vocab, positions=plan.positions))
+            for c in cases(signature, keras_model, batch_sizes, lengths)]
 
 
 def precision_hint(precision: str, problems: list[Mismatch]) -> str:
