@@ -202,7 +202,9 @@ def loaded_tensors(proto: onnx.ModelProto) -> list:
 
     Initializers and attribute tensors of the main graph, its subgraphs and
     local functions; not sparse tensors nor training graphs, which onnx's
-    loader leaves alone (so a writer must not move them out either).
+    loader leaves alone (so a writer must not move them out either). One
+    difference: the initializers of a subgraph inside a local function are
+    listed here and not read by onnx 1.23's loader (no exporter writes those).
     """
     tensors: list = []
     _collect(*_graphs_and_nodes(proto, training=False), tensors, None)
