@@ -204,7 +204,7 @@ def loaded_tensors(proto: onnx.ModelProto) -> list:
     local functions; not sparse tensors nor training graphs, which onnx's
     loader leaves alone (so a writer must not move them out either). One
     difference: the initializers of a subgraph inside a local function are
-    listed here and not read by onnx 1.23's loader (no exporter writes those).
+    listed here and not read by onnx 1.23's loader (the one local function tiedonnx adds, DequantizeNBits, has no subgraph).
     """
     tensors: list = []
     _collect(*_graphs_and_nodes(proto, training=False), tensors, None)
