@@ -38,11 +38,22 @@ LARGE_MODEL_BYTES = 64 * 1024**2
 
 
 def _fresh_update_proto(self, external_tensor_storage=None):
-    """tf2onnx 1.17's ``Node.update_proto``, writing a new ``NodeProto`` instead of clearing the old one."""
+    """tf2onnx 1.17's ``Node.update_proto``, writing a new ``NodeProto`` instead of clearing the old one.
+
+    Every field but the three that update_proto rewrites is carried over as it
+    is, so a field onnx adds later is not dropped.
+    """
     import onnx
 
     old = self._op
-    op = onnx.NodeProto(name=old.name, op_type=old.op_type, domain=old.domain, doc_string=old.doc_string)
+    op = onnx.NodeProto()
+    for field, value in old.ListFields():
+        if field.name in _REBUILT:
+            continue
+        if isinstance(value, (str, bytes)):
+            setattr(op, field.name, value)
+        else:  # repeated (metadata_props, device_configurations)
+            getattr(op, field.name).extend(value)
     op.input.extend(self.input)
     op.output.extend(self.output)
     for attr_name, sub_graph in (self.get_body_graphs() or {}).items():
@@ -55,10 +66,55 @@ def _fresh_update_proto(self, external_tensor_storage=None):
     self._op = op
 
 
-def _patchable(node_class) -> bool:
-    """Whether tf2onnx's Node still has the shape :func:`_fresh_update_proto` relies on."""
-    needed = ("update_proto", "get_body_graphs", "get_onnx_attrs", "set_attr", "input", "output")
-    return all(hasattr(node_class, name) for name in needed)
+_REBUILT = ("input", "output", "attribute")
+
+
+def check_patch(node_class=None, graph_class=None) -> None:
+    """Refuse, in one line, a tf2onnx whose ``Node.update_proto`` the replacement would not match.
+
+    tf2onnx 1.17.* is the version the replacement was written from. Another
+    version passes if its ``update_proto`` and the replacement write the same
+    ``NodeProto`` for a probe node carrying every optional field; anything else
+    (a method gone, a field written differently) is a :class:`ConversionError`:
+    converting a large model without the fix grew past 23 GB (see the module doc).
+
+    Raises:
+        ConversionError: this tf2onnx is not one the replacement is known to match.
+    """
+    import tf2onnx
+    from tf2onnx.graph import Graph, Node
+
+    from .errors import ConversionError
+
+    node_class, graph_class = node_class or Node, graph_class or Graph
+    version = getattr(tf2onnx, "__version__", "?")
+    try:
+        matches = version.startswith("1.17.") or _same_proto(node_class, graph_class)
+    except Exception as exc:  # noqa: BLE001 - any failure of the probe means "not known to match"
+        matches, version = False, f"{version} ({type(exc).__name__}: {exc})"
+    if not matches:
+        raise ConversionError(
+            f"tf2onnx {version} changed Node.update_proto, which tiedonnx replaces to keep memory "
+            "near the model's size while converting a large model. Install tf2onnx 1.17 "
+            "(pip install 'tf2onnx~=1.17.0') to convert this model.")
+
+
+def _same_proto(node_class, graph_class) -> bool:
+    """Whether tf2onnx's update_proto and the replacement write the same NodeProto for a probe node."""
+    written = []
+    for update in (node_class.update_proto, _fresh_update_proto):
+        graph = graph_class([], opset=13)
+        node = graph.make_node("LeakyRelu", ["a"], attr={"alpha": 0.5}, name="probe")
+        fields = {f.name for f in node._op.DESCRIPTOR.fields}
+        node._op.doc_string = "doc"
+        if "overload" in fields:  # onnx >= 1.16
+            node._op.overload = "probe"
+        if "metadata_props" in fields:
+            node._op.metadata_props.add(key="k", value="v")
+        node.input = ["b"]
+        update(node)
+        written.append(node._op.SerializeToString())
+    return written[0] == written[1]
 
 
 @contextlib.contextmanager
@@ -69,13 +125,10 @@ def large_model_conversion():
 
     key = constants.ENV_TF2ONNX_CATCH_ERRORS
     before_env = os.environ.get(key)
+    check_patch(Node)
     original = Node.update_proto
     os.environ[key] = "FALSE"
-    patched = _patchable(Node)
-    if patched:
-        Node.update_proto = _fresh_update_proto
-    else:
-        logger.warning("tf2onnx's Node changed shape; converting without the node-proto memory fix")
+    Node.update_proto = _fresh_update_proto
     logger.info("large model: tf2onnx optimizers run in place, node protos rebuilt (memory)")
     try:
         yield

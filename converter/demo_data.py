@@ -41,6 +41,9 @@ def upscale(images: np.ndarray) -> np.ndarray:
 
 def load_digits_28(seed: int = 0) -> DigitsSplit:
     """The bundled digits at 28x28, shuffled with ``seed``, split 1,500 / 297."""
+    from tiedonnx.runtime.extras import SKLEARN
+
+    SKLEARN.load("The demo's digits data")
     from sklearn.datasets import load_digits
 
     digits = load_digits()

@@ -27,8 +27,9 @@ def _save(fig, path: Path) -> None:
 
 
 def _pyplot():
-    import matplotlib
+    from tiedonnx.runtime.extras import MATPLOTLIB
 
+    matplotlib = MATPLOTLIB.load("The demo's plots")
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 

@@ -14,7 +14,7 @@ Pipeline (order matters):
 4. proofs: ``onnx.checker`` (full check), no initializer that is a copy or
    permutation of another, parity against Keras. Any failure writes nothing.
 5. atomic write (and optionally an ORT-format copy). A model whose serialized
-   size passes :data:`EXTERNAL_DATA_THRESHOLD` is written as ``<name>`` plus
+   size passes :data:`~tiedonnx.runtime.model_save.EXTERNAL_DATA_THRESHOLD` is written as ``<name>`` plus
    ``<name>.data`` (ONNX external data, see :mod:`tiedonnx.runtime.model_save`).
 """
 
@@ -34,7 +34,7 @@ from tiedonnx.runtime.graph import TieRecord, find_duplicates, read_ties, retie,
 from tiedonnx.runtime.graph.duplicates import find_permutations_of, initializer_arrays
 from tiedonnx.runtime.graph.retie import record_ties
 from tiedonnx.runtime.graph.shape_fold import fold_initializer_shapes
-from tiedonnx.runtime.options import DEFAULT_OPSET, PRECISIONS, SUPPORTED_OPSETS
+from tiedonnx.runtime.options import DEFAULT_OPSET, SUPPORTED_OPSETS, check_precision
 
 from .errors import ConversionError, UsageError
 from .parity import DEFAULT_BATCH_SIZES, ParityReport, verify as verify_parity
@@ -45,7 +45,6 @@ logger = logging.getLogger(__name__)
 
 #: Serialized size (bytes) above which the model's weights go to ``<name>.data``
 #: beside it. Read at each call: lower it with ``monkeypatch`` or ``external_threshold=``.
-EXTERNAL_DATA_THRESHOLD = model_save.EXTERNAL_DATA_THRESHOLD
 
 
 @dataclass
@@ -119,8 +118,7 @@ def _check_options(opset: int, precision: str) -> None:
     if opset not in SUPPORTED_OPSETS:
         raise UsageError(f"Unsupported ONNX opset. Received: opset={opset!r}. Use one of "
                          f"{list(SUPPORTED_OPSETS)} (default {DEFAULT_OPSET}).")
-    if precision not in PRECISIONS:
-        raise UsageError(f"Unknown precision. Received: precision={precision!r}. Use one of {list(PRECISIONS)}.")
+    check_precision(precision)
 
 
 def _prove_invariants(proto) -> None:
@@ -194,7 +192,7 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
         import_modules: when ``model`` is a path, packages to import first whose
             registered Keras classes load in safe mode (``["keras_hub"]``).
         external_threshold: serialized size above which weights are written to
-            ``<path>.data`` (default :data:`EXTERNAL_DATA_THRESHOLD`).
+            ``<path>.data`` (default :data:`~tiedonnx.runtime.model_save.EXTERNAL_DATA_THRESHOLD`).
         input_spec: the inputs, one ``"NAME:DTYPE:AXES"`` per input
             (``"token_ids:int32:batch,sequence"``), for a subclassed model that
             declares none (see :mod:`tiedonnx.converter.input_specs`).
@@ -255,7 +253,7 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
         step(f"checking parity against Keras at batch sizes {list(batch_sizes)}")
         parity = verify_parity(keras_model, proto, batch_sizes=batch_sizes, precision=precision,
                                input_spec=input_spec)
-    threshold = EXTERNAL_DATA_THRESHOLD if external_threshold is None else external_threshold
+    threshold = model_save.EXTERNAL_DATA_THRESHOLD if external_threshold is None else external_threshold
     step(f"writing {path}")
     saved = model_save.save_model(proto, path, force=force, threshold=threshold)
     if ort_path is not None:

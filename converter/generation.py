@@ -264,15 +264,16 @@ def generation_config(lm, *, shape: tuple[int, int, int], max_length: int | None
 def _verify_steps(decoder, proto_path: Path, config: GenerationConfig, precision: str) -> float:
     from .parity import verify
 
-    worst, problems = 0.0, []
+    worst, problems, mismatches = 0.0, [], []
     for feed in parity_feeds(config):
         try:
             worst = max(worst, verify(decoder, str(proto_path), inputs=feed, precision=precision).max_abs)
         except ParityError as exc:
             problems.append(str(exc))
+            mismatches += exc.mismatches
     if problems:
         raise ParityError("The generation decoder does not match Keras: " + " | ".join(problems),
-                          mismatches=problems)
+                          mismatches=mismatches)
     return worst
 
 
@@ -335,7 +336,7 @@ def export_generation(model, folder: str | os.PathLike, *, precision: str = "fp3
         UsageError: not a KerasHub causal LM, bad options, or an existing folder without ``force``.
         ConversionError, ParityError: as in :func:`~tiedonnx.converter.export.export`; nothing is written.
     """
-    from tiedonnx.runtime.options import PRECISIONS
+    from tiedonnx.runtime.options import check_precision
 
     from tiedonnx.runtime.graph.layer_norm import fuse_layer_norms
     from tiedonnx.runtime.graph.stack_pick import fold_stack_picks
@@ -343,8 +344,7 @@ def export_generation(model, folder: str | os.PathLike, *, precision: str = "fp3
     from .export import export
     from .lm_tokenizer import write_tokenizer
 
-    if precision not in PRECISIONS:
-        raise UsageError(f"Unknown precision. Received: precision={precision!r}. Use one of {list(PRECISIONS)}.")
+    check_precision(precision)
     if precision == "int8" and precision_options.get("per_channel") is None:
         # Per-tensor int8 (export's default) fails this folder's own parity check on the GPT-2 small
         # configuration: logits 0.068 off against 0.05 x 1.25 (scripts/bench_generate.py, random

@@ -33,10 +33,9 @@ def load_preset(path: Path):
     if not (path / "config.json").is_file():
         raise ModelFileError(f"{str(path)!r} is a folder but not a KerasHub preset (no config.json). Pass a .keras "
                              "file, or a folder written by `CausalLM.save_to_preset`.")
-    try:
-        import keras_hub
-    except ImportError:
-        raise UsageError('Loading a KerasHub preset needs keras-hub: pip install -e ".[hub]".') from None
+    from tiedonnx.runtime.extras import KERAS_HUB
+
+    keras_hub = KERAS_HUB.load("Loading a KerasHub preset")
     try:
         return keras_hub.models.CausalLM.from_preset(str(path))
     except (ValueError, TypeError, KeyError, OSError) as exc:
@@ -68,7 +67,11 @@ def tokenizer_json(tokenizer) -> str | None:
     merges = getattr(tokenizer, "merges", None)
     if not isinstance(vocabulary, dict) or merges is None:
         return None
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from tiedonnx.runtime.extras import TOKENIZERS
+
+    tokenizers = TOKENIZERS.load("Writing the tokenizer of a generation folder")
+    AddedToken, Tokenizer = tokenizers.AddedToken, tokenizers.Tokenizer
+    decoders, models, pre_tokenizers = tokenizers.decoders, tokenizers.models, tokenizers.pre_tokenizers
 
     pairs = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]
     hf = Tokenizer(models.BPE(vocab={str(k): int(v) for k, v in vocabulary.items()}, merges=pairs))
@@ -89,12 +92,7 @@ def write_tokenizer(lm, folder: Path) -> dict:
     special = special_token_ids(tokenizer)
     # KerasHub's preprocessors put the start token before every prompt (add_start_token=True).
     special["add_bos"] = bool(getattr(lm.preprocessor, "add_start_token", False)) and "bos" in special
-    try:
-        text = tokenizer_json(tokenizer)
-    except ImportError:
-        from tiedonnx.runtime.errors import UsageError
-
-        raise UsageError('Writing the tokenizer needs Hugging Face tokenizers: pip install -e ".[text]".') from None
+    text = tokenizer_json(tokenizer)
     if text is None:
         logger.warning("%s is not a byte-pair tokenizer: no tokenizer.json in the folder; it generates from "
                        "token ids", type(tokenizer).__name__)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InputError, ParityError, UsageError
+from .parity_compare import VALUES, Mismatch, OutputParity, compare, keep_worst  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -58,15 +59,6 @@ TOLERANCES = {"fp32": FP32_TOL, "fp16": FP16_TOL, "int8": INT8_TOL, "int4": INT4
 MIXED16_TOL = (2e-2, 0.0)
 
 DEFAULT_BATCH_SIZES = (1, 3, 64)
-
-
-@dataclass
-class OutputParity:
-    name: str
-    shape: tuple
-    max_abs: float
-    max_rel: float
-    ok: bool
 
 
 @dataclass
@@ -144,38 +136,9 @@ def _to_numpy(outputs, names) -> dict[str, np.ndarray]:
     return {n: np.asarray(keras.ops.convert_to_numpy(t)) for n, t in zip(names, keras.tree.flatten(outputs))}
 
 
-def compare(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], *,
-            atol: float, rtol: float) -> tuple[list[OutputParity], list[str]]:
-    """Compare two output dicts; return per-output figures and problem descriptions."""
-    figures, problems = [], []
-    for name in sorted(set(expected) - set(actual)):
-        problems.append(f"output {name!r} is missing from the ONNX model (it has {sorted(actual)})")
-    for name in sorted(set(actual) - set(expected)):
-        problems.append(f"ONNX output {name!r} has no Keras counterpart")
-    for name in [n for n in expected if n in actual]:
-        e, a = expected[name], actual[name]
-        if e.shape != a.shape:
-            problems.append(f"output {name!r}: shape {a.shape} in ONNX, {e.shape} in Keras")
-            continue
-        if a.dtype != e.dtype:
-            problems.append(f"output {name!r}: dtype {a.dtype} in ONNX, {e.dtype} in Keras")
-        e64, a64 = e.astype(np.float64), a.astype(np.float64)
-        diff = np.abs(a64 - e64)
-        max_abs = float(np.nanmax(diff)) if diff.size and not np.isnan(diff).all() else 0.0
-        max_rel = float(np.nanmax(diff / np.maximum(np.abs(e64), 1e-12))) if max_abs else 0.0
-        finite = np.abs(e64[np.isfinite(e64)])
-        scale = max(1.0, float(finite.max())) if finite.size else 1.0
-        ok = bool(np.all((diff <= atol * scale + rtol * np.abs(e64)) | (np.isnan(a64) & np.isnan(e64))))
-        figures.append(OutputParity(name, tuple(e.shape), max_abs, max_rel, ok))
-        if not ok:
-            problems.append(f"output {name!r}: max abs diff {max_abs:.3g}, max rel diff {max_rel:.3g} "
-                            f"exceeds atol={atol:g} x {scale:.3g} (peak), rtol={rtol:g}")
-    return figures, problems
-
-
 def _open(onnx_model):
     """A CPU session over a path, serialized bytes or a proto (of any size: see open_proto_session)."""
-    from tiedonnx.runtime.session import open_proto_session, open_session
+    from tiedonnx.runtime.sessions import open_proto_session, open_session
 
     if isinstance(onnx_model, (str, os.PathLike)):
         return open_session(str(onnx_model), providers=["CPUExecutionProvider"], label=str(onnx_model))
@@ -296,7 +259,6 @@ def verify(keras_model, onnx_model, *, inputs: list[np.ndarray] | dict[str, np.n
         ParityError: any output missed; the message lists every case and output.
         InputError: ``inputs`` do not fit the model.
     """
-    from .samples import DEFAULT_SEQUENCE_LENGTHS, Case, cases, make_case_inputs, sample_plan
     from .signature import input_signature
     from .tf_convert import check_numeric_inputs
 
@@ -310,23 +272,14 @@ def verify(keras_model, onnx_model, *, inputs: list[np.ndarray] | dict[str, np.n
         signature = _declared_by_file(session, signature)
     check_numeric_inputs(keras_model, list(signature.specs))  # a "string" InputLayer: refuse, one line
     mapping = _onnx_input_names(session, signature)
-    if inputs is not None:
-        feed = _user_feed(inputs, signature, session)
-        runs = [(Case(len(next(iter(feed.values())))), feed)]
-    else:
-        plan = sample_plan(keras_model, signature)
-        lengths = DEFAULT_SEQUENCE_LENGTHS if sequence_lengths is None else tuple(sequence_lengths)
-        runs = [(c, make_case_inputs(signature, c, plan.vocab, positions=plan.positions))
-                for c in cases(signature, keras_model, batch_sizes, lengths)]
+    runs = _runs(keras_model, session, signature, inputs, batch_sizes, sequence_lengths)
     worst: dict[str, OutputParity] = {}
-    problems: list[str] = []
+    problems: list[Mismatch] = []
     for case, feed in runs:
         expected, actual = _run_case(keras_model, session, signature, feed, mapping)
         figures, found = compare(expected, actual, atol=atol, rtol=rtol)
-        problems += [f"{case}: {p}" for p in found]
-        for f in figures:
-            if f.name not in worst or f.max_abs >= worst[f.name].max_abs:
-                worst[f.name] = f
+        problems += [p.in_case(case) for p in found]
+        keep_worst(worst, figures)
     report = ParityReport(
         list(worst.values()), tuple(dict.fromkeys(c.batch for c, _ in runs)), atol, rtol,
         sequence_lengths=tuple(dict.fromkeys(c.length for c, _ in runs if c.length is not None)),
@@ -334,10 +287,31 @@ def verify(keras_model, onnx_model, *, inputs: list[np.ndarray] | dict[str, np.n
     logger.info("parity: max abs diff %.3g over %s", report.max_abs, report.cases)
     if problems:
         raise ParityError(
-            f"ONNX model does not match Keras ({len(problems)} problem(s)): " + "; ".join(problems)
-            + "." + (_PRECISION_HINTS.get(precision, "") if all("exceeds atol" in p for p in problems)
-                     else ""), mismatches=problems)
+            f"ONNX model does not match Keras ({len(problems)} problem(s)): "
+            + "; ".join(map(str, problems)) + "." + precision_hint(precision, problems),
+            mismatches=problems)
     return report
+
+
+def _runs(keras_model, session, signature, inputs, batch_sizes, sequence_lengths) -> list[tuple]:
+    """``(case, feed)`` pairs: the user's one feed, or generated inputs for every case."""
+    from .samples import DEFAULT_SEQUENCE_LENGTHS, Case, cases, make_case_inputs, sample_plan
+
+    if inputs is not None:
+        feed = _user_feed(inputs, signature, session)
+        return [(Case(len(next(iter(feed.values())))), feed)]
+    plan = sample_plan(keras_model, signature)
+    lengths = DEFAULT_SEQUENCE_LENGTHS if sequence_lengths is None else tuple(sequence_lengths)
+    return [(c, make_case_inputs(signature, c, plan.vocab, positions=plan.positions))
+            for c in cases(signature, keras_model, batch_sizes, lengths)]
+
+
+def precision_hint(precision: str, problems: list[Mismatch]) -> str:
+    """The precision's options that round less, when every mismatch is one of values (not of
+    names, shapes or dtypes, which rounding does not cause); else nothing."""
+    if problems and all(p.kind == VALUES for p in problems):
+        return _PRECISION_HINTS.get(precision, "")
+    return ""
 
 
 _PRECISION_HINTS = {

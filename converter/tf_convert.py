@@ -239,6 +239,26 @@ def _check_ops(proto, model_name: str) -> None:
         )
 
 
+def captured_values(concrete) -> dict:
+    """The concrete function's captured values by the name of the graph tensor standing for each.
+
+    Read through ``FuncGraph.captures`` (public: ``(external value, internal
+    placeholder)`` pairs), not ``internal_captures``.
+
+    Raises:
+        ConversionError: this TensorFlow's FuncGraph has no usable ``captures``.
+    """
+    try:
+        return {internal.name: value for value, internal in concrete.graph.captures}
+    except (AttributeError, TypeError, ValueError) as exc:
+        import tensorflow as tf
+
+        raise ConversionError(
+            f"TensorFlow {tf.__version__}'s FuncGraph.captures is not a list of (value, placeholder) "
+            f"pairs ({type(exc).__name__}: {exc}); tiedonnx reads captured constants through it. "
+            "Install a TensorFlow from 2.18 to 2.21, or report this version.") from None
+
+
 def fold_captured_inputs(proto, concrete, *, keep: list[str]) -> list[str]:
     """Store as initializers the graph inputs that are constants TensorFlow captured (in place).
 
@@ -257,9 +277,9 @@ def fold_captured_inputs(proto, concrete, *, keep: list[str]) -> list[str]:
 
     from tiedonnx.runtime.graph.edit import replace_repeated
 
-    captured = {t.name: v for t, v in zip(concrete.graph.internal_captures, concrete.captured_inputs)}
     initialized = {i.name for i in proto.graph.initializer}
     extra = [i.name for i in proto.graph.input if i.name not in keep and i.name not in initialized]
+    captured = captured_values(concrete) if extra else {}
     unknown = [n for n in extra if n not in captured or captured[n].dtype.name == "resource"]
     if unknown:
         raise ConversionError(

@@ -27,7 +27,8 @@ from .errors import (
     UsageError,
 )
 
-__version__ = "0.1.0"
+#: ``__version__`` of a source tree that was never installed (no package metadata to read).
+UNINSTALLED_VERSION = "0+unknown"
 
 _LAZY = {
     "load": ".session",
@@ -53,12 +54,26 @@ __all__ = sorted([
 
 
 def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'tiedonnx.runtime' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
+    if name == "__version__":  # on first use: importlib.metadata is not free to import
+        value = installed_version()
+    else:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'tiedonnx.runtime' has no attribute {name!r}")
+        value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value
+
+
+def installed_version() -> str:
+    """The version in the installed distribution's metadata (pyproject.toml, the one place it is
+    written), or :data:`UNINSTALLED_VERSION` in a source tree that was never installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("tiedonnx")
+    except metadata.PackageNotFoundError:
+        return UNINSTALLED_VERSION
 
 
 def __dir__() -> list[str]:

@@ -1,7 +1,8 @@
 """Atomic file writes: a failed or interrupted write never leaves a partial file.
 
 Every file tiedonnx writes goes to a temporary file in the target folder, is
-flushed and fsynced, and is then published:
+flushed and fsynced, and is then published (and the folder fsynced after it,
+so the new name itself survives a power loss, where the OS can sync a folder):
 
 * with ``force``: :func:`os.replace` over whatever is there;
 * without ``force``: :func:`os.link` of the finished temporary file, which
@@ -46,6 +47,8 @@ _TAG = "tiedonnx"
 _NAME_KEEP = 100
 # link(2) errors that mean "this filesystem has no hard links", not "refused".
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK}
+# Windows cannot open a folder with os.open, so there is nothing to fsync.
+_CAN_SYNC_FOLDERS = os.name != "nt"
 
 
 def check_output_path(path: str | os.PathLike, *, force: bool = False) -> Path:
@@ -109,6 +112,7 @@ def atomic_path(path: str | os.PathLike, *, force: bool = False) -> Iterator[Pat
             yield tmp
             _sync(tmp)
             renamed = _publish(tmp, path, force=force)
+            sync_folder(path.parent)
         except TiedOnnxError:
             raise
         except OSError as exc:
@@ -205,6 +209,30 @@ def _sync(tmp: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
+
+
+def sync_folder(folder: str | os.PathLike) -> bool:
+    """fsync ``folder`` so that a rename or link into it survives a power loss.
+
+    Returns False where the OS cannot (Windows opens no folder as a file; some
+    filesystems refuse fsync on one): the file is published either way, and
+    only this extra guarantee is missing, so nothing is raised.
+    """
+    if not _CAN_SYNC_FOLDERS:
+        return False
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as exc:
+        logger.debug("cannot open folder %s to sync it: %s", folder, exc)
+        return False
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # EINVAL on filesystems without folder sync
+        logger.debug("cannot sync folder %s: %s", folder, exc)
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def _publish(tmp: Path, path: Path, *, force: bool) -> bool:

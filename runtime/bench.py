@@ -341,9 +341,7 @@ import gc, json, sys
 import numpy as np, onnx, onnxruntime
 import tiedonnx.runtime.session, tiedonnx.runtime.lean, tiedonnx.runtime.model_file
 from tiedonnx.runtime.bench import synthetic_inputs
-def rss():
-    with open("/proc/self/status") as fh:
-        return next(int(l.split()[1]) * 1024 for l in fh if l.startswith("VmRSS"))
+from tiedonnx.runtime.rss import rss_bytes as rss
 path, memory, providers = sys.argv[1:4]
 def session():
     model = tiedonnx.runtime.session.load(path, memory=memory, providers=providers)

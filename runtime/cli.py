@@ -54,14 +54,9 @@ def _command_module(name: str):
 
 def version() -> str:
     """The installed distribution's version (package metadata), e.g. ``"0.1.0"``."""
-    from importlib import metadata
+    from . import UNINSTALLED_VERSION, __version__
 
-    try:
-        return metadata.version("tiedonnx")
-    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
-        from . import __version__
-
-        return f"{__version__} (not installed)"
+    return f"{__version__} (not installed)" if __version__ == UNINSTALLED_VERSION else __version__
 
 
 def build_parser() -> argparse.ArgumentParser:

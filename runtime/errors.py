@@ -94,11 +94,23 @@ class MissingExtraError(UsageError, ImportError):
         self.extra = names
 
 
+class OldExtraError(MissingExtraError):
+    """An optional dependency is installed at a version below tiedonnx's floor for it."""
+
+    def __init__(self, what: str, extra: str, dist: str, *, installed: str, floor: str, why: str):
+        super(MissingExtraError, self).__init__(
+            f"{what} needs {dist} >= {floor} ({why}); installed: {dist} {installed}. Upgrade it "
+            f"with: pip install '{dist}>={floor}' (or pip install -e \".[{extra}]\" from the "
+            "tiedonnx checkout).")
+        self.extra = extra
+
+
 class ParityError(TiedOnnxError, RuntimeError):
     """Outputs of two runs of the same model differ beyond the tolerance.
 
     Attributes:
-        mismatches: one entry per output that missed, with its figures.
+        mismatches: one entry per output and case that missed (the converter's
+            ``parity_compare.Mismatch``: ``kind``, ``output``, ``detail``, ``case``).
     """
 
     exit_code = 1

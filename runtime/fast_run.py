@@ -8,7 +8,8 @@ builds the error.
 
 Two things make the wrapper cheaper than ``InferenceSession.run`` itself:
 
-* it calls onnxruntime's C binding (``InferenceSession._sess.run``) directly.
+* it calls onnxruntime's C binding (``InferenceSession._sess.run``) directly,
+  probed once at load (:func:`session_runner`: ``session.run`` if it changed).
   ``InferenceSession.run`` adds Python-side checks that this path has already
   made (input names, OrtValue ownership: only numpy arrays reach it, WebGPU
   graph capture: not a provider tiedonnx runs);
@@ -43,23 +44,46 @@ _BLAS_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 FastRun = Callable[[object, bool], "dict[str, np.ndarray] | None"]
 
 
+# An output name no model has: onnxruntime checks output names before it runs
+# anything, so probing the private call with it runs nothing.
+_PROBE_OUTPUT = "\0tiedonnx-probe"
+
+
 def session_runner(session: ort.InferenceSession):
-    """``run(output_names, feeds)`` through onnxruntime's C binding, or the public API without it."""
+    """``run(output_names, feeds)`` through onnxruntime's C binding, or the public API without it.
+
+    ``InferenceSession._sess.run(names, feeds, run_options)`` is private: it is
+    probed once here (with an output name no model has, so nothing runs), and
+    a binding that is missing or takes other arguments (``TypeError``) falls
+    back to the public ``session.run`` instead of failing every call.
+    """
     native = getattr(session, "_sess", None)
-    if native is None or not hasattr(native, "run"):
+    run = getattr(native, "run", None)
+    if run is None or not _native_run_works(run):
+        logger.debug("onnxruntime's InferenceSession._sess.run is missing or changed; using session.run")
         return session.run
-    run = native.run
     return lambda names, feeds: run(names, feeds, None)
 
 
+def _native_run_works(run) -> bool:
+    try:
+        run([_PROBE_OUTPUT], {}, None)
+    except (TypeError, AttributeError):  # pybind11: "incompatible function arguments"
+        return False
+    except Exception:  # noqa: BLE001 - onnxruntime's own refusal of the unknown name: the call works
+        return True
+    return True
+
+
 def fast_runner(session: ort.InferenceSession, inputs: tuple[TensorSpec, ...],
-                outputs: tuple[TensorSpec, ...], *, bind: bool) -> FastRun | None:
+                outputs: tuple[TensorSpec, ...], *, bind: bool, run=None) -> FastRun | None:
     """The fast path for a one-input numeric model, or None when the model has none.
 
     Args:
         session: the model's session.
         inputs, outputs: the model's specs.
         bind: allow the per-thread I/O binding for one-row calls (CPU sessions).
+        run: the session's :func:`session_runner`, when the caller has probed it already.
     """
     if len(inputs) != 1 or inputs[0].dtype.kind not in "fiub":
         return None
@@ -69,7 +93,7 @@ def fast_runner(session: ort.InferenceSession, inputs: tuple[TensorSpec, ...],
     dot_check = dtype in _BLAS_FLOATS
     other_float = dtype.kind == "f" and not dot_check
     names = [o.name for o in outputs]
-    run = session_runner(session)
+    run = run or session_runner(session)
     one_row = _OneRow(session, spec, outputs, run) if bind else None
     bound = one_row.state if one_row is not None and one_row.possible else None
     single = names[0] if len(names) == 1 else None
@@ -133,6 +157,15 @@ class _OneRow:
             return self._local.state
 
     def _bind(self, x: np.ndarray) -> tuple:
+        """This thread's binding, or () when onnxruntime's private binding classes changed."""
+        try:
+            return self._bind_private(x)
+        except (TypeError, AttributeError) as exc:  # a renamed class or changed signature
+            logger.debug("onnxruntime's private I/O binding is unusable (%s); one-row calls "
+                         "take the plain path", exc)
+            return ()
+
+    def _bind_private(self, x: np.ndarray) -> tuple:
         """Bind this thread's buffers, after checking the planned shapes against a plain run on zeros."""
         C = ort.capi._pybind_state
         plain = self._run(self._names, {self._spec.name: np.zeros(x.shape, x.dtype)})

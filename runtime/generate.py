@@ -143,12 +143,10 @@ class LanguageModel:
             if not self.config.tokenizer:
                 raise UsageError(f"Generation folder {str(self.folder)!r} has no tokenizer: pass token ids "
                                  "(a list of ints) instead of text, or export a model that has its preprocessor.")
-            try:
-                from tokenizers import Tokenizer
-            except ImportError:
-                raise UsageError('Text prompts need Hugging Face tokenizers: pip install -e ".[text]" '
-                                 "(or pass token ids).") from None
-            self._tokenizer = Tokenizer.from_file(str(self.folder / self.config.tokenizer))
+            from .extras import TOKENIZERS
+
+            tokenizers = TOKENIZERS.load("Text prompts (token-id prompts need nothing more)")
+            self._tokenizer = tokenizers.Tokenizer.from_file(str(self.folder / self.config.tokenizer))
         return self._tokenizer
 
     def encode(self, text: str) -> list[int]:

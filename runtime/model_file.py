@@ -152,8 +152,9 @@ def _drop_malformed_metadata(proto: onnx.ModelProto, path: Path) -> None:
     write_metadata(proto, dict.fromkeys(dropped))
 
 
-def _graphs_and_nodes(proto: onnx.ModelProto) -> tuple[list, list]:
-    """Every graph (main, subgraphs, training) and every node list (graphs' and local functions').
+def _graphs_and_nodes(proto: onnx.ModelProto, *, training: bool = True) -> tuple[list, list]:
+    """Every graph (main, subgraphs, training unless ``training=False``) and every node list
+    (graphs' and local functions').
 
     An explicit work list, not nested recursive functions: two closures that
     call each other form a reference cycle, which held the tensors they
@@ -161,7 +162,7 @@ def _graphs_and_nodes(proto: onnx.ModelProto) -> tuple[list, list]:
     every weight) until the cycle collector ran.
     """
     pending = [proto.graph]
-    for info in proto.training_info:
+    for info in proto.training_info if training else ():
         pending.extend((info.initialization, info.algorithm))
     graphs: list = []
     node_lists = [function.node for function in proto.functions]
@@ -190,22 +191,43 @@ def _all_tensors(proto: onnx.ModelProto) -> tuple[list, list]:
     """
     tensors: list = []
     sparse: list = []
-    graphs, node_lists = _graphs_and_nodes(proto)
+    _collect(*_graphs_and_nodes(proto), tensors, sparse)
+    for item in sparse:
+        tensors.extend((item.values, item.indices))
+    return tensors, sparse
+
+
+def loaded_tensors(proto: onnx.ModelProto) -> list:
+    """The tensors onnx's external-data loader reads back (``onnx.load``).
+
+    Initializers and attribute tensors of the main graph, its subgraphs and
+    local functions; not sparse tensors nor training graphs, which onnx's
+    loader leaves alone (so a writer must not move them out either). One
+    difference: the initializers of a subgraph inside a local function are
+    listed here and not read by onnx 1.23's loader (the one local function tiedonnx adds, DequantizeNBits, has no subgraph).
+    """
+    tensors: list = []
+    _collect(*_graphs_and_nodes(proto, training=False), tensors, None)
+    return tensors
+
+
+def _collect(graphs: list, node_lists: list, tensors: list, sparse: list | None) -> None:
+    """Append the initializers and tensor attributes to ``tensors``, and (unless None) the
+    sparse ones to ``sparse``."""
     for graph in graphs:
         tensors.extend(graph.initializer)
-        sparse.extend(graph.sparse_initializer)
+        if sparse is not None:
+            sparse.extend(graph.sparse_initializer)
     for nodes in node_lists:
         for node in nodes:
             for attr in node.attribute:
                 if attr.HasField("t"):
                     tensors.append(attr.t)
                 tensors.extend(attr.tensors)
-                if attr.HasField("sparse_tensor"):
-                    sparse.append(attr.sparse_tensor)
-                sparse.extend(attr.sparse_tensors)
-    for item in sparse:
-        tensors.extend((item.values, item.indices))
-    return tensors, sparse
+                if sparse is not None:
+                    if attr.HasField("sparse_tensor"):
+                        sparse.append(attr.sparse_tensor)
+                    sparse.extend(attr.sparse_tensors)
 
 
 def _check_tensors(proto: onnx.ModelProto, path: Path, *, max_bytes: int) -> bool:

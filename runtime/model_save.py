@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from .atomic import atomic_path, check_output_path, write_bytes_atomic
 from .errors import OutputWriteError
-from .model_file import PROTOBUF_LIMIT
+from .model_file import PROTOBUF_LIMIT, loaded_tensors
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -140,10 +140,9 @@ def _save_external(proto: onnx.ModelProto, path: Path, *, force: bool) -> SavedM
 def _move_tensors(proto: onnx.ModelProto, fh, location: str, moved: list) -> int:
     """Write large tensors' raw bytes to ``fh`` and mark them external; return the bytes written."""
     import onnx
-    from onnx.external_data_helper import _get_all_tensors  # exactly the tensors onnx's loader reads
 
     offset = 0
-    for tensor in _get_all_tensors(proto):
+    for tensor in loaded_tensors(proto):  # exactly the tensors onnx's loader reads
         if tensor.data_location == onnx.TensorProto.EXTERNAL or not tensor.HasField("raw_data"):
             continue
         raw = tensor.raw_data

@@ -17,6 +17,12 @@ MEMORY_MODES = ("fast", "lean")
 #: Default chunk size of ``tiedonnx run`` so large (memory-mapped) inputs stream.
 DEFAULT_RUN_BATCH = 4096
 
+#: ``write_site(runtime=...)`` and ``tiedonnx web --runtime``: where the page loads
+#: onnxruntime-web from (a local copy in the site, or jsDelivr with integrity hashes).
+RUNTIME_MODES = ("local", "cdn")
+#: ``serve(port=...)`` and ``tiedonnx web --serve --port`` default.
+DEFAULT_PORT = 8000
+
 #: Weight precisions of ``export(precision=...)``, ``--precision`` and ``quantize``.
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 
@@ -50,6 +56,22 @@ def positive_int_problem(name: str, value: object, *, allow_none: bool = False) 
         extra = " or None" if allow_none else ""
         return f"{name} must be a positive integer{extra}. Received: {name}={value!r}"
     return None
+
+
+def precision_problem(precision: object) -> str | None:
+    """What is wrong with ``precision`` (None if it is one of :data:`PRECISIONS`): the one wording."""
+    if precision in PRECISIONS:
+        return None
+    return f"Unknown precision. Received: precision={precision!r}. Use one of {', '.join(PRECISIONS)}"
+
+
+def check_precision(precision: object) -> None:
+    """Raise :class:`~tiedonnx.runtime.errors.UsageError` unless ``precision`` is one of :data:`PRECISIONS`."""
+    problem = precision_problem(precision)
+    if problem:
+        from .errors import UsageError
+
+        raise UsageError(problem + ".")
 
 
 def check_positive_int(name: str, value: object, *, allow_none: bool = False) -> None:

@@ -7,7 +7,8 @@ import logging
 import os
 import re
 
-from .errors import MissingExtraError, UsageError
+from .errors import UsageError
+from .extras import RAY
 from .native_logs import GLOG_PREFIX, filtered_stderr
 
 logger = logging.getLogger(__name__)
@@ -16,12 +17,8 @@ GPU_PROVIDERS = ("cuda", "tensorrt")
 
 
 def import_ray():
-    try:
-        import ray
-        import ray.data  # noqa: F401  (the [data] extra: pandas, pyarrow)
-    except ImportError as exc:
-        raise MissingExtraError("Scoring on Ray (run --ray)", "ray", getattr(exc, "name", None)) from exc
-    return ray
+    """Ray, with Ray Data (:data:`~tiedonnx.runtime.extras.RAY`), or one MissingExtraError line."""
+    return RAY.load("Scoring on Ray (run --ray)")
 
 
 @contextlib.contextmanager

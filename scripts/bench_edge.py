@@ -52,9 +52,9 @@ INT4_ROWS = [("tiedonnx int4", {}), ("tiedonnx int4 symmetric", {"symmetric": Tr
 _RSS_SCRIPT = """
 import sys
 import onnxruntime as ort
+from tiedonnx.runtime.rss import rss_bytes
 def rss():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+    return rss_bytes() / 2**20
 so = ort.SessionOptions()
 if sys.argv[2] != "None":
     so.intra_op_num_threads = int(sys.argv[2])

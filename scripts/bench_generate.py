@@ -52,8 +52,9 @@ TJS = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tiedon
 
 
 def _rss_mib() -> float:
-    with open("/proc/self/status") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS")) / 1024
+    from tiedonnx.runtime.rss import rss_bytes
+
+    return rss_bytes() / 2**20
 
 
 def probe(folder: str, prompt: int, new: int) -> None:

@@ -82,8 +82,9 @@ def _tiedonnx(model, path: Path) -> None:
 
 
 def _rss_mib() -> float:
-    with open("/proc/self/status") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS")) / 1024
+    from tiedonnx.runtime.rss import rss_bytes
+
+    return rss_bytes() / 2**20
 
 
 def _parity(model, path: Path, length: int) -> float:

@@ -31,9 +31,7 @@ import gc, json, sys
 import numpy as np, onnx, onnx.checker, onnxruntime as ort
 import tiedonnx.runtime.session, tiedonnx.runtime.lean, tiedonnx.runtime.model_file
 import tiedonnx.runtime.graph.ort_format
-def rss():
-    with open("/proc/self/status") as fh:
-        return next(int(l.split()[1]) * 1024 for l in fh if l.startswith("VmRSS"))
+from tiedonnx.runtime.rss import rss_bytes as rss
 path, mode, tiny = sys.argv[1:4]
 if mode == "fast, warm":
     tiedonnx.runtime.session.load(tiny, providers="cpu")

@@ -28,8 +28,9 @@ MB = 1024 * 1024
 
 
 def rss_bytes() -> int:
-    with open("/proc/self/status") as fh:
-        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS"))
+    from tiedonnx.runtime.rss import rss_bytes as read
+
+    return read()
 
 
 def build_tied_ae(path: Path, *, features: int = 784, hidden: int = 128) -> Path:

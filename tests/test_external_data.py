@@ -160,7 +160,7 @@ def test_export_and_verify_with_external_data(tmp_path):
 
 @pytest.fixture
 def low_limit(monkeypatch):
-    from tiedonnx.runtime import session
+    from tiedonnx.runtime import sessions as session
 
     monkeypatch.setattr(session, "PROTOBUF_LIMIT", LOW)
     monkeypatch.setattr(session, "DETACH_BYTES", 1024)
@@ -172,7 +172,7 @@ def low_limit(monkeypatch):
 
 
 def test_proto_over_the_limit_runs_with_its_weights_beside_it(proto, x, low_limit):
-    from tiedonnx.runtime.session import open_proto_session
+    from tiedonnx.runtime.sessions import open_proto_session
 
     before = proto.SerializeToString()
     session = open_proto_session(proto, providers=["CPUExecutionProvider"], label="m")
@@ -187,7 +187,7 @@ def test_proto_over_the_limit_runs_with_its_weights_beside_it(proto, x, low_limi
 
 def test_proto_is_restored_when_onnxruntime_refuses_it(proto, low_limit):
     from tiedonnx.runtime.errors import ModelFileError
-    from tiedonnx.runtime.session import open_proto_session
+    from tiedonnx.runtime.sessions import open_proto_session
 
     proto.graph.node[0].op_type = "NoSuchOp"
     before = proto.SerializeToString()
@@ -202,6 +202,16 @@ def test_lean_loads_a_model_over_the_limit(ext_path, proto, x, low_limit):
     model = load(ext_path, providers="cpu", memory="lean")
     np.testing.assert_allclose(model.run(x)["y"], _run(proto.SerializeToString(), x), atol=1e-6)
     assert any(isinstance(s, bytes) for s in low_limit)  # the rewritten graph, not the file
+
+
+def test_export_reads_the_threshold_of_model_save_when_it_runs(tmp_path, low_threshold):
+    pytest.importorskip("keras")
+    from tiedonnx.converter.export import export
+
+    from . import models
+
+    report = export(models.dense_ae(features=FEATURES, hidden=HIDDEN), tmp_path / "ae.onnx", verify=False)
+    assert report.data_path == str(data_path_for(tmp_path / "ae.onnx"))  # ~5 kB > the patched 1000 B
 
 
 def test_export_checks_parity_over_the_limit_and_catches_a_wrong_weight(tmp_path, low_limit):

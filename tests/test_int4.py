@@ -445,3 +445,30 @@ def test_tiny_gpt2_int4_has_no_float_weights_and_meets_the_size_target(tmp_path)
     assert floats == []  # the position embedding (read by Slice) is 4-bit too
     assert len(by_op(saved.graph, "MatMulNBits")) == 13  # 2 x (q, k, v, o, 2 FFN) + the tied projection
     verify(lm, saved, precision="int4")  # the int4 parity bound
+
+
+def test_a_tie_between_equally_native_layouts_is_stored_with_the_least_padding():
+    # W is [64, 40]; each use is native in one orientation (x @ W wants W^T
+    # stored, h @ W^T wants W stored), so padding decides. Block 32: stored as W
+    # ([64, 40], K = 40) the last block pads 24 values per row; stored as W^T
+    # ([40, 64], K = 64) nothing pads. Expected: 40 rows of 2 blocks of 16 bytes.
+    model = to_precision(two_uses(64, 40), "int4", block_size=32)
+    (packed,) = packed_initializers(model.graph)
+    assert list(packed.dims) == [40, 2, 16]
+
+
+def test_int4_raises_the_ir_version_to_8_when_it_adds_a_function():
+    # A Mul reading the weight has no 4-bit kernel: it reads it through the
+    # model-local DequantizeNBits function, and model-local functions exist
+    # from IR version 8 (onnx/docs/IR.md); this model starts at 7.
+    w = np.random.default_rng(0).standard_normal((64, 40)).astype(np.float32)
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"]), helper.make_node("Mul", ["W", "W"], ["z"])], "g",
+        [vi("x", TensorProto.FLOAT, ["n", 64])],
+        [vi("y", TensorProto.FLOAT, ["n", 40]), vi("z", TensorProto.FLOAT, [64, 40])],
+        [numpy_helper.from_array(w, "W")])
+    model = to_precision(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=7),
+                         "int4")
+    assert [f.name for f in model.functions] == ["DequantizeNBits"]
+    assert model.ir_version == 8

@@ -151,7 +151,7 @@ def test_keras_hub_lm_per_channel_int8_shares_one_tensor_and_passes_parity(tmp_p
 
 
 def _int8_vnni_or_arm() -> bool:
-    from tiedonnx.runtime.session import cpu_has_int8_dot
+    from tiedonnx.runtime.providers import cpu_has_int8_dot
 
     return cpu_has_int8_dot() is True
 
@@ -256,9 +256,9 @@ def test_the_tie_record_names_scales_and_zero_points_the_file_has():
                                                       (False, False, False)])
 def test_load_warns_when_full_range_int8_meets_a_cpu_without_vnni(tmp_path, monkeypatch, caplog,
                                                                   full_range, cpu, warned):
-    from tiedonnx.runtime import load, session
+    from tiedonnx.runtime import load, providers
 
-    monkeypatch.setattr(session, "cpu_has_int8_dot", lambda: cpu)
+    monkeypatch.setattr(providers, "cpu_has_int8_dot", lambda: cpu)
     path = tmp_path / "lm.onnx"
     onnx.save(to_precision(_lm_graph(_table()), "int8", reduce_range=not full_range), path)
     with caplog.at_level("WARNING", logger="tiedonnx.runtime.session"):

@@ -114,3 +114,25 @@ def test_untied_graph_unchanged(rng):
     out, report = retie(model)
     assert report.folded == [] and recorded_ties(out) == []
     assert initializer_arrays(out.graph).keys() == {"W", "WT"}
+
+
+def test_retie_file_refuses_to_write_a_model_the_checker_rejects(tmp_path, rng, monkeypatch):
+    # retie is replaced by one that returns a broken graph (a node reading a
+    # tensor nothing produces): the full onnx.checker run must stop the write.
+    import importlib
+
+    retie_module = importlib.import_module("tiedonnx.runtime.graph.retie")  # the package exports retie()
+
+    source = tmp_path / "in.onnx"
+    onnx.save(_tied_by_copy_graph(rng.standard_normal((4, 3)).astype(np.float32)), source)
+    real = retie_module.retie
+
+    def broken(model, **kwargs):
+        out, report = real(model, **kwargs)
+        out.graph.node[0].input[0] = "nothing_produces_this"
+        return out, report
+
+    monkeypatch.setattr(retie_module, "retie", broken)
+    with pytest.raises(onnx.checker.ValidationError, match="nothing_produces_this"):
+        retie_module.retie_file(source, tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()

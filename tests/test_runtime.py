@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 
 import numpy as np
@@ -10,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from tiedonnx.runtime import InputError, ProviderError, TiedModel, UsageError, load
-from tiedonnx.runtime.session import resolve_providers
+from tiedonnx.runtime.providers import resolve_providers
 from tests.graphs import (
     REFERENCE_ATOL, int_model, save, tied_ae, tied_reference, total_sum, two_inputs,
 )
@@ -252,3 +253,14 @@ def test_all_finite_survives_overflowing_sums(dtype, rows):
     assert not all_finite(big)
     big[0, 0] = np.inf  # inf and -inf: a NaN sum
     assert not all_finite(big) and not all_finite(big[:, :1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_rss_grows_with_touched_memory_and_is_none_for_a_gone_process():
+    from tiedonnx.runtime.rss import rss_bytes
+
+    before = rss_bytes()
+    block = np.ones(64 * 2**20, np.uint8)  # 64 MiB, every page touched
+    assert rss_bytes() - before >= 48 * 2**20
+    del block
+    assert rss_bytes(2**22 + 12345) is None  # above Linux's default pid_max (4194304)

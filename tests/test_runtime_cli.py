@@ -229,6 +229,18 @@ def test_version_is_the_installed_distributions(capsys):
     assert tiedonnx.runtime.__version__ == metadata.version("tiedonnx")  # pyproject and __init__ agree
 
 
+def test_version_of_a_source_tree_never_installed(monkeypatch):
+    from importlib import metadata
+
+    import tiedonnx.runtime
+
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", not_installed)
+    assert tiedonnx.runtime.installed_version() == "0+unknown"
+
+
 def test_ort_refuses_an_output_name_onnxruntime_would_not_read_as_ort(ae_path, tmp_path, capsys):
     out = tmp_path / "y.onnx2"
     assert main(["ort", ae_path, "-o", str(out)]) == 2

@@ -144,9 +144,7 @@ _FIRST_AND_SECOND = r"""
 import json, sys
 import numpy as np, onnx, onnx.checker, onnxruntime as ort
 import tiedonnx.runtime.session as s, tiedonnx.runtime.model_file, tiedonnx.runtime.graph.ort_format
-def rss():
-    with open("/proc/self/status") as fh:
-        return next(int(l.split()[1]) * 1024 for l in fh if l.startswith("VmRSS"))
+from tiedonnx.runtime.rss import rss_bytes as rss
 mode, paths = sys.argv[1], sys.argv[2:]
 kept, grown = [], []
 for path in paths:

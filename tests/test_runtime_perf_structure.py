@@ -206,9 +206,7 @@ _RSS = r"""
 import gc, json, sys
 import onnxruntime as ort
 import tiedonnx.runtime.session as s, tiedonnx.runtime.model_file, tiedonnx.runtime.graph.ort_format, onnx.checker
-def rss():
-    with open("/proc/self/status") as fh:
-        return next(int(l.split()[1]) * 1024 for l in fh if l.startswith("VmRSS"))
+from tiedonnx.runtime.rss import rss_bytes as rss
 big, tiny, mode = sys.argv[1:4]
 if mode == "raw":
     ort.InferenceSession(tiny, providers=["CPUExecutionProvider"])

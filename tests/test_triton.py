@@ -390,3 +390,15 @@ def test_cli_python_backend(tmp_path, capsys):
     assert f"python environment: {sys.prefix}" in out and "memory=fast" in out
     line = _refused(["triton", str(model), str(tmp_path / "repo2"), "--threads", "2"], capsys)
     assert "threads applies to the Python backend only" in line
+
+
+@pytest.mark.parametrize("ci, outcome", [("true", pytest.fail.Exception), ("", pytest.skip.Exception),
+                                         ("false", pytest.skip.Exception)])
+def test_a_triton_test_that_cannot_run_fails_under_ci_and_skips_elsewhere(monkeypatch, ci, outcome):
+    from tests.triton_helpers import import_or_fail, skip_or_fail
+
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="no local Triton server"):
+        skip_or_fail("no local Triton server: offline")
+    with pytest.raises(outcome, match="no_such_module cannot be imported"):
+        import_or_fail("no_such_module", "pip install it")

@@ -2,7 +2,7 @@
 
 The server comes from :func:`tiedonnx.runtime.triton.local_server.fetch_server`
 (pip download of the pinned wheel into ~/.cache/tiedonnx/triton; skipped with
-the reason when it cannot be had) and runs on 127.0.0.1 with free ports.
+the reason when it cannot be had, and failed instead under ``CI=true``) and runs on 127.0.0.1 with free ports.
 
 * ONNX Runtime backend: the wheel has no ONNX Runtime backend library, so the
   server judges our configs as far as it can: each one must be parsed,
@@ -28,6 +28,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 
 from tiedonnx.runtime.testing import tied_autoencoder  # noqa: E402
+from tests.triton_helpers import import_or_fail, skip_or_fail  # noqa: E402
 from tests.triton_helpers import mixed_types as _mixed_types  # noqa: E402
 from tiedonnx.runtime.cli import main  # noqa: E402
 from tiedonnx.runtime.graph.quantize import to_precision  # noqa: E402
@@ -55,7 +56,7 @@ def server_install():
     try:
         return fetch_server()
     except ServerUnavailable as exc:
-        pytest.skip(f"no local Triton server: {exc}")
+        skip_or_fail(f"no local Triton server: {exc}")
 
 
 def _tied_ae(path: Path) -> Path:
@@ -223,12 +224,12 @@ def _grpc_infer(client, model: str, arrays: dict[str, np.ndarray]) -> dict[str, 
 
 
 def _http_client(server):
-    http = pytest.importorskip("tritonclient.http", reason="pip install 'tritonclient[http]'")
+    http = import_or_fail("tritonclient.http", "pip install 'tritonclient[http]'")
     return http.InferenceServerClient(server.http_url, connection_timeout=10, network_timeout=60)
 
 
 def _grpc_client(server):
-    grpc = pytest.importorskip("tritonclient.grpc", reason="pip install 'tritonclient[grpc]'")
+    grpc = import_or_fail("tritonclient.grpc", "pip install 'tritonclient[grpc]'")
     return grpc.InferenceServerClient(server.grpc_url)
 
 
@@ -338,8 +339,8 @@ BAD_REQUESTS = {  # case -> (input name, array, datatype sent, message)
 def test_malformed_requests_get_400_and_server_keeps_serving(served, case):
     """Names, shapes and dtypes are refused by Triton against config.pbtxt (which tiedonnx
     wrote from the graph); values by tiedonnx's own input checks, with its message."""
-    http = pytest.importorskip("tritonclient.http", reason="pip install 'tritonclient[http]'")
-    grpc = pytest.importorskip("tritonclient.grpc", reason="pip install 'tritonclient[grpc]'")
+    http = import_or_fail("tritonclient.http", "pip install 'tritonclient[http]'")
+    grpc = import_or_fail("tritonclient.grpc", "pip install 'tritonclient[grpc]'")
     from tritonclient.utils import InferenceServerException
 
     name, array, datatype, message = BAD_REQUESTS[case]

@@ -81,14 +81,6 @@ def models(tmp_path_factory) -> dict[str, str]:
 
 # ---- site files -------------------------------------------------------------
 
-def test_cli_constants_mirror_the_library():
-    from tiedonnx.runtime.commands import web as command
-    from tiedonnx.runtime.web import DEFAULT_PORT, RUNTIME_MODES
-
-    assert command.RUNTIME_MODES == RUNTIME_MODES
-    assert command.DEFAULT_PORT == DEFAULT_PORT
-
-
 @needs_package
 def test_local_site_holds_the_model_the_page_and_three_runtime_files(models, tmp_path):
     report = write_site(models["int8"], tmp_path / "site")

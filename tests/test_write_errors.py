@@ -239,3 +239,60 @@ def test_export_under_file_size_limit(tmp_path):
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and _says_why("export", lines[0], "File too large"), lines
     assert listing(out) == {"o.onnx": SENTINEL}
+
+
+# --- the folder is synced after the publish, so the new name survives a power loss ----------
+
+def _record_fsyncs(monkeypatch, *, refuse_folders: bool = False) -> list[str]:
+    """Patch os.fsync in atomic to log 'file' or 'folder' (told apart by fstat, not by atomic)."""
+    import stat
+
+    from tiedonnx.runtime import atomic
+
+    real = os.fsync
+    synced: list[str] = []
+
+    def fsync(fd):
+        kind = "folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+        synced.append(kind)
+        if kind == "folder" and refuse_folders:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    return synced
+
+
+@pytest.mark.skipif(os.name == "nt", reason="Windows cannot open a folder to sync it")
+@pytest.mark.parametrize("force, hard_links", [(False, True), (True, True), (False, False)],
+                         ids=["link", "replace", "no_hard_links"])
+def test_the_folder_is_synced_after_the_file_is_published(tmp_path, monkeypatch, force, hard_links):
+    from tiedonnx.runtime import atomic
+
+    synced = _record_fsyncs(monkeypatch)
+    if not hard_links:
+        monkeypatch.setattr(atomic.os, "link",
+                            lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EPERM, "no links")))
+    target = tmp_path / "out.bin"
+    write_bytes_atomic(target, b"x" * 100, force=force)
+    assert synced == ["file", "folder"]  # the data first, then the name that points at it
+    assert target.read_bytes() == b"x" * 100
+
+
+def test_a_folder_that_cannot_be_synced_still_gets_the_file(tmp_path, monkeypatch):
+    # Some filesystems refuse fsync on a folder (EINVAL): the file is already
+    # published, so the write succeeds without that extra guarantee.
+    synced = _record_fsyncs(monkeypatch, refuse_folders=True)
+    target = tmp_path / "out.bin"
+    write_bytes_atomic(target, b"data")
+    assert target.read_bytes() == b"data"
+    assert "folder" in synced or os.name == "nt"
+
+
+def test_no_folder_sync_where_the_os_cannot_open_a_folder(tmp_path, monkeypatch):
+    from tiedonnx.runtime import atomic
+
+    synced = _record_fsyncs(monkeypatch)
+    monkeypatch.setattr(atomic, "_CAN_SYNC_FOLDERS", False)  # as on Windows
+    write_bytes_atomic(tmp_path / "out.bin", b"data")
+    assert synced == ["file"]

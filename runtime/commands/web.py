@@ -6,16 +6,11 @@ import argparse
 import os
 
 from ..errors import UsageError
+from ..options import DEFAULT_PORT, PRECISIONS, RUNTIME_MODES
 from ._flags import add_force, add_json, emit
 
 HELP = ("Write a static web page that runs MODEL.onnx in the browser (onnxruntime-web), or that "
         "generates text from a generation folder, or --serve a written one.")
-
-# Mirror tiedonnx.runtime.web's RUNTIME_MODES and DEFAULT_PORT; a test keeps them
-# equal (importing the library here would make building the parser heavier).
-RUNTIME_MODES = ("local", "cdn")
-DEFAULT_PORT = 8000
-PRECISIONS = ("fp32", "fp16", "int8", "int4")  # generation_folder.MODEL_FILES' keys (a test keeps them equal)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,15 +17,12 @@ import numpy as np
 from .inspect import InspectReport, copied_bytes, dtype_name
 from .metadata import TIES_KEY, parse_ties
 from .metadata_check import drop_malformed
-from .ort_format import ort_initializers, read_ort_metadata, read_ort_model
+from .ort_format import ort_initializers, ort_schema, read_ort_metadata, read_ort_model
 
 __all__ = ["inspect_ort_file"]
 
 def _model(data: bytes):
-    import onnxruntime.tools.ort_format_model  # noqa: F401  (puts the flatbuffers schema on sys.path)
-    from ort_flatbuffers_py import fbs
-
-    return fbs.InferenceSession.InferenceSession.GetRootAsInferenceSession(bytearray(data), 0).Model()
+    return ort_schema().InferenceSession.InferenceSession.GetRootAsInferenceSession(bytearray(data), 0).Model()
 
 
 def _value_key(entry: dict):

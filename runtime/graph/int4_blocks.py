@@ -115,9 +115,12 @@ class Blocks:
 
 
 def quantize_blocks(rows: np.ndarray, *, block_size: int, symmetric: bool) -> Blocks:
-    """Quantize ``rows`` (``[N, K]``, blocks along K) with onnxruntime's RTN kernel."""
-    from onnxruntime.capi._pybind_state import quantize_matmul_4bits
+    """Quantize ``rows`` (``[N, K]``, blocks along K) with onnxruntime's RTN kernel.
 
+    Raises:
+        ConversionError: this onnxruntime lacks the private kernel or changed its arguments.
+    """
+    quantize_matmul_4bits = _rtn_kernel()
     n, k = rows.shape
     blocks = -(-k // block_size)
     # The kernel reads the MatMul weight [K, N], zero-padded to whole blocks.
@@ -126,8 +129,29 @@ def quantize_blocks(rows: np.ndarray, *, block_size: int, symmetric: bool) -> Bl
     packed = np.zeros((n, blocks, block_size // 2), np.uint8)
     scales = np.zeros((n, blocks), np.float32)
     zero_points = np.zeros((n, (blocks + 1) // 2), np.uint8)
-    quantize_matmul_4bits(packed, weight, scales, zero_points, block_size, n, k, symmetric)
+    try:
+        quantize_matmul_4bits(packed, weight, scales, zero_points, block_size, n, k, symmetric)
+    except TypeError as exc:  # pybind11: "incompatible function arguments"
+        raise _kernel_changed(exc) from None
     return Blocks(packed, scales, None if symmetric else zero_points, k)
+
+
+def _rtn_kernel():
+    """onnxruntime's private ``capi._pybind_state.quantize_matmul_4bits``, or a one-line ConversionError."""
+    try:
+        from onnxruntime.capi._pybind_state import quantize_matmul_4bits
+    except ImportError as exc:
+        raise _kernel_changed(exc) from None
+    return quantize_matmul_4bits
+
+
+def _kernel_changed(exc: Exception) -> ConversionError:
+    import onnxruntime as ort
+
+    return ConversionError(
+        f"onnxruntime {ort.__version__} has no usable quantize_matmul_4bits (the 4-bit kernel "
+        f"tiedonnx quantizes with: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}). "
+        "Install onnxruntime 1.20 to 1.32, or use precision int8.")
 
 
 def scale_dtype(scales: np.ndarray) -> type:

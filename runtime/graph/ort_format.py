@@ -46,13 +46,24 @@ def config_path_for(out_path: str | os.PathLike) -> Path:
     return out_path.with_name(out_path.stem + CONFIG_SUFFIX)
 
 
+def ort_schema():
+    """onnxruntime's flatbuffers schema of ORT files (``ort_flatbuffers_py.fbs``).
+
+    onnxruntime exposes it only as a side effect: importing
+    ``onnxruntime.tools.ort_format_model`` puts ``ort_flatbuffers_py`` on ``sys.path``.
+    """
+    import onnxruntime.tools.ort_format_model  # noqa: F401  (puts the flatbuffers schema on sys.path)
+    from ort_flatbuffers_py import fbs
+
+    return fbs
+
+
 def ort_initializers(path_or_bytes: str | os.PathLike | bytes, *, with_data: bool = False) -> list[dict]:
     """Name, dims, ONNX dtype and byte size of every main-graph initializer of an ``.ort`` file.
 
     With ``with_data``, each entry also has ``raw``: its bytes as a uint8 array.
     """
-    import onnxruntime.tools.ort_format_model  # noqa: F401  (puts the flatbuffers schema on sys.path)
-    from ort_flatbuffers_py import fbs
+    fbs = ort_schema()
 
     data = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
     buf = bytearray(data)
@@ -314,8 +325,7 @@ def read_ort_metadata(data: bytes, path: str | os.PathLike, *, check: bool = Tru
     Raises:
         ModelFileError: a key or value that is not UTF-8.
     """
-    import onnxruntime.tools.ort_format_model  # noqa: F401  (puts the flatbuffers schema on sys.path)
-    from ort_flatbuffers_py import fbs
+    fbs = ort_schema()
 
     from .metadata_check import drop_malformed
 
@@ -349,8 +359,7 @@ def _is_utf8(name: bytes | None) -> bool:
 
 def _declared_ort_bytes(data: bytes, label: str) -> int:
     """Bytes declared by every tensor of every graph (subgraphs included) of an ORT-format model."""
-    import onnxruntime.tools.ort_format_model  # noqa: F401  (puts the flatbuffers schema on sys.path)
-    from ort_flatbuffers_py import fbs
+    fbs = ort_schema()
 
     root = fbs.InferenceSession.InferenceSession.GetRootAsInferenceSession(bytearray(data), 0)
     model = root.Model()

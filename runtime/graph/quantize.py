@@ -50,7 +50,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import ConversionError, UsageError
-from ..options import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, FULL_RANGE_KEY, PRECISIONS  # the one list, shared with the CLI
+from ..options import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, FULL_RANGE_KEY, PRECISIONS, precision_problem  # the one list, shared with the CLI
 from .edit import replace_repeated, transpose_perm
 from .fp16 import to_fp16
 from .int8_retie import merge_equal_parameters, per_channel_exclusions, prune_initializers, retie_quantized
@@ -98,9 +98,8 @@ def check_precision_options(precision: str, *, per_channel: bool | None = None,
     ``export`` calls it before converting, so a bad option fails before any work.
     """
     problems = []
-    if precision not in PRECISIONS:
-        problems.append(f"Unknown precision. Received: precision={precision!r}. "
-                        f"Use one of {', '.join(PRECISIONS)}.")
+    if precision_problem(precision):
+        problems.append(precision_problem(precision) + ".")
     for name, value in (("per_channel", per_channel), ("reduce_range", reduce_range)):
         if value is not None and precision != "int8":
             problems.append(f"{name} applies to int8 only. Received: {name}={value!r} with "

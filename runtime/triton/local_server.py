@@ -314,13 +314,10 @@ def _descendants(root: int) -> list[int]:
 
 
 def _rss_kb(pid: int) -> int | None:
-    try:
-        for line in Path("/proc", str(pid), "status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+    from ..rss import rss_bytes
+
+    rss = rss_bytes(pid)
+    return None if rss is None else rss // 1024
 
 
 def _tail(log: str, lines: int = 15) -> str:

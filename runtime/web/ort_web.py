@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
+from ..options import RUNTIME_MODES  # noqa: F401  (one home, shared with the CLI)
 
 PACKAGE = "onnxruntime-web"
 VERSION = "1.30.0"
-RUNTIME_MODES = ("local", "cdn")
 
 #: The module the page imports as ``onnxruntime-web`` (wasm backend only).
 MODULE_FILE = "ort.wasm.min.mjs"

@@ -35,13 +35,13 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from ..errors import UsageError
+from ..options import DEFAULT_PORT  # noqa: F401  (one home, shared with the CLI)
 
 logger = logging.getLogger(__name__)
 # One line per request and per connection that ends early; serve() shows them.
 access_logger = logging.getLogger(__name__ + ".access")
 
 HOST = "127.0.0.1"
-DEFAULT_PORT = 8000
 
 MIME_TYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm",
               ".onnx": "application/octet-stream", ".json": "application/json",
