@@ -141,6 +141,40 @@ def _check_structure(proto: onnx.ModelProto, path: Path) -> None:
             f"{str(path)!r} has metadata that is not UTF-8 text (entries {broken[:3]}): the file is "
             "corrupt. Re-export it."
         )
+    where = _first_non_utf8_text(proto)
+    if where is not None:  # a name or dimension onnxruntime's Python binding would fail to decode
+        raise ModelFileError(f"{str(path)!r} has text that is not UTF-8 ({where}): the file is corrupt. "
+                             "Re-export it.")
+
+
+def _first_non_utf8_text(proto: onnx.ModelProto) -> str | None:
+    """Where the first proto2 ``string`` field holding non-UTF-8 bytes is (names, dims, domains...).
+
+    An explicit work list over every message (subgraphs nest): protobuf hands such
+    a field to Python as ``bytes``, which onnxruntime's binding later fails to decode
+    (a ``UnicodeDecodeError`` from ``get_inputs()``, or a print while creating the session).
+    """
+    from google.protobuf.descriptor import FieldDescriptor
+
+    string, message = FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE
+    pending = [(proto, "model")]
+    while pending:
+        item, where = pending.pop()
+        if item.DESCRIPTOR.name == "TensorProto":  # its text fields only: listing them all copies raw_data
+            fields = [(item.DESCRIPTOR.fields_by_name[n], getattr(item, n)) for n in ("name", "doc_string")]
+            fields.append((item.DESCRIPTOR.fields_by_name["external_data"], item.external_data))
+        else:
+            fields = item.ListFields()
+        for field, value in fields:
+            repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+            values = value if repeated else [value]
+            if field.type == string:
+                bad = next((v for v in values if isinstance(v, bytes)), None)
+                if bad is not None:
+                    return f"{where}.{field.name} = {bad[:40]!r}"
+            elif field.type == message:
+                pending.extend((v, f"{where}.{field.name}") for v in values)
+    return None
 
 
 def _drop_malformed_metadata(proto: onnx.ModelProto, path: Path) -> None:

@@ -244,3 +244,35 @@ def test_metadata_that_is_not_utf8_is_refused(tmp_path):
     (tmp_path / "m.onnx").write_bytes(data)
     with pytest.raises(ModelFileError, match=r"metadata that is not UTF-8 text \(entries \[\"'tiedonnx.ties'\"\]\)"):
         read_model(tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("field", ["dim_param", "node_input", "subgraph_node_name"])
+def test_names_and_dims_that_are_not_utf8_are_refused(tmp_path, field, capsys):
+    """Found by scripts/fuzz_loaders.py: one overwritten byte in a dim_param made onnxruntime's
+    get_inputs() raise UnicodeDecodeError (exit 3), and one in a node's input name made
+    onnxruntime print an "EP Error" block before our error line."""
+    from tiedonnx.runtime.cli import main
+
+    model = tied_ae()
+    if field == "dim_param":
+        model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "MARK"
+    elif field == "node_input":
+        model.graph.node[0].name = "MARK"
+    else:  # inside an If's branch: the walk goes into subgraphs
+        branches = [helper.make_graph([helper.make_node("Identity", ["y0"], ["z"], name=name)], "b", [],
+                                      [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)])
+                    for name in ("MARK", "other")]
+        model.graph.node.append(helper.make_node("If", ["c"], ["w"], then_branch=branches[0],
+                                                 else_branch=branches[1]))
+    data = model.SerializeToString()
+    assert data.count(b"MARK") == 1
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data.replace(b"MARK", b"M\x8cRK"))
+    with pytest.raises(ModelFileError, match=r"has text that is not UTF-8 \(model\.graph\..*b'M\\x8cRK'\)"):
+        read_model(path)
+    features = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    np.save(tmp_path / "x.npy", np.zeros((2, features), np.float32))
+    assert main(["run", str(path), "-i", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not UTF-8" in err[0], err
+    assert not (tmp_path / "y.npy").exists()
