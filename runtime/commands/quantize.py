@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..options import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, PRECISIONS
+from ..options import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, INT4_ROUNDINGS, PRECISIONS
 from . import _flags
 
 HELP = "Store an .onnx file's weights as fp16, int8 or int4, one tensor per tie (ties restored first)."
@@ -43,6 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(MatMulNBits); fp32: retie only")
     add_int8_arguments(parser)
     add_int4_arguments(parser)
+    parser.add_argument("--rounding", choices=INT4_ROUNDINGS, default=None,
+                        help="int4 only: rtn, onnxruntime's round-to-nearest (default); search, each "
+                             "block's scale chosen by least squares over narrower ranges (slower to write, "
+                             "closer to the float model: see README 'Quantization quality')")
+    parser.add_argument("--int8-ties", action=argparse.BooleanOptionalAction, default=None,
+                        help="int4 only: keep each tie (a language model's embedding and head) in int8, "
+                             "the other weights in int4 (default: off)")
     _flags.add_force(parser)
     _flags.add_json(parser)
 
@@ -56,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     report = quantize_file(args.input, args.output, precision=args.precision,
                            per_channel=args.per_channel, block_size=args.block_size,
                            symmetric=args.symmetric, short_names=args.short_names,
-                           reduce_range=args.reduce_range, force=args.force)
+                           reduce_range=args.reduce_range, rounding=args.rounding,
+                           int8_ties=args.int8_ties, force=args.force)
     stored = ", ".join(f"{t.initializer} ({t.dtype}{_origin(t)})" for t in report.ties) or "none"
     line = (f"wrote {report.path}: {report.precision}, {report.bytes:,} B "
             f"({report.bytes / report.bytes_before:.2f}x of {report.bytes_before:,} B); "
