@@ -123,3 +123,27 @@ def test_int8_ties_with_an_int4_body_on_a_keras_hub_lm(tmp_path):
     want = np.asarray(lm.predict_on_batch({"token_ids": ids, "padding_mask": np.ones_like(ids)}))
     # Measured 0.031 (random weights, block 32); int4 alone measures 0.031 as well.
     assert np.abs(got - want).max() <= 0.1
+
+
+def test_cli_quantize_measures_the_loss_on_given_inputs_and_says_when_it_did_not(tmp_path, capsys):
+    from tiedonnx.runtime.cli import main as cli_main
+
+    src = tmp_path / "ae.onnx"
+    onnx.save(tied_autoencoder(64, 32, weight_scale=0.2), src)
+    x = np.random.default_rng(1).random((40, 64), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    assert cli_main(["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--precision", "int4"]) == 0
+    assert "error not measured: pass --input" in capsys.readouterr().out
+    assert cli_main(["quantize", str(src), "-o", str(tmp_path / "q8.onnx"), "--precision", "int8",
+                     "--input", str(tmp_path / "x.npy"), "--json"]) == 0
+    (loss,) = __import__("json").loads(capsys.readouterr().out)["loss_on_inputs"]
+    # Independent figure: onnxruntime on both files, compared here.
+    want = ort.InferenceSession(str(src)).run(None, {"x": x})[0]
+    got = ort.InferenceSession(str(tmp_path / "q8.onnx")).run(None, {"x": x})[0]
+    assert loss["name"] == "y" and loss["max_abs"] == pytest.approx(float(np.abs(got - want).max()), rel=1e-5)
+    assert 0 < loss["relative_rmse"] < 0.05 and loss["same_argmax"] == pytest.approx(
+        float(np.mean(want.argmax(-1) == got.argmax(-1))))
+    # A missing inputs file is refused before anything is written.
+    assert cli_main(["quantize", str(src), "-o", str(tmp_path / "no.onnx"), "--precision", "int8",
+                     "--input", str(tmp_path / "missing.npy")]) == 2
+    assert "Input file not found" in capsys.readouterr().err and not (tmp_path / "no.onnx").exists()

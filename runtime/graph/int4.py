@@ -150,9 +150,9 @@ def _tied_weights(model: onnx.ModelProto, ties: list[TieRecord]) -> list[_Weight
         if tie.initializer in candidates:
             array = numpy_helper.to_array(candidates[tie.initializer])
             weights.append(_Weight(tie.initializer, array, tie.members(), tie))
-        else:
-            logger.warning("tie %r is not a 2-D float32 tensor; it stays as it is, stored once",
-                           tie.initializer)
+        else:  # an int8 tie (scale recorded) is there by request: .int4_mixed
+            (logger.info if tie.scale else logger.warning)(
+                "tie %r is not a 2-D float32 tensor; it stays as it is, stored once", tie.initializer)
     return weights
 
 
