@@ -57,6 +57,9 @@ MatMulNBits float32), which the size target needs: on the 784-256 AE they are
 Ties of other ranks (a ``ConvTranspose`` tied to a ``Conv``) stay fp32, stored
 once (logged). Quantization is round-to-nearest (onnxruntime's default);
 its HQQ needs PyTorch and k-quant needs ``onnx_ir``, neither in the runtime.
+``rounding="search"`` picks each block's scale by least squares instead
+(:mod:`.int4_search`, numpy only), and ``int8_ties`` keeps the ties in int8
+(:mod:`.int4_mixed`); what each buys is measured by scripts/bench_quality.py.
 Small matrices lose more: the demo's 64-32 AE at block 32 has +10.8% MSE on
 held-out digits (5,899 bytes; int8: -0.1%, 6,516 bytes), the 784-256 AE +1.5%.
 """
