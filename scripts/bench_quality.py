@@ -6,7 +6,8 @@ embedding, trained on Shakespeare; hamlet, tempest and twelfth_night held out). 
 non-overlapping windows of the held-out tokens against Keras fp32's logits: file bytes, perplexity and its
 ratio to Keras fp32, mean KL(Keras || variant) of the next-token distribution, its 99th percentile, and the
 same-top-token rate (:mod:`tiedonnx.runtime.quality`). Every variant is checked to store its tie once
-(``inspect``: one tie, status ok, no untied duplicate).
+(``inspect``: one tie, status ok, no untied duplicate; ``find_4bit_copies``: no second copy of a 4-bit
+tensor).
 
 The demo autoencoder (784-256 tied, scikit-learn digits, 30 epochs, seed 0) gets the same precisions with
 reconstruction MSE on the 297 held-out digits instead of perplexity.
@@ -70,6 +71,7 @@ def variant_files(fp32: Path, folder: Path, variants=VARIANTS):
     import onnx
 
     from tiedonnx.runtime.graph.inspect import inspect_file
+    from tiedonnx.runtime.graph.int4_blocks import find_4bit_copies
     from tiedonnx.runtime.graph.quantize import to_precision
 
     source = onnx.load(fp32)
@@ -77,10 +79,10 @@ def variant_files(fp32: Path, folder: Path, variants=VARIANTS):
         path = folder / f"v{i}.onnx"
         model = to_precision(source, precision, **options)
         onnx.save(post[0](model) if post else model, path)
-        report = inspect_file(path)
-        if len(report.ties) != 1 or not report.ties_ok:
+        report, copies = inspect_file(path), find_4bit_copies(onnx.load(path).graph)
+        if len(report.ties) != 1 or not report.ties_ok or copies:
             raise SystemExit(f"{label}: expected one stored tie, inspect says ties={report.ties}, "
-                             f"untied duplicates={report.untied_duplicates}")
+                             f"untied duplicates={report.untied_duplicates}, 4-bit copies={copies}")
         yield label, path
 
 

@@ -44,7 +44,8 @@ def quantize_rows(rows: np.ndarray, *, block_size: int, symmetric: bool, roundin
         return quantize_blocks(rows, block_size=block_size, symmetric=symmetric), None
     if rounding == "search":
         return search_blocks(rows, block_size=block_size, symmetric=symmetric), SEARCH_STEPS
-    raise UsageError(f"Unknown int4 rounding. Received: rounding={rounding!r}. Use one of {', '.join(INT4_ROUNDINGS)}.")
+    raise UsageError(f"Unknown int4 rounding. Received: rounding={rounding!r}. "
+                     f"Use one of {', '.join(INT4_ROUNDINGS)}.")
 
 
 def search_blocks(rows: np.ndarray, *, block_size: int, symmetric: bool) -> Blocks:
