@@ -65,8 +65,12 @@ def test_searched_blocks_are_closer_than_rtn_and_read_the_same_by_matmulnbits(bl
     found = search_blocks(w, block_size=block_size, symmetric=symmetric)
     assert found.packed.shape == rtn.packed.shape and found.scales.shape == rtn.scales.shape
     assert (found.zero_points is None) == symmetric
-    # Measured (seeds above): 7-12% less squared error than RTN; a search no better than RTN is a regression.
-    assert ((found.dequantize() - w) ** 2).mean() < 0.97 * ((rtn.dequantize() - w) ** 2).mean()
+    # What a layer sees: the error of x @ W^T. Measured (seeds above), searched over RTN mean square:
+    # non-negative inputs (sigmoid codes, pixels) 0.38-0.68, centred inputs 0.93-0.98.
+    positive, centred = rng.random((256, w.shape[1])), rng.normal(size=(256, w.shape[1]))
+    for x, bound in ((positive, 0.8), (centred, 1.0)):
+        ratio = ((x @ (found.dequantize() - w).T) ** 2).mean() / ((x @ (rtn.dequantize() - w).T) ** 2).mean()
+        assert ratio < bound
     found.check_faithful(w, what="W", steps=SEARCH_STEPS)
     # onnxruntime's kernel reads the searched tensor as Blocks.dequantize says.
     n, k = w.shape
