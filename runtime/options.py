@@ -33,6 +33,9 @@ BLOCK_SIZES = (16, 32, 64, 128)
 #: (scripts/bench_edge.py): block 16 139,957 B,
 #: 32 124,275 B (MSE +1.48% vs fp32), 128 112,516 B (+2.66%).
 DEFAULT_BLOCK_SIZE = 32
+#: int4 rounding (``rounding=``, ``quantize --rounding``): onnxruntime's round-to-nearest, or a
+#: per-block scale search (runtime/graph/int4_search.py; figures: scripts/bench_quality.py).
+INT4_ROUNDINGS = ("rtn", "search")
 
 # ONNX opset 15 is tf2onnx's own default (PREFERRED_OPSET) and runs on
 # onnxruntime >= 1.10, TensorRT >= 8.2 and ORT Mobile builds from 2021 on;

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..options import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, PRECISIONS
+from ..options import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, INT4_ROUNDINGS, PRECISIONS
 from . import _flags
 
 HELP = "Store an .onnx file's weights as fp16, int8 or int4, one tensor per tie (ties restored first)."
@@ -35,7 +35,7 @@ def add_int4_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", metavar="IN.onnx", help="the exported model (fp32)")
+    parser.add_argument("model", metavar="IN.onnx", help="the exported model (fp32)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="the file to write")
     parser.add_argument("--precision", required=True, choices=PRECISIONS,
                         help="fp16: weights float16, float32 in and out; int8: weights int8, "
@@ -43,6 +43,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(MatMulNBits); fp32: retie only")
     add_int8_arguments(parser)
     add_int4_arguments(parser)
+    parser.add_argument("--rounding", choices=INT4_ROUNDINGS, default=None,
+                        help="int4 only: rtn, onnxruntime's round-to-nearest (default); search, each "
+                             "block's scale chosen by least squares over narrower ranges (slower to write, "
+                             "closer to the float model: see README 'Quantization quality')")
+    parser.add_argument("--int8-ties", action=argparse.BooleanOptionalAction, default=None,
+                        help="int4 only: keep each tie (a language model's embedding and head) in int8, "
+                             "the other weights in int4 (default: off)")
+    parser.add_argument("--input", metavar="X.npy|X.npz",
+                        help="your own inputs (.npy for one input, .npz by input name): both files run "
+                             "on them and the error figure is printed (default: no figure; random inputs "
+                             "understate quantization error)")
     _flags.add_force(parser)
     _flags.add_json(parser)
 
@@ -50,18 +61,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ._preflight import refuse_keras_for_onnx
 
-    refuse_keras_for_onnx(args.input, command="quantize")  # before the heavier imports
+    refuse_keras_for_onnx(args.model, command="quantize")  # before the heavier imports
+    if args.input is not None:
+        from ..inputs import check_array_file
+
+        check_array_file(args.input)  # before any work
     from ..graph.quantize import quantize_file
 
-    report = quantize_file(args.input, args.output, precision=args.precision,
+    report = quantize_file(args.model, args.output, precision=args.precision,
                            per_channel=args.per_channel, block_size=args.block_size,
                            symmetric=args.symmetric, short_names=args.short_names,
-                           reduce_range=args.reduce_range, force=args.force)
+                           reduce_range=args.reduce_range, rounding=args.rounding,
+                           int8_ties=args.int8_ties, force=args.force)
     stored = ", ".join(f"{t.initializer} ({t.dtype}{_origin(t)})" for t in report.ties) or "none"
     line = (f"wrote {report.path}: {report.precision}, {report.bytes:,} B "
             f"({report.bytes / report.bytes_before:.2f}x of {report.bytes_before:,} B); "
             f"ties stored once: {stored}")
-    _flags.emit(report.as_dict(), as_json=args.json, lines=[line])
+    lines, loss = [line], None
+    if args.input is not None:
+        from ..graph.quantize_loss import loss_on_inputs
+
+        found = loss_on_inputs(args.model, args.output, args.input)
+        loss = [x.as_dict() for x in found]
+        lines += [f"  on {args.input}, vs {args.model}: {x.line()}" for x in found]
+    elif args.precision != "fp32":
+        lines.append("  error not measured: pass --input X.npy|X.npz with your own rows to see what "
+                     f"{args.precision} loses (random inputs understate it)")
+    _flags.emit({**report.as_dict(), "loss_on_inputs": loss, "inputs": args.input}, as_json=args.json, lines=lines)
     return 0
 
 

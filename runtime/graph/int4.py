@@ -57,6 +57,9 @@ MatMulNBits float32), which the size target needs: on the 784-256 AE they are
 Ties of other ranks (a ``ConvTranspose`` tied to a ``Conv``) stay fp32, stored
 once (logged). Quantization is round-to-nearest (onnxruntime's default);
 its HQQ needs PyTorch and k-quant needs ``onnx_ir``, neither in the runtime.
+``rounding="search"`` picks each block's scale by least squares instead
+(:mod:`.int4_search`, numpy only), and ``int8_ties`` keeps the ties in int8
+(:mod:`.int4_mixed`); what each buys is measured by scripts/bench_quality.py.
 Small matrices lose more: the demo's 64-32 AE at block 32 has +10.8% MSE on
 held-out digits (5,899 bytes; int8: -0.1%, 6,516 bytes), the 784-256 AE +1.5%.
 """
@@ -74,7 +77,7 @@ from ..errors import ConversionError
 from .duplicates import find_duplicates
 from .edit import (consumers, gathers_rows, int64_constant, main_opset, prepend_nodes, relative_perm, remove_initializers, replace_repeated, subgraphs,
                    used_names)
-from .int4_blocks import (DEQUANTIZE_OP, FUNCTION_DOMAIN, Blocks, dequantize_function, quantize_blocks,
+from .int4_blocks import (DEQUANTIZE_OP, FUNCTION_DOMAIN, Blocks, dequantize_function,
                           scale_dtype)
 from .int4_views import flatten_weight_reshapes
 from .metadata import TieRecord, TieUse, read_ties, write_ties
@@ -110,10 +113,11 @@ class _Weight:
     uses: list[TieUse] = field(default_factory=list)
 
 
-def to_int4(model: onnx.ModelProto, *, block_size: int, symmetric: bool) -> onnx.ModelProto:
+def to_int4(model: onnx.ModelProto, *, block_size: int, symmetric: bool, rounding: str = "rtn") -> onnx.ModelProto:
     """Return a copy of ``model`` (ties folded and recorded) with 4-bit block-wise weights.
 
-    Called by :func:`.quantize.to_precision`, which validates the options.
+    Called by :func:`.quantize.to_precision`, which validates the options. ``rounding``: ``"rtn"``
+    (onnxruntime's kernel) or ``"search"`` (per-block scale search, :mod:`.int4_search`).
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -123,7 +127,7 @@ def to_int4(model: onnx.ModelProto, *, block_size: int, symmetric: bool) -> onnx
     tied = _tied_weights(out, ties)
     kept = [t for t in ties if t.initializer not in {w.source for w in tied}]
     for weight in tied + _untied_weights(out, ties):
-        _store_4bit(out.graph, weight, block_size=block_size, symmetric=symmetric)
+        _store_4bit(out.graph, weight, block_size=block_size, symmetric=symmetric, rounding=rounding)
     _finish(out, opset, symmetric=symmetric)
     write_ties(out, [w.tie for w in tied] + kept)
     return out
@@ -149,9 +153,9 @@ def _tied_weights(model: onnx.ModelProto, ties: list[TieRecord]) -> list[_Weight
         if tie.initializer in candidates:
             array = numpy_helper.to_array(candidates[tie.initializer])
             weights.append(_Weight(tie.initializer, array, tie.members(), tie))
-        else:
-            logger.warning("tie %r is not a 2-D float32 tensor; it stays as it is, stored once",
-                           tie.initializer)
+        else:  # an int8 tie (scale recorded) is there by request: .int4_mixed
+            (logger.info if tie.scale else logger.warning)(
+                "tie %r is not a 2-D float32 tensor; it stays as it is, stored once", tie.initializer)
     return weights
 
 
@@ -235,13 +239,16 @@ def _choose_layout(graph: onnx.GraphProto, weight: _Weight, block_size: int) -> 
     return max((_IDENTITY, _SWAP), key=score)
 
 
-def _store_4bit(graph: onnx.GraphProto, weight: _Weight, *, block_size: int, symmetric: bool) -> None:
+def _store_4bit(graph: onnx.GraphProto, weight: _Weight, *, block_size: int, symmetric: bool,
+                rounding: str) -> None:
     """Quantize ``weight`` once and make every reader use the 4-bit tensor (in place)."""
+    from .int4_search import quantize_rows
+
     layout = _choose_layout(graph, weight, block_size)
     rows = np.ascontiguousarray(np.transpose(weight.array, layout))
-    blocks = quantize_blocks(rows, block_size=block_size, symmetric=symmetric)
+    blocks, steps = quantize_rows(rows, block_size=block_size, symmetric=symmetric, rounding=rounding)
     blocks.scales = blocks.scales.astype(scale_dtype(blocks.scales))
-    blocks.check_faithful(rows, what=f"weight {weight.source!r}")
+    blocks.check_faithful(rows, what=f"weight {weight.source!r}", steps=steps)
     for member, perm in weight.members.items():  # each use's view of the stored layout
         if not np.array_equal(np.transpose(rows, relative_perm(layout, perm)), np.transpose(weight.array, perm)):
             raise ConversionError(f"weight {weight.source!r}: use {member!r} would not read its own "

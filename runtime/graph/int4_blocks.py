@@ -96,8 +96,8 @@ class Blocks:
         """Float32 ``[N, K]``: the quantization step (``|scale|``) of each value's block."""
         return np.repeat(np.abs(self.scales.astype(np.float32)), self.block_size, axis=1)[:, :self.k]
 
-    def check_faithful(self, rows: np.ndarray, *, what: str) -> None:
-        """Raise unless every value is within :data:`FAITHFUL_STEPS` of ``rows`` (``[N, K]``).
+    def check_faithful(self, rows: np.ndarray, *, what: str, steps: float | None = None) -> None:
+        """Raise unless every value is within :data:`FAITHFUL_STEPS` (or ``steps``) of ``rows`` (``[N, K]``).
 
         Catches a tensor quantized in the wrong layout (a square matrix
         transposed by mistake has the right shape and the wrong values).
@@ -106,12 +106,13 @@ class Blocks:
             raise ConversionError(f"{what}: the 4-bit tensor reads as shape {list(self.shape)}, its "
                                   f"source has {list(rows.shape)}; please report this model.")
         scheme = "symmetric" if self.zero_points is None else "asymmetric"
-        excess = np.abs(self.dequantize() - rows) - FAITHFUL_STEPS[scheme] * self.steps()
+        bound = FAITHFUL_STEPS[scheme] if steps is None else steps
+        excess = np.abs(self.dequantize() - rows) - bound * self.steps()
         worst = float(excess.max(initial=-np.inf))
         if worst > 1e-6 * max(1.0, float(np.abs(rows).max(initial=0.0))):
             raise ConversionError(f"{what}: the 4-bit tensor is not a rounding of its source (one "
                                   f"value is {worst:.3g} past the {scheme} rounding bound of "
-                                  f"{FAITHFUL_STEPS[scheme]:.3f} steps); please report this model.")
+                                  f"{bound:.3f} steps); please report this model.")
 
 
 def quantize_blocks(rows: np.ndarray, *, block_size: int, symmetric: bool) -> Blocks:

@@ -50,7 +50,8 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import ConversionError, UsageError
-from ..options import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, FULL_RANGE_KEY, PRECISIONS, precision_problem  # the one list, shared with the CLI
+from ..options import (BLOCK_SIZES, DEFAULT_BLOCK_SIZE, FULL_RANGE_KEY, INT4_ROUNDINGS, PRECISIONS,  # the one list,
+                       precision_problem)  # shared with the CLI
 from .edit import replace_repeated, transpose_perm
 from .fp16 import to_fp16
 from .int8_retie import merge_equal_parameters, per_channel_exclusions, prune_initializers, retie_quantized
@@ -92,7 +93,8 @@ REDUCE_RANGE = True
 
 def check_precision_options(precision: str, *, per_channel: bool | None = None,
                             block_size: int | None = None, symmetric: bool | None = None,
-                            reduce_range: bool | None = None, short_names: bool | None = None) -> None:
+                            reduce_range: bool | None = None, short_names: bool | None = None,
+                            rounding: str | None = None, int8_ties: bool | None = None) -> None:
     """Raise one :class:`UsageError` listing every problem with these options (None = default).
 
     ``export`` calls it before converting, so a bad option fails before any work.
@@ -104,15 +106,19 @@ def check_precision_options(precision: str, *, per_channel: bool | None = None,
         if value is not None and precision != "int8":
             problems.append(f"{name} applies to int8 only. Received: {name}={value!r} with "
                             f"precision={precision!r}. Leave {name} unset.")
-    for name, value in (("block_size", block_size), ("symmetric", symmetric)):
+    for name, value in (("block_size", block_size), ("symmetric", symmetric), ("rounding", rounding),
+                        ("int8_ties", int8_ties)):
         if value is not None and precision != "int4":
             problems.append(f"{name} applies to int4 only. Received: {name}={value!r} with "
                             f"precision={precision!r}. Leave {name} unset.")
     if block_size is not None and (isinstance(block_size, bool) or block_size not in BLOCK_SIZES):
         problems.append(f"Unsupported int4 block size. Received: block_size={block_size!r}. Use one of "
                         f"{', '.join(map(str, BLOCK_SIZES))} (default {DEFAULT_BLOCK_SIZE}).")
+    if rounding is not None and rounding not in INT4_ROUNDINGS:
+        problems.append(f"Unknown int4 rounding. Received: rounding={rounding!r}. Use one of "
+                        f"{', '.join(INT4_ROUNDINGS)} (default rtn).")
     for name, value in (("symmetric", symmetric), ("per_channel", per_channel), ("reduce_range", reduce_range),
-                        ("short_names", short_names)):
+                        ("short_names", short_names), ("int8_ties", int8_ties)):
         if value is not None and not isinstance(value, bool):
             problems.append(f"{name} must be True or False. Received: {name}={value!r}.")
     if problems:
@@ -121,7 +127,8 @@ def check_precision_options(precision: str, *, per_channel: bool | None = None,
 
 def to_precision(model: onnx.ModelProto, precision: str, *, per_channel: bool | None = None,
                  block_size: int | None = None, symmetric: bool | None = None,
-                 short_names: bool | None = None, reduce_range: bool | None = None) -> onnx.ModelProto:
+                 short_names: bool | None = None, reduce_range: bool | None = None,
+                 rounding: str | None = None, int8_ties: bool | None = None) -> onnx.ModelProto:
     """Return a copy of ``model`` with its weights stored at ``precision``, ties kept.
 
     Args:
@@ -139,6 +146,10 @@ def to_precision(model: onnx.ModelProto, precision: str, *, per_channel: bool | 
         block_size: int4 only; values per scale, one of
             :data:`~tiedonnx.runtime.options.BLOCK_SIZES` (``None``: 32).
         symmetric: int4 only; no zero points (``None``: asymmetric).
+        rounding: int4 only; ``"rtn"`` (``None``, onnxruntime's round-to-nearest) or
+            ``"search"`` (per-block scale search, :mod:`.int4_search`).
+        int8_ties: int4 only; keep each tie (a language model's embedding and
+            head) in int8, per tensor, the rest in int4 (:mod:`.int4_mixed`).
         short_names: rename internal tensors to short names and clear node
             names (:mod:`.names`; the inputs and outputs keep theirs).
             ``None``: only for int4, whose small files are mostly names.
@@ -158,7 +169,8 @@ def to_precision(model: onnx.ModelProto, precision: str, *, per_channel: bool | 
         >>> small = to_precision(onnx.load("ae.onnx"), "int8")  # doctest: +SKIP
     """
     check_precision_options(precision, per_channel=per_channel, block_size=block_size,
-                            symmetric=symmetric, reduce_range=reduce_range, short_names=short_names)
+                            symmetric=symmetric, reduce_range=reduce_range, short_names=short_names,
+                            rounding=rounding, int8_ties=int8_ties)
     current = read_precision(model)
     if current not in ("fp32", precision):
         raise UsageError(f"The model is already stored as {current}; converting {current} to "
@@ -178,9 +190,11 @@ def to_precision(model: onnx.ModelProto, precision: str, *, per_channel: bool | 
                        reduce_range=REDUCE_RANGE if reduce_range is None else reduce_range)
     elif precision == "int4":
         from .int4 import DEFAULT_SYMMETRIC, to_int4
+        from .int4_mixed import to_int4_int8_ties
 
-        out = to_int4(tied, block_size=DEFAULT_BLOCK_SIZE if block_size is None else block_size,
-                      symmetric=DEFAULT_SYMMETRIC if symmetric is None else symmetric)
+        int4 = dict(block_size=DEFAULT_BLOCK_SIZE if block_size is None else block_size,
+                    symmetric=DEFAULT_SYMMETRIC if symmetric is None else symmetric, rounding=rounding or "rtn")
+        out = to_int4_int8_ties(tied, reduce_range=REDUCE_RANGE, **int4) if int8_ties else to_int4(tied, **int4)
     else:
         out = tied
     if (precision == "int4") if short_names is None else short_names:
@@ -258,12 +272,22 @@ def _run_quantize_dynamic(work: onnx.ModelProto, *, per_channel: bool, reduce_ra
         return onnx.load(str(out))
 
 
-def _to_int8(model: onnx.ModelProto, *, per_channel: bool, reduce_range: bool) -> onnx.ModelProto:
+def to_int8_ties(model: onnx.ModelProto, *, reduce_range: bool) -> onnx.ModelProto:
+    """The int8 pass (per tensor) on the ties alone; every other weight stays float (see .int4_mixed)."""
+    return _to_int8(model, per_channel=False, reduce_range=reduce_range, ties_only=True)
+
+
+def _to_int8(model: onnx.ModelProto, *, per_channel: bool, reduce_range: bool,
+             ties_only: bool = False) -> onnx.ModelProto:
     ties = read_ties(model)
     work = _untie(model, ties)
     # Per-channel: one use per tie is quantized by onnxruntime; the others are
     # rewritten around it by retie_quantized (see module docstring).
     exclude = per_channel_exclusions(work.graph, ties) + stacked_weight_matmuls(work.graph) if per_channel else []
+    if ties_only:
+        from .int4_mixed import nodes_off_ties
+
+        exclude += nodes_off_ties(work.graph, ties)
     quantized = _run_quantize_dynamic(work, per_channel=per_channel, reduce_range=reduce_range,
                                       exclude=exclude)
     new_ties = [retie_quantized(quantized.graph, tie, model) for tie in ties]
@@ -314,7 +338,8 @@ class QuantizeReport:
 def quantize_file(source: str | os.PathLike, target: str | os.PathLike, *, precision: str,
                   per_channel: bool | None = None, block_size: int | None = None,
                   symmetric: bool | None = None, short_names: bool | None = None,
-                  reduce_range: bool | None = None, force: bool = False) -> QuantizeReport:
+                  reduce_range: bool | None = None, rounding: str | None = None,
+                  int8_ties: bool | None = None, force: bool = False) -> QuantizeReport:
     """Read the ONNX file ``source``, store its weights at ``precision`` and write ``target``.
 
     The input is read with the checks every model gets
@@ -325,11 +350,13 @@ def quantize_file(source: str | os.PathLike, target: str | os.PathLike, *, preci
     from ..model_save import check_model_targets, save_model
 
     check_precision_options(precision, per_channel=per_channel, block_size=block_size, symmetric=symmetric,
-                            reduce_range=reduce_range, short_names=short_names)
+                            reduce_range=reduce_range, short_names=short_names, rounding=rounding,
+                            int8_ties=int8_ties)
     check_model_targets(target, force=force)
     checked = read_model(source)
     out = to_precision(checked.proto, precision, per_channel=per_channel, block_size=block_size,
-                       symmetric=symmetric, short_names=short_names, reduce_range=reduce_range)
+                       symmetric=symmetric, short_names=short_names, reduce_range=reduce_range,
+                       rounding=rounding, int8_ties=int8_ties)
     saved = save_model(out, target, force=force)
     return QuantizeReport(path=str(target), precision=precision, bytes=saved.total_bytes,
                           bytes_before=checked.path.stat().st_size, ties=read_ties(out))
