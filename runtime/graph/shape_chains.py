@@ -34,11 +34,16 @@ as known ints and canonical dimensions), this pass rewrites:
 5. **Known ints**: an int tensor of the shape arithmetic whose value is
    known (every atom an int, e.g. ``Shape`` of statically shaped tensors) is
    a constant.
+6. **Same value**: an int tensor of the shape arithmetic whose atoms, scalar
+   form and element type equal those of a tensor computed before it (in the
+   graph's topological order) is that tensor: tf2onnx recomputes the
+   sequence length from ``Shape`` of each projection, and every chain now
+   reads the first.
 
 Rewritten intermediates are removed when nothing else reads them (nodes of
 the default domain whose outputs no node, subgraph or graph output reads),
 with the int constants only they read. Outputs are unchanged: rule 1 does the
-same products, rules 2-5 compute the same shapes (dimensions are assumed to
+same products, rules 2-6 compute the same shapes (dimensions are assumed to
 fit in int32, which tf2onnx's own int32 casts of shapes already assume).
 Edits in place and returns the model and the number of rewrites; idempotent.
 """
@@ -80,6 +85,21 @@ def _inferred(model: onnx.ModelProto) -> tuple[dict[str, list], dict[str, int]]:
     return shapes, types
 
 
+def _weight_side(node: onnx.NodeProto) -> bool | None:
+    """For a product of rows by a 2-D weight: whether the weight is transposed (``Gemm`` with
+    ``transB``); None for anything else (a ``Gemm`` with a bias, ``alpha`` or ``transA``)."""
+    if node.domain not in _DEFAULT or len(node.input) != 2:
+        return None
+    if node.op_type == "MatMul":
+        return False
+    if node.op_type != "Gemm":
+        return None
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if attrs.get("alpha", 1.0) != 1.0 or attrs.get("transA", 0):
+        return None
+    return bool(attrs.get("transB", 0))
+
+
 def _allows_zero(node: onnx.NodeProto) -> bool:
     return any(a.name == "allowzero" and a.i for a in node.attribute)
 
@@ -100,6 +120,10 @@ class _Pass:
         self.inits = {i.name for i in self.graph.initializer} - {i.name for i in self.graph.input}
         self.count = 0
         self.dead: set[int] = set()  # ids of nodes a rewrite replaced
+        self.seen: dict[tuple, str] = {}  # (atoms, scalar, type) -> the first tensor holding that value
+        self.replaced: set[str] = set()  # inputs a rewrite stopped reading
+        self.before: dict[int, list[onnx.NodeProto]] = {}  # id of a node -> new nodes to put before it
+        self.init_protos = {i.name: i for i in self.graph.initializer}
 
     def only_reader(self, name: str, node: onnx.NodeProto) -> bool:
         return name not in self.outputs and self.readers.get(name, []) == [node]
@@ -110,32 +134,62 @@ class _Pass:
     def set_input(self, node: onnx.NodeProto, position: int, name: str) -> None:
         self.readers.get(node.input[position], []).remove(node) if node in self.readers.get(
             node.input[position], []) else None
+        self.replaced.add(node.input[position])
         node.input[position] = name
         self.readers.setdefault(name, []).append(node)
         self.count += 1
 
     def tensordot(self, reshape: onnx.NodeProto) -> None:
         """Rule 1 (see the module doc)."""
-        matmul = self.producer.get(reshape.input[0])
-        if matmul is None or matmul.op_type != "MatMul" or not self.only_reader(matmul.output[0], reshape):
+        product = self.producer.get(reshape.input[0])
+        if product is None or not self.only_reader(product.output[0], reshape) or _weight_side(product) is None:
             return
-        inner = self.producer.get(matmul.input[0])
-        if inner is None or inner.op_type != "Reshape" or not self.only_reader(inner.output[0], matmul):
-            return
-        x, weight = inner.input[0], matmul.input[1]
-        rank, k = self.symbols.rank(x), self.symbols.dim(weight, 0)
+        inner = self.producer.get(product.input[0])
+        if inner is None or inner.op_type != "Reshape" or _allows_zero(inner):
+            return  # other readers of the flattened rows keep them: this product alone reads x instead
+        x, weight, transposed = inner.input[0], product.input[1], _weight_side(product)
+        rank = self.symbols.rank(x)
+        k, n = (self.symbols.dim(weight, a) for a in ((1, 0) if transposed else (0, 1)))
         if (rank is None or rank < 2 or self.symbols.rank(weight) != 2 or not isinstance(k, int)
-                or self.constant(inner.input[1]) != [-1, k] or self.symbols.dim(x, rank - 1) != k):
+                or not isinstance(n, int) or self.constant(inner.input[1]) != [-1, k]
+                or self.symbols.dim(x, rank - 1) != k):
             return
         target = self.symbols.atoms(reshape.input[1])
-        n = self.symbols.dim(weight, 1)
-        wanted = (*(self.symbols.dim(x, a) for a in range(rank - 1)), n)
-        if target is None or target[1] or not isinstance(n, int) or target[0] != wanted:
+        lead = tuple(self.symbols.dim(x, a) for a in range(rank - 1))
+        if target is None or target[1] or target[0][:rank - 1] != lead:
             return
-        self.set_input(matmul, 0, x)
-        matmul.output[0] = reshape.output[0]
-        self.producer[matmul.output[0]] = matmul
-        self.dead.add(id(reshape))
+        rest = list(target[0][rank - 1:])
+        if not rest or not all(isinstance(d, int) and d > 0 for d in rest) or int(np.prod(rest)) != n:
+            return
+        if transposed:
+            self.transpose_weight(product)
+        self.set_input(product, 0, x)
+        if rest == [n]:
+            product.output[0] = reshape.output[0]
+            self.producer[product.output[0]] = product
+            self.dead.add(id(reshape))
+        else:
+            codes = [0] * (rank - 1) + rest
+            self.set_input(reshape, 1, int64_constant(self.graph, codes, f"{reshape.output[0]}/shape_chains_target"))
+            self.inits.add(reshape.input[1])
+
+    def transpose_weight(self, gemm: onnx.NodeProto) -> None:
+        """Make ``Gemm(a, W, transB=1)`` a ``MatMul`` of ``W``'s transpose: the initializer itself when
+        only this node reads it (no copy), else a ``Transpose`` node (onnxruntime folds it)."""
+        weight = gemm.input[1]
+        init = self.init_protos.get(weight)
+        if (init is not None and weight in self.inits and self.readers.get(weight) == [gemm]
+                and init.data_location != onnx.TensorProto.EXTERNAL):
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).T.copy(), weight))
+            self.shapes[weight] = list(init.dims)
+        else:
+            transpose = onnx.helper.make_node("Transpose", [weight], [f"{gemm.output[0]}/shape_chains_weight_t"],
+                                              name=f"{gemm.name or gemm.output[0]}/shape_chains_weight_t",
+                                              perm=[1, 0])
+            self.before.setdefault(id(gemm), []).append(transpose)
+            self.set_input(gemm, 1, transpose.output[0])
+        gemm.op_type = "MatMul"
+        del gemm.attribute[:]
 
     def reshape_target(self, reshape: onnx.NodeProto) -> None:
         """Rule 2 (see the module doc)."""
@@ -208,11 +262,29 @@ class _Pass:
         self.graph.initializer.append(numpy_helper.from_array(array, name))
         self.inits.add(name)
         self.symbols.constants[name] = array
+        self.replace(node, name)
+
+    def replace(self, node: onnx.NodeProto, name: str) -> None:
+        """Make every reader of ``node``'s output read ``name``, and drop ``node``."""
         rename_uses(self.graph, {node.output[0]: name})
         for reader in self.readers.pop(node.output[0], []):
             self.readers.setdefault(name, []).append(reader)
         self.dead.add(id(node))
         self.count += 1
+
+    def same_value(self, node: onnx.NodeProto) -> None:
+        """Rule 6 (see the module doc)."""
+        output = node.output[0] if len(node.output) == 1 else ""
+        if node.op_type not in _SHAPE_OPS or output in self.outputs or self.types.get(output) not in _INTS:
+            return
+        atoms = self.symbols.atoms(output)
+        if atoms is None:
+            return
+        key = (*atoms, self.types[output])
+        if key in self.seen:
+            self.replace(node, self.seen[key])
+        else:
+            self.seen[key] = output
 
     def run(self) -> int:
         for node in list(self.graph.node):
@@ -227,8 +299,11 @@ class _Pass:
                 self.reshape_squeeze(node)
             else:
                 self.known_ints(node)
-        self.was_read = {name for n in self.graph.node if id(n) in self.dead for name in n.input}
-        replace_repeated(self.graph.node, [n for n in self.graph.node if id(n) not in self.dead])
+                if id(node) not in self.dead:
+                    self.same_value(node)
+        self.was_read = self.replaced | {name for n in self.graph.node if id(n) in self.dead for name in n.input}
+        replace_repeated(self.graph.node, [new for n in self.graph.node if id(n) not in self.dead
+                                           for new in [*self.before.get(id(n), []), n]])
         return self.count
 
 

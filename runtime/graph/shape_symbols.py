@@ -8,9 +8,14 @@ or a dimension ``Dim(tensor, axis)`` of some tensor, canonicalised so that
 equal dimensions compare equal:
 
 * a dimension that onnx shape inference knows to be static is that int;
-* a dimension of ``Unsqueeze(x)``, ``Cast(x)``, ``Identity(x)``,
-  ``LayerNormalization(x)`` or an elementwise unary op of ``x`` is the
-  matching dimension of ``x`` (those ops keep or insert axes only).
+* a dimension of ``Unsqueeze(x)``, ``Transpose(x)``, ``Cast(x)``,
+  ``Identity(x)``, ``LayerNormalization(x)`` or an elementwise unary op of
+  ``x`` is the matching dimension of ``x`` (those ops keep, permute or insert
+  axes only), and one of ``Concat(x, ...)`` off the joined axis is ``x``'s;
+* through ``Reshape(x, c)`` with a constant ``c``: a ``0`` code copies
+  ``x``'s dimension, a positive code is that int; ``MatMul(a, W)`` with a
+  2-D ``W`` has ``a``'s leading dimensions then ``W``'s last; ``Gather(W, i)``
+  on axis 0 has ``i``'s dimensions then ``W``'s trailing ones.
 
 Only ops whose output is fully determined by their inputs' atoms are read:
 ``Shape`` (with ``start``/``end``), int32/int64 ``Cast`` (dimensions fit in
@@ -79,6 +84,22 @@ class ShapeSymbols:
             if node.op_type in _SAME_SHAPE:
                 tensor = node.input[0]
                 continue
+            if node.op_type == "Transpose" and self.rank(node.input[0]) is not None:
+                perm = _attr(node, "perm") or list(reversed(range(self.rank(node.input[0]))))
+                tensor, axis = node.input[0], perm[axis]
+                continue
+            if node.op_type == "Concat" and self.rank(tensor) is not None:
+                joined = _attr(node, "axis")
+                if joined is None or axis == joined % self.rank(tensor):
+                    break
+                tensor = node.input[0]  # off the joined axis every input has the output's dimension
+                continue
+            moved = self._through(node, axis)
+            if moved is not None:
+                tensor, axis = moved
+                if isinstance(tensor, int):
+                    return tensor
+                continue
             if node.op_type != "Unsqueeze":
                 break
             axes = self.ints(node.input[1]) if len(node.input) > 1 else _attr(node, "axes")
@@ -91,6 +112,22 @@ class ShapeSymbols:
             axis -= sum(1 for a in axes if a < axis)
             tensor = node.input[0]
         return Dim(tensor, axis)
+
+    def _through(self, node: onnx.NodeProto, axis: int) -> tuple | None:
+        """``(tensor, axis)`` whose dimension equals ``node``'s output's dimension ``axis``
+        (``(int, None)`` when it is that int), for a ``Reshape`` by a constant, a ``MatMul`` by a
+        matrix, or a ``Gather`` of rows; None for anything else."""
+        if node.op_type == "Reshape" and not _attr(node, "allowzero", 0):
+            codes = self.ints(node.input[1]) if node.input[1] in self.constants else None
+            if codes is None or axis >= len(codes) or codes[axis] < 0:
+                return None
+            return (node.input[0], axis) if codes[axis] == 0 else (codes[axis], None)
+        ranks = [self.rank(n) for n in node.input]
+        if node.op_type == "MatMul" and ranks[1] == 2 and ranks[0] is not None and ranks[0] >= 2:
+            return (node.input[0], axis) if axis < ranks[0] - 1 else (node.input[1], 1)
+        if node.op_type == "Gather" and _attr(node, "axis", 0) == 0 and ranks[1] is not None:
+            return (node.input[1], axis) if axis < ranks[1] else (node.input[0], axis - ranks[1] + 1)
+        return None
 
     def ints(self, name: str) -> list[int] | None:
         """``name``'s value when it is a known list of ints (a constant, or atoms that are all ints)."""
