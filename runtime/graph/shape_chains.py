@@ -124,6 +124,7 @@ class _Pass:
         self.replaced: set[str] = set()  # inputs a rewrite stopped reading
         self.before: dict[int, list[onnx.NodeProto]] = {}  # id of a node -> new nodes to put before it
         self.init_protos = {i.name: i for i in self.graph.initializer}
+        self.int_values = {(v.dtype.str, v.shape, v.tobytes()): n for n, v in self.symbols.constants.items()}
 
     def only_reader(self, name: str, node: onnx.NodeProto) -> bool:
         return name not in self.outputs and self.readers.get(name, []) == [node]
@@ -258,10 +259,13 @@ class _Pass:
             return
         dtype = np.int64 if self.types[node.output[0]] == onnx.TensorProto.INT64 else np.int32
         array = np.array(value[0] if atoms[1] else value, dtype)
-        name = f"{node.output[0]}/shape_chains_value"
-        self.graph.initializer.append(numpy_helper.from_array(array, name))
-        self.inits.add(name)
-        self.symbols.constants[name] = array
+        key = (array.dtype.str, array.shape, array.tobytes())
+        name = self.int_values.get(key)
+        if name is None:  # an equal constant is reused: the export refuses duplicate initializers
+            name = self.int_values[key] = f"{node.output[0]}/shape_chains_value"
+            self.graph.initializer.append(numpy_helper.from_array(array, name))
+            self.inits.add(name)
+            self.symbols.constants[name] = array
         self.replace(node, name)
 
     def replace(self, node: onnx.NodeProto, name: str) -> None:
