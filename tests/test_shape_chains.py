@@ -209,11 +209,20 @@ def test_allowzero_reshapes_are_left_alone():
 
 
 def test_a_squeeze_with_a_copied_dim_after_it_is_kept():
-    """Reshape(x, [0, 1, 0]) then Squeeze(1): dropping the 1 would make the second 0 copy x's dim 1."""
+    """Reshape(x, [0, 6, 1, 0]) then Squeeze(2): without the 1, the last 0 would copy x's dim 2 (3), not 3's c."""
     nodes = [helper.make_node("Reshape", ["x", "target"], ["r"]), helper.make_node("Squeeze", ["r", "ax"], ["y"])]
-    model = _model(nodes, [("x", F, ["a", 1, "c"])], [("y", F)], [_const("target", [0, 1, 0]), _const("ax", [1])])
+    model = _model(nodes, [("x", F, ["a", 2, 3, "c"])], [("y", F)],
+                   [_const("target", [0, 6, 1, 0]), _const("ax", [2])])
     after, count = _simplified(model)
     assert count == 0 and _ops(after) == {"Reshape": 1, "Squeeze": 1}
+
+
+def test_a_reshape_that_keeps_the_shape_before_a_squeeze_goes():
+    nodes = [helper.make_node("Reshape", ["x", "target"], ["r"]), helper.make_node("Squeeze", ["r", "ax"], ["y"])]
+    model = _model(nodes, [("x", F, ["a", 1, "c"])], [("y", F)], [_const("target", [0, 1, 0]), _const("ax", [1])])
+    after, _ = _simplified(model)
+    assert _ops(after) == {"Squeeze": 1}
+    _assert_same(model, after, [{"x": np.ones((2, 1, 3), np.float32)}])
 
 
 def test_an_unsqueeze_before_a_copied_dim_is_kept():
@@ -254,3 +263,40 @@ def test_a_graph_with_nothing_to_rewrite_is_returned_as_is():
     before = model.SerializeToString()
     after, count = simplify_shape_chains(model)
     assert count == 0 and after.SerializeToString() == before
+
+
+def test_rows_over_several_trailing_axes_merge_only_those_and_the_identity_reshape_goes():
+    """The attention output: rows of heads x head size from [b, s, 1, heads, size], weight computed."""
+    kernel = RNG.standard_normal((1, 1, 6, 4)).astype(np.float32)
+    nodes = [
+        helper.make_node("Reshape", ["kernel", "w_shape"], ["w"]),  # not an initializer: transposed by a node
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "lead_idx"], ["lead"], axis=0),
+        helper.make_node("Concat", ["lead", "out"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "rows_shape"], ["rows"]),
+        helper.make_node("Gemm", ["rows", "w"], ["prod"], transB=1),
+        helper.make_node("Reshape", ["prod", "target"], ["split"]),
+        helper.make_node("Squeeze", ["split", "axes34"], ["z"]),
+        helper.make_node("Relu", ["z"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(kernel, "kernel"), _const("w_shape", [-1, 6]), _const("lead_idx", [0, 1]),
+             _const("out", [4, 1, 1]), _const("rows_shape", [-1, 6]), _const("axes34", [3, 4])]
+    model = _model(nodes, [("x", F, ["batch", "seq", 1, 2, 3])], [("y", F)], inits)
+    after, count = _simplified(model)
+    assert count >= 3
+    assert _ops(after) == {"Reshape": 2, "Transpose": 1, "MatMul": 1, "Relu": 1}
+    rows = next(n for n in after.graph.node if n.op_type == "Reshape" and n.input[0] == "x")
+    assert numpy_helper.to_array(next(i for i in after.graph.initializer if i.name == rows.input[1])).tolist() \
+        == [0, 0, 6]
+    x = RNG.standard_normal((2, 3, 1, 2, 3)).astype(np.float32)
+    _assert_same(model, after, [{"x": x}, {"x": x[:1, :1]}])
+
+
+def test_a_reshape_that_keeps_the_shape_goes_unless_it_names_a_graph_output():
+    nodes = [helper.make_node("Reshape", ["x", "same"], ["r"]), helper.make_node("Relu", ["r"], ["y"]),
+             helper.make_node("Reshape", ["y", "same"], ["out"])]
+    model = _model(nodes, [("x", F, ["batch", 4])], [("out", F)], [_const("same", [0, 4])])
+    after, count = _simplified(model)
+    assert count == 1
+    assert [(n.op_type, list(n.input)) for n in after.graph.node] == [("Relu", ["x"]), ("Reshape", ["y", "same"])]
+    _assert_same(model, after, [{"x": np.arange(8, dtype=np.float32).reshape(2, 4)}])

@@ -16,7 +16,14 @@ as known ints and canonical dimensions), this pass rewrites:
    has rank r >= 2 with static last dimension ``k``, ``W`` has rank 2 and
    static ``[k, n]``, and ``s`` holds ``x``'s first r-1 dimensions then
    ``n``: that is ``MatMul(x, W)`` (MatMul broadcasts a 2-D right operand
-   over leading axes, and computes the same dot products).
+   over leading axes, and computes the same dot products). Also when ``k``
+   spans several static trailing axes of ``x`` (they are merged by a
+   ``Reshape(x, [0, ..., 0, k])``), when ``s`` ends in several static
+   dimensions of product ``n`` (the product is reshaped to ``[0, ..., 0,
+   those]``), and for ``Gemm(rows, W, transB=1)`` without bias or ``alpha``
+   (it becomes a ``MatMul`` of ``W``'s transpose: the initializer itself,
+   transposed in place, when only that node reads it, else a ``Transpose``
+   node, which onnxruntime folds).
 2. **Reshape target**: ``Reshape(x, s)`` (``allowzero`` 0) where ``s`` is
    known as atoms becomes a constant target: an int stays, a dimension equal
    to ``x``'s own dimension at the same position becomes ``0`` (ONNX: copy
@@ -39,6 +46,8 @@ as known ints and canonical dimensions), this pass rewrites:
    graph's topological order) is that tensor: tf2onnx recomputes the
    sequence length from ``Shape`` of each projection, and every chain now
    reads the first.
+7. **Identity Reshape**: ``Reshape(x, c)`` whose constant ``c`` has ``x``'s
+   rank and only ``0`` codes or ``x``'s own static dimensions is ``x``.
 
 Rewritten intermediates are removed when nothing else reads them (nodes of
 the default domain whose outputs no node, subgraph or graph output reads),
@@ -152,27 +161,55 @@ class _Pass:
         rank = self.symbols.rank(x)
         k, n = (self.symbols.dim(weight, a) for a in ((1, 0) if transposed else (0, 1)))
         if (rank is None or rank < 2 or self.symbols.rank(weight) != 2 or not isinstance(k, int)
-                or not isinstance(n, int) or self.constant(inner.input[1]) != [-1, k]
-                or self.symbols.dim(x, rank - 1) != k):
+                or not isinstance(n, int) or self.constant(inner.input[1]) != [-1, k]):
             return
         target = self.symbols.atoms(reshape.input[1])
-        lead = tuple(self.symbols.dim(x, a) for a in range(rank - 1))
-        if target is None or target[1] or target[0][:rank - 1] != lead:
+        split = None if target is None or target[1] else self.split(x, k, target[0])
+        if split is None:
             return
-        rest = list(target[0][rank - 1:])
+        rest = list(target[0][split:])
         if not rest or not all(isinstance(d, int) and d > 0 for d in rest) or int(np.prod(rest)) != n:
             return
         if transposed:
             self.transpose_weight(product)
-        self.set_input(product, 0, x)
+        if split == rank - 1:
+            self.set_input(product, 0, x)
+        else:  # rows of k over several trailing axes: merge those axes only, keep the leading ones
+            merged = onnx.helper.make_node(
+                "Reshape", [x, int64_constant(self.graph, [0] * split + [k], f"{inner.output[0]}/shape_chains_rows")],
+                [f"{product.output[0]}/shape_chains_rows"], name=f"{product.name or product.output[0]}/shape_chains_rows")
+            self.inits.add(merged.input[1])
+            self.before.setdefault(id(product), []).append(merged)
+            self.set_input(product, 0, merged.output[0])
         if rest == [n]:
             product.output[0] = reshape.output[0]
             self.producer[product.output[0]] = product
             self.dead.add(id(reshape))
         else:
-            codes = [0] * (rank - 1) + rest
+            codes = [0] * split + rest
             self.set_input(reshape, 1, int64_constant(self.graph, codes, f"{reshape.output[0]}/shape_chains_target"))
             self.inits.add(reshape.input[1])
+
+    def split(self, x: str, k: int, target: tuple) -> int | None:
+        """The axis ``j`` where ``x``'s trailing axes ``j..`` hold ``k`` values (all static) and ``target``
+        starts with ``x``'s dimensions before ``j``; the last such axis, None when there is none."""
+        rank = self.symbols.rank(x)
+        dims = [self.symbols.dim(x, a) for a in range(rank)]
+        for j in range(rank - 1, 0, -1):
+            tail = dims[j:]
+            if not all(isinstance(d, int) for d in tail) or int(np.prod(tail)) > k:
+                return None
+            if int(np.prod(tail)) == k and tuple(target[:j]) == tuple(dims[:j]):
+                return j
+        return None
+
+    def identity_reshape(self, reshape: onnx.NodeProto) -> None:
+        """Rule 7 (see the module doc)."""
+        codes, rank = self.constant(reshape.input[1]), self.symbols.rank(reshape.input[0])
+        if codes is None or rank != len(codes) or reshape.output[0] in self.outputs or _allows_zero(reshape):
+            return
+        if all(c == 0 or (c > 0 and self.symbols.dim(reshape.input[0], i) == c) for i, c in enumerate(codes)):
+            self.replace(reshape, reshape.input[0])
 
     def transpose_weight(self, gemm: onnx.NodeProto) -> None:
         """Make ``Gemm(a, W, transB=1)`` a ``MatMul`` of ``W``'s transpose: the initializer itself when
@@ -299,6 +336,7 @@ class _Pass:
                 if id(node) not in self.dead:
                     self.unsqueeze_reshape(node)
                     self.reshape_target(node)
+                    self.identity_reshape(node)
             elif node.op_type == "Squeeze":
                 self.reshape_squeeze(node)
             else:
