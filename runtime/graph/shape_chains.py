@@ -339,10 +339,10 @@ class _Pass:
                     self.identity_reshape(node)
             elif node.op_type == "Squeeze":
                 self.reshape_squeeze(node)
-            else:
+            if id(node) not in self.dead:
                 self.known_ints(node)
-                if id(node) not in self.dead:
-                    self.same_value(node)
+            if id(node) not in self.dead:
+                self.same_value(node)
         self.was_read = self.replaced | {name for n in self.graph.node if id(n) in self.dead for name in n.input}
         replace_repeated(self.graph.node, [new for n in self.graph.node if id(n) not in self.dead
                                            for new in [*self.before.get(id(n), []), n]])

@@ -14,8 +14,13 @@ equal dimensions compare equal:
   axes only), and one of ``Concat(x, ...)`` off the joined axis is ``x``'s;
 * through ``Reshape(x, c)`` with a constant ``c``: a ``0`` code copies
   ``x``'s dimension, a positive code is that int; ``MatMul(a, W)`` with a
-  2-D ``W`` has ``a``'s leading dimensions then ``W``'s last; ``Gather(W, i)``
-  on axis 0 has ``i``'s dimensions then ``W``'s trailing ones.
+  2-D ``W`` has ``a``'s leading dimensions then ``W``'s last (of two
+  operands of one rank: ``a``'s rows, ``b``'s columns, batch axes broadcast); ``Gather(W, i)``
+  on axis 0 has ``i``'s dimensions then ``W``'s trailing ones;
+* a dimension of an elementwise op with broadcasting (``Add``, ``Mul``,
+  ``Where``...) is its inputs' dimension there when all of them that are not
+  a static 1 have the same canonical dimension (numpy broadcasting: the
+  output takes the one that is not 1).
 
 Only ops whose output is fully determined by their inputs' atoms are read:
 ``Shape`` (with ``start``/``end``), int32/int64 ``Cast`` (dimensions fit in
@@ -40,6 +45,10 @@ _INTS = (onnx.TensorProto.INT32, onnx.TensorProto.INT64)
 #: Ops whose output has their first input's shape (a dim of the output is that dim of the input).
 _SAME_SHAPE = {"Cast", "Identity", "LayerNormalization", "Relu", "Tanh", "Neg", "Sqrt", "Exp", "Erf",
                "Sigmoid", "Softmax", "Not", "Abs", "Reciprocal"}
+
+#: Elementwise ops with numpy broadcasting (each output dimension is its inputs' one, or they are 1).
+_BROADCAST = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Equal", "Less", "Greater", "LessOrEqual",
+              "GreaterOrEqual", "And", "Or", "Xor"}
 
 
 class Dim(NamedTuple):
@@ -67,6 +76,7 @@ class ShapeSymbols:
         for overridable in graph.input:  # an initializer that is also an input can be fed: not a constant
             self.constants.pop(overridable.name, None)
         self._cache: dict[str, tuple | None] = {}
+        self._dims: dict[tuple[str, int], int | Dim] = {}
 
     def rank(self, tensor: str) -> int | None:
         shape = self.shapes.get(tensor)
@@ -74,6 +84,30 @@ class ShapeSymbols:
 
     def dim(self, tensor: str, axis: int) -> int | Dim:
         """Dimension ``axis`` of ``tensor``: an int when static, else its canonical :class:`Dim`."""
+        key = (tensor, axis)
+        if key not in self._dims:
+            try:
+                self._dims[key] = self._walk(tensor, axis)
+            except RecursionError:  # a very deep chain of broadcasts: known only as itself
+                self._dims[key] = Dim(tensor, axis)
+        return self._dims[key]
+
+    def _broadcast(self, node: onnx.NodeProto, tensor: str, axis: int) -> int | Dim | None:
+        """An elementwise op's output dimension: its inputs' one, when they agree (1s broadcast)."""
+        rank = self.rank(tensor)
+        ranks = [self.rank(n) for n in node.input]
+        if rank is None or None in ranks:
+            return None
+        found = {self.dim(n, axis - rank + r) for n, r in zip(node.input, ranks) if axis - rank + r >= 0}
+        found.discard(1)
+        return 1 if not found else next(iter(found)) if len(found) == 1 else None
+
+    def _batch_axis(self, node: onnx.NodeProto, axis: int) -> bool:
+        """``axis`` is a batch axis of a ``MatMul`` of two operands of one rank (> 2): it broadcasts."""
+        ranks = [self.rank(n) for n in node.input]
+        return ranks[0] is not None and ranks[0] == ranks[1] and axis < ranks[0] - 2
+
+    def _walk(self, tensor: str, axis: int) -> int | Dim:
         for _ in range(10_000):  # a chain of shape-keeping ops; bounded against malformed cycles
             shape = self.shapes.get(tensor)
             if shape is not None and axis < len(shape) and isinstance(shape[axis], int) and shape[axis] > 0:
@@ -84,6 +118,9 @@ class ShapeSymbols:
             if node.op_type in _SAME_SHAPE:
                 tensor = node.input[0]
                 continue
+            if node.op_type in _BROADCAST or node.op_type == "MatMul" and self._batch_axis(node, axis):
+                found = self._broadcast(node, tensor, axis)
+                return Dim(tensor, axis) if found is None else found
             if node.op_type == "Transpose" and self.rank(node.input[0]) is not None:
                 perm = _attr(node, "perm") or list(reversed(range(self.rank(node.input[0]))))
                 tensor, axis = node.input[0], perm[axis]
@@ -125,6 +162,9 @@ class ShapeSymbols:
         ranks = [self.rank(n) for n in node.input]
         if node.op_type == "MatMul" and ranks[1] == 2 and ranks[0] is not None and ranks[0] >= 2:
             return (node.input[0], axis) if axis < ranks[0] - 1 else (node.input[1], 1)
+        if node.op_type == "MatMul" and ranks[0] is not None and ranks[0] == ranks[1] and ranks[0] >= 2:
+            if axis >= ranks[0] - 2:  # rows of a, columns of b; the batch axes broadcast (_broadcast)
+                return (node.input[0], axis) if axis == ranks[0] - 2 else (node.input[1], axis)
         if node.op_type == "Gather" and _attr(node, "axis", 0) == 0 and ranks[1] is not None:
             return (node.input[1], axis) if axis < ranks[1] else (node.input[0], axis - ranks[1] + 1)
         return None
