@@ -300,3 +300,21 @@ def test_a_reshape_that_keeps_the_shape_goes_unless_it_names_a_graph_output():
     assert count == 1
     assert [(n.op_type, list(n.input)) for n in after.graph.node] == [("Relu", ["x"]), ("Reshape", ["y", "same"])]
     _assert_same(model, after, [{"x": np.arange(8, dtype=np.float32).reshape(2, 4)}])
+
+
+@pytest.mark.parametrize("y_shape, shapes_left", [([1, 1, 4], 1), (["b", "t", 4], 2)], ids=["broadcast_1s", "unknown"])
+def test_a_broadcast_output_shares_its_input_dims_only_when_the_others_are_1(y_shape, shapes_left):
+    """Shape(Add(x, y))[1] is x's dim 1 when y's is a static 1; with y's unknown it could be either."""
+    nodes = [
+        helper.make_node("Add", ["x", "y"], ["h"]),
+        helper.make_node("Shape", ["x"], ["sx"]),
+        helper.make_node("Shape", ["h"], ["sh"]),
+        helper.make_node("Gather", ["sx", "one"], ["len_a"], axis=0),
+        helper.make_node("Gather", ["sh", "one"], ["len_b"], axis=0),
+        helper.make_node("Mul", ["len_a", "len_b"], ["out"]),
+    ]
+    model = _model(nodes, [("x", F, ["batch", "seq", 4]), ("y", F, y_shape)], [("out", I64)], [_const("one", 1)])
+    after, _ = _simplified(model)
+    assert _ops(after)["Shape"] == shapes_left
+    y = np.zeros([1 if isinstance(d, int) and d == 1 else {"b": 2, "t": 3}.get(d, d) for d in y_shape], np.float32)
+    assert _run(after, _feeds(2, 3, y=y))[0] == _run(model, _feeds(2, 3, y=y))[0] == 9

@@ -11,7 +11,8 @@ equal dimensions compare equal:
 * a dimension of ``Unsqueeze(x)``, ``Transpose(x)``, ``Cast(x)``,
   ``Identity(x)``, ``LayerNormalization(x)`` or an elementwise unary op of
   ``x`` is the matching dimension of ``x`` (those ops keep, permute or insert
-  axes only), and one of ``Concat(x, ...)`` off the joined axis is ``x``'s;
+  axes only), and one of ``Concat(x, y, ...)`` off the joined axis is any
+  input's (they are equal: a static one, else one of a graph input's);
 * through ``Reshape(x, c)`` with a constant ``c``: a ``0`` code copies
   ``x``'s dimension, a positive code is that int; ``MatMul(a, W)`` with a
   2-D ``W`` has ``a``'s leading dimensions then ``W``'s last (of two
@@ -20,7 +21,8 @@ equal dimensions compare equal:
 * a dimension of an elementwise op with broadcasting (``Add``, ``Mul``,
   ``Where``...) is its inputs' dimension there when all of them that are not
   a static 1 have the same canonical dimension (numpy broadcasting: the
-  output takes the one that is not 1).
+  output takes the one that is not 1); ``Expand`` broadcasts with its
+  shape's atoms the same way.
 
 Only ops whose output is fully determined by their inputs' atoms are read:
 ``Shape`` (with ``start``/``end``), int32/int64 ``Cast`` (dimensions fit in
@@ -47,7 +49,7 @@ _SAME_SHAPE = {"Cast", "Identity", "LayerNormalization", "Relu", "Tanh", "Neg", 
                "Sigmoid", "Softmax", "Not", "Abs", "Reciprocal"}
 
 #: Elementwise ops with numpy broadcasting (each output dimension is its inputs' one, or they are 1).
-_BROADCAST = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Equal", "Less", "Greater", "LessOrEqual",
+_BROADCAST = {"Expand", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Equal", "Less", "Greater", "LessOrEqual",
               "GreaterOrEqual", "And", "Or", "Xor"}
 
 
@@ -71,6 +73,7 @@ class ShapeSymbols:
     def __init__(self, graph: onnx.GraphProto, shapes: dict[str, list]):
         self.shapes = shapes  # tensor -> dims from shape inference (int when static)
         self.producer = {o: n for n in graph.node for o in n.output}
+        self.inputs = {i.name for i in graph.input}
         self.constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer
                           if i.data_type in _INTS and int(np.prod(i.dims, dtype=np.int64)) <= 64}
         for overridable in graph.input:  # an initializer that is also an input can be fed: not a constant
@@ -93,12 +96,20 @@ class ShapeSymbols:
         return self._dims[key]
 
     def _broadcast(self, node: onnx.NodeProto, tensor: str, axis: int) -> int | Dim | None:
-        """An elementwise op's output dimension: its inputs' one, when they agree (1s broadcast)."""
+        """An elementwise op's output dimension: its inputs' one, when they agree (1s broadcast);
+        ``Expand(x, shape)`` broadcasts ``x`` with the shape's value."""
         rank = self.rank(tensor)
-        ranks = [self.rank(n) for n in node.input]
+        inputs = node.input[:1] if node.op_type == "Expand" else node.input
+        ranks = [self.rank(n) for n in inputs]
         if rank is None or None in ranks:
             return None
-        found = {self.dim(n, axis - rank + r) for n, r in zip(node.input, ranks) if axis - rank + r >= 0}
+        found = {self.dim(n, axis - rank + r) for n, r in zip(inputs, ranks) if axis - rank + r >= 0}
+        if node.op_type == "Expand":
+            shape = self.atoms(node.input[1])
+            if shape is None or shape[1] or len(shape[0]) > rank:
+                return None
+            if axis - rank + len(shape[0]) >= 0:
+                found.add(shape[0][axis - rank + len(shape[0])])
         found.discard(1)
         return 1 if not found else next(iter(found)) if len(found) == 1 else None
 
@@ -129,8 +140,10 @@ class ShapeSymbols:
                 joined = _attr(node, "axis")
                 if joined is None or axis == joined % self.rank(tensor):
                     break
-                tensor = node.input[0]  # off the joined axis every input has the output's dimension
-                continue
+                # off the joined axis every input has the output's dimension: take the most resolved one
+                found = [self.dim(n, axis) for n in node.input]
+                return min(found, key=lambda d: (not isinstance(d, int), d.tensor not in self.inputs
+                                                 if isinstance(d, Dim) else False))
             moved = self._through(node, axis)
             if moved is not None:
                 tensor, axis = moved
