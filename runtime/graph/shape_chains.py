@@ -65,7 +65,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .edit import int64_constant, remove_initializers, rename_uses, replace_repeated, used_names
+from .edit import int64_constant, remove_initializers, rename_uses, replace_repeated, subgraphs, used_names
 from .layer_norm import _without_weights
 from .shape_symbols import ShapeSymbols
 
@@ -126,6 +126,8 @@ class _Pass:
             for name in dict.fromkeys(node.input):
                 self.readers.setdefault(name, []).append(node)
         self.outputs = {o.name for o in self.graph.output}
+        # names read inside If/Loop/Scan bodies: never "read by one node only"
+        self.sub_reads = {name for node in self.graph.node for sub in subgraphs(node) for name in used_names(sub)}
         self.inits = {i.name for i in self.graph.initializer} - {i.name for i in self.graph.input}
         self.count = 0
         self.dead: set[int] = set()  # ids of nodes a rewrite replaced
@@ -136,15 +138,16 @@ class _Pass:
         self.int_values = {(v.dtype.str, v.shape, v.tobytes()): n for n, v in self.symbols.constants.items()}
 
     def only_reader(self, name: str, node: onnx.NodeProto) -> bool:
-        return name not in self.outputs and self.readers.get(name, []) == [node]
+        readers = self.readers.get(name, [])
+        return name not in self.outputs and name not in self.sub_reads and len(readers) == 1 and readers[0] is node
 
     def constant(self, name: str) -> list[int] | None:
         return self.symbols.ints(name) if name in self.inits else None
 
     def set_input(self, node: onnx.NodeProto, position: int, name: str) -> None:
-        self.readers.get(node.input[position], []).remove(node) if node in self.readers.get(
-            node.input[position], []) else None
-        self.replaced.add(node.input[position])
+        old = node.input[position]
+        self.readers[old] = [r for r in self.readers.get(old, []) if r is not node or list(node.input).count(old) > 1]
+        self.replaced.add(old)
         node.input[position] = name
         self.readers.setdefault(name, []).append(node)
         self.count += 1
@@ -216,7 +219,7 @@ class _Pass:
         only this node reads it (no copy), else a ``Transpose`` node (onnxruntime folds it)."""
         weight = gemm.input[1]
         init = self.init_protos.get(weight)
-        if (init is not None and weight in self.inits and self.readers.get(weight) == [gemm]
+        if (init is not None and weight in self.inits and self.only_reader(weight, gemm)
                 and init.data_location != onnx.TensorProto.EXTERNAL):
             init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).T.copy(), weight))
             self.shapes[weight] = list(init.dims)

@@ -265,6 +265,7 @@ class ShapeSymbols:
     def _reduceprod(self, node):
         source = self.atoms(node.input[0])
         if (source is None or source[1] or len(node.input) > 1 or _attr(node, "axes") not in (None, [0])
+                or _attr(node, "noop_with_empty_axes", 0)
                 or not all(isinstance(a, int) for a in source[0])):
             return None
         return (int(np.prod(source[0], dtype=np.int64)),), not _attr(node, "keepdims", 1)
