@@ -5,7 +5,7 @@
 
 The same KerasHub model's cached decoder is exported with the passes
 ``export_generation`` runs switched on one by one (no pass; + stack-pick
-folding; + layer-norm fusion), then each file decodes ``--new`` tokens after a
+folding; + layer-norm fusion; + shape-chain rewrites), then each file decodes ``--new`` tokens after a
 ``--prompt``-token prompt with onnxruntime (2 threads), the files interleaved
 round by round; the figure is the median over rounds. Outputs of every variant
 are compared with the first (max abs difference of the logits).
@@ -67,6 +67,7 @@ def main() -> int:
     from tiedonnx.converter.export import export
     from tiedonnx.converter.generation import GENERATION_OPSET, decoder_model
     from tiedonnx.runtime.graph.layer_norm import fuse_layer_norms
+    from tiedonnx.runtime.graph.shape_chains import simplify_shape_chains
     from tiedonnx.runtime.graph.stack_pick import fold_stack_picks
     import keras
     import keras_hub
@@ -78,7 +79,8 @@ def main() -> int:
         vocabulary_size=1000, num_layers=2, hidden_dim=64, intermediate_dim=128, **extra), preprocessor=None)
     decoder = decoder_model(lm)
     variants = {"no pass": (), "+ stack picks": (fold_stack_picks,),
-                "+ layer norms": (fold_stack_picks, fuse_layer_norms)}
+                "+ layer norms": (fold_stack_picks, fuse_layer_norms),
+                "+ shape chains": (fold_stack_picks, fuse_layer_norms, simplify_shape_chains)}
     root = Path(tempfile.mkdtemp(prefix="bench-passes-"))
     sessions, nodes = {}, {}
     for name, passes in variants.items():
