@@ -37,6 +37,9 @@ The cache design (measured and chosen here):
   tf2onnx's shape arithmetic around each ``Dense``/``einsum`` is cut
   (:mod:`~tiedonnx.runtime.graph.shape_chains`): 328 -> 216 nodes, 1.31x tokens/s
   (``python scripts/bench_decoder_passes.py`` times the decoder with and without each pass).
+  Last, a reshaped or transposed view of an untied weight is stored as the weight
+  (:mod:`~tiedonnx.runtime.graph.weight_views`), so the quantizers see every
+  ``MatMul``'s weight (the attention output kernel stayed fp32 in int8 files).
 * **The tie stays one tensor** through :func:`tiedonnx.converter.export.export`
   (retie, precision, proofs); the folder's decoder is checked against Keras on
   steps with and without a past before anything is published.
@@ -342,6 +345,7 @@ def export_generation(model, folder: str | os.PathLike, *, precision: str = "fp3
 
     from tiedonnx.runtime.graph.layer_norm import fuse_layer_norms
     from tiedonnx.runtime.graph.shape_chains import simplify_shape_chains
+    from tiedonnx.runtime.graph.weight_views import fold_weight_views
     from tiedonnx.runtime.graph.stack_pick import fold_stack_picks
 
     from .export import export
@@ -362,7 +366,8 @@ def export_generation(model, folder: str | os.PathLike, *, precision: str = "fp3
         model_file = f"onnx/{MODEL_FILES[precision]}"
         (staging / "onnx").mkdir()
         report = export(decoder, staging / model_file, opset=GENERATION_OPSET, precision=precision, verify=False,
-                        graph_passes=(fold_stack_picks, fuse_layer_norms, simplify_shape_chains),
+                        graph_passes=(fold_stack_picks, fuse_layer_norms, simplify_shape_chains,
+                                      fold_weight_views),
                         **precision_options)
         special = write_tokenizer(lm, staging)
         config = generation_config(lm, shape=shape, max_length=max_length, model_file=model_file, precision=precision,
