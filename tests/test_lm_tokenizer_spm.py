@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 keras_hub = pytest.importorskip("keras_hub", reason="KerasHub is not installed (pip install -e '.[hub]')")
-tokenizers = pytest.importorskip("tokenizers", reason="Hugging Face tokenizers is not installed (pip install -e '.[text]')")
+tokenizers = pytest.importorskip("tokenizers", reason="tokenizers is not installed (pip install -e '.[text]')")
 spm = pytest.importorskip("sentencepiece")
 
 from tiedonnx.converter.generation import export_generation  # noqa: E402
@@ -25,6 +25,7 @@ from tiedonnx.converter.lm_tokenizer import NotConvertible, tokenizer_json, writ
 from tiedonnx.runtime.generate import load_lm  # noqa: E402
 
 from . import models  # noqa: E402
+from .test_generate import _keras_hub_greedy  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are using a softmax over axis")
 
@@ -52,14 +53,15 @@ TEXTS = ["Hello world", "the tie breaks in eager mode", "encoderdecoder tokentex
 CONTROL_TEXTS = ["<s>", "</s> after", "<bos>x<eos>", "<pad>", "<unk> typed"]
 
 
-def _lines(count: int = 400, seed: int = 0) -> list[str]:
+def _lines(words=WORDS, count: int = 400, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) for _ in range(count)]
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) for _ in range(count)]
 
 
-def _proto(options: dict) -> bytes:
+def _proto(options: dict, words=WORDS) -> bytes:
     out = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(_lines()), model_writer=out, minloglevel=2, **options)
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(_lines(words)), model_writer=out, minloglevel=2,
+                                   **options)
     return out.getvalue()
 
 
@@ -99,6 +101,18 @@ def test_encoding_equals_keras_hub_and_decoding_round_trips(trained, kind):
         fell_back += any(hf.id_to_token(i).startswith("<0x") for i in ids)
     if "bytes" in kind or kind.endswith("_bpe"):
         assert fell_back >= 3  # emoji, kana, full-width letters are outside the trained vocabulary
+
+
+def test_typed_control_pieces_stay_text_even_when_one_merge_would_make_them():
+    # Trained on "a<s", "b</s", "c<unk", "d>", ..., the vocabulary holds "<s", "</s", "<unk" (one merge from a
+    # control or unknown piece); SentencePiece never merges into those, nor must the conversion.
+    words = [f"{c}{w}" for c in "abcdefgh" for w in ("<s", "</s", "<unk", ">")]
+    options = dict(LLAMA, vocab_size=284, split_by_unicode_script=False)  # else "<" and "s" never merge
+    keras_tokenizer = keras_hub.models.LlamaTokenizer(proto=_proto(options, words=words))
+    hf = tokenizers.Tokenizer.from_str(tokenizer_json(keras_tokenizer))
+    assert {"<s", "</s", "<unk"} <= set(hf.get_vocab())
+    for text in ("a<s>", "b</s>", "c<unk>", "a<s> b</s>x"):
+        assert hf.encode(text, add_special_tokens=False).ids == np.asarray(keras_tokenizer(text)).tolist(), text
 
 
 def test_control_pieces_decode_to_nothing(trained):
@@ -142,4 +156,6 @@ def test_folder_generates_from_text_like_from_ids(tmp_path, trained, family):
     from_ids = lm.generate(ids, max_new_tokens=4, sampler="greedy", stop_token_ids=[])
     assert from_text.tokens == from_ids.tokens and len(from_text.tokens[0]) == 4
     assert from_text.text[0] == lm.decode(from_ids.tokens[0])
+    ids_only = type(keras_lm)(keras_lm.backbone, preprocessor=None)  # same weights, token ids in and out
+    assert from_ids.tokens == _keras_hub_greedy(ids_only, [ids], 4)
     assert lm.decode(ids) == prompt
