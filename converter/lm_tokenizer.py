@@ -8,14 +8,20 @@ the ``ByteLevel`` pre-tokenizer and decoder, so the runtime encodes and
 decodes without TensorFlow and without a hand-written BPE. Special tokens
 (``<|endoftext|>``) are added as special tokens, so they are never split.
 
-SentencePiece tokenizers (Llama, Gemma, Mistral, Phi-3) are not converted:
-the folder then generates from token ids, and export says so in one line.
+SentencePiece tokenizers (Llama, Gemma, Mistral, Phi-3: KerasHub's
+``SentencePieceTokenizer`` and its subclasses) are rebuilt from their model
+proto by :mod:`.lm_tokenizer_spm` (BPE and Unigram, with or without byte
+fallback). Any other tokenizer, or a SentencePiece model of another kind, is
+not converted: the folder then generates from token ids, and export says so
+in one line.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+
+from .lm_tokenizer_spm import NotConvertible, spm_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -61,15 +67,24 @@ def special_token_ids(tokenizer) -> dict:
     return found
 
 
-def tokenizer_json(tokenizer) -> str | None:
-    """The ``tokenizer.json`` text for a KerasHub byte-pair tokenizer, or None for other kinds."""
-    vocabulary = getattr(tokenizer, "vocabulary", None)
-    merges = getattr(tokenizer, "merges", None)
-    if not isinstance(vocabulary, dict) or merges is None:
-        return None
+def tokenizer_json(tokenizer) -> str:
+    """The ``tokenizer.json`` text for a KerasHub byte-pair or SentencePiece tokenizer.
+
+    Raises:
+        NotConvertible: another kind of tokenizer (the message says why, in one line).
+    """
     from tiedonnx.runtime.extras import TOKENIZERS
 
+    vocabulary = getattr(tokenizer, "vocabulary", None)
+    merges = getattr(tokenizer, "merges", None)
+    proto = getattr(tokenizer, "proto", None)
+    if not isinstance(proto, bytes) and (not isinstance(vocabulary, dict) or merges is None):
+        raise NotConvertible("it is neither a byte-pair nor a SentencePiece tokenizer")
     tokenizers = TOKENIZERS.load("Writing the tokenizer of a generation folder")
+    if isinstance(proto, bytes):
+        if getattr(tokenizer, "add_bos", False) or getattr(tokenizer, "add_eos", False):
+            raise NotConvertible("it adds start/end tokens itself (add_bos/add_eos); the preprocessor adds them")
+        return spm_tokenizer(proto, tokenizers).to_str(pretty=False)
     AddedToken, Tokenizer = tokenizers.AddedToken, tokenizers.Tokenizer
     decoders, models, pre_tokenizers = tokenizers.decoders, tokenizers.models, tokenizers.pre_tokenizers
 
@@ -92,10 +107,11 @@ def write_tokenizer(lm, folder: Path) -> dict:
     special = special_token_ids(tokenizer)
     # KerasHub's preprocessors put the start token before every prompt (add_start_token=True).
     special["add_bos"] = bool(getattr(lm.preprocessor, "add_start_token", False)) and "bos" in special
-    text = tokenizer_json(tokenizer)
-    if text is None:
-        logger.warning("%s is not a byte-pair tokenizer: no tokenizer.json in the folder; it generates from "
-                       "token ids", type(tokenizer).__name__)
+    try:
+        text = tokenizer_json(tokenizer)
+    except NotConvertible as exc:
+        logger.warning("%s is not converted (%s): no tokenizer.json in the folder; it generates from token ids",
+                       type(tokenizer).__name__, exc)
         return special
     (folder / "tokenizer.json").write_text(text)
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 1 << 30}
