@@ -51,7 +51,8 @@ conventions for the precision)::
                                maximum length, special token ids, default sampler
     DIR/onnx/model.onnx        the decoder (model_fp16 / model_quantized / model_q4.onnx)
     DIR/tokenizer.json         Hugging Face ``tokenizers`` file, when the model has a
-                               byte-pair tokenizer (see :mod:`.lm_tokenizer`)
+                               byte-pair or SentencePiece (BPE, Unigram) tokenizer
+                               (see :mod:`.lm_tokenizer`)
     DIR/config.json, DIR/generation_config.json   for transformers.js (GPT-2 family)
 """
 

@@ -265,6 +265,7 @@ class _Run:
             from tokenizers.decoders import DecodeStream
 
             self.streams = [DecodeStream(skip_special_tokens=True) for _ in rows]
+            self.shown = [""] * len(rows)  # what the callback was given, per row
         self.io = lm._session.io_binding()
 
     def _step(self, ids: np.ndarray, past: list):
@@ -302,7 +303,13 @@ class _Run:
         if not self.decode:
             return None
         # None while a character is cut between tokens: the stream holds it until the rest arrives.
-        return self.streams[row].step(self.lm.tokenizer, int(self.new[row][-1])) or ""
+        piece = self.streams[row].step(self.lm.tokenizer, int(self.new[row][-1])) or ""
+        self.shown[row] += piece
+        if self.done[row]:  # the row's last token: what the stream still holds (a cut character) goes out now
+            text = self.lm.decode(self.new[row])
+            if text.startswith(self.shown[row]):
+                piece, self.shown[row] = piece + text[len(self.shown[row]):], text
+        return piece
 
     def go(self) -> GenerationResult:
         start = time.perf_counter()

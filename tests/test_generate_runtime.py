@@ -80,3 +80,31 @@ def test_streamed_pieces_add_up_to_the_text_and_wait_for_cut_characters(tmp_path
     assert "".join(pieces) == text == tok.decode(ids)
     assert "" in pieces  # a token that ends mid-character shows nothing yet
     assert all("\ufffd" not in p for p in pieces)
+
+
+def test_a_character_cut_by_the_last_token_is_streamed_when_the_row_ends(tmp_path):
+    """A row that ends between a character's bytes: the stream never completes it, so the
+    last callback carries what the final decode shows (the replacement character), and the
+    pieces still add up to the row's text."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    from tiedonnx.runtime.generate import _Run
+    from tiedonnx.runtime.sampling import Mulberry32, SamplerSettings
+
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["ab"], trainers.BpeTrainer(
+        vocab_size=260, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    ids = tok.encode("a\u2603").ids[:-1]  # "a", then the snowman's first two bytes of three
+    tiny_decoder_folder(tmp_path / "gen", vocab=300)
+    lm = load_lm(tmp_path / "gen", providers="cpu")
+    lm._tokenizer = tok
+    pieces = []
+    run = _Run(lm, [[1]], len(ids), SamplerSettings(), Mulberry32(0), set(),
+               lambda row, token, piece: pieces.append(piece), decode=True)
+    for position, token in enumerate(ids, start=1):
+        run._emit(0, token, position)
+    assert run.done[0] == "length"
+    assert "".join(pieces) == tok.decode(ids) and pieces[0] == "a" and pieces[-1] != ""
