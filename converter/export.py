@@ -30,13 +30,12 @@ from dataclasses import dataclass, field
 from tiedonnx.runtime import model_save
 from tiedonnx.runtime.atomic import check_output_path
 from tiedonnx.runtime.errors import short_error
-from tiedonnx.runtime.graph import TieRecord, find_duplicates, read_ties, retie, untied_bytes, write_metadata
+from tiedonnx.runtime.graph import TieRecord, find_duplicates, read_ties, untied_bytes, write_metadata
 from tiedonnx.runtime.graph.duplicates import find_permutations_of, initializer_arrays
-from tiedonnx.runtime.graph.retie import record_ties
-from tiedonnx.runtime.graph.shape_fold import fold_initializer_shapes
 from tiedonnx.runtime.options import DEFAULT_OPSET, PRECISIONS, SUPPORTED_OPSETS
 
 from .errors import ConversionError, UsageError
+from .export_passes import ExportPassOptions, run_export_passes
 from .parity import DEFAULT_BATCH_SIZES, ParityReport, verify as verify_parity
 from .ties import describe_stored_ties, find_ties
 from .tf_convert import keras_to_onnx
@@ -198,8 +197,10 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
         input_spec: the inputs, one ``"NAME:DTYPE:AXES"`` per input
             (``"token_ids:int32:batch,sequence"``), for a subclassed model that
             declares none (see :mod:`tiedonnx.converter.input_specs`).
-        graph_passes: extra ``ModelProto -> (ModelProto, report)`` passes run after
-            retie, before any precision change (the generation export folds its cache stacks).
+        graph_passes: extra ``ModelProto -> (ModelProto, detail)`` passes (the protocol
+            of :mod:`tiedonnx.runtime.graph.passes`) run after retie and the shape fold,
+            before the tie record and any precision change (the generation export folds
+            its cache stacks); see :data:`~tiedonnx.converter.export_passes.EXPORT_PASSES`.
         on_step: called with a short message as each step starts (the CLI
             prints it; default: an info log).
 
@@ -234,19 +235,14 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
     plain = keras_to_onnx(keras_model, opset=opset, input_spec=input_spec)
     convert_seconds = time.perf_counter() - start
     step(f"storing each tie once ({len(ties)} tied layer(s) found by Keras)")
-    proto, retie_report = retie(plain, prefer=_preferred_names(plain, ties))
-    proto, _ = fold_initializer_shapes(proto)  # einsum kernels kept only for Shape (KerasHub attention)
-    for graph_pass in graph_passes:
-        proto, _ = graph_pass(proto)
-    record_ties(proto, keras_ties=describe_stored_ties(keras_model, proto, ties))
     versions = _versions(opset)
-    proto.producer_name, proto.producer_version = "tiedonnx", versions["tiedonnx"]
-    write_metadata(proto, {"tiedonnx.versions": json.dumps(versions, sort_keys=True)})
-    if precision != "fp32" or short_names:
-        from tiedonnx.runtime.graph.quantize import to_precision
-
-        step(f"converting weights to {precision}")
-        proto = to_precision(proto, precision, short_names=short_names, **options)
+    plain.producer_name, plain.producer_version = "tiedonnx", versions["tiedonnx"]
+    write_metadata(plain, {"tiedonnx.versions": json.dumps(versions, sort_keys=True)})
+    pass_options = ExportPassOptions(
+        prefer=_preferred_names(plain, ties), describe=lambda proto: describe_stored_ties(keras_model, proto, ties),
+        precision=precision, precision_options=options, short_names=short_names, on_step=step)
+    proto, passes = run_export_passes(plain, pass_options, extra=graph_passes)
+    retie_report = passes[0].detail
     step("checking the graph (onnx.checker) and that no weight is stored twice")
     _prove_invariants(proto)
 

@@ -12,7 +12,7 @@ the process and its growth during the export, and logits parity against Keras
 at sequence length 128 (batch 2, the second row right-padded to 100 tokens).
 
     python scripts/bench_lm.py [--repeats 1] [--length 128] [--out DIR] [--precision fp32]
-    python scripts/bench_lm.py --one tiedonnx --precision int8   # one exporter, one process, JSON
+    python scripts/bench_lm.py --one tiedonnx --precision int8 --layers 4   # one exporter, one process, JSON
 
 ``--precision`` applies to tiedonnx only (the others export fp32); the JSON of
 ``--one tiedonnx`` also gives the seconds spent in each export step.
@@ -46,12 +46,12 @@ EXPORTERS = ("tf2onnx", "keras.export", "tiedonnx")
 SEED = 0
 
 
-def gpt2_base():
+def gpt2_base(layers: int = 12):
     import keras
     import keras_hub
 
     keras.utils.set_random_seed(SEED)
-    backbone = keras_hub.models.GPT2Backbone(vocabulary_size=50257, num_layers=12, num_heads=12, hidden_dim=768,
+    backbone = keras_hub.models.GPT2Backbone(vocabulary_size=50257, num_layers=layers, num_heads=12, hidden_dim=768,
                                              intermediate_dim=3072, max_sequence_length=1024)
     return keras_hub.models.GPT2CausalLM(backbone, preprocessor=None)
 
@@ -112,7 +112,8 @@ def _parity(model, path: Path, length: int) -> float:
     return float(np.abs(got.astype(np.float64) - want).max())
 
 
-def run_one(name: str, out: Path, length: int, defaults: bool = False, precision: str = "fp32") -> dict:
+def run_one(name: str, out: Path, length: int, defaults: bool = False, precision: str = "fp32",
+            layers: int = 12) -> dict:
     """In a fresh process: build, export with ``name``, measure."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import logging
@@ -124,7 +125,7 @@ def run_one(name: str, out: Path, length: int, defaults: bool = False, precision
 
     from tiedonnx.converter._tf2onnx_large import large_model_conversion
 
-    model = gpt2_base()
+    model = gpt2_base(layers)
     before = _rss_mib()
     path = out / f"gpt2_base.{name}.onnx"
     fix = contextlib.nullcontext() if defaults or name == "tiedonnx" else large_model_conversion()
@@ -141,7 +142,7 @@ def run_one(name: str, out: Path, length: int, defaults: bool = False, precision
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ends = [t for t, _ in steps[1:]] + [start + seconds]
-    result = {"name": name, "precision": precision, "bytes": path.stat().st_size, "seconds": seconds,
+    result = {"name": name, "precision": precision, "layers": layers, "bytes": path.stat().st_size, "seconds": seconds,
               "step_seconds": {m: round(end - t, 2) for (t, m), end in zip(steps, ends)}, "peak_rss_mib": peak,
               "rss_before_mib": before}
     try:
@@ -152,9 +153,9 @@ def run_one(name: str, out: Path, length: int, defaults: bool = False, precision
     return result
 
 
-def _child(name: str, out: Path, length: int, defaults: bool, precision: str) -> dict:
+def _child(name: str, out: Path, length: int, defaults: bool, precision: str, layers: int) -> dict:
     command = [sys.executable, __file__, "--one", name, "--out", str(out), "--length", str(length),
-               "--precision", precision]
+               "--precision", precision, "--layers", str(layers)]
     done = subprocess.run(command + (["--tf2onnx-defaults"] if defaults else []), capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode < 0:
@@ -175,10 +176,13 @@ def main() -> int:
                         help="run only this exporter, in this process, and print its figures as JSON")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8", "int4"),
                         help="tiedonnx's weight precision (with --one tiedonnx: one precision per process)")
+    parser.add_argument("--layers", type=int, default=12,
+                        help="transformer layers (12 is GPT-2 base; fewer for a smaller, faster run)")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one, args.out or Path(tempfile.mkdtemp(prefix="tiedonnx-bench-lm-")),
-                                 args.length, args.tf2onnx_defaults, args.precision)))
+                                 args.length, args.tf2onnx_defaults, args.precision,
+                                 args.layers)))
         return 0
     sys.path.insert(0, str(Path(__file__).parent))
     from machine import describe
@@ -190,7 +194,7 @@ def main() -> int:
         runs = {name: [] for name in EXPORTERS}
         for _ in range(args.repeats):  # interleaved, so a burst of load does not land on one exporter
             for name in EXPORTERS:
-                runs[name].append(_child(name, out, args.length, args.tf2onnx_defaults, args.precision))
+                runs[name].append(_child(name, out, args.length, args.tf2onnx_defaults, args.precision, args.layers))
     _print(runs, args.length)
     if not args.tf2onnx_defaults:
         print("plain tf2onnx and keras.export ran inside tiedonnx's tf2onnx memory fix (--tf2onnx-defaults: without)")

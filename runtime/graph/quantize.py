@@ -51,15 +51,16 @@ from onnx import numpy_helper
 
 from ..errors import ConversionError, UsageError
 from ..options import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, FULL_RANGE_KEY, PRECISIONS  # the one list, shared with the CLI
-from .edit import replace_repeated, transpose_perm
+from .edit import copy_model, replace_repeated, transpose_perm
 from .fp16 import to_fp16
+from .passes import GraphPass, run_passes
 from .int8_retie import merge_equal_parameters, per_channel_exclusions, prune_initializers, retie_quantized
 from .metadata import PRECISION_KEY, TieRecord, TieUse, read_precision, read_ties, write_metadata, write_ties
 from .retie import retie
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PRECISIONS", "PRECISION_KEY", "DEFAULT_PER_CHANNEL", "FULL_RANGE_KEY", "REDUCE_RANGE", "QuantizeReport",
+__all__ = ["PRECISIONS", "PRECISION_KEY", "PRECISION_PASSES", "DEFAULT_PER_CHANNEL", "PrecisionOptions", "FULL_RANGE_KEY", "REDUCE_RANGE", "QuantizeReport",
            "check_precision_options",
            "quantize_file", "read_precision", "ties_in_graph", "to_precision"]
 
@@ -165,31 +166,79 @@ def to_precision(model: onnx.ModelProto, precision: str, *, per_channel: bool | 
         raise UsageError(f"The model is already stored as {current}; converting {current} to "
                          f"{precision} would compound rounding. Received: precision={precision!r}. "
                          "Convert the fp32 export instead.")
-    tied, _ = retie(model)
+    tied, _ = retie(model)  # the pipeline's one copy: every pass after it edits this one
     ties = ties_in_graph(tied)
     if ties:
         write_ties(tied, ties)
     if current == precision and precision != "fp32":
         logger.info("model is already %s; returning it unchanged", precision)
         return tied
-    if precision == "fp16":
-        out = to_fp16(tied)
-    elif precision == "int8":
-        out = _to_int8(tied, per_channel=DEFAULT_PER_CHANNEL if per_channel is None else per_channel,
-                       reduce_range=REDUCE_RANGE if reduce_range is None else reduce_range)
-    elif precision == "int4":
-        from .int4 import DEFAULT_SYMMETRIC, to_int4
+    from .int4 import DEFAULT_SYMMETRIC
 
-        out = to_int4(tied, block_size=DEFAULT_BLOCK_SIZE if block_size is None else block_size,
-                      symmetric=DEFAULT_SYMMETRIC if symmetric is None else symmetric)
-    else:
-        out = tied
+    options = PrecisionOptions(
+        per_channel=DEFAULT_PER_CHANNEL if per_channel is None else per_channel,
+        reduce_range=REDUCE_RANGE if reduce_range is None else reduce_range,
+        block_size=DEFAULT_BLOCK_SIZE if block_size is None else block_size,
+        symmetric=DEFAULT_SYMMETRIC if symmetric is None else symmetric)
+    passes = list(PRECISION_PASSES[precision])
     if (precision == "int4") if short_names is None else short_names:
-        from .names import shorten_names
-
-        shorten_names(out)
+        passes.append(SHORT_NAMES)
+    out, _ = run_passes(tied, passes, options, pipeline=precision)
     write_metadata(out, {PRECISION_KEY: precision})
     return out
+
+
+@dataclass(frozen=True)
+class PrecisionOptions:
+    """Every precision option, defaults resolved: what each pass of :data:`PRECISION_PASSES` receives."""
+
+    per_channel: bool
+    reduce_range: bool
+    block_size: int
+    symmetric: bool
+
+
+def _fp16_pass(model: onnx.ModelProto, options: PrecisionOptions):
+    return to_fp16(model)
+
+
+def _int8_pass(model: onnx.ModelProto, options: PrecisionOptions):
+    return _to_int8(model, per_channel=options.per_channel, reduce_range=options.reduce_range), None
+
+
+def _int4_views_pass(model: onnx.ModelProto, options: PrecisionOptions):
+    from .int4_views import flatten_weight_reshapes
+
+    return flatten_weight_reshapes(model)
+
+
+def _int4_pass(model: onnx.ModelProto, options: PrecisionOptions):
+    from .int4 import to_int4
+
+    return to_int4(model, block_size=options.block_size, symmetric=options.symmetric)
+
+
+def _short_names_pass(model: onnx.ModelProto, options: PrecisionOptions):
+    from .names import shorten_names
+
+    return shorten_names(model)
+
+
+#: The passes of each precision, in order, after ``retie`` (which :func:`to_precision` runs first,
+#: on its one copy of the model: every pass reads one initializer per tie). Each entry says what
+#: its place depends on. A new precision or option step is one more entry here.
+PRECISION_PASSES: dict[str, tuple[GraphPass, ...]] = {
+    "fp32": (),
+    "fp16": (GraphPass("fp16", _fp16_pass, "after retie: a tie is one float32 initializer, cast once"),),
+    "int8": (GraphPass("int8", _int8_pass, "after retie: ties_in_graph's record says which uses to re-tie "
+                       "after quantize_dynamic"),),
+    "int4": (GraphPass("int4_views", _int4_views_pass, "before int4: a rank-3+ weight must be a 2-D view "
+                       "for MatMulNBits; ties are left alone (the record must be complete, so after retie)"),
+             GraphPass("int4", _int4_pass, "after int4_views: quantizes the 2-D weights it made")),
+}
+#: Optional last pass (``short_names``): it renames what every earlier pass made, and the tie record.
+SHORT_NAMES = GraphPass("short_names", _short_names_pass, "last: renames the tensors every earlier pass "
+                        "made and rewrites the tie record to match")
 
 
 def ties_in_graph(model: onnx.ModelProto) -> list[TieRecord]:
@@ -217,8 +266,7 @@ def ties_in_graph(model: onnx.ModelProto) -> list[TieRecord]:
 
 def _untie(model: onnx.ModelProto, ties: list[TieRecord]) -> onnx.ModelProto:
     """Working copy where every transposed use is an initializer of its own."""
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
+    work = copy_model(model)
     graph = work.graph
     arrays = {i.name: i for i in graph.initializer}
     drop = set()
