@@ -58,11 +58,11 @@ def _record(model, options: ExportPassOptions):
 def _precision(model, options: ExportPassOptions):
     if options.precision == "fp32" and not options.short_names:
         return model, None
-    from tiedonnx.runtime.graph.quantize import to_precision
+    from tiedonnx.runtime.graph.quantize import apply_precision  # retie and the option checks ran before
 
     options.on_step(f"converting weights to {options.precision}")
-    return to_precision(model, options.precision, short_names=options.short_names,
-                        **options.precision_options), options.precision
+    return apply_precision(model, options.precision, short_names=options.short_names,
+                           **options.precision_options), options.precision
 
 
 #: The export's passes in order; ``graph_passes=`` are inserted before ``record``.
