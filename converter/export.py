@@ -31,13 +31,13 @@ from tiedonnx.runtime import model_save
 from tiedonnx.runtime.atomic import check_output_path
 from tiedonnx.runtime.errors import short_error
 from tiedonnx.runtime.graph import TieRecord, find_duplicates, read_ties, untied_bytes, write_metadata
-from tiedonnx.runtime.graph.duplicates import find_permutations_of, initializer_arrays
+from tiedonnx.runtime.graph.duplicates import initializer_arrays
 from tiedonnx.runtime.options import DEFAULT_OPSET, PRECISIONS, SUPPORTED_OPSETS
 
 from .errors import ConversionError, UsageError
 from .export_passes import ExportPassOptions, run_export_passes
 from .parity import DEFAULT_BATCH_SIZES, ParityReport, verify as verify_parity
-from .ties import describe_stored_ties, find_ties
+from .ties import describe_stored_ties, find_ties, locate_ties
 from .tf_convert import keras_to_onnx
 
 logger = logging.getLogger(__name__)
@@ -82,16 +82,6 @@ def _versions(opset: int) -> dict:
 
     return {"tiedonnx": __version__, "keras": keras.__version__, "tensorflow": tf.__version__,
             "tf2onnx": tf2onnx.__version__, "onnx": onnx.__version__, "opset": opset}
-
-
-def _preferred_names(model_proto, ties) -> list[str]:
-    """Initializers that hold a tied kernel in its Keras layout: the copy to keep."""
-    arrays = initializer_arrays(model_proto.graph)
-    prefer = []
-    for tie in ties:
-        value = tie.variable.numpy()
-        prefer += [n for n, perm in find_permutations_of(value, arrays) if perm == tuple(range(value.ndim))][:1]
-    return prefer
 
 
 def _resolve_model(model, unsafe: bool, import_modules=()):
@@ -238,8 +228,10 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
     versions = _versions(opset)
     plain.producer_name, plain.producer_version = "tiedonnx", versions["tiedonnx"]
     write_metadata(plain, {"tiedonnx.versions": json.dumps(versions, sort_keys=True)})
+    located = locate_ties(ties, plain)  # the Keras ties, matched to tf2onnx's initializers once
     pass_options = ExportPassOptions(
-        prefer=_preferred_names(plain, ties), describe=lambda proto: describe_stored_ties(keras_model, proto, ties),
+        prefer=[s.keras_layout for s in located if s.keras_layout],
+        describe=lambda proto: describe_stored_ties(keras_model, proto, located),
         precision=precision, precision_options=options, short_names=short_names, on_step=step)
     proto, passes = run_export_passes(plain, pass_options, extra=graph_passes)
     retie_report = passes[0].detail

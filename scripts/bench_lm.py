@@ -113,7 +113,7 @@ def _parity(model, path: Path, length: int) -> float:
 
 
 def run_one(name: str, out: Path, length: int, defaults: bool = False, precision: str = "fp32",
-            layers: int = 12) -> dict:
+            layers: int = 12, keep: bool = False) -> dict:
     """In a fresh process: build, export with ``name``, measure."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import logging
@@ -149,7 +149,10 @@ def run_one(name: str, out: Path, length: int, defaults: bool = False, precision
         result["max_abs"] = _parity(model, path, length)
     except Exception as exc:
         result["max_abs_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-    path.unlink()
+    if keep:
+        result["path"] = str(path)
+    else:
+        path.unlink()
     return result
 
 
@@ -176,13 +179,14 @@ def main() -> int:
                         help="run only this exporter, in this process, and print its figures as JSON")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8", "int4"),
                         help="tiedonnx's weight precision (with --one tiedonnx: one precision per process)")
+    parser.add_argument("--keep", action="store_true", help="with --one: keep the exported file (in --out)")
     parser.add_argument("--layers", type=int, default=12,
                         help="transformer layers (12 is GPT-2 base; fewer for a smaller, faster run)")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one, args.out or Path(tempfile.mkdtemp(prefix="tiedonnx-bench-lm-")),
                                  args.length, args.tf2onnx_defaults, args.precision,
-                                 args.layers)))
+                                 args.layers, args.keep)))
         return 0
     sys.path.insert(0, str(Path(__file__).parent))
     from machine import describe

@@ -20,7 +20,7 @@ import onnx
 from onnx import helper
 
 from .duplicates import Duplicate, find_duplicates, initializer_arrays
-from .edit import prepend_nodes, remove_initializers, rename_uses
+from .edit import copy_model, prepend_nodes, remove_initializers, rename_uses
 from .metadata import TieRecord, TieUse, read_ties, write_ties
 
 logger = logging.getLogger(__name__)
@@ -68,8 +68,7 @@ def retie(model: onnx.ModelProto, *, prefer: list[str] | None = None,
         ``(new_model, report)``. The new model records every tie in its
         ``tiedonnx.ties`` metadata, merged with any record already there.
     """
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = copy_model(model)  # a pipeline's one copy (see .passes)
     report = RetieReport(bytes_before=model.ByteSize())
     graph = out.graph
     dups = find_duplicates(initializer_arrays(graph), prefer=prefer)
