@@ -118,7 +118,14 @@ def run_one(name: str, out: Path, length: int, defaults: bool = False, precision
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import logging
 
-    logging.disable(logging.WARNING)
+    logging.getLogger().setLevel(logging.ERROR)  # quiet, but for the graph passes' timings (kept below)
+    passes: list[str] = []
+    keep_passes = logging.Handler(logging.INFO)
+    keep_passes.emit = lambda record: passes.append(record.getMessage())
+    pass_log = logging.getLogger("tiedonnx.runtime.graph.passes")
+    pass_log.setLevel(logging.INFO)
+    pass_log.addHandler(keep_passes)
+    pass_log.propagate = False
     import tiedonnx.converter  # noqa: F401  (imports TensorFlow quietly)
 
     import contextlib
@@ -144,7 +151,7 @@ def run_one(name: str, out: Path, length: int, defaults: bool = False, precision
     ends = [t for t, _ in steps[1:]] + [start + seconds]
     result = {"name": name, "precision": precision, "layers": layers, "bytes": path.stat().st_size, "seconds": seconds,
               "step_seconds": {m: round(end - t, 2) for (t, m), end in zip(steps, ends)}, "peak_rss_mib": peak,
-              "rss_before_mib": before}
+              "rss_before_mib": before, "passes": passes}
     try:
         result["max_abs"] = _parity(model, path, length)
     except Exception as exc:
