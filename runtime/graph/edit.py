@@ -3,7 +3,12 @@
 Each helper edits in place and knows about subgraphs (``If``/``Loop``/``Scan``
 bodies may read outer values), so no pass can rename or drop a tensor that a
 subgraph still reads. Modelled on onnxruntime's quantizer, which edits graphs
-only through its ``ONNXModel`` wrapper.
+only through its ``ONNXModel`` wrapper. Given ``index=`` (a
+:class:`.index.GraphIndex`), a helper keeps it correct, so a pass that looks
+readers up per weight builds the index once.
+
+Removals delete by position: rebuilding a repeated field copies every message
+kept (weights included) and detaches the nodes a pass holds.
 """
 
 from __future__ import annotations
@@ -18,10 +23,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .index import GraphIndex
 
 __all__ = [
-    "FP16_MAX", "MS_DOMAIN", "add_initializers", "attribute", "consumers", "copy_model", "drop_dead_nodes", "drop_unread_chain", "gathers_rows",
-    "insert_after", "iter_graphs", "main_opset", "prepend_nodes", "producers", "relative_perm",
-    "remove_initializers", "remove_nodes", "rename_uses", "replace_repeated", "set_inputs", "subgraphs",
-    "transpose_perm", "used_names", "value_ranks",
+    "FP16_MAX", "MS_DOMAIN", "add_initializers", "attribute", "consumers", "copy_model", "drop_dead_nodes",
+    "drop_unread_chain", "gathers_rows", "insert_after", "iter_graphs", "main_opset", "prepend_nodes",
+    "producers", "relative_perm", "remove_initializers", "remove_nodes", "rename_uses", "replace_repeated",
+    "set_inputs", "subgraphs", "transpose_perm", "used_names", "value_ranks",
 ]
 
 #: onnxruntime's contrib-op domain (MatMulNBits, GatherBlockQuantized, QGemm).
