@@ -134,7 +134,7 @@ def run_one(name: str, out: Path, length: int, defaults: bool = False, precision
 
     model = gpt2_base(layers)
     before = _rss_mib()
-    path = out / f"gpt2_base.{name}.onnx"
+    path = out / f"gpt2_base.{name}.{precision}.onnx"
     fix = contextlib.nullcontext() if defaults or name == "tiedonnx" else large_model_conversion()
     steps = []
     start = time.perf_counter()

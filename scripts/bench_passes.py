@@ -11,7 +11,7 @@ machine, interleaved round by round (STYLE 23); the median and the spread are
 printed. The graph passes' cost grows with weights x nodes where a pass scans
 the graph per weight, so a language model shows it: GPT-2 base with 4 layers
 (``python scripts/bench_lm.py --one tiedonnx --layers 4 --keep --out DIR``
-writes one) has 53 weights and ~1,100 nodes.
+writes one: 544 nodes, 58 initializers, 271 MB).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _child(model: str, precision: str) -> dict:
     seconds = time.perf_counter() - start
     return {"precision": precision, "seconds": seconds, "nodes": len(out.graph.node),
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "code": str(Path(quantize.__file__).parents[2])}
+            "code": str(Path(quantize.__file__).resolve().parents[2])}
 
 
 def _shim(checkout: Path, folder: Path) -> Path:
@@ -68,7 +68,7 @@ def _run(model: str, precision: str, path_entry: Path | None) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", help="an fp32 .onnx file (a tiedonnx export)")
+    parser.add_argument("model", nargs="?", help="an fp32 .onnx file (a tiedonnx export)")
     parser.add_argument("--baseline", type=Path, default=None, help="another tiedonnx checkout to compare with")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--precisions", nargs="+", default=["int8", "int4"], choices=("fp16", "int8", "int4"))

@@ -20,6 +20,7 @@ initializer counts and bytes before and after it.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -83,9 +84,28 @@ class PassReport:
 
 
 def graph_size(model: onnx.ModelProto) -> GraphSize:
-    """Counts of the main graph; bytes from ``ByteSize`` (no copy of the weights)."""
+    """Counts of the main graph; initializer bytes are their data's (elements x element size).
+
+    From the dims alone: ``ByteSize`` serializes (1.3 s for GPT-2 with 4 layers, 271 MB, upb
+    protobuf) and ``raw_data`` copies, which would make ``-v`` slow the passes it reports.
+    """
     graph = model.graph
-    return GraphSize(len(graph.node), len(graph.initializer), sum(i.ByteSize() for i in graph.initializer))
+    return GraphSize(len(graph.node), len(graph.initializer), sum(map(_data_bytes, graph.initializer)))
+
+
+def _data_bytes(tensor: onnx.TensorProto) -> int:
+    if tensor.data_type in _PACKED_4BIT:
+        return (math.prod(tensor.dims) + 1) // 2
+    itemsize = _ITEMSIZE.get(tensor.data_type)
+    return math.prod(tensor.dims) * itemsize if itemsize else tensor.ByteSize()  # strings: their own size
+
+
+_PACKED_4BIT = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+_ITEMSIZE = {t: onnx.helper.tensor_dtype_to_np_dtype(t).itemsize for t in (
+    onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16,
+    onnx.TensorProto.INT32, onnx.TensorProto.UINT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT64,
+    onnx.TensorProto.BOOL)}
 
 
 def run_passes(model: onnx.ModelProto, passes: Iterable[GraphPass], options: Any = None, *,

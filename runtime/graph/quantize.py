@@ -163,7 +163,7 @@ def to_precision(model: onnx.ModelProto, precision: str, *, per_channel: bool | 
         raise UsageError(f"The model is already stored as {current}; converting {current} to "
                          f"{precision} would compound rounding. Received: precision={precision!r}. "
                          "Convert the fp32 export instead.")
-    tied, _ = retie(model)  # the pipeline's one copy: every pass after it edits this one
+    tied, _ = retie(model, measure=False)  # the pipeline's one copy: every pass after it edits this one
     if current == precision and precision != "fp32":
         ties = ties_in_graph(tied)
         if ties:
