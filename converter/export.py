@@ -4,13 +4,17 @@ Pipeline (order matters):
 
 1. :func:`~tiedonnx.converter.tf_convert.keras_to_onnx`: tf2onnx, which
    constant-folds ``transpose(W)`` and stores every tie twice.
-2. :func:`~tiedonnx.runtime.graph.retie`: one initializer per tie, the
-   transpose as a graph op; ties from :func:`find_ties` are recorded with
-   their Keras names. Must run before any precision change, which would
-   otherwise quantize the two copies independently.
-   Then ``fold_initializer_shapes``: tf2onnx keeps each einsum kernel in a
-   second layout read only by a ``Shape`` node; its shape is a constant.
-3. optional precision change (fp16 / int8), tie-aware.
+2-3. the graph passes, an ordered list
+   (:data:`~tiedonnx.converter.export_passes.EXPORT_PASSES`, each entry
+   saying why it sits where it does):
+   :func:`~tiedonnx.runtime.graph.retie` (one initializer per tie, the
+   transpose as a graph op; before any precision change, which would
+   otherwise quantize the two copies independently), ``fold_initializer_shapes``
+   (tf2onnx keeps each einsum kernel in a second layout read only by a
+   ``Shape`` node; its shape is a constant), any ``graph_passes``, the tie
+   record with the Keras names of the ties :func:`find_ties` found (matched
+   to tf2onnx's initializers once, :func:`~tiedonnx.converter.ties.locate_ties`),
+   then the optional precision change (fp16 / int8 / int4), tie-aware.
 4. proofs: ``onnx.checker`` (full check), no initializer that is a copy or
    permutation of another, parity against Keras. Any failure writes nothing.
 5. atomic write (and optionally an ORT-format copy). A model whose serialized
