@@ -4,13 +4,17 @@ Pipeline (order matters):
 
 1. :func:`~tiedonnx.converter.tf_convert.keras_to_onnx`: tf2onnx, which
    constant-folds ``transpose(W)`` and stores every tie twice.
-2. :func:`~tiedonnx.runtime.graph.retie`: one initializer per tie, the
-   transpose as a graph op; ties from :func:`find_ties` are recorded with
-   their Keras names. Must run before any precision change, which would
-   otherwise quantize the two copies independently.
-   Then ``fold_initializer_shapes``: tf2onnx keeps each einsum kernel in a
-   second layout read only by a ``Shape`` node; its shape is a constant.
-3. optional precision change (fp16 / int8), tie-aware.
+2-3. the graph passes, an ordered list
+   (:data:`~tiedonnx.converter.export_passes.EXPORT_PASSES`, each entry
+   saying why it sits where it does):
+   :func:`~tiedonnx.runtime.graph.retie` (one initializer per tie, the
+   transpose as a graph op; before any precision change, which would
+   otherwise quantize the two copies independently), ``fold_initializer_shapes``
+   (tf2onnx keeps each einsum kernel in a second layout read only by a
+   ``Shape`` node; its shape is a constant), any ``graph_passes``, the tie
+   record with the Keras names of the ties :func:`find_ties` found (matched
+   to tf2onnx's initializers once, :func:`~tiedonnx.converter.ties.locate_ties`),
+   then the optional precision change (fp16 / int8 / int4), tie-aware.
 4. proofs: ``onnx.checker`` (full check), no initializer that is a copy or
    permutation of another, parity against Keras. Any failure writes nothing.
 5. atomic write (and optionally an ORT-format copy). A model whose serialized
@@ -30,15 +34,14 @@ from dataclasses import dataclass, field
 from tiedonnx.runtime import model_save
 from tiedonnx.runtime.atomic import check_output_path
 from tiedonnx.runtime.errors import short_error
-from tiedonnx.runtime.graph import TieRecord, find_duplicates, read_ties, retie, untied_bytes, write_metadata
-from tiedonnx.runtime.graph.duplicates import find_permutations_of, initializer_arrays
-from tiedonnx.runtime.graph.retie import record_ties
-from tiedonnx.runtime.graph.shape_fold import fold_initializer_shapes
+from tiedonnx.runtime.graph import TieRecord, find_duplicates, read_ties, untied_bytes, write_metadata
+from tiedonnx.runtime.graph.duplicates import initializer_arrays
 from tiedonnx.runtime.options import DEFAULT_OPSET, SUPPORTED_OPSETS, check_precision
 
 from .errors import ConversionError, UsageError
+from .export_passes import ExportPassOptions, run_export_passes
 from .parity import DEFAULT_BATCH_SIZES, ParityReport, verify as verify_parity
-from .ties import describe_stored_ties, find_ties
+from .ties import describe_stored_ties, find_ties, locate_ties
 from .tf_convert import keras_to_onnx
 
 logger = logging.getLogger(__name__)
@@ -82,16 +85,6 @@ def _versions(opset: int) -> dict:
 
     return {"tiedonnx": __version__, "keras": keras.__version__, "tensorflow": tf.__version__,
             "tf2onnx": tf2onnx.__version__, "onnx": onnx.__version__, "opset": opset}
-
-
-def _preferred_names(model_proto, ties) -> list[str]:
-    """Initializers that hold a tied kernel in its Keras layout: the copy to keep."""
-    arrays = initializer_arrays(model_proto.graph)
-    prefer = []
-    for tie in ties:
-        value = tie.variable.numpy()
-        prefer += [n for n, perm in find_permutations_of(value, arrays) if perm == tuple(range(value.ndim))][:1]
-    return prefer
 
 
 def _resolve_model(model, unsafe: bool, import_modules=()):
@@ -196,8 +189,10 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
         input_spec: the inputs, one ``"NAME:DTYPE:AXES"`` per input
             (``"token_ids:int32:batch,sequence"``), for a subclassed model that
             declares none (see :mod:`tiedonnx.converter.input_specs`).
-        graph_passes: extra ``ModelProto -> (ModelProto, report)`` passes run after
-            retie, before any precision change (the generation export folds its cache stacks).
+        graph_passes: extra ``ModelProto -> (ModelProto, detail)`` passes (the protocol
+            of :mod:`tiedonnx.runtime.graph.passes`) run after retie and the shape fold,
+            before the tie record and any precision change (the generation export folds
+            its cache stacks); see :data:`~tiedonnx.converter.export_passes.EXPORT_PASSES`.
         on_step: called with a short message as each step starts (the CLI
             prints it; default: an info log).
 
@@ -232,19 +227,16 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
     plain = keras_to_onnx(keras_model, opset=opset, input_spec=input_spec)
     convert_seconds = time.perf_counter() - start
     step(f"storing each tie once ({len(ties)} tied layer(s) found by Keras)")
-    proto, retie_report = retie(plain, prefer=_preferred_names(plain, ties))
-    proto, _ = fold_initializer_shapes(proto)  # einsum kernels kept only for Shape (KerasHub attention)
-    for graph_pass in graph_passes:
-        proto, _ = graph_pass(proto)
-    record_ties(proto, keras_ties=describe_stored_ties(keras_model, proto, ties))
     versions = _versions(opset)
-    proto.producer_name, proto.producer_version = "tiedonnx", versions["tiedonnx"]
-    write_metadata(proto, {"tiedonnx.versions": json.dumps(versions, sort_keys=True)})
-    if precision != "fp32" or short_names:
-        from tiedonnx.runtime.graph.quantize import to_precision
-
-        step(f"converting weights to {precision}")
-        proto = to_precision(proto, precision, short_names=short_names, **options)
+    plain.producer_name, plain.producer_version = "tiedonnx", versions["tiedonnx"]
+    write_metadata(plain, {"tiedonnx.versions": json.dumps(versions, sort_keys=True)})
+    located = locate_ties(ties, plain)  # the Keras ties, matched to tf2onnx's initializers once
+    pass_options = ExportPassOptions(
+        prefer=[s.keras_layout for s in located if s.keras_layout],
+        describe=lambda proto: describe_stored_ties(keras_model, proto, located),
+        precision=precision, precision_options=options, short_names=short_names, on_step=step)
+    proto, passes = run_export_passes(plain, pass_options, extra=graph_passes)
+    retie_report = passes[0].detail
     step("checking the graph (onnx.checker) and that no weight is stored twice")
     _prove_invariants(proto)
 

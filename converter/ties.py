@@ -13,7 +13,7 @@ import numpy as np
 from .errors import ConversionError
 from .layers import Conv2DTransposeTied, DenseTied
 
-__all__ = ["Tie", "describe_stored_ties", "find_ties", "graph_readers"]
+__all__ = ["StoredTie", "Tie", "describe_stored_ties", "find_ties", "graph_readers", "locate_ties"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,42 @@ class Tie:
             "shape": list(self.shape),
             "relation": self.relation,
         }
+
+
+@dataclass
+class StoredTie:
+    """Where tf2onnx's graph holds a Keras tie's kernel: found once, by value, before retie.
+
+    The export hands it to retie (``prefer``: keep the Keras-layout copy), to the
+    tie record and to its description, which then need not match values again.
+
+    Attributes:
+        tie: the Keras tie.
+        value: the kernel's value (read from Keras once).
+        matches: ``(initializer, perm)`` of the converted graph's tensors equal
+            to a permutation (or a faithful float16 cast) of ``value``.
+        keras_layout: the first of them holding ``value`` as it is (same dtype,
+            same axes), or None.
+    """
+
+    tie: Tie
+    value: np.ndarray = field(repr=False)
+    matches: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
+    keras_layout: str | None = None
+
+
+def locate_ties(ties: list[Tie], proto) -> list[StoredTie]:
+    """Match each tie's kernel to the initializers of tf2onnx's ``proto`` (one pass over the weights)."""
+    from tiedonnx.runtime.graph.duplicates import find_permutations_of, initializer_arrays
+
+    arrays = initializer_arrays(proto.graph)
+    located = []
+    for tie in ties:
+        value = np.asarray(tie.variable.numpy())
+        matches = find_permutations_of(value, arrays, casts=True)
+        same = [n for n, perm in matches if perm == tuple(range(value.ndim)) and arrays[n].dtype == value.dtype]
+        located.append(StoredTie(tie, value, matches, same[0] if same else None))
+    return located
 
 
 def _walk_layers(model) -> list:
@@ -114,13 +150,18 @@ def _layer_of_node(node_name: str, names: set[str]) -> str | None:
     return None
 
 
-def graph_readers(proto, names: list[str], layer_names: set[str]) -> list[str]:
-    """Keras layers whose ops read any of ``names`` (through transposes, casts, reshapes)."""
-    from tiedonnx.runtime.graph.edit import consumers
+def graph_readers(proto, names: list[str], layer_names: set[str], *, index=None) -> list[str]:
+    """Keras layers whose ops read any of ``names`` (through transposes, casts, reshapes).
 
+    ``index``: a :class:`~tiedonnx.runtime.graph.index.GraphIndex` of ``proto``'s graph, built
+    once by a caller that asks for several names (default: built here).
+    """
+    from tiedonnx.runtime.graph.index import GraphIndex
+
+    index = index or GraphIndex(proto.graph)
     todo, seen, layers = list(names), set(names), []
     while todo:
-        for node in consumers(proto.graph, todo.pop()):
+        for node in index.consumers(todo.pop()):
             if node.op_type in _PASS_THROUGH and not _layer_of_node(node.name, layer_names):
                 new = [o for o in node.output if o not in seen]
                 seen.update(new)
@@ -156,26 +197,26 @@ def _variable_matching(model, array) -> Any | None:
     return found[0] if len(found) == 1 else None
 
 
-def _lookups_only(proto, name: str, records: dict) -> bool:
+def _lookups_only(index, name: str, records: dict) -> bool:
     """Whether every op reading initializer ``name`` is a row lookup (``Gather`` of its rows).
 
     A ``ReversibleEmbedding(tie_weights=True)`` whose reverse (logits) path a
     model never calls (an ELECTRA or T5 backbone) is one table read by lookups:
     stored once anyway, and not a tie.
     """
-    from tiedonnx.runtime.graph.edit import consumers
-
     record = records.get(name)
     if record is not None and record.uses:  # retie folded a copy: a second use exists
         return False
-    readers = consumers(proto.graph, name)
+    readers = index.consumers(name)
     return bool(readers) and all(n.op_type == "Gather" and n.input[0] == name for n in readers)
 
 
-def describe_stored_ties(model, proto, ties: list[Tie]) -> dict[str, dict]:
+def describe_stored_ties(model, proto, located: list[StoredTie]) -> dict[str, dict]:
     """Initializer name -> Keras description of each tie stored in ``proto`` (after retie).
 
-    Ties from :func:`find_ties` are found by the variable's value. Every other
+    Ties from :func:`find_ties` were located before retie (:func:`locate_ties`):
+    retie keeps their Keras-layout initializer, so its name is the answer;
+    only a tie stored in another layout is matched by value again. Every other
     tie retie folded (a layer that is not ours, such as Hands-On ML's
     ``DenseTranspose`` or a model calling ``tf.matmul(h, W, transpose_b=True)``)
     is matched back to the one Keras variable with that value. ``layers`` lists
@@ -185,38 +226,55 @@ def describe_stored_ties(model, proto, ties: list[Tie]) -> dict[str, dict]:
         ConversionError: a tie from :func:`find_ties` is not stored as-is
             (tf2onnx fused or rewrote it), so it cannot be kept.
     """
-    from tiedonnx.runtime.graph import read_ties
-    from tiedonnx.runtime.graph.duplicates import find_permutations_of, initializer_arrays
+    from onnx import numpy_helper
 
-    arrays = initializer_arrays(proto.graph)
+    from tiedonnx.runtime.graph import read_ties
+    from tiedonnx.runtime.graph.index import GraphIndex
+
+    index = GraphIndex(proto.graph)
     names = _layer_names(model)
     records = {r.initializer: r for r in read_ties(proto)}
     described: dict[str, dict] = {}
-    for tie in ties:
-        matches = find_permutations_of(np.asarray(tie.variable.numpy()), arrays, casts=True)
-        if tie.decoder is tie.tied and matches and _lookups_only(proto, matches[0][0], records):
+    for stored in located:
+        tie, name = stored.tie, _stored_name(stored, index)
+        if tie.decoder is tie.tied and name is not None and _lookups_only(index, name, records):
             logger.info("%s: tie_weights is set but the model only looks rows up in %r (no output "
                         "projection reads it): not a tie", tie.decoder.name, tie.variable.path)
             continue
-        if not matches:
+        if name is None:
             raise ConversionError(
                 f"The tied kernel {tie.variable.path!r} (shape {tie.shape}) is not stored as-is in the "
                 "converted graph (tf2onnx fused or rewrote it), so its tie cannot be kept. "
                 f"Layers involved: {tie.decoder.name!r} tied to {tie.tied.name!r}.")
-        described[matches[0][0]] = tie.as_dict()
+        described[name] = tie.as_dict()
     for name, record in records.items():
-        if name in described or not record.uses or name not in arrays:
+        if name in described or not record.uses or name not in index.initializers:
             continue
-        variable = _variable_matching(model, arrays[name])
+        variable = _variable_matching(model, numpy_helper.to_array(index.initializers[name]))
         if variable is None:
             logger.info("tie %r: no single Keras variable has its value; recorded without Keras names", name)
             continue
         owner = _owner(variable)
-        readers = graph_readers(proto, [name, *(u.output for u in record.uses)], names)
+        readers = graph_readers(proto, [name, *(u.output for u in record.uses)], names, index=index)
         decoder = next((r for r in readers if r != owner), owner)
         described[name] = {"decoder": decoder, "tied_to": owner, "variable": str(variable.path)}
     for name, desc in described.items():
         record = records.get(name)
         uses = [u.output for u in record.uses] if record else []
-        desc["layers"] = graph_readers(proto, [name, *uses], names)
+        desc["layers"] = graph_readers(proto, [name, *uses], names, index=index)
     return described
+
+
+def _stored_name(stored: StoredTie, index) -> str | None:
+    """The initializer holding ``stored``'s kernel after retie: the Keras-layout one it kept, else
+    (stored in another layout) the first initializer equal to a permutation or cast of it."""
+    if stored.keras_layout in index.initializers:
+        return stored.keras_layout
+    from onnx import numpy_helper
+
+    from tiedonnx.runtime.graph.duplicates import find_permutations_of
+
+    candidates = {n for n, _ in stored.matches}  # retie keeps one of the tensors tf2onnx had
+    arrays = {n: numpy_helper.to_array(i) for n, i in index.initializers.items() if n in candidates}
+    matches = find_permutations_of(stored.value, arrays, casts=True)
+    return matches[0][0] if matches else None

@@ -49,6 +49,8 @@ def matmul_shapes(proto) -> list[tuple[int, int]] | None:
 
     Counts MatMul/Gemm whose weight is an initializer or a Transpose of one.
     """
+    from .graph.edit import attribute
+
     inits = {i.name: tuple(i.dims) for i in proto.graph.initializer}
     transposed = {n.output[0]: inits[n.input[0]][::-1] for n in proto.graph.node
                   if n.op_type == "Transpose" and n.input[0] in inits and len(inits[n.input[0]]) == 2}
@@ -61,7 +63,7 @@ def matmul_shapes(proto) -> list[tuple[int, int]] | None:
         dims = inits.get(node.input[1]) or transposed.get(node.input[1])
         if dims is None or len(dims) != 2:
             return None
-        trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+        trans_b = attribute(node, "transB", 0)
         shapes.append(dims[::-1] if trans_b else dims)
     return shapes or None
 

@@ -191,8 +191,8 @@ def _nonfinite_error(spec: TensorSpec, source: np.ndarray, cast: np.ndarray,
     )
 
 
-# float32/float64: numpy hands vdot to BLAS (sdot/ddot).
-_BLAS_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+# float32/float64: numpy hands vdot to BLAS (sdot/ddot). The one home of this tuple (fast_run should import it).
+BLAS_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def all_finite(array: np.ndarray) -> bool:
@@ -209,7 +209,7 @@ def all_finite(array: np.ndarray) -> bool:
     sets no numpy warnings. Other dtypes and layouts: a float64 sum with the
     same exact fallback.
     """
-    if array.dtype in _BLAS_FLOATS and array.flags.c_contiguous:
+    if array.dtype in BLAS_FLOATS and array.flags.c_contiguous:
         return math.isfinite(np.vdot(array, array)) or _exact(array)
     wide = np.float64 if array.dtype.itemsize < 8 else None
     with np.errstate(over="ignore", invalid="ignore"):  # inf + -inf, float64 overflow

@@ -57,7 +57,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .graph.edit import int64_constant, main_opset, replace_repeated, transpose_perm, used_names
+from .graph.edit import attribute, int64_constant, main_opset, replace_repeated, transpose_perm, used_names, value_ranks
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -158,7 +158,7 @@ def _rewrite_uses(model, transposes: dict, report: LeanReport) -> None:
     the one stored table.
     """
     graph = model.graph
-    ranks = _ranks(model)
+    ranks = value_ranks(model)
     opset = main_opset(model)
     nodes = []
     for node in graph.node:
@@ -245,30 +245,11 @@ def _shared_weights(graph, weights: set[str], kept_outputs: set[str]) -> list[st
     return sorted(name for name, count in readers.items() if count > 1)
 
 
-def _ranks(model) -> dict[str, int]:
-    """Rank of every value whose shape ONNX shape inference can tell."""
-    from onnx import shape_inference
-
-    inferred = shape_inference.infer_shapes(model)
-    graph = inferred.graph
-    ranks = {init.name: len(init.dims) for init in graph.initializer}
-    for info in [*graph.input, *graph.value_info, *graph.output]:
-        tensor = info.type.tensor_type
-        if tensor.HasField("shape"):
-            ranks[info.name] = len(tensor.shape.dim)
-    return ranks
-
-
 def _to_gemm(node, weight: str) -> None:
     from onnx import helper
 
-    trans_b = 0
-    attrs = {a.name: a for a in node.attribute}
-    if node.op_type == "Gemm":
-        trans_b = helper.get_attribute_value(attrs["transB"]) if "transB" in attrs else 0
-        kept = [a for a in node.attribute if a.name != "transB"]
-    else:
-        kept = []
+    trans_b = attribute(node, "transB", 0) if node.op_type == "Gemm" else 0
+    kept = [a for a in node.attribute if a.name != "transB"] if node.op_type == "Gemm" else []
     node.op_type = "Gemm"
     node.input[1] = weight
     replace_repeated(node.attribute, [*kept, helper.make_attribute("transB", 1 - trans_b)])

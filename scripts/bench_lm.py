@@ -11,7 +11,11 @@ per exporter: file bytes, export wall time (model build excluded), peak RSS of
 the process and its growth during the export, and logits parity against Keras
 at sequence length 128 (batch 2, the second row right-padded to 100 tokens).
 
-    python scripts/bench_lm.py [--repeats 1] [--length 128] [--out DIR]
+    python scripts/bench_lm.py [--repeats 1] [--length 128] [--out DIR] [--precision fp32]
+    python scripts/bench_lm.py --one tiedonnx --precision int8 --layers 4   # one exporter, one process, JSON
+
+``--precision`` applies to tiedonnx only (the others export fp32); the JSON of
+``--one tiedonnx`` also gives the seconds spent in each export step.
 
 Plain tf2onnx and Keras export run inside tiedonnx's tf2onnx memory fix
 (:mod:`tiedonnx.converter._tf2onnx_large`, which tiedonnx applies itself above
@@ -42,12 +46,12 @@ EXPORTERS = ("tf2onnx", "keras.export", "tiedonnx")
 SEED = 0
 
 
-def gpt2_base():
+def gpt2_base(layers: int = 12):
     import keras
     import keras_hub
 
     keras.utils.set_random_seed(SEED)
-    backbone = keras_hub.models.GPT2Backbone(vocabulary_size=50257, num_layers=12, num_heads=12, hidden_dim=768,
+    backbone = keras_hub.models.GPT2Backbone(vocabulary_size=50257, num_layers=layers, num_heads=12, hidden_dim=768,
                                              intermediate_dim=3072, max_sequence_length=1024)
     return keras_hub.models.GPT2CausalLM(backbone, preprocessor=None)
 
@@ -75,10 +79,14 @@ def _keras_export(model, path: Path) -> None:
         model.export(str(path), format="onnx", verbose=False)
 
 
-def _tiedonnx(model, path: Path) -> None:
+def _tiedonnx(model, path: Path, precision: str = "fp32", steps: list | None = None) -> None:
     from tiedonnx.converter.export import export
 
-    export(model, path, verify=False, force=True)
+    def on_step(message: str) -> None:  # seconds since the export started, per step
+        if steps is not None:
+            steps.append((time.perf_counter(), message.split(" (")[0][:40]))
+
+    export(model, path, verify=False, force=True, precision=precision, on_step=on_step)
 
 
 def _rss_mib() -> float:
@@ -105,42 +113,60 @@ def _parity(model, path: Path, length: int) -> float:
     return float(np.abs(got.astype(np.float64) - want).max())
 
 
-def run_one(name: str, out: Path, length: int, defaults: bool = False) -> dict:
+def run_one(name: str, out: Path, length: int, defaults: bool = False, precision: str = "fp32",
+            layers: int = 12, keep: bool = False) -> dict:
     """In a fresh process: build, export with ``name``, measure."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import logging
 
-    logging.disable(logging.WARNING)
+    logging.getLogger().setLevel(logging.ERROR)  # quiet, but for the graph passes' timings (kept below)
+    passes: list[str] = []
+    keep_passes = logging.Handler(logging.INFO)
+    keep_passes.emit = lambda record: passes.append(record.getMessage())
+    pass_log = logging.getLogger("tiedonnx.runtime.graph.passes")
+    pass_log.setLevel(logging.INFO)
+    pass_log.addHandler(keep_passes)
+    pass_log.propagate = False
     import tiedonnx.converter  # noqa: F401  (imports TensorFlow quietly)
 
     import contextlib
 
     from tiedonnx.converter._tf2onnx_large import large_model_conversion
 
-    model = gpt2_base()
+    model = gpt2_base(layers)
     before = _rss_mib()
-    path = out / f"gpt2_base.{name}.onnx"
+    path = out / f"gpt2_base.{name}.{precision}.onnx"
     fix = contextlib.nullcontext() if defaults or name == "tiedonnx" else large_model_conversion()
+    steps = []
     start = time.perf_counter()
     try:
         with fix:
-            {"tf2onnx": _plain_tf2onnx, "keras.export": _keras_export, "tiedonnx": _tiedonnx}[name](model, path)
+            if name == "tiedonnx":
+                _tiedonnx(model, path, precision, steps)
+            else:
+                {"tf2onnx": _plain_tf2onnx, "keras.export": _keras_export}[name](model, path)
     except Exception as exc:  # a benchmark reports a failing exporter instead of stopping
         return {"name": name, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result = {"name": name, "bytes": path.stat().st_size, "seconds": seconds, "peak_rss_mib": peak,
-              "rss_before_mib": before}
+    ends = [t for t, _ in steps[1:]] + [start + seconds]
+    result = {"name": name, "precision": precision, "layers": layers, "bytes": path.stat().st_size, "seconds": seconds,
+              "step_seconds": {m: round(end - t, 2) for (t, m), end in zip(steps, ends)}, "peak_rss_mib": peak,
+              "rss_before_mib": before, "passes": passes}
     try:
         result["max_abs"] = _parity(model, path, length)
     except Exception as exc:
         result["max_abs_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-    path.unlink()
+    if keep:
+        result["path"] = str(path)
+    else:
+        path.unlink()
     return result
 
 
-def _child(name: str, out: Path, length: int, defaults: bool) -> dict:
-    command = [sys.executable, __file__, "--one", name, "--out", str(out), "--length", str(length)]
+def _child(name: str, out: Path, length: int, defaults: bool, precision: str, layers: int) -> dict:
+    command = [sys.executable, __file__, "--one", name, "--out", str(out), "--length", str(length),
+               "--precision", precision, "--layers", str(layers)]
     done = subprocess.run(command + (["--tf2onnx-defaults"] if defaults else []), capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode < 0:
@@ -157,10 +183,18 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="folder for the files (default: a temporary one)")
     parser.add_argument("--tf2onnx-defaults", action="store_true",
                         help="run plain tf2onnx and Keras export without the memory fix")
-    parser.add_argument("--one", choices=EXPORTERS, help=argparse.SUPPRESS)
+    parser.add_argument("--one", choices=EXPORTERS,
+                        help="run only this exporter, in this process, and print its figures as JSON")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8", "int4"),
+                        help="tiedonnx's weight precision (with --one tiedonnx: one precision per process)")
+    parser.add_argument("--keep", action="store_true", help="with --one: keep the exported file (in --out)")
+    parser.add_argument("--layers", type=int, default=12,
+                        help="transformer layers (12 is GPT-2 base; fewer for a smaller, faster run)")
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.out, args.length, args.tf2onnx_defaults)))
+        print(json.dumps(run_one(args.one, args.out or Path(tempfile.mkdtemp(prefix="tiedonnx-bench-lm-")),
+                                 args.length, args.tf2onnx_defaults, args.precision,
+                                 args.layers, args.keep)))
         return 0
     sys.path.insert(0, str(Path(__file__).parent))
     from machine import describe
@@ -172,7 +206,7 @@ def main() -> int:
         runs = {name: [] for name in EXPORTERS}
         for _ in range(args.repeats):  # interleaved, so a burst of load does not land on one exporter
             for name in EXPORTERS:
-                runs[name].append(_child(name, out, args.length, args.tf2onnx_defaults))
+                runs[name].append(_child(name, out, args.length, args.tf2onnx_defaults, args.precision, args.layers))
     _print(runs, args.length)
     if not args.tf2onnx_defaults:
         print("plain tf2onnx and keras.export ran inside tiedonnx's tf2onnx memory fix (--tf2onnx-defaults: without)")

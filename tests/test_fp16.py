@@ -56,7 +56,7 @@ def test_fp16_stores_each_tie_once(tmp_path, rng, untied):
 def test_fp16_values_are_the_rounded_weights():
     model = tied_graph()
     w = numpy_helper.to_array(model.graph.initializer[0])
-    half = next(i for i in to_fp16(model).graph.initializer if i.name == "W__fp16")
+    half = next(i for i in to_fp16(model)[0].graph.initializer if i.name == "W__fp16")
     np.testing.assert_array_equal(numpy_helper.to_array(half), w.astype(np.float16))
 
 
@@ -86,6 +86,6 @@ def test_fp16_keeps_out_of_range_tensors_in_fp32_and_says_so(caplog):
 def test_fp16_leaves_overridable_initializers_in_fp32():
     model = tied_graph()
     model.graph.input.append(onnx.helper.make_tensor_value_info("b1", TensorProto.FLOAT, [16]))
-    out = to_fp16(model)
+    out, _ = to_fp16(model)
     kinds = {i.name: i.data_type for i in out.graph.initializer}
     assert kinds["b1"] == TensorProto.FLOAT and kinds["W__fp16"] == TensorProto.FLOAT16

@@ -7,6 +7,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from tiedonnx.runtime.graph.edit import copy_model
 from tiedonnx.runtime.graph.shape_fold import fold_initializer_shapes
 
 
@@ -33,7 +34,7 @@ def _run(model, x):
 
 def test_shape_of_an_initializer_becomes_a_constant_and_the_copy_goes(rng):
     model = _graph(rng)
-    out, removed = fold_initializer_shapes(model)
+    out, removed = fold_initializer_shapes(copy_model(model))  # a pass consumes its argument
     onnx.checker.check_model(out, full_check=True)
     assert removed == ["We"]
     assert [n.op_type for n in out.graph.node] == ["Gemm", "Concat", "Reshape"]

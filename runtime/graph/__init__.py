@@ -5,15 +5,24 @@ live in the TensorFlow-free runtime package: ``tiedonnx retie``, ``quantize``,
 ``ort`` and ``inspect`` never import Keras. Every pass edits graphs through
 :mod:`.edit` and reads and writes ties as :class:`.metadata.TieRecord`.
 
-Each pass is ``ModelProto -> ModelProto`` on a copy, idempotent, and logs what
-it changed. The export pipeline applies them in this order:
+Every pass has one shape (:mod:`.passes`): ``pass(model, **options) ->
+(model, detail)``; it consumes ``model`` (edits it in place and returns it, or
+returns a new one) and is idempotent. A pipeline copies once at its entry
+(``retie`` returns a copy). Pipelines are ordered lists of
+:class:`.passes.GraphPass`, each entry saying why it sits where it does:
 
-1. ``retie``: fold exact copies / transposes of initializers back into one
-   initializer per tie (must run first: later passes see the tie structure).
-2. ``to_precision`` (optional): fp16 or int8 storage, each tied initializer
-   converted once and every use reading that one tensor.
+1. the export's (:data:`tiedonnx.converter.export_passes.EXPORT_PASSES`):
+   ``retie`` (fold exact copies / transposes of initializers back into one
+   initializer per tie; first, so later passes see the tie structure), the
+   shape fold, the tie record, then the precision;
+2. each precision's (:data:`.quantize.PRECISION_PASSES`): fp16, int8 or int4
+   storage, each tied initializer converted once and every use reading that
+   one tensor, then optionally short names;
 3. ``save_ort`` (optional): ORT format without the constant folding that
    would split a tie again.
+
+A pass that looks up producers or readers inside a loop builds a
+:class:`.index.GraphIndex` once; the helpers of :mod:`.edit` keep it correct.
 """
 
 from .duplicates import Duplicate, find_duplicates

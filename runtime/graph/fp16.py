@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .edit import prepend_nodes, replace_repeated
+from .edit import FP16_MAX, prepend_nodes, replace_repeated
 from .metadata import KEPT_FP32_KEY, TieUse, read_ties, write_metadata, write_ties
 
 logger = logging.getLogger(__name__)
@@ -32,7 +32,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["FP16_SUFFIX", "KEPT_FP32_KEY", "to_fp16"]
 
 FP16_SUFFIX = "__fp16"
-_FP16_MAX = float(np.finfo(np.float16).max)
 #: Metadata key: JSON list of the float32 initializers left in float32 (out of float16 range).
 
 
@@ -44,11 +43,11 @@ def _key(half: np.ndarray) -> tuple:
 def _fits(data: np.ndarray) -> bool:
     """Whether every finite value keeps a finite float16 (infinities and NaN stay what they are)."""
     finite = data[np.isfinite(data)]
-    return not finite.size or float(np.abs(finite).max()) <= _FP16_MAX
+    return not finite.size or float(np.abs(finite).max()) <= FP16_MAX
 
 
-def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Return a copy of ``model`` whose float32 initializers are stored as float16.
+def to_fp16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """Store ``model``'s float32 initializers as float16, in place (a pass, :mod:`.passes`).
 
     Run :func:`~tiedonnx.runtime.graph.retie` first (``to_precision`` does):
     a tie folded into one initializer stays one fp16 initializer.
@@ -60,15 +59,14 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     metadata key, so the file says what was not converted.
 
     Args:
-        model: the model; not modified. Initializers that are also graph
-            inputs (overridable at run time) are left in float32.
+        model: the model. Initializers that are also graph inputs
+            (overridable at run time) are left in float32.
 
     Returns:
-        The new model, with its ``tiedonnx.ties`` record naming the fp16
-        initializers.
+        ``(model, converted)``: the model, its ``tiedonnx.ties`` record naming
+        the fp16 initializers, and float32 name -> float16 initializer name.
     """
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = model
     graph = out.graph
     overridable = {i.name for i in graph.input}
     casts, converted, kept, too_large = [], {}, [], []
@@ -86,7 +84,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
             too_large.append(init.name)
             kept.append(init)
             logger.info("fp16: %r kept in float32: largest |value| %g is over float16's %g",
-                        init.name, float(np.abs(data[np.isfinite(data)]).max()), _FP16_MAX)
+                        init.name, float(np.abs(data[np.isfinite(data)]).max()), FP16_MAX)
             continue
         half = data.astype(np.float16)
         underflow += int(np.count_nonzero((half == 0) & (data != 0)))
@@ -105,12 +103,12 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     logger.info("fp16: %d initializers stored as float16, %d kept in float32", len(converted),
                 len(too_large))
     write_metadata(out, {KEPT_FP32_KEY: json.dumps(too_large) if too_large else None})
-    _record_fp16_ties(model, out, converted)
-    return out
+    _record_fp16_ties(out, converted)
+    return out, converted
 
 
-def _record_fp16_ties(model: onnx.ModelProto, out: onnx.ModelProto, converted: dict[str, str]) -> None:
-    ties = read_ties(model)
+def _record_fp16_ties(out: onnx.ModelProto, converted: dict[str, str]) -> None:
+    ties = read_ties(out)
     for tie in ties:
         name = tie.initializer
         if name in converted:

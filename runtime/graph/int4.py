@@ -75,11 +75,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ConversionError
 from .duplicates import find_duplicates
-from .edit import (consumers, gathers_rows, int64_constant, main_opset, prepend_nodes, relative_perm, remove_initializers, replace_repeated, subgraphs,
-                   used_names)
+from .edit import (MS_DOMAIN, add_initializers, attribute, gathers_rows, insert_after, int64_constant, main_opset,
+                   prepend_nodes, relative_perm, remove_initializers, remove_nodes, set_inputs)
+from .index import GraphIndex
 from .int4_blocks import (DEQUANTIZE_OP, FUNCTION_DOMAIN, Blocks, dequantize_function,
                           scale_dtype)
-from .int4_views import flatten_weight_reshapes
 from .metadata import TieRecord, TieUse, read_ties, write_ties
 
 logger = logging.getLogger(__name__)
@@ -113,24 +113,28 @@ class _Weight:
     uses: list[TieUse] = field(default_factory=list)
 
 
-def to_int4(model: onnx.ModelProto, *, block_size: int, symmetric: bool, rounding: str = "rtn") -> onnx.ModelProto:
-    """Return a copy of ``model`` (ties folded and recorded) with 4-bit block-wise weights.
+def to_int4(model: onnx.ModelProto, *, block_size: int, symmetric: bool,
+            rounding: str = "rtn") -> tuple[onnx.ModelProto, list[str]]:
+    """Store ``model``'s weights (ties folded and recorded) as 4-bit blocks, in place (a pass, :mod:`.passes`).
 
-    Called by :func:`.quantize.to_precision`, which validates the options. ``rounding``: ``"rtn"``
+    Called by :func:`.quantize.to_precision`, which validates the options and
+    first stores rank-3+ weights as 2-D views (:mod:`.int4_views`). ``rounding``: ``"rtn"``
     (onnxruntime's kernel) or ``"search"`` (per-block scale search, :mod:`.int4_search`).
+
+    Returns:
+        ``(model, sources)``: the model and the float initializers now stored in 4 bits.
     """
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    opset = _main_opset(out)
-    ties = read_ties(out)
-    flatten_weight_reshapes(out, keep={m for t in ties for m in (t.initializer, *t.members())})
-    tied = _tied_weights(out, ties)
+    opset = _main_opset(model)
+    ties = read_ties(model)
+    index = GraphIndex(model.graph)  # one index for every weight: kept correct by the edits
+    tied = _tied_weights(index, ties)
     kept = [t for t in ties if t.initializer not in {w.source for w in tied}]
-    for weight in tied + _untied_weights(out, ties):
-        _store_4bit(out.graph, weight, block_size=block_size, symmetric=symmetric, rounding=rounding)
-    _finish(out, opset, symmetric=symmetric)
-    write_ties(out, [w.tie for w in tied] + kept)
-    return out
+    weights = tied + _untied_weights(model.graph, index, ties)
+    for weight in weights:
+        _store_4bit(index, weight, block_size=block_size, symmetric=symmetric, rounding=rounding)
+    _finish(model, opset, symmetric=symmetric)
+    write_ties(model, [w.tie for w in tied] + kept)
+    return model, [w.source for w in weights]
 
 
 def _main_opset(model: onnx.ModelProto) -> int:
@@ -141,13 +145,13 @@ def _main_opset(model: onnx.ModelProto) -> int:
     return opset
 
 
-def _float_2d(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
-    return {i.name: i for i in graph.initializer
+def _float_2d(index: GraphIndex) -> dict[str, onnx.TensorProto]:
+    return {name: i for name, i in index.initializers.items()
             if i.data_type == TensorProto.FLOAT and len(i.dims) == 2}
 
 
-def _tied_weights(model: onnx.ModelProto, ties: list[TieRecord]) -> list[_Weight]:
-    candidates = _float_2d(model.graph)
+def _tied_weights(index: GraphIndex, ties: list[TieRecord]) -> list[_Weight]:
+    candidates = _float_2d(index)
     weights = []
     for tie in ties:
         if tie.initializer in candidates:
@@ -159,18 +163,17 @@ def _tied_weights(model: onnx.ModelProto, ties: list[TieRecord]) -> list[_Weight
     return weights
 
 
-def _untied_weights(model: onnx.ModelProto, ties: list[TieRecord]) -> list[_Weight]:
+def _untied_weights(graph: onnx.GraphProto, index: GraphIndex, ties: list[TieRecord]) -> list[_Weight]:
     """Float 2-D initializers outside any tie that a MatMul (or a Gemm without bias) reads as its
     weight, or that only row lookups read (:func:`_lookup_tables`)."""
-    graph = model.graph
     tied = {t.initializer for t in ties}
-    candidates = _float_2d(graph)
+    candidates = _float_2d(index)
     names = dict.fromkeys(n.input[1] for n in graph.node if len(n.input) >= 2 and (
         (n.op_type == "MatMul" and len(n.input) == 2) or _plain_gemm(n, n.input[1])))
-    names.update(dict.fromkeys(_lookup_tables(graph, candidates)))
+    names.update(dict.fromkeys(_lookup_tables(index, candidates)))
     arrays = {name: numpy_helper.to_array(candidates[name]) for name in names
               if name in candidates and name not in tied}
-    ranks = {i.name: len(i.dims) for i in graph.initializer}
+    ranks = {name: len(i.dims) for name, i in index.initializers.items()}
     if stacked := [n for n in names if ranks.get(n, 2) > 2]:  # MatMulNBits takes 2-D weights only
         logger.info("int4: %d stacked weight(s) of rank 3+ (mixture-of-experts experts) stay float32", len(stacked))
     # A weight stored as a 2-D view (.int4_views) may equal another one (seeded
@@ -183,16 +186,15 @@ def _untied_weights(model: onnx.ModelProto, ties: list[TieRecord]) -> list[_Weig
     return [_Weight(name, arrays[name], group) for name, group in members.items()]
 
 
-def _lookup_tables(graph: onnx.GraphProto, candidates: dict[str, onnx.TensorProto]) -> list[str]:
+def _lookup_tables(index: GraphIndex, candidates: dict[str, onnx.TensorProto]) -> list[str]:
     """Learned tables read only by row lookups: an untied embedding (``Gather`` on axis 0, which
     runs as ``GatherBlockQuantized``) or a position embedding (``Slice``, which reads the float
     matrix folded at session start). GPT-2's 64x64 position embedding was the last float32 weight
     of the tiny LM. Integer-valued tables (masks, index maps) and subgraph reads are left alone."""
-    subgraph_reads = {name for node in graph.node for sub in subgraphs(node) for name in used_names(sub)}
     found = []
     for name, init in candidates.items():
-        readers = consumers(graph, name)
-        if not readers or name in subgraph_reads or not all(_row_lookup(n, name) for n in readers):
+        readers = index.consumers(name)
+        if not readers or name in index.subgraph_reads or not all(_row_lookup(n, name) for n in readers):
             continue
         array = numpy_helper.to_array(init)
         if not np.all(np.isfinite(array)) or np.array_equal(array, np.round(array)):
@@ -210,10 +212,9 @@ def _row_lookup(node: onnx.NodeProto, name: str) -> bool:
 
 def _plain_gemm(node: onnx.NodeProto, member: str) -> bool:
     """A ``Gemm(A, member)`` that is a matrix product: no bias, alpha 1, A not transposed."""
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     return (node.op_type == "Gemm" and node.domain in ("", "ai.onnx") and len(node.input) >= 2
             and node.input[1] == member and node.input[0] != member and not any(node.input[2:])
-            and attrs.get("alpha", 1.0) == 1.0 and attrs.get("transA", 0) == 0)
+            and attribute(node, "alpha", 1.0) == 1.0 and attribute(node, "transA", 0) == 0)
 
 
 def _native(node: onnx.NodeProto, member: str, perm: tuple[int, ...], layout: tuple[int, ...]) -> str | None:
@@ -221,30 +222,31 @@ def _native(node: onnx.NodeProto, member: str, perm: tuple[int, ...], layout: tu
     if node.op_type == "MatMul" and list(node.input).index(member) == 1 and node.input[0] != member:
         return "matmul" if perm != layout else None  # MatMulNBits reads B^T
     if _plain_gemm(node, member):  # Gemm reads member^T when transB is set
-        transposed = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "transB"), 0)
+        transposed = attribute(node, "transB", 0)
         return "matmul" if (perm == layout) == bool(transposed) else None
     if gathers_rows(node, member):
         return "gather" if perm == layout else None
     return None
 
 
-def _choose_layout(graph: onnx.GraphProto, weight: _Weight, block_size: int) -> tuple[int, ...]:
+def _choose_layout(index: GraphIndex, weight: _Weight, block_size: int) -> tuple[int, ...]:
     """The stored orientation: most native uses, then least padding, then the source's own."""
     def score(layout):
         native = sum(_native(n, m, p, layout) is not None
-                     for m, p in weight.members.items() for n in consumers(graph, m))
+                     for m, p in weight.members.items() for n in index.consumers(m))
         k = weight.array.shape[layout[1]]
         return (native, -(-k % block_size), layout == _IDENTITY)
 
     return max((_IDENTITY, _SWAP), key=score)
 
 
-def _store_4bit(graph: onnx.GraphProto, weight: _Weight, *, block_size: int, symmetric: bool,
+def _store_4bit(index: GraphIndex, weight: _Weight, *, block_size: int, symmetric: bool,
                 rounding: str) -> None:
     """Quantize ``weight`` once and make every reader use the 4-bit tensor (in place)."""
     from .int4_search import quantize_rows
 
-    layout = _choose_layout(graph, weight, block_size)
+    graph = index.graph
+    layout = _choose_layout(index, weight, block_size)
     rows = np.ascontiguousarray(np.transpose(weight.array, layout))
     blocks, steps = quantize_rows(rows, block_size=block_size, symmetric=symmetric, rounding=rounding)
     blocks.scales = blocks.scales.astype(scale_dtype(blocks.scales))
@@ -253,12 +255,12 @@ def _store_4bit(graph: onnx.GraphProto, weight: _Weight, *, block_size: int, sym
         if not np.array_equal(np.transpose(rows, relative_perm(layout, perm)), np.transpose(weight.array, perm)):
             raise ConversionError(f"weight {weight.source!r}: use {member!r} would not read its own "
                                   "values from the 4-bit tensor; please report this model.")
-    names = _add_initializers(graph, weight.source, blocks)
+    names = _add_initializers(index, weight.source, blocks)
     # The old transposes go first: what still reads a member afterwards needs the float read.
-    replace_repeated(graph.node, [n for n in graph.node
-                                  if not (n.op_type == "Transpose" and n.output[0] in weight.members)])
-    remove_initializers(graph, {weight.source, *weight.members})  # members: equal untied weights
-    prepend_nodes(graph, _rewrite_uses(graph, weight, layout, blocks, names))
+    transposes = [n for n in map(index.producer, weight.members) if n is not None and n.op_type == "Transpose"]
+    remove_nodes(graph, transposes, index=index)
+    remove_initializers(graph, {weight.source, *weight.members}, index=index)  # members: equal untied weights
+    prepend_nodes(graph, _rewrite_uses(index, weight, layout, blocks, names), index=index)
     if weight.tie is not None:
         weight.tie = TieRecord(initializer=names["packed"], uses=weight.uses, keras=weight.tie.keras,
                                source=weight.source, scale=names["scales"],
@@ -267,33 +269,33 @@ def _store_4bit(graph: onnx.GraphProto, weight: _Weight, *, block_size: int, sym
                 weight.source, list(rows.shape), block_size, [u.relation for u in weight.uses] or ["direct"])
 
 
-def _fresh(base: str, taken: set[str]) -> str:
+def _fresh(base: str, index: GraphIndex, taken: set[str]) -> str:
     name, i = base, 1
-    while name in taken:
+    while name in taken or index.is_taken(name):
         name, i = f"{base}_{i}", i + 1
     taken.add(name)
     return name
 
 
-def _add_initializers(graph: onnx.GraphProto, source: str, blocks: Blocks) -> dict[str, str]:
+def _add_initializers(index: GraphIndex, source: str, blocks: Blocks) -> dict[str, str]:
     """Store packed codes, scales and zero points; return the names nodes read them by."""
-    taken = used_names(graph) | {i.name for i in graph.initializer} | {o for n in graph.node for o in n.output}
-    names = {"packed": _fresh(f"{source}_q4", taken), "scales": _fresh(f"{source}_q4_scales", taken)}
+    taken: set[str] = set()
+    names = {"packed": _fresh(f"{source}_q4", index, taken), "scales": _fresh(f"{source}_q4_scales", index, taken)}
     arrays = {"packed": blocks.packed, "scales": blocks.scales}
     if blocks.zero_points is not None:
-        names["zero_points"] = _fresh(f"{source}_q4_zero_points", taken)
+        names["zero_points"] = _fresh(f"{source}_q4_zero_points", index, taken)
         arrays["zero_points"] = blocks.zero_points
-    graph.initializer.extend(numpy_helper.from_array(arrays[k], names[k]) for k in names)
+    add_initializers(index.graph, [numpy_helper.from_array(arrays[k], names[k]) for k in names], index=index)
     # MatMulNBits and GatherBlockQuantized take scales in the activations' dtype.
     names["scales_f32"] = names["scales"]
     if blocks.scales.dtype != np.float32:
-        names["scales_f32"] = _fresh(f"{names['scales']}_f32", taken)
-    names["rows"] = _fresh(f"{source}_q4_rows", taken)
-    names["float"] = _fresh(f"{source}_q4_dequantized", taken)
+        names["scales_f32"] = _fresh(f"{names['scales']}_f32", index, taken)
+    names["rows"] = _fresh(f"{source}_q4_rows", index, taken)
+    names["float"] = _fresh(f"{source}_q4_dequantized", index, taken)
     return names
 
 
-def _rewrite_uses(graph: onnx.GraphProto, weight: _Weight, layout: tuple[int, ...], blocks: Blocks,
+def _rewrite_uses(index: GraphIndex, weight: _Weight, layout: tuple[int, ...], blocks: Blocks,
                   names: dict[str, str]) -> list[onnx.NodeProto]:
     """Native readers become MatMulNBits / GatherBlockQuantized; the rest read the float matrix.
 
@@ -306,36 +308,33 @@ def _rewrite_uses(graph: onnx.GraphProto, weight: _Weight, layout: tuple[int, ..
     if names["scales_f32"] != names["scales"]:
         first.append(mk("Cast", [names["scales"]], [names["scales_f32"]], to=TensorProto.FLOAT,
                         name=f"tiedonnx_int4/{names['scales_f32']}"))
-    kinds, trims = set(), []
+    kinds = set()
     for member, perm in weight.members.items():
-        for node in consumers(graph, member):
+        for node in index.consumers(member):
             kind = _native(node, member, perm, layout)
             if kind == "matmul":
-                _to_matmul_nbits(node, quantized, k=k, n=n_rows, block_size=blocks.block_size)
+                _to_matmul_nbits(index, node, quantized, k=k, n=n_rows, block_size=blocks.block_size)
             elif kind == "gather":
-                trims += _to_gather_block_quantized(graph, node, [names["rows"], *quantized[1:]], k=k,
-                                                    padded=blocks.packed.shape[1] * blocks.block_size,
-                                                    block_size=blocks.block_size)
+                _to_gather_block_quantized(index, node, [names["rows"], *quantized[1:]], k=k,
+                                           padded=blocks.packed.shape[1] * blocks.block_size,
+                                           block_size=blocks.block_size)
             kinds.add(kind)
-    if trims:  # once, after every reader is rewritten: rebuilding graph.node detaches the nodes in hand
-        after = {t.input[0]: t for t in trims}
-        replace_repeated(graph.node, [x for n in graph.node for x in (n, after.get(n.output[0])) if x is not None])
     if "matmul" in kinds:
         weight.uses.append(TieUse(relation="direct", output=names["packed"], kernel="integer"))
     if "gather" in kinds:
-        shape = int64_constant(graph, [n_rows, -1], f"{names['rows']}_shape")
+        shape = int64_constant(index.graph, [n_rows, -1], f"{names['rows']}_shape", index=index)
         first.append(mk("Reshape", [names["packed"], shape], [names["rows"]],
                         name=f"tiedonnx_int4/{names['rows']}"))
         weight.uses.append(TieUse(relation="identity", output=names["rows"], kernel="integer"))
-    first += _float_reads(graph, weight, layout, quantized, names["float"], k=k)
+    first += _float_reads(index, weight, layout, quantized, names["float"], k=k)
     return first
 
 
-def _float_reads(graph: onnx.GraphProto, weight: _Weight, layout: tuple[int, ...], quantized: list[str],
+def _float_reads(index: GraphIndex, weight: _Weight, layout: tuple[int, ...], quantized: list[str],
                  float_name: str, *, k: int) -> list[onnx.NodeProto]:
     """``DequantizeNBits`` (+ Transpose) for each member some node still reads as float."""
-    still_read = used_names(graph) - {o for n in graph.node for o in n.output}
-    wanted = {m: relative_perm(layout, weight.members[m]) for m in weight.members if m in still_read}
+    wanted = {m: relative_perm(layout, weight.members[m]) for m in weight.members
+              if index.is_read(m) and index.producer(m) is None}
     if not wanted:
         return []
     # The member laid out as stored is the function's own output; the others transpose it.
@@ -353,43 +352,47 @@ def _float_reads(graph: onnx.GraphProto, weight: _Weight, layout: tuple[int, ...
     return nodes
 
 
-def _to_matmul_nbits(node: onnx.NodeProto, quantized: list[str], *, k: int, n: int, block_size: int) -> None:
+def _to_matmul_nbits(index: GraphIndex, node: onnx.NodeProto, quantized: list[str], *, k: int, n: int,
+                     block_size: int) -> None:
     """Turn ``MatMul(A, M)`` into ``MatMulNBits(A, packed, scales[, zero_points])`` in place."""
-    activation = node.input[0]
-    node.op_type, node.domain = "MatMulNBits", "com.microsoft"
-    replace_repeated(node.input, [activation, *quantized])
+    node.op_type, node.domain = "MatMulNBits", MS_DOMAIN
+    set_inputs(node, [node.input[0], *quantized], index=index)
     node.ClearField("attribute")
     node.attribute.extend([helper.make_attribute("K", k), helper.make_attribute("N", n),
                            helper.make_attribute("bits", 4), helper.make_attribute("block_size", block_size)])
 
 
-def _to_gather_block_quantized(graph: onnx.GraphProto, node: onnx.NodeProto, quantized: list[str], *,
-                               k: int, padded: int, block_size: int) -> list[onnx.NodeProto]:
+def _to_gather_block_quantized(index: GraphIndex, node: onnx.NodeProto, quantized: list[str], *,
+                               k: int, padded: int, block_size: int) -> None:
     """Turn ``Gather(M, ids)`` into ``GatherBlockQuantized`` over the packed rows, in place.
 
-    Returns the ``Slice`` that trims padded rows back to ``k`` (to insert after the node), if needed.
+    Padded rows are trimmed back to ``k`` by a ``Slice`` inserted after the node.
     """
     ids, output = node.input[1], node.output[0]
-    node.op_type, node.domain = "GatherBlockQuantized", "com.microsoft"
-    replace_repeated(node.input, [quantized[0], ids, *quantized[1:]])
+    node.op_type, node.domain = "GatherBlockQuantized", MS_DOMAIN
+    set_inputs(node, [quantized[0], ids, *quantized[1:]], index=index)
     node.ClearField("attribute")
     node.attribute.extend([helper.make_attribute("bits", 4), helper.make_attribute("block_size", block_size),
                            helper.make_attribute("gather_axis", 0), helper.make_attribute("quantize_axis", 1)])
     if padded == k:
-        return []
+        return
     # Rows are padded to whole blocks; the lookup returns the padded width, trimmed here.
     wide = f"{output}_padded"
+    index.drop_node(node)
     node.output[0] = wide
-    bounds = [int64_constant(graph, [v], f"{wide}_{n}") for n, v in (("start", 0), ("end", k), ("axis", -1))]
-    return [helper.make_node("Slice", [wide, *bounds], [output], name=f"tiedonnx_int4/{output}/trim")]
+    index.add_node(node)
+    bounds = [int64_constant(index.graph, [v], f"{wide}_{n}", index=index)
+              for n, v in (("start", 0), ("end", k), ("axis", -1))]
+    insert_after(index.graph, node, helper.make_node("Slice", [wide, *bounds], [output],
+                                                     name=f"tiedonnx_int4/{output}/trim"), index=index)
 
 
 def _finish(model: onnx.ModelProto, opset: int, *, symmetric: bool) -> None:
     """Domains, the dequantizing function if used, and an IR version that allows functions."""
     ops = {(n.domain, n.op_type) for n in model.graph.node}
     domains = {o.domain for o in model.opset_import}
-    if any(d == "com.microsoft" for d, _ in ops) and "com.microsoft" not in domains:
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    if any(d == MS_DOMAIN for d, _ in ops) and MS_DOMAIN not in domains:
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     if (FUNCTION_DOMAIN, DEQUANTIZE_OP) in ops:
         if FUNCTION_DOMAIN not in domains:
             model.opset_import.append(helper.make_opsetid(FUNCTION_DOMAIN, 1))

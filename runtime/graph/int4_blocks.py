@@ -29,7 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ConversionError
 from .duplicates import Duplicate
-from .edit import producers
+from .edit import FP16_MAX, attribute, producers
 
 __all__ = ["Blocks", "DEQUANTIZE_OP", "FUNCTION_DOMAIN", "dequantize_function", "find_4bit_copies",
            "packed_tensors", "quantize_blocks", "scale_dtype"]
@@ -43,7 +43,6 @@ DEQUANTIZE_OP = "DequantizeNBits"
 # half step that rounding to 4 bits already costs. Below float16's smallest
 # normal number precision falls off, so such scales stay float32.
 _FP16_MIN_NORMAL = float(np.finfo(np.float16).tiny)
-_FP16_MAX = float(np.finfo(np.float16).max)
 # What a faithful value may differ from its source, in steps (|scale|), beyond
 # the float16 scale rounding above (15 * 2**-11): asymmetric blocks round to
 # nearest (half a step); symmetric ones map the largest magnitude to -8 steps,
@@ -158,7 +157,7 @@ def _kernel_changed(exc: Exception) -> ConversionError:
 def scale_dtype(scales: np.ndarray) -> type:
     """float16 when every non-zero scale is a normal float16 number, else float32."""
     magnitudes = np.abs(scales[scales != 0])
-    if magnitudes.size and (magnitudes.min() < _FP16_MIN_NORMAL or magnitudes.max() > _FP16_MAX):
+    if magnitudes.size and (magnitudes.min() < _FP16_MIN_NORMAL or magnitudes.max() > FP16_MAX):
         return np.float32
     return np.float16
 
@@ -212,10 +211,6 @@ def dequantize_function(*, symmetric: bool, opset: int) -> onnx.FunctionProto:
                                 [helper.make_opsetid("", opset)], attributes=["K"])
 
 
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
-
-
 def _initializer_through(name: str, made_by: dict, inits: dict, ops=("Cast", "Reshape")) -> str | None:
     """The initializer ``name`` comes from through Cast/Reshape nodes, or None."""
     while name not in inits and name in made_by and made_by[name].op_type in ops:
@@ -234,13 +229,13 @@ def packed_tensors(graph: onnx.GraphProto) -> dict[str, Blocks]:
     found: dict[str, Blocks] = {}
     # GatherBlockQuantized has no K: read a tensor through its MatMul/function use first.
     for node in sorted(graph.node, key=lambda n: n.op_type == "GatherBlockQuantized"):
-        if node.op_type == "MatMulNBits" and _attr(node, "bits", 4) == 4:
-            data, k = node.input[1], _attr(node, "K")
+        if node.op_type == "MatMulNBits" and attribute(node, "bits", 4) == 4:
+            data, k = node.input[1], attribute(node, "K")
             operands = [node.input[2], node.input[3] if len(node.input) > 3 else ""]
         elif node.op_type == DEQUANTIZE_OP and node.domain == FUNCTION_DOMAIN:
-            data, k = node.input[0], _attr(node, "K")
+            data, k = node.input[0], attribute(node, "K")
             operands = [node.input[1], node.input[2] if len(node.input) > 2 else ""]
-        elif node.op_type == "GatherBlockQuantized" and _attr(node, "bits", 4) == 4:
+        elif node.op_type == "GatherBlockQuantized" and attribute(node, "bits", 4) == 4:
             data, k = node.input[0], None
             operands = [node.input[2], node.input[3] if len(node.input) > 3 else ""]
         else:
@@ -270,21 +265,33 @@ def find_4bit_copies(graph: onnx.GraphProto) -> list[Duplicate]:
               if i.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)
               and len(i.dims) == 2}
     readback = {name: blocks.dequantize() for name, blocks in packed.items()}
+    bounds = {name: blocks.steps() * FAITHFUL_STEPS["symmetric"] for name, blocks in packed.items()}
     found = []
     names = list(packed)
     zero = np.float32(0)
     for i, name in enumerate(names):
-        values, steps = readback[name], packed[name].steps() * FAITHFUL_STEPS["symmetric"]
+        values, steps = readback[name], bounds[name]
         # Two roundings of one weight differ by at most the sum of their bounds.
         others = {n: (a, zero) for n, a in floats.items()}
-        others |= {n: (readback[n], packed[n].steps() * FAITHFUL_STEPS["symmetric"]) for n in names[i + 1:]}
+        others |= {n: (readback[n], bounds[n]) for n in names[i + 1:]}
         for other, (array, other_steps) in others.items():
-            for perm in ((0, 1), (1, 0)):
-                candidate = array.transpose(perm)
-                if candidate.shape != values.shape:
-                    continue
-                bound = steps + (other_steps if np.ndim(other_steps) == 0 else other_steps.transpose(perm))
-                if np.all(np.abs(candidate - values) <= bound):
-                    found.append(Duplicate(source=name, copy=other, perm=perm))
-                    break
+            perm = _copy_layout(values, steps, array, other_steps)
+            if perm is not None:
+                found.append(Duplicate(source=name, copy=other, perm=perm))
     return found
+
+
+def _copy_layout(values: np.ndarray, steps: np.ndarray, array: np.ndarray, other_steps) -> tuple[int, int] | None:
+    """The layout in which ``array`` is within ``steps + other_steps`` of ``values`` everywhere, or None.
+
+    The first row is compared first: different weights differ there already, so most
+    pairs cost one row, not the whole matrix (the proof runs over every pair of 4-bit tensors).
+    """
+    for perm in ((0, 1), (1, 0)):
+        candidate = array.transpose(perm)
+        if candidate.shape != values.shape:
+            continue
+        bound = steps + (other_steps if np.ndim(other_steps) == 0 else other_steps.transpose(perm))
+        if np.all(np.abs(candidate[:1] - values[:1]) <= bound[:1]) and np.all(np.abs(candidate - values) <= bound):
+            return perm
+    return None

@@ -9,7 +9,7 @@ error is not averaged by later layers.
 
 How (:func:`to_int4_int8_ties`), reusing both passes unchanged:
 
-1. int8 on the ties alone: :func:`.quantize.to_int8_ties` runs the int8 pass with
+1. int8 on the ties alone: :func:`.int8.to_int8_ties` runs the int8 pass with
    every node that does not read a tie excluded from ``quantize_dynamic``, then
    re-ties as usual (one int8 tensor per tie, shared scale).
 2. int4 on the rest: :func:`.int4.to_int4` skips ties that are no longer
@@ -32,10 +32,10 @@ def nodes_off_ties(graph: onnx.GraphProto, ties: list[TieRecord]) -> list[str]:
 
 
 def to_int4_int8_ties(model: onnx.ModelProto, *, block_size: int, symmetric: bool, rounding: str,
-                      reduce_range: bool) -> onnx.ModelProto:
-    """Return a copy of ``model`` (ties folded and recorded) with int8 ties and int4 other matrices."""
+                      reduce_range: bool) -> tuple[onnx.ModelProto, list[str]]:
+    """int8 ties and int4 other matrices (``model``, ties folded and recorded, is consumed; a pass)."""
     from .int4 import to_int4
-    from .quantize import to_int8_ties
+    from .int8 import to_int8_ties
 
     return to_int4(to_int8_ties(model, reduce_range=reduce_range), block_size=block_size, symmetric=symmetric,
                    rounding=rounding)

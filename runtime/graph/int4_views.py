@@ -21,7 +21,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .edit import consumers, iter_graphs, producers, remove_initializers, replace_repeated
+from .edit import add_initializers, drop_unread_chain, remove_initializers, remove_nodes
+from .index import GraphIndex
+from .metadata import read_ties
 
 logger = logging.getLogger(__name__)
 
@@ -34,44 +36,49 @@ _MAX_SHAPE_NODES = 16
 _MATRIX_READERS = {"MatMul", "Gemm"}
 
 
-def flatten_weight_reshapes(model: onnx.ModelProto, keep: set[str]) -> list[str]:
+def flatten_weight_reshapes(model: onnx.ModelProto, *, keep: set[str] | None = None,
+                            ) -> tuple[onnx.ModelProto, list[str]]:
     """Replace ``Reshape(W, shape)`` of a float rank-3+ weight read by MatMul/Gemm with a 2-D ``W``.
 
-    ``keep``: initializer names never to touch (ties and their members).
-    Returns the names of the new 2-D initializers.
+    Edits ``model`` in place (a pass, :mod:`.passes`).
+
+    Args:
+        model: the model.
+        keep: initializer names never to touch (default: the ties of the
+            model's record and their members).
+
+    Returns:
+        ``(model, views)``: the model and the names of the new 2-D initializers.
     """
+    if keep is None:
+        keep = {m for t in read_ties(model) for m in (t.initializer, *t.members())}
     graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    outputs = {o.name for o in graph.output}
+    index = GraphIndex(graph)
     done = []
-    for name, init in inits.items():
-        if init.data_type != TensorProto.FLOAT or len(init.dims) < 3 or name in keep or name in outputs:
+    for name, init in list(index.initializers.items()):
+        if init.data_type != TensorProto.FLOAT or len(init.dims) < 3 or name in keep or name in index.outputs:
             continue
-        readers = consumers(graph, name)
-        if len(readers) != 1 or _read_in_subgraphs(graph, name):
+        readers = index.consumers(name)
+        if len(readers) != 1 or name in index.subgraph_reads:
             continue
         reshape = readers[0]
         if reshape.op_type != "Reshape" or list(reshape.input).index(name) != 0 or len(reshape.input) < 2:
             continue
         view = reshape.output[0]
-        if view in outputs or not all(_matrix_weight(n, view) for n in consumers(graph, view) or [None]):
+        if view in index.outputs or not all(_matrix_weight(n, view) for n in index.consumers(view) or [None]):
             continue
-        shape = _constant(model, reshape.input[1], inits)
+        shape = _constant(model, reshape.input[1], index)
         array = numpy_helper.to_array(init)
         if shape is None or not _reshapes_to_2d(array.shape, shape):
             continue
         flat = array.reshape(_resolve(array.size, shape))
-        remove_initializers(graph, {name})
-        graph.initializer.append(numpy_helper.from_array(flat, view))
-        replace_repeated(graph.node, [n for n in graph.node if n is not reshape])
-        _drop_dead(graph, reshape.input[1])
+        remove_initializers(graph, {name}, index=index)
+        remove_nodes(graph, [reshape], index=index)
+        add_initializers(graph, [numpy_helper.from_array(flat, view)], index=index)
+        drop_unread_chain(index, reshape.input[1])
         logger.info("weight %r %s: stored as its 2-D view %r %s", name, list(array.shape), view, list(flat.shape))
         done.append(view)
-    return done
-
-
-def _read_in_subgraphs(graph: onnx.GraphProto, name: str) -> bool:
-    return any(name in n.input for g in iter_graphs(graph) if g is not graph for n in g.node)
+    return model, done
 
 
 def _matrix_weight(node: onnx.NodeProto | None, name: str) -> bool:
@@ -95,28 +102,28 @@ def _resolve(size: int, target: np.ndarray) -> tuple[int, int]:
     return (size // cols, cols) if rows == -1 else (rows, size // rows) if cols == -1 else (rows, cols)
 
 
-def _constant(model: onnx.ModelProto, name: str, inits: dict[str, onnx.TensorProto]) -> np.ndarray | None:
+def _constant(model: onnx.ModelProto, name: str, index: GraphIndex) -> np.ndarray | None:
     """The value of ``name`` if a few shape ops compute it from initializers alone, else None."""
+    inits = index.initializers
     if name in inits:
         return numpy_helper.to_array(inits[name])
-    made_by = producers(model.graph)
-    nodes, leaves, todo = [], set(), [name]
+    nodes, leaves, todo = {}, set(), [name]  # id -> node: protobuf == compares whole messages
     while todo:
         current = todo.pop()
         if current in inits:
             leaves.add(current)
             continue
-        node = made_by.get(current)
+        node = index.producer(current)
         if node is None or node.op_type not in _SHAPE_OPS or node.domain not in ("", "ai.onnx"):
             return None
-        if node not in nodes:
-            nodes.append(node)
+        if id(node) not in nodes:
+            nodes[id(node)] = node
             todo.extend(i for i in node.input if i)
         if len(nodes) > _MAX_SHAPE_NODES:
             return None
     from onnx.reference import ReferenceEvaluator
 
-    order = [n for n in model.graph.node if n in nodes]
+    order = [n for n in model.graph.node if id(n) in nodes]
     sub = helper.make_graph(order, "shape", [], [helper.make_tensor_value_info(name, TensorProto.UNDEFINED, None)],
                             [inits[leaf] for leaf in sorted(leaves)])
     opsets = [o for o in model.opset_import if o.domain in ("", "ai.onnx")]
@@ -128,19 +135,3 @@ def _constant(model: onnx.ModelProto, name: str, inits: dict[str, onnx.TensorPro
     value = np.asarray(value)
     return value if value.dtype.kind in "iu" else None
 
-
-def _drop_dead(graph: onnx.GraphProto, name: str) -> None:
-    """Remove the nodes that computed ``name`` (and its inputs) once nothing reads them."""
-    todo = [name]
-    while todo:
-        current = todo.pop()
-        if any(current in n.input for g in iter_graphs(graph) for n in g.node) or current in {
-                o.name for o in graph.output}:
-            continue
-        node = producers(graph).get(current)
-        if node is not None and all(not any(o in n.input for g in iter_graphs(graph) for n in g.node)
-                                    for o in node.output):
-            replace_repeated(graph.node, [n for n in graph.node if n is not node])
-            todo.extend(i for i in node.input if i)
-        elif node is None and current in {i.name for i in graph.initializer}:
-            remove_initializers(graph, {current})

@@ -36,65 +36,69 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .edit import consumers, producers, replace_repeated, transpose_perm, used_names
+from .edit import MS_DOMAIN, attribute, drop_dead_nodes, insert_after, remove_nodes, transpose_perm, value_ranks
+from .index import GraphIndex, match_parent_path, only_consumer
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["transposed_int8_to_qgemm"]
 
-MS_DOMAIN = "com.microsoft"
 _INT8 = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
 
 
-def transposed_int8_to_qgemm(model: onnx.ModelProto) -> list[str]:
-    """Rewrite every matching transposed int8 MatMul (main graph); return the nodes written."""
+def transposed_int8_to_qgemm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """Rewrite every matching transposed int8 MatMul (main graph), in place (a pass, :mod:`.passes`).
+
+    Returns:
+        ``(model, written)``: the model and the names of the QGemm nodes written.
+    """
     graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    made = producers(graph)
-    ranks = _ranks(model)
-    rewrites: dict[int, onnx.NodeProto] = {}
-    dropped: set[int] = set()
-    for node in graph.node:
-        match = _match(graph, node, inits, made, ranks)
+    index = GraphIndex(graph)
+    ranks = value_ranks(model)
+    written = []
+    for node in list(graph.node):
+        match = _match(index, node, ranks)
         if match is None:
             continue
         qgemm, removed, final = match
-        rewrites[id(final)] = qgemm
-        dropped |= {id(n) for n in removed}
-    if not rewrites:
-        return []
-    replace_repeated(graph.node, [rewrites.get(id(n), n) for n in graph.node if id(n) not in dropped])
-    _drop_dead(graph)
+        insert_after(graph, final, qgemm, index=index)  # in the place of ``final``
+        remove_nodes(graph, [*removed, final], index=index)
+        written.append(qgemm.name)
+    if not written:
+        return model, []
+    drop_dead_nodes(graph)  # the Transpose, the scales Mul
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    written = [q.name for q in rewrites.values()]
     for name in written:
         logger.info("int8: %s reads its tied tensor through QGemm(transB=1)", name)
-    return written
+    return model, written
 
 
-def _match(graph, node, inits, made, ranks):
+def _match(index: GraphIndex, node, ranks):
     """``(QGemm node, nodes it replaces, the node whose place it takes)`` or None."""
     if node.op_type != "MatMulInteger" or len(node.input) != 4:
         return None
-    transpose, dql = made.get(node.input[1]), made.get(node.input[0])
-    if (transpose is None or transpose.op_type != "Transpose" or transpose.input[0] not in inits
-            or dql is None or dql.op_type != "DynamicQuantizeLinear"):
+    transpose = match_parent_path(index, node, [("Transpose", 1)])
+    dql = match_parent_path(index, node, [("DynamicQuantizeLinear", 0)])
+    if transpose is None or dql is None:
         return None
-    weight = inits[transpose.input[0]]
-    if (len(weight.dims) != 2 or weight.data_type not in _INT8
+    (transpose,), (dql,) = transpose, dql
+    weight = index.initializers.get(transpose.input[0])
+    if (weight is None or len(weight.dims) != 2 or weight.data_type not in _INT8
             or transpose_perm(transpose, 2) != [1, 0] or node.input[2] != dql.output[2]
-            or ranks.get(dql.input[0]) != 2 or not _scalar(inits.get(node.input[3]))):
+            or ranks.get(dql.input[0]) != 2 or not _scalar(index.initializers.get(node.input[3]))):
         return None
-    cast = _only_consumer(graph, node.output[0], "Cast")
-    mul = cast and _only_consumer(graph, cast.output[0], "Mul")
+    cast = only_consumer(index, node.output[0], ["Cast"])
+    if cast is None or attribute(cast, "to") != onnx.TensorProto.FLOAT:
+        return None
+    mul = only_consumer(index, cast.output[0], ["Mul"])
     if mul is None:
         return None
-    scales = made.get(next((i for i in mul.input if i != cast.output[0]), ""))
+    scales = index.producer(next((i for i in mul.input if i != cast.output[0]), ""))
     if scales is None or scales.op_type != "Mul" or dql.output[1] not in scales.input:
         return None
     b_scale = next((i for i in scales.input if i != dql.output[1]), "")
-    if not _scalar(inits.get(b_scale)):
+    if not _scalar(index.initializers.get(b_scale)):
         return None
     qgemm = helper.make_node(
         "QGemm", [dql.output[0], dql.output[1], dql.output[2], weight.name, b_scale, node.input[3]],
@@ -103,38 +107,5 @@ def _match(graph, node, inits, made, ranks):
     return qgemm, [node, cast], mul
 
 
-def _only_consumer(graph, name: str, op_type: str):
-    found = consumers(graph, name)
-    if len(found) != 1 or found[0].op_type != op_type or name in {o.name for o in graph.output}:
-        return None
-    to = {a.name: helper.get_attribute_value(a) for a in found[0].attribute}.get("to")
-    if op_type == "Cast" and to != onnx.TensorProto.FLOAT:
-        return None
-    return found[0]
-
-
 def _scalar(init) -> bool:
     return init is not None and int(np.prod(init.dims)) == 1 and numpy_helper.to_array(init).size == 1
-
-
-def _drop_dead(graph) -> None:
-    """Drop nodes whose outputs nothing reads any more (the Transpose, the scales Mul)."""
-    while True:
-        used = used_names(graph)
-        live = [n for n in graph.node if any(o in used for o in n.output if o)]
-        if len(live) == len(graph.node):
-            return
-        replace_repeated(graph.node, live)
-
-
-def _ranks(model) -> dict[str, int]:
-    """Rank of every value ONNX shape inference can tell."""
-    from onnx import shape_inference
-
-    inferred = shape_inference.infer_shapes(model)
-    ranks = {}
-    for info in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
-        tensor = info.type.tensor_type
-        if tensor.HasField("shape"):
-            ranks[info.name] = len(tensor.shape.dim)
-    return ranks

@@ -23,8 +23,7 @@ import json
 import onnx
 
 from .edit import iter_graphs
-from .fp16 import KEPT_FP32_KEY
-from .metadata import read_ties, write_ties
+from .metadata import KEPT_FP32_KEY, read_ties, write_ties
 
 __all__ = ["shorten_names"]
 
@@ -41,10 +40,10 @@ def _short(i: int) -> str:
             return "t" + text
 
 
-def shorten_names(model: onnx.ModelProto) -> dict[str, str]:
-    """Rename internal tensors of ``model`` to short names and clear node names (in place).
+def shorten_names(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """Rename internal tensors of ``model`` to short names and clear node names, in place (a pass).
 
-    Returns the mapping old name -> new name (empty names and the graph's inputs
+    Returns ``(model, mapping)``: the model and old name -> new name (empty names and the graph's inputs
     and outputs are not in it). Every graph and subgraph is renamed with one
     mapping, so a subgraph's reads of outer values follow, and no new name can
     collide with a kept one. The tie record and the fp16 list of tensors kept
@@ -79,7 +78,7 @@ def shorten_names(model: onnx.ModelProto) -> dict[str, str]:
             node.input[:] = [new(n) for n in node.input]
             node.output[:] = [new(n) for n in node.output]
     _rename_metadata(model, ties, mapping)
-    return mapping
+    return model, mapping
 
 
 def _rename_metadata(model: onnx.ModelProto, ties: list, mapping: dict[str, str]) -> None:

@@ -250,9 +250,9 @@ def _ort_graph_form(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     from .int8_qgemm import transposed_int8_to_qgemm
 
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    transposed_int8_to_qgemm(out)
+    from .edit import copy_model
+
+    out, _ = transposed_int8_to_qgemm(copy_model(model))
     return out
 
 

@@ -34,33 +34,31 @@ copy in the file, computed in fp32 (logged).
 Per-tensor is the default; see ``DEFAULT_PER_CHANNEL`` and ``REDUCE_RANGE``
 for the measured reasons.
 
-``"int4"`` (4-bit block-wise weights, one tensor per tie) is in :mod:`.int4`.
+The int8 steps are in :mod:`.int8`; ``"int4"`` (4-bit block-wise weights, one tensor per tie) is
+in :mod:`.int4`. The passes of each precision, in order, are :data:`PRECISION_PASSES`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
 import onnx
-from onnx import numpy_helper
 
-from ..errors import ConversionError, UsageError
+from ..errors import UsageError
 from ..options import (BLOCK_SIZES, DEFAULT_BLOCK_SIZE, FULL_RANGE_KEY, INT4_ROUNDINGS, PRECISIONS,  # the one list,
                        precision_problem)  # shared with the CLI
-from .edit import replace_repeated, transpose_perm
+from .edit import transpose_perm
 from .fp16 import to_fp16
-from .int8_retie import merge_equal_parameters, per_channel_exclusions, prune_initializers, retie_quantized
+from .passes import GraphPass, run_passes
 from .metadata import PRECISION_KEY, TieRecord, TieUse, read_precision, read_ties, write_metadata, write_ties
 from .retie import retie
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PRECISIONS", "PRECISION_KEY", "DEFAULT_PER_CHANNEL", "FULL_RANGE_KEY", "REDUCE_RANGE", "QuantizeReport",
+__all__ = ["PRECISIONS", "PRECISION_KEY", "PRECISION_PASSES", "DEFAULT_PER_CHANNEL", "FULL_RANGE_KEY", "REDUCE_RANGE",
+           "PrecisionOptions", "QuantizeReport", "apply_precision",
            "check_precision_options",
            "quantize_file", "read_precision", "ties_in_graph", "to_precision"]
 
@@ -176,33 +174,106 @@ def to_precision(model: onnx.ModelProto, precision: str, *, per_channel: bool | 
         raise UsageError(f"The model is already stored as {current}; converting {current} to "
                          f"{precision} would compound rounding. Received: precision={precision!r}. "
                          "Convert the fp32 export instead.")
-    tied, _ = retie(model)
+    tied, _ = retie(model, measure=False)  # the pipeline's one copy: every pass after it edits this one
+    if current == precision and precision != "fp32":
+        ties = ties_in_graph(tied)
+        if ties:
+            write_ties(tied, ties)
+        logger.info("model is already %s; returning it unchanged", precision)
+        return tied
+    return apply_precision(tied, precision, per_channel=per_channel, block_size=block_size, symmetric=symmetric,
+                           short_names=short_names, reduce_range=reduce_range, rounding=rounding,
+                           int8_ties=int8_ties)
+
+
+def apply_precision(tied: onnx.ModelProto, precision: str, *, per_channel: bool | None = None,
+                    block_size: int | None = None, symmetric: bool | None = None,
+                    short_names: bool | None = None, reduce_range: bool | None = None,
+                    rounding: str | None = None, int8_ties: bool | None = None) -> onnx.ModelProto:
+    """:func:`to_precision`'s passes without its checks and ``retie``, for a pipeline that ran them.
+
+    ``tied`` must be an fp32 model whose ties are folded (``retie`` ran); it is
+    consumed (the export hands over its own copy: no second copy, no second
+    search for duplicates over every weight). Options as :func:`to_precision`.
+    """
     ties = ties_in_graph(tied)
     if ties:
         write_ties(tied, ties)
-    if current == precision and precision != "fp32":
-        logger.info("model is already %s; returning it unchanged", precision)
-        return tied
-    if precision == "fp16":
-        out = to_fp16(tied)
-    elif precision == "int8":
-        out = _to_int8(tied, per_channel=DEFAULT_PER_CHANNEL if per_channel is None else per_channel,
-                       reduce_range=REDUCE_RANGE if reduce_range is None else reduce_range)
-    elif precision == "int4":
-        from .int4 import DEFAULT_SYMMETRIC, to_int4
-        from .int4_mixed import to_int4_int8_ties
+    from .int4 import DEFAULT_SYMMETRIC
 
-        int4 = dict(block_size=DEFAULT_BLOCK_SIZE if block_size is None else block_size,
-                    symmetric=DEFAULT_SYMMETRIC if symmetric is None else symmetric, rounding=rounding or "rtn")
-        out = to_int4_int8_ties(tied, reduce_range=REDUCE_RANGE, **int4) if int8_ties else to_int4(tied, **int4)
-    else:
-        out = tied
+    options = PrecisionOptions(
+        per_channel=DEFAULT_PER_CHANNEL if per_channel is None else per_channel,
+        reduce_range=REDUCE_RANGE if reduce_range is None else reduce_range,
+        block_size=DEFAULT_BLOCK_SIZE if block_size is None else block_size,
+        symmetric=DEFAULT_SYMMETRIC if symmetric is None else symmetric,
+        rounding=rounding or "rtn", int8_ties=bool(int8_ties))
+    passes = list(PRECISION_PASSES[precision])
     if (precision == "int4") if short_names is None else short_names:
-        from .names import shorten_names
-
-        shorten_names(out)
+        passes.append(SHORT_NAMES)
+    out, _ = run_passes(tied, passes, options, pipeline=precision)
     write_metadata(out, {PRECISION_KEY: precision})
     return out
+
+
+@dataclass(frozen=True)
+class PrecisionOptions:
+    """Every precision option, defaults resolved: what each pass of :data:`PRECISION_PASSES` receives."""
+
+    per_channel: bool
+    reduce_range: bool
+    block_size: int
+    symmetric: bool
+    rounding: str = "rtn"  # int4: "rtn" or "search" (.int4_search)
+    int8_ties: bool = False  # int4: ties in int8, the rest in int4 (.int4_mixed)
+
+
+def _fp16_pass(model: onnx.ModelProto, options: PrecisionOptions):
+    return to_fp16(model)
+
+
+def _int8_pass(model: onnx.ModelProto, options: PrecisionOptions):
+    from .int8 import to_int8
+
+    return to_int8(model, per_channel=options.per_channel, reduce_range=options.reduce_range)
+
+
+def _int4_views_pass(model: onnx.ModelProto, options: PrecisionOptions):
+    from .int4_views import flatten_weight_reshapes
+
+    return flatten_weight_reshapes(model)
+
+
+def _int4_pass(model: onnx.ModelProto, options: PrecisionOptions):
+    from .int4 import to_int4
+    from .int4_mixed import to_int4_int8_ties
+
+    int4 = dict(block_size=options.block_size, symmetric=options.symmetric, rounding=options.rounding)
+    if options.int8_ties:
+        return to_int4_int8_ties(model, reduce_range=options.reduce_range, **int4)
+    return to_int4(model, **int4)
+
+
+def _short_names_pass(model: onnx.ModelProto, options: PrecisionOptions):
+    from .names import shorten_names
+
+    return shorten_names(model)
+
+
+#: The passes of each precision, in order, after ``retie`` (which :func:`to_precision` runs first,
+#: on its one copy of the model: every pass reads one initializer per tie). Each entry says what
+#: its place depends on. A new precision or option step is one more entry here.
+PRECISION_PASSES: dict[str, tuple[GraphPass, ...]] = {
+    "fp32": (),
+    "fp16": (GraphPass("fp16", _fp16_pass, "after retie: a tie is one float32 initializer, cast once"),),
+    "int8": (GraphPass("int8", _int8_pass, "after retie: ties_in_graph's record says which uses to re-tie "
+                       "after quantize_dynamic"),),
+    "int4": (GraphPass("int4_views", _int4_views_pass, "before int4: a rank-3+ weight must be a 2-D view "
+                       "for MatMulNBits; ties are left alone (the record must be complete, so after retie)"),
+             GraphPass("int4", _int4_pass, "after int4_views: quantizes the 2-D weights it made")),
+}
+#: Optional last pass (``short_names``): it renames what every earlier pass made, and the tie record.
+SHORT_NAMES = GraphPass("short_names", _short_names_pass, "last: renames the tensors every earlier pass "
+                        "made and rewrites the tie record to match")
 
 
 def ties_in_graph(model: onnx.ModelProto) -> list[TieRecord]:
@@ -226,98 +297,6 @@ def ties_in_graph(model: onnx.ModelProto) -> list[TieRecord]:
             tie.uses.append(TieUse(relation="transpose", output=node.output[0],
                                    perm=transpose_perm(node, len(source.dims))))
     return ties
-
-
-def _untie(model: onnx.ModelProto, ties: list[TieRecord]) -> onnx.ModelProto:
-    """Working copy where every transposed use is an initializer of its own."""
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    graph = work.graph
-    arrays = {i.name: i for i in graph.initializer}
-    drop = set()
-    for tie in ties:
-        source = arrays.get(tie.initializer)
-        if source is None:
-            raise ConversionError(f"The tie record names initializer {tie.initializer!r}, "
-                                  "which the graph does not have. Re-run retie on the fp32 model.")
-        data = numpy_helper.to_array(source)
-        for name, perm in tie.members().items():
-            if name != source.name:
-                graph.initializer.append(numpy_helper.from_array(np.transpose(data, perm), name))
-                drop.add(name)
-    replace_repeated(graph.node, [n for n in graph.node
-                                  if not (n.op_type == "Transpose" and n.output[0] in drop)])
-    for i, node in enumerate(graph.node):
-        node.name = node.name or f"tiedonnx_node_{i}"  # nodes_to_exclude matches by name
-    return work
-
-
-def _run_quantize_dynamic(work: onnx.ModelProto, *, per_channel: bool, reduce_range: bool,
-                          exclude: list[str]) -> onnx.ModelProto:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with tempfile.TemporaryDirectory(prefix="tiedonnx-q-") as tmp:
-        out = Path(tmp) / "q.onnx"
-        # quantize_dynamic warns through the root logger that shape-inference
-        # pre-processing was not run; these graphs are fully shaped already.
-        root = logging.getLogger()
-        quiet = lambda record: "pre-processing before quantization" not in record.getMessage()  # noqa: E731
-        root.addFilter(quiet)
-        try:
-            quantize_dynamic(work, out, per_channel=per_channel, weight_type=QuantType.QInt8,
-                             reduce_range=reduce_range,
-                             nodes_to_exclude=exclude, extra_options={"MatMulConstBOnly": True})
-        finally:
-            root.removeFilter(quiet)
-        return onnx.load(str(out))
-
-
-def to_int8_ties(model: onnx.ModelProto, *, reduce_range: bool) -> onnx.ModelProto:
-    """The int8 pass (per tensor) on the ties alone; every other weight stays float (see .int4_mixed)."""
-    return _to_int8(model, per_channel=False, reduce_range=reduce_range, ties_only=True)
-
-
-def _to_int8(model: onnx.ModelProto, *, per_channel: bool, reduce_range: bool,
-             ties_only: bool = False) -> onnx.ModelProto:
-    ties = read_ties(model)
-    work = _untie(model, ties)
-    # Per-channel: one use per tie is quantized by onnxruntime; the others are
-    # rewritten around it by retie_quantized (see module docstring).
-    exclude = per_channel_exclusions(work.graph, ties) + stacked_weight_matmuls(work.graph) if per_channel else []
-    if ties_only:
-        from .int4_mixed import nodes_off_ties
-
-        exclude += nodes_off_ties(work.graph, ties)
-    quantized = _run_quantize_dynamic(work, per_channel=per_channel, reduce_range=reduce_range,
-                                      exclude=exclude)
-    new_ties = [retie_quantized(quantized.graph, tie, model) for tie in ties]
-    prune_initializers(quantized.graph)
-    merged = merge_equal_parameters(quantized.graph, keep={i.name for i in model.graph.initializer})
-    for tie in new_ties:  # a merged scale or zero point is read under the kept name
-        tie.scale = merged.get(tie.scale, tie.scale)
-        tie.zero_point = merged.get(tie.zero_point, tie.zero_point)
-    write_ties(quantized, new_ties)
-    write_metadata(quantized, {FULL_RANGE_KEY: None if reduce_range else "true"})
-    # quantize_dynamic sets its own producer; the file is still ours.
-    quantized.producer_name, quantized.producer_version = model.producer_name, model.producer_version
-    return quantized
-
-
-def stacked_weight_matmuls(graph: onnx.GraphProto) -> list[str]:
-    """``MatMul`` nodes whose weight has rank 3 or more: left float32 by per-channel int8 (logged once).
-
-    A mixture-of-experts layer stacks its experts' kernels (``[experts, in, out]``)
-    and multiplies by all of them in one ``MatMul``. ``quantize_dynamic`` gives
-    such a weight per-channel zero points of shape ``[out]``, which onnxruntime's
-    ``MatMulInteger`` refuses ("b zero point is not valid", onnxruntime 1.32).
-    """
-    ranks = {i.name: len(i.dims) for i in graph.initializer}
-    names = [n.name for n in graph.node if n.op_type == "MatMul" and ranks.get(n.input[1], 2) > 2]
-    if names:
-        logger.info("int8 per-channel: %d MatMul(s) with stacked weights of rank 3+ (mixture-of-experts "
-                    "experts) stay float32; onnxruntime's MatMulInteger takes per-channel zero points "
-                    "for 2-D weights only", len(names))
-    return names
 
 
 @dataclass

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .edit import remove_initializers, rename_uses, replace_repeated, used_names
+from .edit import attribute, remove_initializers, rename_uses, replace_repeated, used_names
 
 logger = logging.getLogger(__name__)
 
@@ -28,21 +28,19 @@ __all__ = ["fold_initializer_shapes"]
 
 def _shape_slice(node: onnx.NodeProto, dims: list[int]) -> np.ndarray:
     """``Shape``'s output for ``dims``: ONNX's ``start``/``end`` (opset 15) clamp like Python slices."""
-    attrs = {a.name: a.i for a in node.attribute}
-    return np.array(dims[attrs.get("start", 0):attrs.get("end")], dtype=np.int64)
+    return np.array(dims[attribute(node, "start", 0):attribute(node, "end")], dtype=np.int64)
 
 
 def fold_initializer_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
-    """Return a copy of ``model`` with each ``Shape`` of an initializer folded (main graph).
+    """Fold each ``Shape`` of an initializer of ``model`` (main graph), in place (a pass, :mod:`.passes`).
 
     Initializers that are also graph inputs (overridable at run time) are left
     alone: their shape is not fixed.
 
     Returns:
-        ``(new_model, removed)``: the initializers dropped because only shapes read them.
+        ``(model, removed)``: the model and the initializers dropped because only shapes read them.
     """
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = model
     graph = out.graph
     overridable = {i.name for i in graph.input}
     dims = {i.name: list(i.dims) for i in graph.initializer if i.name not in overridable}

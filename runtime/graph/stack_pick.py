@@ -23,29 +23,24 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .edit import int64_constant, remove_initializers, rename_uses, replace_repeated
+from .edit import attribute, drop_dead_nodes, int64_constant, remove_initializers, rename_uses, replace_repeated
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["fold_stack_picks"]
 
 
-def _ints(node: onnx.NodeProto, position: int, attribute: str, constants: dict) -> list[int] | None:
-    """An int list given as input ``position`` (a constant) or as attribute ``attribute`` (older opsets)."""
+def _ints(node: onnx.NodeProto, position: int, name: str, constants: dict) -> list[int] | None:
+    """An int list given as input ``position`` (a constant) or as attribute ``name`` (older opsets)."""
     if len(node.input) > position and node.input[position]:
         value = constants.get(node.input[position])
         return None if value is None else [int(v) for v in np.asarray(value).reshape(-1)]
-    for a in node.attribute:
-        if a.name == attribute:
-            return list(a.ints)
-    return None
+    value = attribute(node, name)
+    return None if value is None else list(value)
 
 
 def _axis(node: onnx.NodeProto) -> int | None:
-    for a in node.attribute:
-        if a.name == "axis":
-            return a.i
-    return None
+    return attribute(node, "axis")
 
 
 # Slice ends at or past this are "to the end" (tf2onnx writes INT32_MAX; ONNX clamps).
@@ -164,28 +159,14 @@ def fold_stack_picks(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             break
         rename_uses(graph, renames)
         folded += changed
-        _drop_dead(graph)
+        drop_dead_nodes(graph)
     folded += _rewrite_stack_shapes(graph, constants)
     if not folded:
         return model, 0
-    _drop_dead(graph)
+    drop_dead_nodes(graph)
     used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
     remove_initializers(graph, lambda init: init.name not in used and init.name in constants)
     if folded:
         logger.info("stack picks: %d element(s) read directly; the stacked copies they came from are gone", folded)
     return model, folded
 
-
-def _drop_dead(graph: onnx.GraphProto) -> None:
-    """Remove nodes none of whose outputs is read or is a graph output (in reverse order, to a fixed point)."""
-    needed = {o.name for o in graph.output}
-    keep = []
-    for node in reversed(graph.node):
-        if any(o in needed for o in node.output) or node.op_type in ("If", "Loop", "Scan"):
-            keep.append(node)
-            needed.update(node.input)
-            for a in node.attribute:  # subgraphs read outer names
-                if a.type == onnx.AttributeProto.GRAPH:
-                    needed.update(i for n in a.g.node for i in n.input)
-    if len(keep) != len(graph.node):
-        replace_repeated(graph.node, reversed(keep))
