@@ -182,7 +182,9 @@ def _drop_malformed_metadata(proto: onnx.ModelProto, path: Path) -> None:
     from .graph.metadata import write_metadata
     from .graph.metadata_check import drop_malformed
 
-    dropped = drop_malformed({p.key: p.value for p in proto.metadata_props}, path)
+    entries = {p.key: p.value for p in proto.metadata_props}
+    ranks = {i.name: len(i.dims) for i in proto.graph.initializer} if entries else None
+    dropped = drop_malformed(entries, path, ranks)
     write_metadata(proto, dict.fromkeys(dropped))
 
 

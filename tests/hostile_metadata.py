@@ -20,7 +20,10 @@ TIE_KINDS = {
     "tie_scale_list": r"record.scale must be a tensor name or null; received \['s'\]",
     "tie_perm_text": r"uses\[0\].perm must be a permutation .* received '10'",
     "tie_perm_invalid": r"uses\[0\].perm must be a permutation .* received \[0, 0\]",
-    "tie_perm_huge": r"uses\[0\].perm must be a permutation of 0..n-1 \(n <= 64\)",
+    "tie_perm_huge": r"uses\[0\].perm must be a permutation of 0..n-1 \(1 <= n <= 64\)",
+    # found by scripts/fuzz_loaders.py: both gave exit 3 (numpy's "axes don't match array") in quantize
+    "tie_perm_empty": r"uses\[0\].perm must be a permutation .* received \[\]",
+    "tie_perm_rank": r"\(rank 2\) has the transpose order \[2, 0, 1\]",
     "tie_cycle": "records that name each other form a cycle",
     "tie_bool_axis": "record.axis must be a whole number or null; received True",
     "kept_fp32_deep": "tiedonnx.fp16.kept_fp32 is nested too deeply to parse",
@@ -50,6 +53,8 @@ def edit_tie_record(proto: onnx.ModelProto, kind: str) -> None:
              "tie_perm_text": lambda: use.update(perm="10"),
              "tie_perm_invalid": lambda: use.update(perm=[0, 0]),
              "tie_perm_huge": lambda: use.update(perm=list(range(100_000))),
+             "tie_perm_empty": lambda: use.update(perm=[]),
+             "tie_perm_rank": lambda: use.update(perm=[2, 0, 1]),
              "tie_bool_axis": lambda: record.update(axis=True),
              "tie_cycle": lambda: records.append({"initializer": use["output"], "uses": [
                  {"relation": "transpose", "perm": [1, 0], "output": record["initializer"]}]})}

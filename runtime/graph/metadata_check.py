@@ -65,7 +65,7 @@ def _is_dims(v) -> bool:
 
 
 def _is_perm(v) -> bool:
-    return (isinstance(v, list) and len(v) <= MAX_RANK and all(_is_int(d) for d in v)
+    return (isinstance(v, list) and 1 <= len(v) <= MAX_RANK and all(_is_int(d) for d in v)
             and sorted(v) == list(range(len(v))))
 
 
@@ -80,7 +80,7 @@ def _is_keras(v) -> bool:
 _USE_FIELDS = {
     "relation": (lambda v: isinstance(v, str) and v in RELATIONS, f"one of {sorted(RELATIONS)}"),
     "output": (_is_name, "a tensor name"),
-    "perm": (_optional(_is_perm), f"a permutation of 0..n-1 (n <= {MAX_RANK}) or null"),
+    "perm": (_optional(_is_perm), f"a permutation of 0..n-1 (1 <= n <= {MAX_RANK}) or null"),
     "kernel": (_optional(_is_name), "a string or null"),
     "to": (_optional(_is_name), "a string or null"),
 }
@@ -115,6 +115,10 @@ def check_entry(data, where: str) -> None:
     _check_fields(data, _RECORD_FIELDS, where)
     for i, use in enumerate(data.get("uses") or []):
         _check_fields(use, _USE_FIELDS, f"{where}.uses[{i}]")
+        perm, shape = use.get("perm"), data.get("shape")
+        if perm is not None and shape is not None and len(perm) != len(shape):
+            raise MalformedRecord(f"{where}.uses[{i}].perm has {len(perm)} axes for a tensor of shape "
+                                  f"{_show(shape)}; received {_show(perm)}")
 
 
 def check_references(ties: list) -> None:
@@ -159,12 +163,30 @@ def _check_kept_fp32(text: str) -> None:
                               f"{_show(names)}")
 
 
-def check_metadata(entries: dict[str, str]) -> dict[str, str]:
-    """The tiedonnx metadata values in ``entries`` (key -> value) that are malformed: key -> problem."""
+def check_ranks(ties: list, ranks: dict[str, int]) -> None:
+    """A transpose order whose length is not its stored tensor's rank (``ranks``: initializer -> rank)."""
+    for tie in ties:
+        rank = ranks.get(tie.initializer)
+        for use in tie.uses:
+            if rank is not None and use.perm is not None and len(use.perm) != rank:
+                raise MalformedRecord(f"{TIES_KEY}: a use of {_show(tie.initializer)} (rank {rank}) has the "
+                                      f"transpose order {_show(use.perm)}")
+
+
+def check_metadata(entries: dict[str, str], ranks: dict[str, int] | None = None) -> dict[str, str]:
+    """The tiedonnx metadata values in ``entries`` (key -> value) that are malformed: key -> problem.
+
+    ``ranks`` (initializer name -> rank), when given, is checked against the tie records' transpose orders.
+    """
     from .metadata import parse_ties
 
+    def ties(text: str) -> None:
+        parsed = parse_ties(text)
+        if ranks:
+            check_ranks(parsed, ranks)
+
     problems = {}
-    for key, check in ((TIES_KEY, parse_ties), (KEPT_FP32_KEY, _check_kept_fp32)):
+    for key, check in ((TIES_KEY, ties), (KEPT_FP32_KEY, _check_kept_fp32)):
         if key in entries:
             try:
                 check(entries[key])
@@ -173,14 +195,14 @@ def check_metadata(entries: dict[str, str]) -> dict[str, str]:
     return problems
 
 
-def drop_malformed(entries: dict[str, str], path) -> list[str]:
+def drop_malformed(entries: dict[str, str], path, ranks: dict[str, int] | None = None) -> list[str]:
     """Keys of ``entries`` to drop, each logged as one warning line: the file is used without them.
 
     A tie record is a description of the graph, not part of it: a file whose
     record was edited by hand still runs, and ``retie``/``quantize`` find its
     ties in the graph itself (:func:`.quantize.ties_in_graph`).
     """
-    problems = check_metadata(entries)
+    problems = check_metadata(entries, ranks)
     for key, problem in problems.items():
         said = (str(path), key, problem)
         if said in _WARNED:  # a command that reads its file twice (bench, verify) says it once
