@@ -64,3 +64,16 @@ def test_the_folded_weight_is_quantized():
     folded = _int8(fold_weight_views(_model())[0])
     assert not {"W", "Wt"} & _float_matrices(folded)
     assert "Wt_quantized" in {i.name for i in folded.graph.initializer}
+
+
+def test_a_view_of_a_weight_stored_twice_is_left_as_it_was():
+    """tf2onnx stored a Qwen kernel twice, once reshaped: folding the view would make the two copies
+    equal, which the export's no-duplicates proof refuses (found on the tiny Qwen and Llama decoders)."""
+    model = _model()
+    w = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "W"))
+    model.graph.initializer.append(numpy_helper.from_array(w.reshape(4, 6).T.copy(), "W_other_layout"))
+    model.graph.node.append(helper.make_node("MatMul", ["x6", "W_other_layout"], ["c"]))
+    model.graph.output.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, ["n", 4]))
+    folded, count = fold_weight_views(model)
+    assert count == 0
+    assert [n.op_type for n in folded.graph.node][:2] == ["Reshape", "Transpose"]

@@ -19,6 +19,7 @@ and the number of views folded; idempotent.
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import numpy as np
@@ -61,6 +62,28 @@ def _folded(node: onnx.NodeProto, inits: dict) -> np.ndarray | None:
         return None
 
 
+def _copy_elsewhere(value: np.ndarray, source: str, inits: dict) -> bool:
+    """True when another initializer holds ``value`` or its transpose.
+
+    tf2onnx sometimes stores one Keras kernel twice, in two layouts (one of them
+    reshaped, so ``retie`` saw no duplicate): folding the view would make the two
+    copies equal, which the export's no-duplicates proof refuses. Such a view is
+    left as it was (both copies stay, as before this pass).
+    """
+    for init in inits.values():
+        if init.name == source or init.data_type not in _FLOATS or \
+                int(np.prod(init.dims, dtype=np.int64)) != value.size:
+            continue
+        other = numpy_helper.to_array(init)
+        if np.array_equal(other.reshape(-1), value.reshape(-1)):
+            return True
+        if other.ndim == value.ndim <= 4 and any(  # the export's proof also sees every transposition
+                other.shape == tuple(value.shape[a] for a in perm) and np.array_equal(other, value.transpose(perm))
+                for perm in itertools.permutations(range(value.ndim))):
+            return True
+    return False
+
+
 def fold_weight_views(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """Store each view of a single-reader weight as the weight (see the module doc)."""
     graph = model.graph
@@ -78,7 +101,7 @@ def fold_weight_views(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
                     or node.input[0] in outputs or node.output[0] in outputs or node.input[0] in done):
                 continue
             value = _folded(node, inits)
-            if value is None:
+            if value is None or _copy_elsewhere(value, node.input[0], inits):
                 continue
             graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
             done.add(node.input[0])
