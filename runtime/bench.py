@@ -87,6 +87,17 @@ def numpy_sgemm_seconds(shapes: Sequence[tuple[int, int]], batch: int, *,
     return median_seconds(numpy_sgemm_call(shapes, batch, seed=seed), min_time=min_time)
 
 
+def rows_report_dict(report) -> dict:
+    """A report dataclass as a dict, each of its ``rows`` by its own ``as_dict`` (derived figures included)."""
+    data = asdict(report)
+    data["rows"] = [r.as_dict() for r in report.rows]
+    return data
+
+
+def report_json(report) -> str:
+    return json.dumps(report.as_dict(), indent=2)
+
+
 @dataclass
 class BenchRow:
     """One batch size. Times are median seconds per call; None = not measured."""
@@ -134,13 +145,8 @@ class BenchReport:
     rounds: int = DEFAULT_ROUNDS
     timing_note: str = ""  # one line per batch whose rounds disagreed (a busy machine)
 
-    def as_dict(self) -> dict:
-        data = asdict(self)
-        data["rows"] = [r.as_dict() for r in self.rows]
-        return data
-
-    def to_json(self) -> str:
-        return json.dumps(self.as_dict(), indent=2)
+    as_dict = rows_report_dict
+    to_json = report_json
 
 
 _NUMPY_WORKER = """

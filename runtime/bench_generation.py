@@ -15,7 +15,6 @@ pick; decode = every later step (tokens/s per row).
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ import numpy as np
 
 from .errors import UsageError
 from .generation_folder import CONFIG_NAME
+from .bench import report_json, rows_report_dict
 from .options import check_positive_int
 from .timing import DEFAULT_ROUNDS
 
@@ -60,13 +60,8 @@ class GenerationBenchReport:
     rounds: int
     rows: list[GenerationRow] = field(default_factory=list)
 
-    def as_dict(self) -> dict:
-        data = asdict(self)
-        data["rows"] = [r.as_dict() for r in self.rows]
-        return data
-
-    def to_json(self) -> str:
-        return json.dumps(self.as_dict(), indent=2)
+    as_dict = rows_report_dict
+    to_json = report_json
 
 
 def bench_generation(folder: str | os.PathLike, *, batch_sizes=(1,), prompt_length: int = 128,

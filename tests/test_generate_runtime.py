@@ -52,23 +52,24 @@ def test_prompt_longer_than_the_maximum_is_refused(tmp_path):
         lm.generate([[1] * 16], max_new_tokens=1)
 
 
-def test_streamed_pieces_add_up_to_the_text_and_wait_for_cut_characters(tmp_path):
-    """The callback's pieces come from one incremental decoder per row: their concatenation is
-    the decoded text, and a character whose bytes span two tokens appears once both arrived."""
+def _byte_level_tokenizer(text: str):
+    """A GPT-2-style byte-level BPE trained on ``text``: every byte is a token, few merges."""
     tokenizers = pytest.importorskip("tokenizers")
     from tokenizers import decoders, models, pre_tokenizers, trainers
-
-    from tiedonnx.runtime.generate import _Run
-    from tiedonnx.runtime.sampling import Mulberry32, SamplerSettings
 
     tok = tokenizers.Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(["hello world"], trainers.BpeTrainer(
+    tok.train_from_iterator([text], trainers.BpeTrainer(
         vocab_size=260, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    text = "h\u00e9llo w\u00f6rld \u2603"  # é and ö are 2 bytes, the snowman 3: none is a token of its own
-    ids = tok.encode(text).ids
-    assert len(ids) > len(text)  # some characters are cut between tokens
+    return tok
+
+
+def _stream(tmp_path, tok, ids):
+    """Emit ``ids`` as one row's generated tokens; the callback's pieces, in order."""
+    from tiedonnx.runtime.generate import _Run
+    from tiedonnx.runtime.sampling import Mulberry32, SamplerSettings
+
     tiny_decoder_folder(tmp_path / "gen", vocab=300)
     lm = load_lm(tmp_path / "gen", providers="cpu")
     lm._tokenizer = tok
@@ -77,6 +78,17 @@ def test_streamed_pieces_add_up_to_the_text_and_wait_for_cut_characters(tmp_path
                lambda row, token, piece: pieces.append(piece), decode=True)
     for position, token in enumerate(ids, start=1):
         run._emit(0, token, position)
+    return run, pieces
+
+
+def test_streamed_pieces_add_up_to_the_text_and_wait_for_cut_characters(tmp_path):
+    """The callback's pieces come from one incremental decoder per row: their concatenation is
+    the decoded text, and a character whose bytes span two tokens appears once both arrived."""
+    tok = _byte_level_tokenizer("hello world")
+    text = "h\u00e9llo w\u00f6rld \u2603"  # é and ö are 2 bytes, the snowman 3: none is a token of its own
+    ids = tok.encode(text).ids
+    assert len(ids) > len(text)  # some characters are cut between tokens
+    run, pieces = _stream(tmp_path, tok, ids)
     assert "".join(pieces) == text == tok.decode(ids)
     assert "" in pieces  # a token that ends mid-character shows nothing yet
     assert all("\ufffd" not in p for p in pieces)
@@ -86,25 +98,8 @@ def test_a_character_cut_by_the_last_token_is_streamed_when_the_row_ends(tmp_pat
     """A row that ends between a character's bytes: the stream never completes it, so the
     last callback carries what the final decode shows (the replacement character), and the
     pieces still add up to the row's text."""
-    tokenizers = pytest.importorskip("tokenizers")
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
-    from tiedonnx.runtime.generate import _Run
-    from tiedonnx.runtime.sampling import Mulberry32, SamplerSettings
-
-    tok = tokenizers.Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(["ab"], trainers.BpeTrainer(
-        vocab_size=260, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok = _byte_level_tokenizer("ab")
     ids = tok.encode("a\u2603").ids[:-1]  # "a", then the snowman's first two bytes of three
-    tiny_decoder_folder(tmp_path / "gen", vocab=300)
-    lm = load_lm(tmp_path / "gen", providers="cpu")
-    lm._tokenizer = tok
-    pieces = []
-    run = _Run(lm, [[1]], len(ids), SamplerSettings(), Mulberry32(0), set(),
-               lambda row, token, piece: pieces.append(piece), decode=True)
-    for position, token in enumerate(ids, start=1):
-        run._emit(0, token, position)
+    run, pieces = _stream(tmp_path, tok, ids)
     assert run.done[0] == "length"
     assert "".join(pieces) == tok.decode(ids) and pieces[0] == "a" and pieces[-1] != ""
