@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if is_generation_folder(args.model):
         return _run_generation(args)
     refuse_keras_for_onnx(args.model, command="bench")
-    sizes = parse_batch_sizes(args.batch_sizes or "1,64,1024")
+    sizes = parse_batch_sizes("1,64,1024" if args.batch_sizes is None else args.batch_sizes)
     if not args.min_time > 0:
         raise UsageError(f"--min-time must be a positive number of seconds. Received: {args.min_time}.")
     keras = None
@@ -85,7 +85,8 @@ def _run_generation(args: argparse.Namespace) -> int:
     if args.keras is not None:
         raise UsageError("--keras compares single calls; a generation folder is timed on its own. "
                          f"Received: --keras {args.keras!r} with the folder {args.model!r}. Drop --keras.")
-    report = bench_generation(args.model, batch_sizes=parse_batch_sizes(args.batch_sizes or "1"),
+    report = bench_generation(args.model, batch_sizes=parse_batch_sizes("1" if args.batch_sizes is None
+                                                                        else args.batch_sizes),
                               prompt_length=128 if args.sequence_length is None else args.sequence_length,
                               new_tokens=args.new_tokens, providers=args.provider,
                               memory=args.memory,
