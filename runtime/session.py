@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from . import providers as _providers
-from .errors import ProviderError, UsageError
+from .errors import ModelFileError, ProviderError, UsageError
 from .fast_run import fast_runner, session_runner
 from .inputs import TensorSpec, check_inputs, materialize
 from .model_file import DEFAULT_MAX_BYTES
@@ -119,8 +119,12 @@ class TiedModel:
             )
         if auto:
             logger.info("providers='auto': running %s on %s", self.path, self.providers[0])
-        self.inputs = tuple(TensorSpec.from_ort(a) for a in session.get_inputs())
-        self.outputs = tuple(TensorSpec.from_ort(a) for a in session.get_outputs())
+        try:  # onnxruntime decodes names and dimension names only when Python asks for them
+            self.inputs = tuple(TensorSpec.from_ort(a) for a in session.get_inputs())
+            self.outputs = tuple(TensorSpec.from_ort(a) for a in session.get_outputs())
+        except UnicodeDecodeError:
+            raise ModelFileError(f"{str(path)!r} has a graph input or output whose dimension names are not "
+                                 "UTF-8 text: the file is corrupt. Export or write it again.") from None
         self._output_names = [o.name for o in self.outputs]
         # I/O binding on accelerators: one explicit host->device copy of the
         # inputs per call, outputs copied back once; weights stay on the device.

@@ -79,6 +79,8 @@ def bad_ort(kind: str, good: Path, folder: Path) -> Path:
         proto.metadata_props.add(key="note", value="MARKER-NOT-UTF8")
     elif kind == "ort_input_name_not_utf8":  # found by fuzz_loaders: onnxruntime hands names to Python
         _rename_input(proto, "MARKER-NOT-UTF8")
+    elif kind == "ort_dim_not_utf8":  # found by fuzz_loaders: and dimension names too (get_inputs().shape)
+        proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "MARKER-NOT-UTF8"
     path = folder / f"bad_{kind}.ort"
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -86,7 +88,7 @@ def bad_ort(kind: str, good: Path, folder: Path) -> Path:
     options.add_session_config_entry("session.save_model_format", "ORT")
     ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     data = bytearray(path.read_bytes())
-    if kind in ("ort_meta_not_utf8", "ort_input_name_not_utf8"):
+    if kind in ("ort_meta_not_utf8", "ort_input_name_not_utf8", "ort_dim_not_utf8"):
         data = bytearray(bytes(data).replace(b"MARKER-NOT-UTF8", b"\xff\xfe\xfdKER-NOT-UTF8"))
     elif kind == "ort_producer_past_end":
         _point_past_end(data, field_slot=8)  # Model.producer_name in onnxruntime's ort.fbs

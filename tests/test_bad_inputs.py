@@ -231,9 +231,10 @@ def test_malformed_tie_record_is_one_stderr_line_in_a_real_process(valid, tmp_pa
     assert (tmp_path / "q.onnx").exists()
 
 
-ORT_KINDS = ["ort_meta_not_utf8", "ort_producer_past_end", "ort_input_name_not_utf8"]
+ORT_KINDS = ["ort_meta_not_utf8", "ort_producer_past_end", "ort_input_name_not_utf8", "ort_dim_not_utf8"]
 ORT_EXPECTED = {"ort_meta_not_utf8": "has metadata that is not UTF-8 text",
                 "ort_input_name_not_utf8": "has a graph input or output name that is not UTF-8 text",
+                "ort_dim_not_utf8": "has a graph input or output whose dimension names are not UTF-8 text",
                 # inspect reads the producer name itself; run and bench have onnxruntime verify the file
                 "ort_producer_past_end": "is not a readable ORT-format model|ORT model verification failed"}
 
