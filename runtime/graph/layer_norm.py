@@ -32,6 +32,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .edit import main_opset, remove_initializers, replace_repeated
+from .index import GraphIndex, only_consumer
 
 logger = logging.getLogger(__name__)
 
@@ -41,81 +42,69 @@ __all__ = ["fuse_layer_norms"]
 LAYER_NORM_OPSET = 17
 
 
-class _Index:
-    """Producers, consumers and initializers of one graph, built once per pass."""
-
-    def __init__(self, graph: onnx.GraphProto):
-        self.producer = {o: n for n in graph.node for o in n.output}
-        self.readers: dict[str, list[onnx.NodeProto]] = {}
-        for node in graph.node:
-            for name in dict.fromkeys(node.input):  # a node reading a value twice is one reader
-                self.readers.setdefault(name, []).append(node)
-        self.inits = {i.name: i for i in graph.initializer}
-        self.outputs = {o.name for o in graph.output}
-
-    def only_reader(self, name: str, op_type: str) -> onnx.NodeProto | None:
-        readers = self.readers.get(name, [])
-        if name in self.outputs or len(readers) != 1 or readers[0].op_type != op_type:
-            return None
-        return readers[0]
-
-    def other_input(self, node: onnx.NodeProto, name: str) -> str | None:
-        """The input of a two-input node that is not ``name`` (None if it is not one of them)."""
-        if len(node.input) != 2 or name not in node.input:
-            return None
-        return node.input[1] if node.input[0] == name else node.input[0]
-
-    def vector(self, name: str, size: int) -> bool:
-        """A float initializer of ``size`` values along its last axis (``[size]``, ``[1, 1, size]``)."""
-        init = self.inits.get(name)
-        return (init is not None and init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
-                and len(init.dims) >= 1 and init.dims[-1] == size and all(d == 1 for d in init.dims[:-1]))
-
-    def scalar(self, name: str) -> float | None:
-        init = self.inits.get(name)
-        if init is None or int(np.prod(init.dims, dtype=np.int64)) != 1:
-            return None
-        return float(numpy_helper.to_array(init).reshape(-1)[0])
+def _other_input(node: onnx.NodeProto, name: str) -> str | None:
+    """The input of a two-input node that is not ``name`` (None if it is not one of them)."""
+    if len(node.input) != 2 or name not in node.input:
+        return None
+    return node.input[1] if node.input[0] == name else node.input[0]
 
 
-def _match(mean: onnx.NodeProto, index: _Index, ranks: dict) -> tuple[list, dict] | None:
+def _vector(index: GraphIndex, name: str, size: int) -> bool:
+    """A float initializer of ``size`` values along its last axis (``[size]``, ``[1, 1, size]``)."""
+    init = index.initializers.get(name)
+    return (init is not None and init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+            and len(init.dims) >= 1 and init.dims[-1] == size and all(d == 1 for d in init.dims[:-1]))
+
+
+def _scalar(index: GraphIndex, name: str) -> float | None:
+    init = index.initializers.get(name)
+    if init is None or int(np.prod(init.dims, dtype=np.int64)) != 1:
+        return None
+    return float(numpy_helper.to_array(init).reshape(-1)[0])
+
+
+def _only(index: GraphIndex, name: str, op_type: str) -> onnx.NodeProto | None:
+    return only_consumer(index, name, (op_type,))
+
+
+def _match(mean: onnx.NodeProto, index: GraphIndex, ranks: dict) -> tuple[list, dict] | None:
     """The 13 nodes of one normalization starting at its mean, and the fused node's parts."""
     x = mean.input[0]
     shape = ranks.get(x)
     if shape is None or len(shape) != 3 or not isinstance(shape[2], int):
         return None
-    readers = index.readers.get(mean.output[0], [])
+    readers = index.consumers(mean.output[0])
     if mean.output[0] in index.outputs or sorted(n.op_type for n in readers) != ["Neg", "Sub"]:
         return None
     sub = next(n for n in readers if n.op_type == "Sub")
     neg = next(n for n in readers if n.op_type == "Neg")
     if list(sub.input) != [x, mean.output[0]]:
         return None
-    square = index.only_reader(sub.output[0], "Mul")
+    square = _only(index, sub.output[0], "Mul")
     if square is None or list(square.input) != [sub.output[0]] * 2:
         return None
-    var = index.only_reader(square.output[0], "GlobalAveragePool")
-    add_eps = var and index.only_reader(var.output[0], "Add")
-    epsilon = add_eps and index.scalar(index.other_input(add_eps, var.output[0]) or "")
-    sqrt = epsilon is not None and add_eps and index.only_reader(add_eps.output[0], "Sqrt")
-    recip = sqrt and index.only_reader(sqrt.output[0], "Reciprocal")
-    scale = recip and index.only_reader(recip.output[0], "Mul")
-    gamma = scale and index.other_input(scale, recip.output[0])
-    if not gamma or not index.vector(gamma, shape[2]):
+    var = _only(index, square.output[0], "GlobalAveragePool")
+    add_eps = var and _only(index, var.output[0], "Add")
+    epsilon = add_eps and _scalar(index, _other_input(add_eps, var.output[0]) or "")
+    sqrt = epsilon is not None and add_eps and _only(index, add_eps.output[0], "Sqrt")
+    recip = sqrt and _only(index, sqrt.output[0], "Reciprocal")
+    scale = recip and _only(index, recip.output[0], "Mul")
+    gamma = scale and _other_input(scale, recip.output[0])
+    if not gamma or not _vector(index, gamma, shape[2]):
         return None
-    uses = index.readers.get(scale.output[0], [])
+    uses = index.consumers(scale.output[0])
     if scale.output[0] in index.outputs or len(uses) != 2 or any(n.op_type != "Mul" for n in uses):
         return None
-    x_mul = next((n for n in uses if index.other_input(n, scale.output[0]) == x), None)
-    mean_mul = next((n for n in uses if index.other_input(n, scale.output[0]) == neg.output[0]), None)
-    if x_mul is None or mean_mul is None or index.only_reader(neg.output[0], "Mul") is not mean_mul:
+    x_mul = next((n for n in uses if _other_input(n, scale.output[0]) == x), None)
+    mean_mul = next((n for n in uses if _other_input(n, scale.output[0]) == neg.output[0]), None)
+    if x_mul is None or mean_mul is None or _only(index, neg.output[0], "Mul") is not mean_mul:
         return None
-    shift = index.only_reader(mean_mul.output[0], "Add")
-    beta = shift and index.other_input(shift, mean_mul.output[0])
-    if not beta or not index.vector(beta, shape[2]):
+    shift = _only(index, mean_mul.output[0], "Add")
+    beta = shift and _other_input(shift, mean_mul.output[0])
+    if not beta or not _vector(index, beta, shape[2]):
         return None
-    final = index.only_reader(shift.output[0], "Add")
-    if final is None or index.only_reader(x_mul.output[0], "Add") is not final:
+    final = _only(index, shift.output[0], "Add")
+    if final is None or _only(index, x_mul.output[0], "Add") is not final:
         return None
     nodes = [mean, sub, neg, square, var, add_eps, sqrt, recip, scale, x_mul, mean_mul, shift, final]
     return nodes, {"x": x, "gamma": gamma, "beta": beta, "epsilon": epsilon, "y": final.output[0]}
@@ -148,7 +137,7 @@ def _ranks(model: onnx.ModelProto) -> dict[str, list]:
     return shapes
 
 
-def _flatten_parameters(graph: onnx.GraphProto, index: _Index, fused: dict, gone: set) -> None:
+def _flatten_parameters(graph: onnx.GraphProto, index: GraphIndex, fused: dict, gone: set) -> None:
     """Give each fused node 1-D scale and bias (LayerNormalization's shape for axis=-1).
 
     tf2onnx stores them as ``[1, 1, size]`` and shares equal ones between
@@ -159,10 +148,10 @@ def _flatten_parameters(graph: onnx.GraphProto, index: _Index, fused: dict, gone
     for node in fused.values():
         for position in (1, 2):
             name = node.input[position]
-            init = index.inits[name]
+            init = index.initializers[name]
             if len(init.dims) == 1:
                 continue
-            if all(id(r) in gone for r in index.readers.get(name, [])):
+            if all(id(r) in gone for r in index.consumers(name)):
                 init.dims[:] = [init.dims[-1]]
                 continue
             if name not in copies:
@@ -178,7 +167,7 @@ def fuse_layer_norms(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     if main_opset(model) < LAYER_NORM_OPSET or not any(n.op_type == "GlobalAveragePool" for n in graph.node):
         return model, 0
     ranks = _ranks(_without_weights(model))
-    index = _Index(graph)
+    index = GraphIndex(graph)
     fused: dict[int, onnx.NodeProto] = {}  # id of each match's final node -> its replacement
     gone: set[int] = set()
     for node in graph.node:
