@@ -148,15 +148,11 @@ def _check_structure(proto: onnx.ModelProto, path: Path) -> None:
 
 
 def _first_non_utf8_text(proto: onnx.ModelProto) -> str | None:
-    """Where the first proto2 ``string`` field holding non-UTF-8 bytes is (names, dims, domains...).
+    """Where the first proto2 ``string`` field holding non-UTF-8 bytes is (names, dims, domains...),
+    over every message (subgraphs nest): protobuf hands it to Python as ``bytes``, which onnxruntime's
+    binding later fails to decode (``UnicodeDecodeError`` from ``get_inputs()``, or a print)."""
+    from google.protobuf.descriptor import FieldDescriptor as Field
 
-    An explicit work list over every message (subgraphs nest): protobuf hands such
-    a field to Python as ``bytes``, which onnxruntime's binding later fails to decode
-    (a ``UnicodeDecodeError`` from ``get_inputs()``, or a print while creating the session).
-    """
-    from google.protobuf.descriptor import FieldDescriptor
-
-    string, message = FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE
     pending = [(proto, "model")]
     while pending:
         item, where = pending.pop()
@@ -168,11 +164,11 @@ def _first_non_utf8_text(proto: onnx.ModelProto) -> str | None:
         for field, value in fields:
             repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
             values = value if repeated else [value]
-            if field.type == string:
+            if field.type == Field.TYPE_STRING:
                 bad = next((v for v in values if isinstance(v, bytes)), None)
                 if bad is not None:
                     return f"{where}.{field.name} = {bad[:40]!r}"
-            elif field.type == message:
+            elif field.type == Field.TYPE_MESSAGE:
                 pending.extend((v, f"{where}.{field.name}") for v in values)
     return None
 
