@@ -117,9 +117,8 @@ def to_int4(model: onnx.ModelProto, *, block_size: int, symmetric: bool,
             rounding: str = "rtn") -> tuple[onnx.ModelProto, list[str]]:
     """Store ``model``'s weights (ties folded and recorded) as 4-bit blocks, in place (a pass, :mod:`.passes`).
 
-    Called by :func:`.quantize.to_precision`, which validates the options and
-    first stores rank-3+ weights as 2-D views (:mod:`.int4_views`). ``rounding``: ``"rtn"``
-    (onnxruntime's kernel) or ``"search"`` (per-block scale search, :mod:`.int4_search`).
+    Called by :func:`.quantize.to_precision`, which validates the options and first stores rank-3+ weights
+    as 2-D views (:mod:`.int4_views`). ``rounding``: ``"rtn"`` (onnxruntime's) or ``"search"`` (:mod:`.int4_search`).
 
     Returns:
         ``(model, sources)``: the model and the float initializers now stored in 4 bits.
