@@ -52,9 +52,10 @@ def accuracy_level(level: int):
 VARIANTS = [
     ("fp32", "fp32", {}),
     ("fp16", "fp16", {}),
-    ("int8 per-tensor (default)", "int8", {}),
+    ("int8 default", "int8", {}),  # what export/quantize choose: per channel for the LM, per tensor for the AE
+    ("int8 per-tensor", "int8", {"per_channel": False}),
     ("int8 per-channel", "int8", {"per_channel": True}),
-    ("int8 full-range", "int8", {"reduce_range": False}),
+    ("int8 full-range", "int8", {"per_channel": False, "reduce_range": False}),
     ("int8 per-channel full-range", "int8", {"per_channel": True, "reduce_range": False}),
     *[(f"int4 b{b} {'sym' if s else 'asym'}", "int4", {"block_size": b, "symmetric": s})
       for s in (False, True) for b in (16, 32, 64, 128)],

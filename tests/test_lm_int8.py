@@ -264,3 +264,31 @@ def test_load_warns_when_full_range_int8_meets_a_cpu_without_vnni(tmp_path, monk
     with caplog.at_level("WARNING", logger="tiedonnx.runtime.session"):
         load(path, providers="cpu")
     assert ("full-range int8 weights" in caplog.text) == warned
+
+
+def _stored_scale(q: onnx.ModelProto) -> np.ndarray:
+    (tie,) = read_ties(q)
+    return numpy_helper.to_array(next(i for i in q.graph.initializer if i.name == tie.scale))
+
+
+def test_int8_defaults_to_one_scale_per_channel_for_a_language_model():
+    """A tie read by a lookup: per channel unless asked otherwise (README 'Quantization quality': 98.7% vs
+    96.7% same top token on the trained LM)."""
+    table = _table()
+    assert _stored_scale(to_precision(_lm_graph(table), "int8")).size == VOCAB
+    assert _stored_scale(to_precision(_lm_graph(table), "int8", per_channel=False)).size == 1
+
+
+def test_int8_stays_per_tensor_without_a_lookup_or_with_stacked_expert_weights():
+    table = _table()
+    no_lookup = _lm_graph(table)
+    lookup = next(n for n in no_lookup.graph.node if n.op_type == "Gather")
+    lookup.op_type, lookup.input[:] = "Identity", ["x"]  # embedded = x: the tie is read by the projection only
+    del lookup.attribute[:]
+    assert _stored_scale(to_precision(no_lookup, "int8")).size == 1
+    experts = _lm_graph(table)  # plus a MatMul over a stacked [2, HIDDEN, HIDDEN] kernel, as a MoE layer has
+    stacked = np.ones((2, HIDDEN, HIDDEN), np.float32)
+    experts.graph.initializer.append(numpy_helper.from_array(stacked, "experts"))
+    experts.graph.node.append(helper.make_node("MatMul", ["x", "experts"], ["routed"], name="moe"))
+    experts.graph.output.append(helper.make_tensor_value_info("routed", TensorProto.FLOAT, [2, "n", HIDDEN]))
+    assert _stored_scale(to_precision(experts, "int8")).size == 1

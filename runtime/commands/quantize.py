@@ -14,7 +14,8 @@ def add_int8_arguments(parser: argparse.ArgumentParser) -> None:
     """``--per-channel`` and ``--reduce-range``, shared with ``tiedonnx export``."""
     parser.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None,
                         help="int8 only: one weight scale per output channel "
-                             "(default: one per tensor)")
+                             "(default: per channel for a language model, whose tie is read by a "
+                             "lookup; one per tensor otherwise; --no-per-channel for one per tensor)")
     parser.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
                         help="int8 only: 7-bit weights, safe on every CPU (default); "
                              "--no-reduce-range: full 8-bit weights, more accurate, for CPUs "

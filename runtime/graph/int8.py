@@ -105,6 +105,12 @@ def to_int8(model: onnx.ModelProto, *, per_channel: bool, reduce_range: bool,
     return quantized, new_ties
 
 
+def stacked_weights(graph: onnx.GraphProto) -> list[str]:
+    """``MatMul`` nodes whose weight (an initializer) has rank 3 or more, without logging."""
+    ranks = {i.name: len(i.dims) for i in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and ranks.get(n.input[1], 2) > 2]
+
+
 def stacked_weight_matmuls(graph: onnx.GraphProto) -> list[str]:
     """``MatMul`` nodes whose weight has rank 3 or more: left float32 by per-channel int8 (logged once).
 
@@ -113,8 +119,7 @@ def stacked_weight_matmuls(graph: onnx.GraphProto) -> list[str]:
     such a weight per-channel zero points of shape ``[out]``, which onnxruntime's
     ``MatMulInteger`` refuses ("b zero point is not valid", onnxruntime 1.32).
     """
-    ranks = {i.name: len(i.dims) for i in graph.initializer}
-    names = [n.name for n in graph.node if n.op_type == "MatMul" and ranks.get(n.input[1], 2) > 2]
+    names = stacked_weights(graph)
     if names:
         logger.info("int8 per-channel: %d MatMul(s) with stacked weights of rank 3+ (mixture-of-experts "
                     "experts) stay float32; onnxruntime's MatMulInteger takes per-channel zero points "

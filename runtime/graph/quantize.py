@@ -31,8 +31,9 @@ Uses that onnxruntime cannot run as integer kernels (a ``ConvTranspose`` tied
 to a ``Conv``) read ``DequantizeLinear`` of the same int8 tensor: still one
 copy in the file, computed in fp32 (logged).
 
-Per-tensor is the default; see ``DEFAULT_PER_CHANNEL`` and ``REDUCE_RANGE``
-for the measured reasons.
+Per-tensor is the default, per-channel for language models (a tie read by a
+lookup); see :func:`default_per_channel` and ``REDUCE_RANGE`` for the measured
+reasons.
 
 The int8 steps are in :mod:`.int8`; ``"int4"`` (4-bit block-wise weights, one tensor per tie) is
 in :mod:`.int4`. The passes of each precision, in order, are :data:`PRECISION_PASSES`.
@@ -59,24 +60,28 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["PRECISIONS", "PRECISION_KEY", "PRECISION_PASSES", "DEFAULT_PER_CHANNEL", "FULL_RANGE_KEY", "REDUCE_RANGE",
            "PrecisionOptions", "QuantizeReport", "apply_precision",
-           "check_precision_options",
+           "check_precision_options", "default_per_channel",
            "quantize_file", "read_precision", "ties_in_graph", "to_precision"]
 
 
-# Per-tensor by default. Measured on the 784-256 sigmoid AE trained 5 epochs
-# on scikit-learn digits (upscaled to 28x28), 297 held-out images, vs Keras
-# fp32: per-tensor max abs 0.023, per-channel 0.015; reconstruction MSE within
-# 0.05% of fp32's for both. Reconstruction is the same, so the simpler graph
-# wins: per-channel costs an extra activation-side Mul per transposed use and
-# 2 KiB of scales. The tiny KerasHub LMs (scripts/bench_tiny_lms.py: logits max
-# abs vs Keras over batch 1/3/64 x length 1/7/33, next-token agreement) say the
-# same: per-tensor / per-channel GPT-2 0.0029 / 0.0023 (agreement 0.950 both),
-# Qwen and Llama-tied 0.0043 / 0.0029 (1.000 both), Gemma 0.14 / 0.13 against
-# its bound of 0.077 (0.947 / 0.926): per-channel does not rescue Gemma. Its
-# error comes from the 7-bit weights (REDUCE_RANGE): with full-range weights (on
-# an AVX512-VNNI EPYC, where they do not saturate) per-channel Gemma measured
-# 0.060, per-tensor 0.087.
-DEFAULT_PER_CHANNEL = False
+# Per-tensor for most models, per-channel for language models (default_per_channel).
+# The autoencoder: on the 784-256 sigmoid AE trained 5 epochs on scikit-learn
+# digits (upscaled to 28x28), 297 held-out images, vs Keras fp32: per-tensor
+# max abs 0.023, per-channel 0.015; reconstruction MSE within 0.05% of fp32's
+# for both. Reconstruction is the same, so the simpler graph wins there:
+# per-channel costs an extra activation-side Mul per transposed use and 2 KiB
+# of scales. Language models are another matter once trained: on the committed
+# Shakespeare LM (assets/tiny_lm, scripts/bench_quality.py, 16,384 held-out
+# tokens) per-tensor int8 keeps the perplexity (ratio 0.9996) but picks Keras'
+# top token only 96.72% of the time, mean KL 0.00039; per-channel 98.69%, KL
+# 0.00009, at +1% bytes. The tiny random-weight KerasHub LMs
+# (scripts/bench_tiny_lms.py) agree in direction: logits max abs per-tensor /
+# per-channel GPT-2 0.0029 / 0.0023, Qwen and Llama-tied 0.0043 / 0.0029;
+# Gemma 0.14 / 0.13 against its bound of 0.077 (per-channel does not rescue
+# Gemma: its error comes from the 7-bit weights, REDUCE_RANGE). A model whose
+# MatMuls read stacked 3-D weights (mixture-of-experts experts) stays
+# per-tensor: per-channel leaves those experts float32 (int8.stacked_weight_matmuls).
+DEFAULT_PER_CHANNEL = False  # the default where default_per_channel() does not choose per-channel
 
 # 7-bit weight magnitudes in int8 storage. On x86 CPUs without VNNI (AVX2
 # only), onnxruntime's u8s8 kernels sum pairs of uint8 x int8 products in
@@ -137,7 +142,8 @@ def to_precision(model: onnx.ModelProto, precision: str, *, per_channel: bool | 
             int8, activations quantized at run time) or ``"int4"`` (weights
             4-bit in blocks, see :mod:`.int4`).
         per_channel: int8 only; per-channel weight scales instead of one per
-            tensor. ``None`` takes :data:`DEFAULT_PER_CHANNEL`.
+            tensor. ``None``: :func:`default_per_channel` (per channel for a
+            language model, per tensor otherwise).
         reduce_range: int8 only; 7-bit weight magnitudes, safe on every CPU
             (``None``: True). False gives full 8-bit weights, more accurate,
             for CPUs with VNNI or ARM only (see :data:`REDUCE_RANGE`).
@@ -202,7 +208,7 @@ def apply_precision(tied: onnx.ModelProto, precision: str, *, per_channel: bool 
     from .int4 import DEFAULT_SYMMETRIC
 
     options = PrecisionOptions(
-        per_channel=DEFAULT_PER_CHANNEL if per_channel is None else per_channel,
+        per_channel=default_per_channel(tied, ties) if per_channel is None else per_channel,
         reduce_range=REDUCE_RANGE if reduce_range is None else reduce_range,
         block_size=DEFAULT_BLOCK_SIZE if block_size is None else block_size,
         symmetric=DEFAULT_SYMMETRIC if symmetric is None else symmetric,
@@ -213,6 +219,25 @@ def apply_precision(tied: onnx.ModelProto, precision: str, *, per_channel: bool 
     out, _ = run_passes(tied, passes, options, pipeline=precision)
     write_metadata(out, {PRECISION_KEY: precision})
     return out
+
+
+def default_per_channel(model: onnx.ModelProto, ties: list[TieRecord]) -> bool:
+    """int8 scales when none were asked for: per channel for a language model, else per tensor.
+
+    A language model is a graph whose tie is read by a lookup (``Gather``: the
+    token embedding tied to the output projection) and whose ``MatMul`` weights
+    are all 2-D (per-channel int8 leaves stacked mixture-of-experts kernels in
+    float32). The measurements behind it are at :data:`DEFAULT_PER_CHANNEL`.
+    """
+    from .int8 import stacked_weights
+
+    tied = {t.initializer for t in ties}
+    looked_up = any(n.op_type == "Gather" and n.input and n.input[0] in tied for n in model.graph.node)
+    if not looked_up or stacked_weights(model.graph):
+        return DEFAULT_PER_CHANNEL
+    logger.info("int8: one scale per output channel (a language model: its tie is read by a lookup); "
+                "per_channel=False (CLI: --no-per-channel) for one scale per tensor")
+    return True
 
 
 @dataclass(frozen=True)
