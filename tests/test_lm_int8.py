@@ -292,3 +292,57 @@ def test_int8_stays_per_tensor_without_a_lookup_or_with_stacked_expert_weights()
     experts.graph.node.append(helper.make_node("MatMul", ["x", "experts"], ["routed"], name="moe"))
     experts.graph.output.append(helper.make_tensor_value_info("routed", TensorProto.FLOAT, [2, "n", HIDDEN]))
     assert _stored_scale(to_precision(experts, "int8")).size == 1
+
+
+# --- the lookup reads the stored int8 tie on axis 1 (runtime/graph/lookup_axis.py) -----------------
+
+
+def _lookup_reads(q: onnx.ModelProto, stored: str) -> list[onnx.NodeProto]:
+    return [n for n in q.graph.node if n.op_type == "Gather" and n.input[0] == stored]
+
+
+@pytest.mark.parametrize("per_channel", [True, False], ids=["per_channel", "per_tensor"])
+def test_int8_lookup_gathers_columns_of_the_stored_tie_no_transposed_copy(per_channel):
+    """The int8 tie is stored as the projection's [HIDDEN, VOCAB]; the lookup must read it directly
+    (a Transpose of it is folded by onnxruntime into a second copy at session start)."""
+    table = _table()
+    model = _lm_graph(table)
+    q = to_precision(model, "int8", per_channel=per_channel)
+    (tie,) = read_ties(q)
+    stored = next(i for i in q.graph.initializer if i.name == tie.initializer)
+    assert list(stored.dims) == [HIDDEN, VOCAB]
+    transposes = [n for n in q.graph.node if n.op_type == "Transpose" and n.input[0] == tie.initializer]
+    assert transposes == []
+    (gather,) = _lookup_reads(q, tie.initializer)
+    assert [a.i for a in gather.attribute if a.name == "axis"] == [1]
+    assert inspect_model(q).ties_ok
+    # Same rows as the float table, to int8 rounding: computed here from the table, not from the file.
+    ids = np.array([0, 3, VOCAB - 1, 3], np.int64)
+    x = np.zeros((4, HIDDEN), np.float32)
+    sess = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"])
+    embedded, logits = sess.run(["embedded", "logits"], {"ids": ids, "x": x})
+    assert embedded.shape == (4, HIDDEN)
+    step = np.abs(table).max() / 64  # one 7-bit step of the coarsest scale: a wrong row is off by far more
+    assert np.abs(embedded - table[ids]).max() <= step
+    assert np.abs(logits - table[ids] @ table.T).max() <= 0.05
+
+
+def test_lookup_axis_pass_keeps_ids_of_any_rank_and_refuses_unknown_ranks():
+    from tiedonnx.runtime.graph.lookup_axis import gather_transposed_columns
+
+    w = np.arange(12, dtype=np.float32).reshape(3, 4)  # stored [3, 4]; the lookup wants rows of w.T [4, 3]
+    for ids_shape, known in (([2, 5], True), (None, False)):
+        graph = helper.make_graph(
+            [helper.make_node("Transpose", ["W"], ["WT"], perm=[1, 0]), helper.make_node("Gather", ["WT", "ids"], ["rows"])],
+            "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ids_shape)],
+            [helper.make_tensor_value_info("rows", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "W")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        out, count = gather_transposed_columns(model)
+        assert count == (1 if known else 0)
+        assert any(n.op_type == "Transpose" and n.input[0] == "W" for n in out.graph.node) is not known
+        if known:
+            ids = np.array([[0, 1, 2, 3, 0], [3, 3, 2, 1, 0]], np.int64)
+            got = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+                None, {"ids": ids})[0]
+            assert np.array_equal(got, w.T[ids])

@@ -24,8 +24,9 @@ __all__ = ["InspectReport", "copied_bytes", "copied_uses", "dtype_name", "inspec
            "tensor_nbytes", "untied_bytes"]
 
 # Ops through which a use still reads the one stored tensor (no second copy in the file).
-# DequantizeNBits is the int4 read of a packed tensor (int4_blocks.dequantize_function).
-_PASS_THROUGH = {"Cast", "DequantizeLinear", "Transpose", "Identity", "Reshape",
+# DequantizeNBits is the int4 read of a packed tensor (int4_blocks.dequantize_function); Gather a lookup of
+# the stored rows or columns (lookup_axis: an int8 tie gathered on axis 1).
+_PASS_THROUGH = {"Cast", "DequantizeLinear", "Transpose", "Identity", "Reshape", "Gather",
                  "GatherBlockQuantized", "Squeeze", "Unsqueeze", "DequantizeNBits"}
 # Uses that a plain exporter would have stored as a copy of their own.
 _COPY_RELATIONS = {"transpose", "identity", "dequantize"}

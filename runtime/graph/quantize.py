@@ -262,6 +262,12 @@ def _int8_pass(model: onnx.ModelProto, options: PrecisionOptions):
     return to_int8(model, per_channel=options.per_channel, reduce_range=options.reduce_range)
 
 
+def _lookup_axis_pass(model: onnx.ModelProto, options: PrecisionOptions):
+    from .lookup_axis import gather_transposed_columns
+
+    return gather_transposed_columns(model)
+
+
 def _int4_views_pass(model: onnx.ModelProto, options: PrecisionOptions):
     from .int4_views import flatten_weight_reshapes
 
@@ -291,7 +297,9 @@ PRECISION_PASSES: dict[str, tuple[GraphPass, ...]] = {
     "fp32": (),
     "fp16": (GraphPass("fp16", _fp16_pass, "after retie: a tie is one float32 initializer, cast once"),),
     "int8": (GraphPass("int8", _int8_pass, "after retie: ties_in_graph's record says which uses to re-tie "
-                       "after quantize_dynamic"),),
+                       "after quantize_dynamic"),
+             GraphPass("lookup_axis", _lookup_axis_pass, "after int8: the lookup reads the Transpose that "
+                       "re-tying put over the int8 tie stored in the projection's layout")),
     "int4": (GraphPass("int4_views", _int4_views_pass, "before int4: a rank-3+ weight must be a 2-D view "
                        "for MatMulNBits; ties are left alone (the record must be complete, so after retie)"),
              GraphPass("int4", _int4_pass, "after int4_views: quantizes the 2-D weights it made")),
