@@ -16,10 +16,10 @@ def add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
-def add_file_to_file(parser: argparse.ArgumentParser, *, dest: str, help: str, output_metavar: str,
+def add_file_to_file(parser: argparse.ArgumentParser, *, dest: str, input_help: str, output_metavar: str,
                      output_help: str) -> None:
     """A model-to-model command's arguments: ``IN.onnx``, ``-o OUT`` (required), ``--force``, ``--json``."""
-    parser.add_argument(dest, metavar="IN.onnx", help=help)
+    parser.add_argument(dest, metavar="IN.onnx", help=input_help)
     parser.add_argument("-o", "--output", required=True, metavar=output_metavar, help=output_help)
     add_force(parser)
     add_json(parser)

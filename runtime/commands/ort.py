@@ -10,7 +10,8 @@ HELP = "Write an ORT-format (.ort) file for ORT Mobile and minimal builds, one c
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    _flags.add_file_to_file(parser, dest="input", help="the model (fp32, fp16 or int8)", output_metavar="OUT.ort",
+    _flags.add_file_to_file(parser, dest="input", input_help="the model (fp32, fp16 or int8)",
+                            output_metavar="OUT.ort",
                             output_help="the file to write; the required-operators config is written beside it")
 
 

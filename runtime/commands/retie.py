@@ -10,7 +10,7 @@ HELP = "Fold duplicated and transposed initializers of any ONNX file into one pe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    _flags.add_file_to_file(parser, dest="model", help="the .onnx file to read", output_metavar="OUT.onnx",
+    _flags.add_file_to_file(parser, dest="model", input_help="the .onnx file to read", output_metavar="OUT.onnx",
                             output_help="the .onnx file to write")
 
 
