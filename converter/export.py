@@ -176,9 +176,8 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
         opset: ONNX opset (default :data:`DEFAULT_OPSET`).
         verify: compare Keras and onnxruntime outputs at ``batch_sizes`` before writing.
         precision: "fp32", "fp16", "int8" or "int4" weights.
-        block_size, symmetric: int4 only; per_channel, reduce_range: int8
-            only; short_names: short internal tensor names (default: int4
-            only). See :func:`tiedonnx.runtime.graph.quantize.to_precision`.
+        block_size, symmetric: int4 only; per_channel, reduce_range: int8 only; short_names: short
+            internal tensor names (default: int4 only). See :func:`tiedonnx.runtime.graph.quantize.to_precision`.
         force: overwrite an existing file.
         ort: also write an ORT-format copy (``path`` with suffix ``.ort``).
         unsafe: when ``model`` is a path, allow code stored in the file to run.
@@ -193,8 +192,7 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
             of :mod:`tiedonnx.runtime.graph.passes`) run after retie and the shape fold,
             before the tie record and any precision change (the generation export folds
             its cache stacks); see :data:`~tiedonnx.converter.export_passes.EXPORT_PASSES`.
-        on_step: called with a short message as each step starts (the CLI
-            prints it; default: an info log).
+        on_step: called with a short message as each step starts (the CLI prints it; default: an info log).
 
     Returns:
         An :class:`ExportReport`.
@@ -210,12 +208,27 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
         >>> report.bytes, report.untied_bytes  # doctest: +SKIP
         (803810, 1606318)
     """
-    options = dict(block_size=block_size, symmetric=symmetric, per_channel=per_channel,
-                   reduce_range=reduce_range)
+    options = dict(block_size=block_size, symmetric=symmetric, per_channel=per_channel, reduce_range=reduce_range)
     path, ort_path = _check_before_work(path, opset=opset, precision=precision, options=options,
                                         short_names=short_names, force=force, ort=ort, input_spec=input_spec)
-    step = on_step or (lambda message: logger.info("%s", message))
-    start = time.perf_counter()
+    step, start = on_step or (lambda message: logger.info("%s", message)), time.perf_counter()
+    keras_model, ties, plain, convert_seconds = _load_and_convert(
+        model, step, start, unsafe=unsafe, import_modules=import_modules, precision=precision, opset=opset,
+        input_spec=input_spec)
+    proto, retie_report = _store_ties_once(keras_model, ties, plain, step, opset=opset, precision=precision,
+                                           options=options, short_names=short_names, graph_passes=graph_passes)
+    parity = _check_parity(keras_model, proto, step, batch_sizes, precision, input_spec) if verify else None
+    saved = _write_outputs(proto, path, ort_path, step, force=force, external_threshold=external_threshold)
+    return _report(path, ort_path, saved, proto, retie_report, parity, opset=opset, precision=precision,
+                   convert_seconds=convert_seconds, start=start)
+
+
+def _load_and_convert(model, step, start: float, *, unsafe: bool, import_modules, precision: str, opset: int,
+                      input_spec):
+    """Load and check the Keras model, find its ties and convert it with tf2onnx.
+
+    Returns the Keras model, its ties, tf2onnx's graph and the seconds since ``start``.
+    """
     if isinstance(model, (str, os.PathLike)):
         step(f"loading the Keras model {os.fspath(model)}")
     keras_model = _resolve_model(model, unsafe, import_modules)
@@ -225,7 +238,15 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
 
     step(f"converting with tf2onnx (opset {opset})")
     plain = keras_to_onnx(keras_model, opset=opset, input_spec=input_spec)
-    convert_seconds = time.perf_counter() - start
+    return keras_model, ties, plain, time.perf_counter() - start
+
+
+def _store_ties_once(keras_model, ties, plain, step, *, opset: int, precision: str, options: dict, short_names,
+                     graph_passes):
+    """Stamp the versions, run the export passes (retie first) and prove the invariants.
+
+    Returns the final graph and the retie pass's report.
+    """
     step(f"storing each tie once ({len(ties)} tied layer(s) found by Keras)")
     versions = _versions(opset)
     plain.producer_name, plain.producer_version = "tiedonnx", versions["tiedonnx"]
@@ -236,15 +257,20 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
         describe=lambda proto: describe_stored_ties(keras_model, proto, located),
         precision=precision, precision_options=options, short_names=short_names, on_step=step)
     proto, passes = run_export_passes(plain, pass_options, extra=graph_passes)
-    retie_report = passes[0].detail
     step("checking the graph (onnx.checker) and that no weight is stored twice")
     _prove_invariants(proto)
+    return proto, passes[0].detail
 
-    parity = None
-    if verify:  # over 2 GiB the large weights go to onnxruntime beside the graph (open_proto_session)
-        step(f"checking parity against Keras at batch sizes {list(batch_sizes)}")
-        parity = verify_parity(keras_model, proto, batch_sizes=batch_sizes, precision=precision,
-                               input_spec=input_spec)
+
+def _check_parity(keras_model, proto, step, batch_sizes, precision: str, input_spec) -> ParityReport:
+    """Compare Keras and onnxruntime outputs (raises ParityError before anything is written)."""
+    # over 2 GiB the large weights go to onnxruntime beside the graph (open_proto_session)
+    step(f"checking parity against Keras at batch sizes {list(batch_sizes)}")
+    return verify_parity(keras_model, proto, batch_sizes=batch_sizes, precision=precision, input_spec=input_spec)
+
+
+def _write_outputs(proto, path, ort_path, step, *, force: bool, external_threshold: int | None):
+    """Write the ``.onnx`` (and its external data when large), then the ``.ort`` copy if asked."""
     threshold = model_save.EXTERNAL_DATA_THRESHOLD if external_threshold is None else external_threshold
     step(f"writing {path}")
     saved = model_save.save_model(proto, path, force=force, threshold=threshold)
@@ -252,6 +278,12 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
         from tiedonnx.runtime.graph.ort_format import save_ort
 
         save_ort(proto, ort_path, force=force)
+    return saved
+
+
+def _report(path, ort_path, saved, proto, retie_report, parity, *, opset: int, precision: str,
+            convert_seconds: float, start: float) -> ExportReport:
+    """The :class:`ExportReport` of a finished export (logged at info)."""
     report = ExportReport(
         path=str(path), bytes=saved.total_bytes, untied_bytes=untied_bytes(proto, saved.total_bytes),
         plain_bytes=retie_report.bytes_before, opset=opset,

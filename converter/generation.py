@@ -60,11 +60,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,8 +70,9 @@ import numpy as np
 
 from tiedonnx.runtime.errors import ParityError, UsageError
 from tiedonnx.runtime.generation_folder import (
-    CONFIG_NAME, FORMAT_VERSION, MODEL_FILES, GenerationConfig, check_folder_target, kv_input_names,
-    kv_output_names)
+    CONFIG_NAME, FORMAT_VERSION, MODEL_FILES, GenerationConfig, kv_input_names, kv_output_names)
+
+from .generation_write import _staging_folder, _write_transformers_config
 
 logger = logging.getLogger(__name__)
 
@@ -294,27 +292,24 @@ def _resolve_lm(model, *, unsafe: bool, import_modules):
     return _resolve_model(model, unsafe, import_modules)
 
 
-@contextlib.contextmanager
-def _staging_folder(target: Path, *, force: bool):
-    """Build the folder beside ``target`` and publish it in one rename; a failure leaves ``target`` as it was."""
-    check_folder_target(target, force=force)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tiedonnx-", dir=target.parent))
-    try:
-        yield staging
-        old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / "was")
-        try:
-            os.replace(staging, target)
-        except OSError:
-            if old is not None:  # put the previous folder back
-                os.replace(old / "was", target)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+def _export_decoder(decoder, staging: Path, precision: str, precision_options: dict):
+    """Export the decoder to ``staging/onnx/`` with the generation passes (unverified: the folder checks steps).
+
+    Returns the file's path in the folder and the :class:`~tiedonnx.converter.export.ExportReport`.
+    """
+    from tiedonnx.runtime.graph.layer_norm import fuse_layer_norms
+    from tiedonnx.runtime.graph.shape_chains import simplify_shape_chains
+    from tiedonnx.runtime.graph.weight_views import fold_weight_views
+    from tiedonnx.runtime.graph.stack_pick import fold_stack_picks
+
+    from .export import export
+
+    model_file = f"onnx/{MODEL_FILES[precision]}"
+    (staging / "onnx").mkdir()
+    report = export(decoder, staging / model_file, opset=GENERATION_OPSET, precision=precision, verify=False,
+                    graph_passes=(fold_stack_picks, fuse_layer_norms, simplify_shape_chains, fold_weight_views),
+                    **precision_options)
+    return model_file, report
 
 
 def export_generation(model, folder: str | os.PathLike, *, precision: str = "fp32", max_length: int | None = None,
@@ -344,12 +339,6 @@ def export_generation(model, folder: str | os.PathLike, *, precision: str = "fp3
     """
     from tiedonnx.runtime.options import check_precision
 
-    from tiedonnx.runtime.graph.layer_norm import fuse_layer_norms
-    from tiedonnx.runtime.graph.shape_chains import simplify_shape_chains
-    from tiedonnx.runtime.graph.weight_views import fold_weight_views
-    from tiedonnx.runtime.graph.stack_pick import fold_stack_picks
-
-    from .export import export
     from .lm_tokenizer import write_tokenizer
 
     check_precision(precision)
@@ -364,12 +353,7 @@ def export_generation(model, folder: str | os.PathLike, *, precision: str = "fp3
         lm = _resolve_lm(model, unsafe=unsafe, import_modules=import_modules)
         shape = cache_shape(lm)
         decoder = decoder_model(lm, shape)
-        model_file = f"onnx/{MODEL_FILES[precision]}"
-        (staging / "onnx").mkdir()
-        report = export(decoder, staging / model_file, opset=GENERATION_OPSET, precision=precision, verify=False,
-                        graph_passes=(fold_stack_picks, fuse_layer_norms, simplify_shape_chains,
-                                      fold_weight_views),
-                        **precision_options)
+        model_file, report = _export_decoder(decoder, staging, precision, precision_options)
         special = write_tokenizer(lm, staging)
         config = generation_config(lm, shape=shape, max_length=max_length, model_file=model_file, precision=precision,
                                    special=special)
@@ -381,19 +365,3 @@ def export_generation(model, folder: str | os.PathLike, *, precision: str = "fp3
         folder=str(target), model_file=model_file, bytes=report.bytes, precision=precision, config=config,
         ties=report.ties, parity_max_abs=worst, tokenizer=config.tokenizer,
         total_seconds=time.perf_counter() - start)
-
-
-def _write_transformers_config(lm, config: GenerationConfig, folder: Path) -> None:
-    """config.json / generation_config.json for transformers.js (the GPT-2 family's keys)."""
-    if config.family != "GPT2":
-        return
-    backbone = lm.backbone
-    eos = config.eos_token_ids[0] if config.eos_token_ids else None
-    hf = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": config.vocabulary_size,
-          "n_layer": config.num_layers, "n_head": config.num_kv_heads,
-          "n_embd": config.num_kv_heads * config.head_dim, "n_positions": backbone.max_sequence_length,
-          "bos_token_id": config.bos_token_id, "eos_token_id": eos, "use_cache": True,
-          "tie_word_embeddings": True}
-    (folder / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
-    gen = {"bos_token_id": config.bos_token_id, "eos_token_id": eos, "max_length": config.max_length}
-    (folder / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")

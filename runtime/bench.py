@@ -205,6 +205,29 @@ class KerasReference(Protocol):
     def max_abs_diff(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> float: ...
 
 
+def _check_bench_options(batch_sizes: Sequence[int], rounds: int, sequence_length: int | None) -> None:
+    """Refuse empty or non-positive batch sizes, rounds and sequence length before the model loads."""
+    if not batch_sizes:
+        raise UsageError("batch_sizes is empty. Pass at least one positive integer, e.g. (1, 64).")
+    for batch in batch_sizes:
+        check_positive_int("batch_sizes[i]", batch)
+    check_positive_int("rounds", rounds)
+    if sequence_length is not None:
+        check_positive_int("sequence_length", sequence_length)
+
+
+def _timers(model, feeds: dict, batch: int, *, shapes, clean, keras: KerasReference | None, window_s: float,
+            seed: int) -> dict:
+    """One batch's contenders, name -> timer: tiedonnx, numpy (when FLOPs are counted), Keras (when given)."""
+    timers = {"tiedonnx": timed(lambda: model.run(feeds), min_time=window_s)}
+    if shapes:
+        timers["numpy"] = (clean.timer(shapes, batch, min_time=window_s, seed=seed) if clean
+                           else timed(numpy_sgemm_call(shapes, batch, seed=seed), min_time=window_s))
+    if keras is not None:
+        timers.update(keras.timers(feeds, min_time=window_s))
+    return timers
+
+
 def bench_model(path: str | os.PathLike, *, batch_sizes: Sequence[int] = (1, 64, 1024),
                 keras: KerasReference | None = None, providers="auto",
                 memory: str = "fast", threads: int | None = None,
@@ -233,13 +256,7 @@ def bench_model(path: str | os.PathLike, *, batch_sizes: Sequence[int] = (1, 64,
     from .model_file import read_model
     from .session import load
 
-    if not batch_sizes:
-        raise UsageError("batch_sizes is empty. Pass at least one positive integer, e.g. (1, 64).")
-    for batch in batch_sizes:
-        check_positive_int("batch_sizes[i]", batch)
-    check_positive_int("rounds", rounds)
-    if sequence_length is not None:
-        check_positive_int("sequence_length", sequence_length)
+    _check_bench_options(batch_sizes, rounds, sequence_length)
     model = load(path, providers=providers, memory=memory, threads=threads)
     from .graph.ort_format import is_ort_file
 
@@ -257,13 +274,8 @@ def bench_model(path: str | os.PathLike, *, batch_sizes: Sequence[int] = (1, 64,
         clean = stack.enter_context(CleanNumpy()) if keras is not None and shapes else None
         for batch in batch_sizes:
             feeds = synthetic_inputs(model.inputs, int(batch), rng, sequence_length)
-            timers = {"tiedonnx": timed(lambda: model.run(feeds), min_time=window_s)}
-            if shapes:
-                timers["numpy"] = (clean.timer(shapes, int(batch), min_time=window_s, seed=seed) if clean
-                                   else timed(numpy_sgemm_call(shapes, int(batch), seed=seed),
-                                              min_time=window_s))
-            if keras is not None:
-                timers.update(keras.timers(feeds, min_time=window_s))
+            timers = _timers(model, feeds, int(batch), shapes=shapes, clean=clean, keras=keras, window_s=window_s,
+                             seed=seed)
             measured = interleave(timers, rounds=rounds)
             report.rows.append(_row(int(batch), measured, flops_per_row))
             if keras is not None:

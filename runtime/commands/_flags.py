@@ -16,6 +16,15 @@ def add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+def add_file_to_file(parser: argparse.ArgumentParser, *, dest: str, input_help: str, output_metavar: str,
+                     output_help: str) -> None:
+    """A model-to-model command's arguments: ``IN.onnx``, ``-o OUT`` (required), ``--force``, ``--json``."""
+    parser.add_argument(dest, metavar="IN.onnx", help=input_help)
+    parser.add_argument("-o", "--output", required=True, metavar=output_metavar, help=output_help)
+    add_force(parser)
+    add_json(parser)
+
+
 def add_quiet(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="no step lines on stderr (--json implies it)")
@@ -31,6 +40,12 @@ def add_import_modules(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--import", dest="import_modules", action="append", default=[], metavar="PACKAGE",
                         help="import PACKAGE first so the Keras classes it registers (e.g. keras_hub) "
                              "load with safe mode on; repeatable (see SECURITY.md)")
+
+
+def add_keras_loading(parser: argparse.ArgumentParser) -> None:
+    """How a command that reads a .keras file loads it: ``--unsafe-load-code`` and ``--import``."""
+    add_unsafe_load_code(parser)
+    add_import_modules(parser)
 
 
 def add_provider(parser: argparse.ArgumentParser) -> None:

@@ -84,6 +84,23 @@ def check_onnx_file(path: str | os.PathLike) -> None:
     _check_path(Path(path), max_bytes=DEFAULT_MAX_BYTES)
 
 
+def check_ort(args) -> None:
+    """``tiedonnx ort``'s refusals: a Keras file as the input, then an output not named ``*.ort``."""
+    refuse_keras_for_onnx(args.input, command="ort")
+    if Path(args.output).suffix != ".ort":  # onnxruntime reads a file as ORT format by its suffix
+        raise UsageError(f"-o must name an .ort file: onnxruntime loads a file as ORT format by its "
+                         f".ort suffix. Received: {args.output!r}. Use e.g. "
+                         f"-o {Path(args.output).with_suffix('.ort')}")
+
+
+def before_tensorflow(check, args, *, what: str) -> None:
+    """``check(args)``, every refusal that needs no Keras, then the convert extra (``what`` needs it)."""
+    from ..extras import require
+
+    check(args)
+    require("convert", what=what)
+
+
 def check_export(args) -> None:
     """``tiedonnx export``'s refusals, in the order ``converter.export.export`` checks them."""
     from ..model_save import check_model_targets

@@ -40,17 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _flags.add_force(parser)
     _flags.add_json(parser)
     _flags.add_quiet(parser)
-    _flags.add_unsafe_load_code(parser)
-    _flags.add_import_modules(parser)
+    _flags.add_keras_loading(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..extras import require
-    from ._preflight import check_export
+    from ._preflight import before_tensorflow, check_export
     from ._progress import StepPrinter
 
-    check_export(args)  # every refusal that needs no Keras, before TensorFlow loads
-    require("convert", what="tiedonnx export")
+    before_tensorflow(check_export, args, what="tiedonnx export")  # before TensorFlow loads
     if args.task == "generate":
         return _run_generate(args)
     if args.max_length is not None:

@@ -10,24 +10,15 @@ HELP = "Write an ORT-format (.ort) file for ORT Mobile and minimal builds, one c
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", metavar="IN.onnx", help="the model (fp32, fp16 or int8)")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT.ort",
-                        help="the file to write; the required-operators config is written beside it")
-    _flags.add_force(parser)
-    _flags.add_json(parser)
+    _flags.add_file_to_file(parser, dest="input", input_help="the model (fp32, fp16 or int8)",
+                            output_metavar="OUT.ort",
+                            output_help="the file to write; the required-operators config is written beside it")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from ._preflight import check_ort
 
-    from ..errors import UsageError
-    from ._preflight import refuse_keras_for_onnx
-
-    refuse_keras_for_onnx(args.input, command="ort")  # before the heavier imports
-    if Path(args.output).suffix != ".ort":  # onnxruntime reads a file as ORT format by its suffix
-        raise UsageError(f"-o must name an .ort file: onnxruntime loads a file as ORT format by its "
-                         f".ort suffix. Received: {args.output!r}. Use e.g. "
-                         f"-o {Path(args.output).with_suffix('.ort')}")
+    check_ort(args)  # before the heavier imports
     from ..graph.ort_format import save_ort
 
     report = save_ort(args.input, args.output, force=args.force)

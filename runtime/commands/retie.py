@@ -10,11 +10,8 @@ HELP = "Fold duplicated and transposed initializers of any ONNX file into one pe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="IN.onnx", help="the .onnx file to read")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT.onnx",
-                        help="the .onnx file to write")
-    _flags.add_force(parser)
-    _flags.add_json(parser)
+    _flags.add_file_to_file(parser, dest="model", input_help="the .onnx file to read", output_metavar="OUT.onnx",
+                            output_help="the .onnx file to write")
 
 
 def run(args: argparse.Namespace) -> int:

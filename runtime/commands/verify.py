@@ -19,16 +19,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="selects the tolerance (default: the precision the file records)")
     _flags.add_json(parser)
-    _flags.add_unsafe_load_code(parser)
-    _flags.add_import_modules(parser)
+    _flags.add_keras_loading(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..extras import require
-    from ._preflight import check_verify
+    from ._preflight import before_tensorflow, check_verify
 
-    check_verify(args)  # every refusal that needs no Keras, before TensorFlow loads
-    require("convert", what="tiedonnx verify")
+    before_tensorflow(check_verify, args, what="tiedonnx verify")  # before TensorFlow loads
     from tiedonnx.converter.parity import verify_files
 
     report = verify_files(args.keras_model, args.onnx_model, input_path=args.input,

@@ -58,12 +58,8 @@ def run(args: argparse.Namespace) -> int:
     lines = [f"wrote {report.out_dir}/ ({len(report.written)} files, runtime={report.runtime})"]
     lines += [f"  input  {spec['name']}: {spec['dtype']} {spec['shape']}" for spec in model["inputs"]]
     lines += [f"  output {spec['name']}: {spec['dtype']} {spec['shape']}" for spec in model["outputs"]]
-    lines += [f"  download: {report.download_bytes:,} bytes ({report.download_gzip_bytes():,} gzipped): "
-              f"onnxruntime-web {report.runtime_bytes:,}, model {model['bytes']:,}, "
-              f"page {report.page_bytes:,}",
-              f"open: tiedonnx web --serve {report.out_dir}"]
-    emit(report.as_dict(), as_json=args.json, lines=lines)
-    return 0
+    return _emit_site(args, report, lines, f"onnxruntime-web {report.runtime_bytes:,}, model {model['bytes']:,}, "
+                                           f"page {report.page_bytes:,}")
 
 
 def _generation_site(args: argparse.Namespace) -> int:
@@ -74,10 +70,16 @@ def _generation_site(args: argparse.Namespace) -> int:
     model = report.models[0]
     data = sum(f["bytes"] for f in report.data_files)
     lines = [f"wrote {report.out_dir}/ ({len(report.written)} files, runtime={report.runtime}): text generation",
-             f"  decoder {model['file']} ({model['bytes']:,} bytes)",
-             f"  download: {report.download_bytes:,} bytes ({report.download_gzip_bytes():,} gzipped): "
-             f"runtime and tokenizer library {report.runtime_bytes:,}, decoder {model['bytes']:,}, "
-             f"tokenizer and config files {data:,}, page {report.page_bytes:,}",
+             f"  decoder {model['file']} ({model['bytes']:,} bytes)"]
+    return _emit_site(args, report, lines, f"runtime and tokenizer library {report.runtime_bytes:,}, decoder "
+                                           f"{model['bytes']:,}, tokenizer and config files {data:,}, "
+                                           f"page {report.page_bytes:,}")
+
+
+def _emit_site(args: argparse.Namespace, report, lines: list[str], parts: str) -> int:
+    """Print a written site's report: ``lines``, its download size (``parts`` itemizes it) and how to open it."""
+    lines = [*lines, f"  download: {report.download_bytes:,} bytes ({report.download_gzip_bytes():,} gzipped): "
+                     f"{parts}",
              f"open: tiedonnx web --serve {report.out_dir}"]
     emit(report.as_dict(), as_json=args.json, lines=lines)
     return 0

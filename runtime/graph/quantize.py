@@ -128,6 +128,14 @@ def check_precision_options(precision: str, *, per_channel: bool | None = None,
         raise UsageError(" ".join(problems))
 
 
+def _refuse_compounding(current: str, precision: str) -> None:
+    """A model already at a reduced precision converts only to itself (rounding twice loses accuracy)."""
+    if current not in ("fp32", precision):
+        raise UsageError(f"The model is already stored as {current}; converting {current} to "
+                         f"{precision} would compound rounding. Received: precision={precision!r}. "
+                         "Convert the fp32 export instead.")
+
+
 def to_precision(model: onnx.ModelProto, precision: str, *, per_channel: bool | None = None,
                  block_size: int | None = None, symmetric: bool | None = None,
                  short_names: bool | None = None, reduce_range: bool | None = None,
@@ -176,10 +184,7 @@ def to_precision(model: onnx.ModelProto, precision: str, *, per_channel: bool | 
                             symmetric=symmetric, reduce_range=reduce_range, short_names=short_names,
                             rounding=rounding, int8_ties=int8_ties)
     current = read_precision(model)
-    if current not in ("fp32", precision):
-        raise UsageError(f"The model is already stored as {current}; converting {current} to "
-                         f"{precision} would compound rounding. Received: precision={precision!r}. "
-                         "Convert the fp32 export instead.")
+    _refuse_compounding(current, precision)
     tied, _ = retie(model, measure=False)  # the pipeline's one copy: every pass after it edits this one
     if current == precision and precision != "fp32":
         ties = ties_in_graph(tied)

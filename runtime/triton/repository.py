@@ -85,20 +85,11 @@ class TritonRepositoryReport:
                 "outputs": [t.as_dict() for t in self.outputs]}
 
 
-def write_model_repository(
-    model_path: str | os.PathLike,
-    repo_dir: str | os.PathLike,
-    *,
-    name: str | None = None,
-    backend: str = "onnxruntime",
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-    instances: int = 1,
-    gpu: bool = False,
-    python_env: str | os.PathLike | None = None,
-    memory: str | None = None,
-    threads: int | None = None,
-    force: bool = False,
-) -> TritonRepositoryReport:
+def write_model_repository(model_path: str | os.PathLike, repo_dir: str | os.PathLike, *, name: str | None = None,
+                           backend: str = "onnxruntime", max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+                           instances: int = 1, gpu: bool = False, python_env: str | os.PathLike | None = None,
+                           memory: str | None = None, threads: int | None = None,
+                           force: bool = False) -> TritonRepositoryReport:
     """Write ``REPO_DIR/NAME/config.pbtxt`` and ``REPO_DIR/NAME/1/model.onnx`` (+ ``model.py``).
 
     Args:
@@ -146,12 +137,33 @@ def write_model_repository(
     model_path = Path(model_path)
     name = model_path.stem if name is None else name
     _check_name(name)
+    kind, model_dir = "KIND_GPU" if gpu else "KIND_CPU", Path(repo_dir) / name
+    rendered = _render_files(model_path, model_dir, name=name, backend=backend, max_batch_size=max_batch_size,
+                             instances=instances, kind=kind, python_env=python_env, memory=memory, threads=threads)
+    _publish(Path(repo_dir), model_dir, rendered.files, force=force)
+    return _report(rendered, name=name, repo_dir=repo_dir, backend=backend, model_dir=model_dir, kind=kind,
+                   instances=instances, max_batch_size=max_batch_size, threads=threads)
+
+
+@dataclass
+class _Rendered:
+    """The files :func:`write_model_repository` writes, in writing order, and what they were made from."""
+
+    files: dict[Path, bytes]
+    config: str
+    inputs: list[TritonTensor]
+    outputs: list[TritonTensor]
+    env: object | None
+    memory: str | None
+
+
+def _render_files(model_path: Path, model_dir: Path, *, name: str, backend: str, max_batch_size: int,
+                  instances: int, kind: str, python_env, memory: str | None, threads: int | None) -> _Rendered:
+    """Read and check the model, then render every file in memory (nothing is written here)."""
     proto = _read_checked(model_path)
     inputs, outputs = read_signature(proto, model_path, max_batch_size=max_batch_size,
                                      backend=backend)
     data = model_path.read_bytes()  # copied as it is, byte for byte
-    kind = "KIND_GPU" if gpu else "KIND_CPU"
-    model_dir = Path(repo_dir) / name
     files = {model_dir / VERSION / MODEL_FILENAME: data}
     env = None
     parameters: dict[str, str] = {}
@@ -168,7 +180,12 @@ def write_model_repository(
         default_model_filename=MODEL_FILENAME if backend == "onnxruntime" else None)
     # Last: Triton loads a model once config.pbtxt is there.
     files[model_dir / CONFIG_FILENAME] = config.encode("utf-8")
-    _check_targets(Path(repo_dir), model_dir, list(files), force=force)
+    return _Rendered(files, config, inputs, outputs, env, memory)
+
+
+def _publish(repo_dir: Path, model_dir: Path, files: dict[Path, bytes], *, force: bool) -> None:
+    """Check every target, create the version folder, then write each file atomically, in order."""
+    _check_targets(repo_dir, model_dir, list(files), force=force)
     try:
         (model_dir / VERSION).mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a read-only or full repository folder: a user's problem, one line
@@ -176,6 +193,12 @@ def write_model_repository(
                                "Choose a writable repository folder.") from None
     for path, content in files.items():
         write_bytes_atomic(path, content, force=force)
+
+
+def _report(rendered: _Rendered, *, name: str, repo_dir, backend: str, model_dir: Path, kind: str,
+            instances: int, max_batch_size: int, threads: int | None) -> TritonRepositoryReport:
+    """Log the written model and describe it."""
+    files, env = rendered.files, rendered.env
     logger.info("wrote Triton model %r (%s backend) to %s (%s x%d, max_batch_size=%d)",
                 name, backend, model_dir, kind, instances, max_batch_size)
     return TritonRepositoryReport(
@@ -183,9 +206,9 @@ def write_model_repository(
         config_path=str(model_dir / CONFIG_FILENAME),
         model_path=str(model_dir / VERSION / MODEL_FILENAME),
         files=tuple(str(p) for p in files), max_batch_size=max_batch_size,
-        instances=instances, kind=kind, inputs=tuple(inputs), outputs=tuple(outputs),
-        config=config, execution_env=env.execution_env_path if env else None,
-        memory=memory, threads=threads, python_version=env.python_version if env else None)
+        instances=instances, kind=kind, inputs=tuple(rendered.inputs), outputs=tuple(rendered.outputs),
+        config=rendered.config, execution_env=env.execution_env_path if env else None,
+        memory=rendered.memory, threads=threads, python_version=env.python_version if env else None)
 
 
 def _check_options(*, backend, max_batch_size, instances, python_env, memory, threads) -> None:

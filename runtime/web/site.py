@@ -42,7 +42,10 @@ TOKENIZERS_FOLDER = "tokenizers"
 _PAGE_ASSETS = {"model": ("page.mjs",), "demo": ("demo.mjs",),
                 "generate": ("generate.mjs", "generate-page.mjs")}
 _COMMON_ASSETS = ("tiedonnx.mjs", "report-errors.js", "style.css")
-_TEMPLATES = {"model": "index.html", "demo": "demo.html", "generate": "generate.html"}
+#: Each page's index.html is assets/page.html filled in: its title, heading, ``<main>`` content and script.
+_PAGES = {"model": ("tiedonnx", "in the browser", "model-main.html", "page.mjs"),
+          "demo": ("tiedonnx digits", "digits, in the browser", "demo-main.html", "demo.mjs"),
+          "generate": ("tiedonnx", "text generation, in the browser", "generate-main.html", "generate-page.mjs")}
 
 
 @dataclass
@@ -283,13 +286,22 @@ def _page_files(page: str, site: dict, files: list, libs: list = ()) -> dict[str
     # "</" inside a <script> element would end it early; JSON allows "<\/".
     importmap = json.dumps(ort_web.import_map(files, libs), indent=2).replace("</", "<\\/")
     title = " | ".join(m["label"] for m in site["models"])
-    template = assets.joinpath(_TEMPLATES[page]).read_text(encoding="utf-8")
+    template = _page_template(assets, page)
     index = template.replace("__IMPORT_MAP__", importmap).replace("__TITLE__", html.escape(title))
     out = {"index.html": index.encode("utf-8"),
            "site.json": json.dumps(site, indent=2).encode("utf-8")}
     for name in (*_COMMON_ASSETS, *_PAGE_ASSETS[page]):
         out[name] = assets.joinpath(name).read_bytes()
     return out
+
+
+def _page_template(assets, page: str) -> str:
+    """``page``'s index.html before the import map and title go in: the shared page.html around its content."""
+    page_title, heading, main, script = _PAGES[page]
+    shell = assets.joinpath("page.html").read_text(encoding="utf-8")
+    content = assets.joinpath(main).read_text(encoding="utf-8").rstrip("\n")
+    return (shell.replace("__PAGE_TITLE__", page_title).replace("__HEADING__", heading)
+            .replace("__SCRIPT__", script).replace("__MAIN__", content))
 
 
 @functools.lru_cache(maxsize=32)

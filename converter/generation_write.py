@@ -1,0 +1,53 @@
+"""Writing a generation folder (:mod:`.generation`): staged beside the target and
+published in one rename, and the transformers.js configs of the GPT-2 family.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from tiedonnx.runtime.generation_folder import GenerationConfig, check_folder_target
+
+
+@contextlib.contextmanager
+def _staging_folder(target: Path, *, force: bool):
+    """Build the folder beside ``target`` and publish it in one rename; a failure leaves ``target`` as it was."""
+    check_folder_target(target, force=force)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tiedonnx-", dir=target.parent))
+    try:
+        yield staging
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old / "was")
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if old is not None:  # put the previous folder back
+                os.replace(old / "was", target)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_transformers_config(lm, config: GenerationConfig, folder: Path) -> None:
+    """config.json / generation_config.json for transformers.js (the GPT-2 family's keys)."""
+    if config.family != "GPT2":
+        return
+    backbone = lm.backbone
+    eos = config.eos_token_ids[0] if config.eos_token_ids else None
+    hf = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": config.vocabulary_size,
+          "n_layer": config.num_layers, "n_head": config.num_kv_heads,
+          "n_embd": config.num_kv_heads * config.head_dim, "n_positions": backbone.max_sequence_length,
+          "bos_token_id": config.bos_token_id, "eos_token_id": eos, "use_cache": True,
+          "tie_word_embeddings": True}
+    (folder / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+    gen = {"bos_token_id": config.bos_token_id, "eos_token_id": eos, "max_length": config.max_length}
+    (folder / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
