@@ -158,14 +158,15 @@ def test_a_transpose_without_perm_is_folded_as_the_reversed_axes():
 # ------------------------------------------------------------------ stack picks
 
 
-def _stack_then_slice(starts, ends, axes, squeeze_axis) -> onnx.ModelProto:
-    """y = Squeeze(Slice(stack([a, b, c], axis=1), starts, ends, axes), squeeze_axis); a, b, c: [batch, 4]."""
+def _stack_then_slice(starts, ends, axes, squeeze_axis, unsqueeze_axis=1) -> onnx.ModelProto:
+    """y = Squeeze(Slice(Concat(Unsqueeze(a|b|c, unsqueeze_axis), axis=1), starts, ends, axes), squeeze_axis);
+    a, b, c: [batch, 4]. With ``unsqueeze_axis=1`` the Concat is ``stack([a, b, c], axis=1)``."""
     f = TensorProto.FLOAT
-    nodes = [helper.make_node("Unsqueeze", [n, "one"], [f"{n}u"]) for n in "abc"]
+    nodes = [helper.make_node("Unsqueeze", [n, "unsqueeze_axes"], [f"{n}u"]) for n in "abc"]
     nodes += [helper.make_node("Concat", ["au", "bu", "cu"], ["stack"], axis=1),
               helper.make_node("Slice", ["stack", "starts", "ends", "axes"], ["sliced"]),
               helper.make_node("Squeeze", ["sliced", "squeeze_axes"], ["y"])]
-    ints = {"one": [1], "starts": starts, "ends": ends, "axes": axes, "squeeze_axes": [squeeze_axis]}
+    ints = {"unsqueeze_axes": [unsqueeze_axis], "starts": starts, "ends": ends, "axes": axes, "squeeze_axes": [squeeze_axis]}
     model = _model(nodes, [vi(n, f, ["batch", 4]) for n in "abc"], [vi("y", f, None)],
                    {k: np.array(v, np.int64) for k, v in ints.items()}, opset=15)
     model.ir_version = 8
@@ -202,3 +203,101 @@ def run_feed(model: onnx.ModelProto, feed: dict) -> np.ndarray:
 
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, feed)[0]
+
+
+def test_a_concat_of_members_unsqueezed_on_another_axis_is_not_a_stack():
+    # mutation stack_pick_unsqueeze_axis_unchecked: Concat([a, b, c] each [batch, 4, 1], axis=1) is
+    # [batch, 12, 1]; its column 0 is a[:, 0:1], not member a.
+    from tiedonnx.runtime.graph.stack_pick import fold_stack_picks
+
+    feed = _stack_feed()
+    model, folded = fold_stack_picks(_stack_then_slice([0], [1], [1], 1, unsqueeze_axis=2))
+    assert folded == 0
+    np.testing.assert_array_equal(run_feed(model, feed), feed["a"][:, 0:1])
+
+
+# ------------------------------------------------------------------ graph index
+
+
+def test_match_parent_path_requires_each_parent_to_be_the_named_op():
+    # mutation index_parent_op_type_unchecked: any producer accepted as the expected op.
+    from tiedonnx.runtime.graph.index import GraphIndex, match_parent_path
+
+    nodes = [helper.make_node("Identity", ["W"], ["Wi"]), helper.make_node("Transpose", ["W"], ["Wt"]),
+             helper.make_node("MatMul", ["x", "Wi"], ["y1"]), helper.make_node("MatMul", ["x", "Wt"], ["y2"])]
+    model = _model(nodes, [vi("x", TensorProto.FLOAT, [2, 2])],
+                   [vi("y1", TensorProto.FLOAT, [2, 2]), vi("y2", TensorProto.FLOAT, [2, 2])],
+                   {"W": np.eye(2, dtype=np.float32)})
+    index = GraphIndex(model.graph)
+    by_identity, by_transpose = model.graph.node[2], model.graph.node[3]
+    assert match_parent_path(index, by_identity, [("Transpose", 1)]) is None
+    assert match_parent_path(index, by_transpose, [("Transpose", 1)]) == [model.graph.node[1]]
+    assert match_parent_path(index, by_transpose, [("Transpose", 1), ("Identity", 0)]) is None  # W: no producer
+
+
+# ------------------------------------------------------------------ lean
+
+
+def test_lean_gemm_with_trans_b_over_a_transpose_reads_the_weight_untransposed():
+    # mutation lean_trans_b_not_flipped: Gemm(A, Transpose(W), transB=1) = A @ W became A @ W^T.
+    from tiedonnx.runtime.lean import lean_rewrite
+
+    w = np.arange(9, dtype=np.float32).reshape(3, 3)  # square: the wrong product still runs
+    nodes = [helper.make_node("Transpose", ["W"], ["Wt"], perm=[1, 0]),
+             helper.make_node("Gemm", ["x", "Wt"], ["y"], transB=1)]
+    model = _model(nodes, [vi("x", TensorProto.FLOAT, [2, 3])], [vi("y", TensorProto.FLOAT, [2, 3])], {"W": w})
+    rewritten, report = lean_rewrite(model)
+    (gemm,) = [n for n in rewritten.graph.node if n.op_type == "Gemm"]
+    assert list(gemm.input) == ["x", "W"]
+    assert [helper.get_attribute_value(a) for a in gemm.attribute if a.name == "transB"] == [0]
+    x = np.array([[1, 0, 0], [0, 1, 2]], np.float32)
+    np.testing.assert_array_equal(run(rewritten, x), x @ w)
+
+
+def test_lean_keeps_pre_packing_off_for_a_kept_float_transpose_of_an_unshared_weight():
+    # mutation lean_float_tie_pre_packed: pre-packing allowed wherever no weight is shared, float included.
+    # A rank-3 MatMul at opset 12 cannot become a Gemm: Transpose(W) is kept and runs per call, the one
+    # float copy at rest; nothing else reads W, so only the float rule keeps pre-packing off.
+    from tiedonnx.runtime.lean import lean_rewrite
+
+    nodes = [helper.make_node("Transpose", ["W"], ["Wt"], perm=[1, 0]), helper.make_node("MatMul", ["x", "Wt"], ["y"])]
+    model = _model(nodes, [vi("x", TensorProto.FLOAT, ["b", "s", 4])], [vi("y", TensorProto.FLOAT, ["b", "s", 3])],
+                   {"W": np.ones((3, 4), np.float32)}, opset=12)
+    _, report = lean_rewrite(model)
+    assert report.kept_transposes == ["Wt"] and report.kept_integer == [] and report.shared == []
+    assert report.prepacking is False
+    assert report.session_config == {"session.disable_prepacking": "1"}
+
+
+# ------------------------------------------------------------------ parity
+
+
+def test_the_absolute_tolerance_scales_with_the_outputs_peak():
+    # mutation parity_tolerance_not_scaled_by_peak: |a - e| <= atol instead of atol * max(1, peak).
+    from tiedonnx.converter.parity_compare import compare
+
+    expected = np.array([1000.0, 2.0], np.float32)
+    within = np.array([1000.5, 2.0], np.float32)  # 0.5 <= 1e-3 x 1000 = 1.0
+    beyond = np.array([1000.0, 3.5], np.float32)  # 1.5 > 1.0
+    assert compare({"y": expected}, {"y": within}, atol=1e-3, rtol=0.0)[1] == []
+    assert [m.kind for m in compare({"y": expected}, {"y": beyond}, atol=1e-3, rtol=0.0)[1]] == ["values"]
+
+
+def test_nan_where_keras_has_nan_is_a_match():
+    # mutation parity_nan_never_matches: NaN in both outputs reported as a difference.
+    from tiedonnx.converter.parity_compare import compare
+
+    expected = np.array([np.nan, 1.0], np.float32)
+    assert compare({"y": expected}, {"y": expected.copy()}, atol=1e-5, rtol=0.0)[1] == []
+    assert [m.kind for m in compare({"y": expected}, {"y": np.array([0.0, 1.0], np.float32)},
+                                    atol=1e-5, rtol=0.0)[1]] == ["values"]
+
+
+def test_a_failed_case_followed_by_a_larger_passing_difference_stays_failed():
+    # mutation parity_earlier_failure_forgotten: the later, larger (passing) case overwrote the failure.
+    from tiedonnx.converter.parity_compare import OutputParity, keep_worst
+
+    worst: dict = {}
+    keep_worst(worst, [OutputParity("y", (2,), 0.1, 0.9, False)])  # rtol: small value, small diff, failed
+    keep_worst(worst, [OutputParity("y", (2,), 0.5, 0.01, True)])
+    assert worst["y"].max_abs == 0.5 and worst["y"].ok is False
