@@ -242,7 +242,7 @@ MUTATIONS = [
     M("parity_earlier_failure_forgotten", "converter/parity_compare.py",
       "ok=f.ok and (kept is None or kept.ok))", "ok=f.ok)", PAR, MUT),
     M("parity_shape_mismatch_also_compared", "converter/parity_compare.py",
-      ' in Keras"))\n            continue\n', ' in Keras"))\n', PAR),
+      ' in Keras"))\n            continue\n', ' in Keras"))\n', PAR, MUT),
     M("parity_hint_on_any_values_mismatch", "converter/parity.py",
       "if problems and all(p.kind == VALUES for p in problems):",
       "if problems and any(p.kind == VALUES for p in problems):", PAR),

@@ -301,3 +301,13 @@ def test_a_failed_case_followed_by_a_larger_passing_difference_stays_failed():
     keep_worst(worst, [OutputParity("y", (2,), 0.1, 0.9, False)])  # rtol: small value, small diff, failed
     keep_worst(worst, [OutputParity("y", (2,), 0.5, 0.01, True)])
     assert worst["y"].max_abs == 0.5 and worst["y"].ok is False
+
+
+def test_an_output_of_the_wrong_shape_is_one_shape_mismatch_and_no_figure():
+    # mutation parity_shape_mismatch_also_compared: values compared after the shape mismatch
+    # (broadcast [1, 3] against [2, 3]), adding a values mismatch and a figure.
+    from tiedonnx.converter.parity_compare import compare
+
+    expected = np.ones((2, 3), np.float32)
+    figures, problems = compare({"y": expected}, {"y": np.zeros((1, 3), np.float32)}, atol=1e-5, rtol=0.0)
+    assert [(m.kind, m.output) for m in problems] == [("shape", "y")] and figures == []
