@@ -138,7 +138,8 @@ MUTATIONS = [
       INT4 + "::test_scales_below_float16_precision_stay_float32"),
     M("int4_function_nibbles_swapped", G + "int4_blocks.py",
       'mk("Concat", [f"{src}_lo1", f"{src}_hi1"]', 'mk("Concat", [f"{src}_hi1", f"{src}_lo1"]',
-      INT4 + "::test_both_uses_read_bit_identical_weights", INT4 + "::test_ae_tie_is_one_4bit_tensor_read_by_both_uses"),
+      INT4 + "::test_both_uses_read_bit_identical_weights",
+      INT4 + "::test_ae_tie_is_one_4bit_tensor_read_by_both_uses"),
     M("int4_search_keeps_worse_candidate", G + "int4_search.py",
       "better = error < best[3]", "better = error > best[3]",
       "tests/test_quality.py::test_searched_blocks_are_closer_than_rtn_and_read_the_same_by_matmulnbits"),
@@ -180,7 +181,8 @@ MUTATIONS = [
     M("weight_views_default_perm_identity", G + "weight_views.py",
       "return list(range(rank))[::-1]  # ONNX's default", "return list(range(rank))  # ONNX's default", WV, MUT),
     M("weight_views_shared_weight_folded", G + "weight_views.py",
-      'readers.get(node.input[0] if node.input else "") != 1', 'readers.get(node.input[0] if node.input else "", 0) < 1',
+      'readers.get(node.input[0] if node.input else "") != 1',
+      'readers.get(node.input[0] if node.input else "", 0) < 1',
       WV),
     M("weight_views_second_copy_ignored", G + "weight_views.py",
       "            if value is None or _copy_elsewhere(value, node.input[0], inits):",
@@ -313,8 +315,8 @@ def run_one(root: Path, m: Mutation, timeout: float) -> tuple[str, str, float]:
 
 def _preflight(root: Path, mutations: list[Mutation], timeout: float) -> None:
     """The copy is what is imported; the tests pass unmutated; the canary is caught."""
-    probe = subprocess.run([sys.executable, "-c", "import sys, tiedonnx.runtime.graph.retie, tiedonnx.converter.parity_compare; "
-                            "print(*(sys.modules[f'tiedonnx.{n}'].__file__ for n in "
+    probe = subprocess.run([sys.executable, "-c", "import sys, tiedonnx.runtime.graph.retie, "
+                            "tiedonnx.converter.parity_compare; print(*(sys.modules[f'tiedonnx.{n}'].__file__ for n in "
                             "('runtime.graph.retie', 'converter.parity_compare')))"],
                            cwd=root, env=_env(root), capture_output=True, text=True)
     files = probe.stdout.split()
