@@ -13,7 +13,7 @@ and that a canary mutation is caught. Then, one at a time: apply, run the tests
 
 Usage (from the repository root, its venv active)::
 
-    python scripts/mutation_check.py              # all 62: 454 s (load average 4.6, 2 shared cores)
+    python scripts/mutation_check.py              # all 66
     python scripts/mutation_check.py --only int4_layout_most_padding parity_keeps_best
     python scripts/mutation_check.py --list       # ids, files and tests; runs nothing
     python scripts/mutation_check.py --check      # only that every snippet is found exactly once
@@ -169,9 +169,21 @@ MUTATIONS = [
     M("ort_split_tie_not_reported", G + "ort_format.py",
       "        if copies != [proto.name]:", "        if proto.name not in copies:",
       "tests/test_ort_format.py::test_ort_file_keeps_one_copy_per_tie_and_matches_onnx", MUT),
-    M("ort_identifier_not_checked", G + "ort_format.py",
+    M("ort_identifier_not_checked", G + "ort_read.py",
       "    if data[4:8] != ORT_IDENTIFIER:\n", "    if False:\n",
       "tests/test_runtime_perf_structure.py::test_ort_files_are_checked_before_onnxruntime_reads_them"),
+    # --- int8 default granularity and the lookup of a transposed int8 tie
+    M("int8_default_ignores_lookup", G + "quantize.py",
+      "    if not looked_up or stacked_weights(model.graph):", "    if stacked_weights(model.graph):",
+      "tests/test_lm_int8.py::test_int8_stays_per_tensor_without_a_lookup_or_with_stacked_expert_weights"),
+    M("int8_default_ignores_stacked_experts", G + "quantize.py",
+      "    if not looked_up or stacked_weights(model.graph):", "    if not looked_up:",
+      "tests/test_lm_int8.py::test_int8_stays_per_tensor_without_a_lookup_or_with_stacked_expert_weights"),
+    M("lookup_axis_rows_not_moved_last", G + "lookup_axis.py",
+      "perm=[*range(1, rank + 1), 0],", "perm=[0, *range(1, rank + 1)],", "tests/test_lm_int8.py"),
+    M("lookup_axis_unknown_rank_rewritten", G + "lookup_axis.py",
+      "        if rank is None:\n            logger.info(", "        if rank is None and False:\n            logger.info(",
+      "tests/test_lm_int8.py::test_lookup_axis_pass_keeps_ids_of_any_rank_and_refuses_unknown_ranks"),
     # --- layer norm fusion
     M("layer_norm_fused_below_opset_17", G + "layer_norm.py",
       "if main_opset(model) < LAYER_NORM_OPSET or", "if main_opset(model) < 1 or", LN),
