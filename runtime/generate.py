@@ -22,13 +22,20 @@ stop token (kept as the row's last token).
 ``memory="lean"``: the logits projection then reads the stored embedding
 through ``Gemm(transB=1)`` (:mod:`tiedonnx.runtime.lean`), so the tie is held
 once in memory. int8 and int4 folders open with ``"fast"``: their tie is
-already one integer tensor read by both uses, and lean's disabled
-pre-packing costs them speed for no memory. Measured on a 2-layer,
-hidden-768, vocabulary-50257 GPT-2 (2 threads, a 128-token prompt, RSS growth
-over session creation; 2-core AMD EPYC under load from other work):
-fp32 (214 MB file) fast 380 MiB at 25.9 tokens/s, lean 240 MiB at 19.8;
-int8 (70 MB) fast 133 MiB at 34.1, lean 140 MiB at 26.6; int4 (31 MB) fast
-83 MiB at 29.6, lean 91 MiB at 1.8.
+one integer tensor in the file, read by the lookup and the projection, but
+onnxruntime pre-packs the projection's copy and keeps the original for the
+lookup, so memory holds it twice. For int8 ``memory="lean"`` holds it once
+(the lookup gathers columns of the stored ``[hidden, vocabulary]`` tie,
+:mod:`tiedonnx.runtime.graph.lookup_axis`, and pre-packing is off) at a
+decode cost that grows with the tie's share of the weights. Measured (2
+threads, RSS growth over session creation after onnx and onnxruntime are
+loaded; 2-core AMD EPYC with AVX2 under load from other work), int8
+per-channel folders: GPT-2 small (122 MiB file) fast 177.5 MiB (1.46x) at
+35-45 tokens/s, lean 140.3 MiB (1.15x) at 23-26; 2 layers, hidden 768,
+vocabulary 50257 (54 MiB) fast 103.6 MiB (1.93x) at 116-121, lean 66.5 MiB
+(1.24x) at 51-75. Earlier, on the 2-layer model: fp32 (214 MB file) fast 380
+MiB at 25.9 tokens/s, lean 240 MiB at 19.8; int4 (31 MB) fast 83 MiB at
+29.6, lean 91 MiB at 1.8.
 """
 
 from __future__ import annotations

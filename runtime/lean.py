@@ -44,6 +44,12 @@ weight is read by several nodes pre-packing stays on too
 ``fast``'s speed. The former lean int8 graph ran at 3.1-3.7x fast at batch 1
 on the 784-256 model (Transpose 18 us, each un-prepacked DynamicQuantizeMatMul
 13 us against 6 us pre-packed, one-thread profile).
+A language model's int8 tie has no transposed use left: the lookup gathers
+columns of the stored ``[hidden, vocabulary]`` tensor
+(:mod:`.graph.lookup_axis`), and the tie is read by that ``Gather`` and the
+projection's ``MatMulInteger``. Shared, it gets no pre-packing in lean mode,
+and is then held once (GPT-2 small int8: 140.3 MiB after session creation
+against 177.5 for ``fast``, decode about 0.6x; :mod:`tiedonnx.runtime.generate`).
 Also measured and rejected, each with one int8 copy: the folded transpose
 without pre-packing (1.58x), the decoder as ``W_q @ h_q^T`` with ``W_q`` as
 ``MatMulInteger``'s A (2.5x at batch 1, 11.6x at batch 256: no fast signed-A

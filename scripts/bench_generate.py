@@ -57,18 +57,43 @@ def _rss_mib() -> float:
     return rss_bytes() / 2**20
 
 
-def probe(folder: str, prompt: int, new: int) -> None:
-    """Child process: RSS growth over load_lm and after generating (printed as JSON)."""
+def _load_libraries() -> None:
+    """Import onnx and onnxruntime and run onnx's checker once: their fixed costs (onnx's schema
+    registry alone is about 7 MiB) are the libraries', not the model's, and are paid before measuring."""
+    import ctypes
+
+    import onnx
+    import onnxruntime  # noqa: F401
+    from onnx import TensorProto, helper
+
+    from tiedonnx.runtime import session  # noqa: F401
+
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in "xy"]
+    onnx.checker.check_model(helper.make_model(helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "warm", io[:1], io[1:])), full_check=True)
+    ctypes.CDLL(None).malloc_trim(0)
+
+
+def probe(folder: str, prompt: int, new: int, memory: str = "auto") -> None:
+    """Child process: RSS growth over load_lm and after generating (printed as JSON).
+
+    ``python scripts/bench_generate.py --probe DIR [--memory auto|fast|lean] [--prompt 128] [--new 128]``
+    measures one folder: session MiB, its ratio to the decoder file's bytes, and MiB after the prompt
+    and the new tokens (libraries loaded first, see :func:`_load_libraries`).
+    """
     import numpy as np
 
     from tiedonnx.runtime.generate import load_lm
 
+    _load_libraries()
     before = _rss_mib()
-    lm = load_lm(folder, threads=THREADS)
+    lm = load_lm(folder, threads=THREADS, memory=memory)
     loaded = _rss_mib()
     ids = np.random.default_rng(0).integers(1, lm.config.vocabulary_size, prompt).tolist()
     lm.generate(ids, max_new_tokens=new, sampler="greedy", stop_token_ids=[])
-    print(json.dumps({"session_mib": loaded - before, "after_mib": _rss_mib() - before}))
+    file_mib = lm.config.model_path(Path(folder)).stat().st_size / 2**20
+    print(json.dumps({"memory": lm.model.memory, "session_mib": loaded - before,
+                      "session_x_file": round((loaded - before) / file_mib, 3), "after_mib": _rss_mib() - before}))
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -237,10 +262,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default=None, help="keep the folders here (default: a temporary folder)")
     parser.add_argument("--reuse", action="store_true", help="keep an existing forward.onnx in --out")
-    parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--probe", default=None, metavar="DIR",
+                        help="only measure one folder's RSS (session, after --prompt + --new tokens), as JSON")
+    parser.add_argument("--memory", default="auto", choices=("auto", "fast", "lean"), help="with --probe")
     args = parser.parse_args()
     if args.probe:
-        probe(args.probe, args.prompt, args.new)
+        probe(args.probe, args.prompt, args.new, args.memory)
         return 0
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
