@@ -164,7 +164,8 @@ def _warn_preprocessor(keras_model) -> None:
 def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify: bool = True,
            precision: str = "fp32", block_size: int | None = None, symmetric: bool | None = None,
            short_names: bool | None = None, per_channel: bool | None = None,
-           reduce_range: bool | None = None, force: bool = False, ort: bool = False,
+           reduce_range: bool | None = None, rounding: str | None = None, int8_ties: bool | None = None,
+           force: bool = False, ort: bool = False,
            batch_sizes=DEFAULT_BATCH_SIZES, unsafe: bool = False,
            import_modules=(), external_threshold: int | None = None, input_spec=None,
            graph_passes=(), on_step: Callable[[str], None] | None = None) -> ExportReport:
@@ -176,8 +177,9 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
         opset: ONNX opset (default :data:`DEFAULT_OPSET`).
         verify: compare Keras and onnxruntime outputs at ``batch_sizes`` before writing.
         precision: "fp32", "fp16", "int8" or "int4" weights.
-        block_size, symmetric: int4 only; per_channel, reduce_range: int8 only; short_names: short
-            internal tensor names (default: int4 only). See :func:`tiedonnx.runtime.graph.quantize.to_precision`.
+        block_size, symmetric, rounding, int8_ties: int4 only; per_channel, reduce_range: int8 only;
+            short_names: short internal tensor names (default: int4 only). See
+            :func:`tiedonnx.runtime.graph.quantize.to_precision`.
         force: overwrite an existing file.
         ort: also write an ORT-format copy (``path`` with suffix ``.ort``).
         unsafe: when ``model`` is a path, allow code stored in the file to run.
@@ -208,7 +210,8 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
         >>> report.bytes, report.untied_bytes  # doctest: +SKIP
         (803810, 1606318)
     """
-    options = dict(block_size=block_size, symmetric=symmetric, per_channel=per_channel, reduce_range=reduce_range)
+    options = dict(block_size=block_size, symmetric=symmetric, per_channel=per_channel, reduce_range=reduce_range,
+                   rounding=rounding, int8_ties=int8_ties)
     path, ort_path = _check_before_work(path, opset=opset, precision=precision, options=options,
                                         short_names=short_names, force=force, ort=ort, input_spec=input_spec)
     step, start = on_step or (lambda message: logger.info("%s", message)), time.perf_counter()

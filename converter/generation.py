@@ -327,7 +327,8 @@ def export_generation(model, folder: str | os.PathLike, *, precision: str = "fp3
         verify: check the decoder against Keras on cached steps before publishing.
         force: replace an existing folder.
         unsafe, import_modules: as in :func:`~tiedonnx.converter.export.export`.
-        **precision_options: block_size, symmetric, per_channel, reduce_range, short_names.
+        **precision_options: block_size, symmetric, rounding, int8_ties, per_channel, reduce_range,
+            short_names.
             int8 folders default to ``per_channel=True`` (one scale per output channel).
 
     Returns:

@@ -300,8 +300,41 @@ def test_cli_export_passes_the_int4_flags(tmp_path, monkeypatch):
     monkeypatch.setattr(export_module, "export", fake_export)
     (tmp_path / "m.keras").write_bytes(b"never read: the fake export stops first")
     assert main(["export", str(tmp_path / "m.keras"), "-o", str(tmp_path / "m.onnx"), "--precision", "int4",
-                 "--block-size", "64", "--no-symmetric"]) == 2
+                 "--block-size", "64", "--no-symmetric", "--rounding", "search", "--int8-ties"]) == 2
     assert (seen["precision"], seen["block_size"], seen["symmetric"]) == ("int4", 64, False)
+    assert (seen["rounding"], seen["int8_ties"]) == ("search", True)
+
+
+def test_cli_export_refuses_int4_options_at_another_precision(tmp_path, capsys):
+    from tiedonnx.runtime.cli import main
+
+    (tmp_path / "m.keras").write_bytes(b"never read: the option check comes first")
+    assert main(["export", str(tmp_path / "m.keras"), "-o", str(tmp_path / "m.onnx"), "--precision", "int8",
+                 "--rounding", "search"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "rounding" in err[0] and "int4" in err[0], err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_takes_the_int4_rounding_and_int8_ties_options(tmp_path, rng):
+    from tests.models import dense_ae
+    from tiedonnx.converter.export import export
+
+    model = dense_ae(F, H)
+    x = rng.random((64, F), dtype=np.float32)
+    files = {}
+    for label, options in (("rtn", {}), ("search", {"rounding": "search"}), ("int8_ties", {"int8_ties": True})):
+        files[label] = onnx.load(export(model, tmp_path / f"{label}.onnx", precision="int4", block_size=16,
+                                        **options).path)  # verify=True: each passes Keras parity
+    stored = {k: [numpy_helper.to_array(i) for i in m.graph.initializer if i.name == read_ties(m)[0].initializer][0]
+              for k, m in files.items()}
+    # Searched scales round some weights to other codes than round-to-nearest (same packed shape).
+    assert stored["search"].shape == stored["rtn"].shape and not np.array_equal(stored["search"], stored["rtn"])
+    # --int8-ties: the tie is one int8 tensor (F x H values), not 4-bit packed bytes.
+    assert stored["int8_ties"].dtype == np.int8 and stored["int8_ties"].size == F * H
+    for m in files.values():
+        y = session(m).run(None, {m.graph.input[0].name: x})[0]
+        assert np.abs(y - np.asarray(model(x))).max() <= KERAS_INT4_ATOL
 
 
 # Measured: the 64-32 Keras AE (random init, sigmoid) exported at int4 block 16

@@ -106,7 +106,8 @@ def check_export(args) -> None:
     from ..model_save import check_model_targets
 
     options = dict(block_size=args.block_size, symmetric=args.symmetric, per_channel=args.per_channel,
-                   reduce_range=args.reduce_range, short_names=args.short_names)
+                   reduce_range=args.reduce_range, short_names=args.short_names, rounding=args.rounding,
+                   int8_ties=args.int8_ties)
     if any(v is not None for v in options.values()):  # the defaults are valid for every precision;
         from ..graph.quantize import check_precision_options  # onnx's import alone takes 0.6 s
 

@@ -23,7 +23,8 @@ def add_int8_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_int4_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--block-size``, ``--symmetric`` and ``--short-names``, shared with ``tiedonnx export``."""
+    """``--block-size``, ``--symmetric``, ``--short-names``, ``--rounding`` and ``--int8-ties``, shared with
+    ``tiedonnx export``."""
     parser.add_argument("--block-size", type=int, choices=BLOCK_SIZES, default=None, metavar="N",
                         help=f"int4 only: weights per scale, one of {', '.join(map(str, BLOCK_SIZES))} "
                              f"(default: {DEFAULT_BLOCK_SIZE})")
@@ -33,6 +34,13 @@ def add_int4_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--short-names", action=argparse.BooleanOptionalAction, default=None,
                         help="rename internal tensors to short names and drop node names; inputs "
                              "and outputs keep theirs (default: on for int4, off otherwise)")
+    parser.add_argument("--rounding", choices=INT4_ROUNDINGS, default=None,
+                        help="int4 only: rtn, onnxruntime's round-to-nearest (default); search, each "
+                             "block's scale chosen by least squares over narrower ranges (slower to write, "
+                             "closer to the float model: see README 'Quantization quality')")
+    parser.add_argument("--int8-ties", action=argparse.BooleanOptionalAction, default=None,
+                        help="int4 only: keep each tie (a language model's embedding and head) in int8, "
+                             "the other weights in int4 (default: off)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,13 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(MatMulNBits); fp32: retie only")
     add_int8_arguments(parser)
     add_int4_arguments(parser)
-    parser.add_argument("--rounding", choices=INT4_ROUNDINGS, default=None,
-                        help="int4 only: rtn, onnxruntime's round-to-nearest (default); search, each "
-                             "block's scale chosen by least squares over narrower ranges (slower to write, "
-                             "closer to the float model: see README 'Quantization quality')")
-    parser.add_argument("--int8-ties", action=argparse.BooleanOptionalAction, default=None,
-                        help="int4 only: keep each tie (a language model's embedding and head) in int8, "
-                             "the other weights in int4 (default: off)")
     parser.add_argument("--input", metavar="X.npy|X.npz",
                         help="your own inputs (.npy for one input, .npz by input name): both files run "
                              "on them and the error figure is printed (default: no figure; random inputs "
