@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from tiedonnx.runtime.atomic import remove_leftover_folders, staging_prefix
 from tiedonnx.runtime.generation_folder import GenerationConfig, check_folder_target
 
 
@@ -18,7 +19,8 @@ from tiedonnx.runtime.generation_folder import GenerationConfig, check_folder_ta
 def _staging_folder(target: Path, *, force: bool):
     """Build the folder beside ``target`` and publish it in one rename; a failure leaves ``target`` as it was."""
     check_folder_target(target, force=force)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tiedonnx-", dir=target.parent))
+    remove_leftover_folders(target)  # staging folders of killed exports
+    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(target), suffix=".tmp", dir=target.parent))
     try:
         yield staging
         old = None

@@ -27,6 +27,7 @@ import errno
 import logging
 import os
 import re
+import shutil
 import stat
 import tempfile
 import time
@@ -145,12 +146,48 @@ def remove_leftovers(path: str | os.PathLike, *, older_than: float = LEFTOVER_AG
     path = Path(path)
     pattern = re.compile(re.escape(_temp_prefix(path)) + r"(\d+)-[a-z0-9_]+"
                          + re.escape(_temp_suffix(path)) + r"\Z")
-    removed: list[Path] = []
-    now = time.time()
+    removed = []
+    for entry in _stale_entries(path.parent, pattern, older_than=older_than, folders=False):
+        with contextlib.suppress(OSError):
+            os.unlink(entry)
+            removed.append(entry)
+    return removed
+
+
+def staging_prefix(target: Path) -> str:
+    """The name prefix of a folder staged beside ``target`` (``tempfile.mkdtemp(prefix=..., suffix=".tmp")``)."""
+    return f".{target.name[:64]}.{_TAG}-{os.getpid()}-"
+
+
+def remove_leftover_folders(target: str | os.PathLike, *, older_than: float = LEFTOVER_AGE_S) -> list[Path]:
+    """Remove staging folders of ``target`` left by killed writers; return what was removed.
+
+    A site or generation folder is built in ``.<name>.tiedonnx-<pid>-<random>.tmp``
+    beside it and published in one rename; a writer killed before that cannot
+    remove it. Only folders (not links) named so for this very target, older than
+    ``older_than`` seconds, whose pid is not a live process, are removed, with what
+    is inside them. A folder holding a previous version being replaced
+    (``.<name>.old-*``) is never touched. Errors are ignored: this is housekeeping.
+    """
+    target = Path(target)
+    pattern = re.compile(re.escape(f".{target.name[:64]}.{_TAG}-") + r"(\d+)-[a-z0-9_]+\.tmp\Z")
+    removed = []
+    for entry in _stale_entries(target.parent if str(target.parent) else Path("."), pattern,
+                                older_than=older_than, folders=True):
+        shutil.rmtree(entry, ignore_errors=True)
+        if not entry.exists():
+            removed.append(entry)
+    return removed
+
+
+def _stale_entries(folder: Path, pattern: re.Pattern, *, older_than: float, folders: bool) -> list[Path]:
+    """Entries of ``folder`` whose name matches ``pattern`` (group 1: the writer's pid), of the wanted
+    kind (regular files, or folders), not modified for ``older_than`` seconds, whose pid is gone."""
+    found, now = [], time.time()
     try:
-        entries = list(os.scandir(path.parent))
+        entries = list(os.scandir(folder))
     except OSError:
-        return removed
+        return found
     for entry in entries:
         match = pattern.match(entry.name)
         if match is None:
@@ -159,14 +196,12 @@ def remove_leftovers(path: str | os.PathLike, *, older_than: float = LEFTOVER_AG
             info = entry.stat(follow_symlinks=False)
         except OSError:
             continue
-        if (not stat.S_ISREG(info.st_mode) or now - info.st_mtime < older_than
-                or _pid_alive(int(match.group(1)))):
+        kind = stat.S_ISDIR(info.st_mode) if folders else stat.S_ISREG(info.st_mode)
+        if not kind or now - info.st_mtime < older_than or _pid_alive(int(match.group(1))):
             continue
-        with contextlib.suppress(OSError):
-            os.unlink(entry.path)
-            removed.append(Path(entry.path))
-            logger.info("removed %s, left by process %s that is gone", entry.path, match.group(1))
-    return removed
+        logger.info("removing %s, left by process %s that is gone", entry.path, match.group(1))
+        found.append(Path(entry.path))
+    return found
 
 
 def _temp_prefix(path: Path) -> str:

@@ -163,3 +163,54 @@ def test_interrupted_write_keeps_old_file(tmp_path):
             raise RuntimeError("disk full")
     assert target.read_bytes() == b"old"
     assert list(tmp_path.iterdir()) == [target]
+
+
+def test_leftover_staging_folders_of_a_site_are_removed_by_the_next_write(tmp_path):
+    """A killed `web`/`export --task generate` leaves `.OUT.tiedonnx-<pid>-<random>.tmp/`; the next publish of the
+    same OUT removes it when it is old and its process is gone, and nothing else (a previous version set aside
+    as `.OUT.old-*` never)."""
+    from tiedonnx.runtime.web.publish import check_targets, publish
+
+    out = tmp_path / "site"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead, alive = int(gone.stdout), os.getpid()
+    aged = time.time() - LEFTOVER_AGE_S - 60
+    names = {
+        f".site.tiedonnx-{dead}-k2j4x_9a.tmp": True,      # old, process gone: removed with its files
+        f".site.tiedonnx-{alive}-k2j4x_9a.tmp": False,    # the writer is alive
+        f".other.tiedonnx-{dead}-k2j4x_9a.tmp": False,    # another target's
+        ".site.old-k2j4x_9a": False,                      # a previous version set aside: never
+        f".site.tiedonnx-{dead}-k2j4x_9a": False,         # not our naming (no .tmp)
+    }
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.onnx").write_bytes(b"partial")
+        os.utime(tmp_path / name, (aged, aged))
+    young = tmp_path / f".site.tiedonnx-{dead}-young123.tmp"
+    young.mkdir()
+    link = tmp_path / f".site.tiedonnx-{dead}-linked12.tmp"  # a link named like ours: not followed, kept
+    link.symlink_to(tmp_path / ".site.old-k2j4x_9a")
+    os.utime(link, (aged, aged), follow_symlinks=False)
+    check_targets(out, ["index.html"], force=False)
+    publish(out, {"index.html": b"<html></html>"}, force=False)
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {"site", young.name, link.name} | {n for n, removed in names.items() if not removed}
+    assert (tmp_path / ".site.old-k2j4x_9a" / "model.onnx").read_bytes() == b"partial"
+    assert (out / "index.html").read_bytes() == b"<html></html>"
+
+
+def test_generation_folder_staging_removes_leftovers_and_uses_the_same_naming(tmp_path):
+    from tiedonnx.converter.generation_write import _staging_folder
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    stale = tmp_path / f".lm-gen.tiedonnx-{int(gone.stdout)}-k2j4x_9a.tmp"
+    stale.mkdir()
+    aged = time.time() - LEFTOVER_AGE_S - 60
+    os.utime(stale, (aged, aged))
+    with _staging_folder(tmp_path / "lm-gen", force=False) as staging:
+        assert re.fullmatch(rf"\.lm-gen\.tiedonnx-{os.getpid()}-[a-z0-9_]+\.tmp", staging.name)
+        (staging / "tiedonnx.json").write_text("{}")
+    assert {p.name for p in tmp_path.iterdir()} == {"lm-gen"}
+    assert (tmp_path / "lm-gen" / "tiedonnx.json").read_text() == "{}"

@@ -24,6 +24,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..atomic import remove_leftover_folders, staging_prefix
 from ..errors import OutputExistsError, OutputWriteError, UsageError, short_error
 
 __all__ = ["check_targets", "publish"]
@@ -78,9 +79,9 @@ def publish(out_dir: Path, contents: dict[str, bytes | Path], *, force: bool) ->
     """
     parent = out_dir.parent if str(out_dir.parent) else Path(".")
     order = sorted(contents, key=lambda name: (name == "index.html", name))  # index.html last
+    remove_leftover_folders(out_dir)  # staging folders of killed writers
     try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name[:64]}.tiedonnx-{os.getpid()}-",
-                                        suffix=".tmp", dir=parent))
+        staging = Path(tempfile.mkdtemp(prefix=staging_prefix(out_dir), suffix=".tmp", dir=parent))
     except OSError as exc:
         raise _write_error(out_dir, exc) from None
     try:
