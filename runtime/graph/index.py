@@ -78,6 +78,18 @@ class GraphIndex:
                 or name in self.subgraph_reads or name in self.outputs
                 or any(i.name == name for i in self.graph.input))
 
+    def fresh_name(self, base: str, taken: set[str]) -> str:
+        """``base``, or ``base_1``, ``base_2``...: the first name neither the graph nor ``taken`` holds.
+
+        ``taken`` collects the names handed out for tensors not yet in the graph
+        (several are named before their nodes are added); the new name joins it.
+        """
+        name, i = base, 1
+        while name in taken or self.is_taken(name):
+            name, i = f"{base}_{i}", i + 1
+        taken.add(name)
+        return name
+
 
 def match_parent_path(index: GraphIndex, node: onnx.NodeProto, path: Sequence[tuple[str, int]],
                       ) -> list[onnx.NodeProto] | None:

@@ -268,29 +268,22 @@ def _store_4bit(index: GraphIndex, weight: _Weight, *, block_size: int, symmetri
                 weight.source, list(rows.shape), block_size, [u.relation for u in weight.uses] or ["direct"])
 
 
-def _fresh(base: str, index: GraphIndex, taken: set[str]) -> str:
-    name, i = base, 1
-    while name in taken or index.is_taken(name):
-        name, i = f"{base}_{i}", i + 1
-    taken.add(name)
-    return name
-
-
 def _add_initializers(index: GraphIndex, source: str, blocks: Blocks) -> dict[str, str]:
     """Store packed codes, scales and zero points; return the names nodes read them by."""
     taken: set[str] = set()
-    names = {"packed": _fresh(f"{source}_q4", index, taken), "scales": _fresh(f"{source}_q4_scales", index, taken)}
+    names = {"packed": index.fresh_name(f"{source}_q4", taken),
+             "scales": index.fresh_name(f"{source}_q4_scales", taken)}
     arrays = {"packed": blocks.packed, "scales": blocks.scales}
     if blocks.zero_points is not None:
-        names["zero_points"] = _fresh(f"{source}_q4_zero_points", index, taken)
+        names["zero_points"] = index.fresh_name(f"{source}_q4_zero_points", taken)
         arrays["zero_points"] = blocks.zero_points
     add_initializers(index.graph, [numpy_helper.from_array(arrays[k], names[k]) for k in names], index=index)
     # MatMulNBits and GatherBlockQuantized take scales in the activations' dtype.
     names["scales_f32"] = names["scales"]
     if blocks.scales.dtype != np.float32:
-        names["scales_f32"] = _fresh(f"{names['scales']}_f32", index, taken)
-    names["rows"] = _fresh(f"{source}_q4_rows", index, taken)
-    names["float"] = _fresh(f"{source}_q4_dequantized", index, taken)
+        names["scales_f32"] = index.fresh_name(f"{names['scales']}_f32", taken)
+    names["rows"] = index.fresh_name(f"{source}_q4_rows", taken)
+    names["float"] = index.fresh_name(f"{source}_q4_dequantized", taken)
     return names
 
 

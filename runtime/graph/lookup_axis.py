@@ -32,7 +32,7 @@ import logging
 import onnx
 from onnx import helper
 
-from .edit import attribute, transpose_perm, value_ranks
+from .edit import gathers_rows, transpose_perm, value_ranks
 from .index import GraphIndex
 from .metadata import read_ties, write_ties
 
@@ -43,21 +43,13 @@ __all__ = ["gather_transposed_columns"]
 
 def _transposed_lookup(index: GraphIndex, node: onnx.NodeProto) -> onnx.NodeProto | None:
     """The ``Transpose([1, 0])`` of a 2-D initializer that ``node`` (a row ``Gather``) reads, or None."""
-    if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or attribute(node, "axis", 0) != 0:
+    if not node.input or not gathers_rows(node, node.input[0]):
         return None
     transpose = index.producer(node.input[0])
     if transpose is None or transpose.op_type != "Transpose" or transpose.input[0] not in index.initializers:
         return None
     weight = index.initializers[transpose.input[0]]
     return transpose if len(weight.dims) == 2 and transpose_perm(transpose, 2) == [1, 0] else None
-
-
-def _fresh(index: GraphIndex, base: str) -> str:
-    name, k = base, 0
-    while index.is_taken(name):
-        k += 1
-        name = f"{base}_{k}"
-    return name
 
 
 def gather_transposed_columns(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
@@ -76,18 +68,18 @@ def gather_transposed_columns(model: onnx.ModelProto) -> tuple[onnx.ModelProto, 
     if not found:
         return model, 0
     ranks = value_ranks(model)
-    nodes, moved = list(graph.node), {}
+    nodes, moved, taken = list(graph.node), {}, set()
     for node, transpose in found:
         rank = ranks.get(node.input[1])
         if rank is None:
             logger.info("lookup %r: the rank of its ids %r is unknown; left reading a transposed copy",
                         node.name, node.input[1])
             continue
-        columns = _fresh(index, node.output[0] + "_columns")
+        columns = index.fresh_name(node.output[0] + "_columns", taken)
         gather = helper.make_node("Gather", [transpose.input[0], node.input[1]], [columns], axis=1,
-                                  name=_fresh(index, node.name + "_axis1"))
+                                  name=index.fresh_name(node.name + "_axis1", taken))
         move = helper.make_node("Transpose", [columns], [node.output[0]], perm=[*range(1, rank + 1), 0],
-                                name=_fresh(index, node.name + "_rows"))
+                                name=index.fresh_name(node.name + "_rows", taken))
         at = next(k for k, n in enumerate(nodes) if n is node)
         nodes[at:at + 1] = [gather, move]
         index.drop_node(node)
