@@ -172,8 +172,7 @@ def remove_leftover_folders(target: str | os.PathLike, *, older_than: float = LE
     target = Path(target)
     pattern = re.compile(re.escape(f".{target.name[:64]}.{_TAG}-") + r"(\d+)-[a-z0-9_]+\.tmp\Z")
     removed = []
-    for entry in _stale_entries(target.parent if str(target.parent) else Path("."), pattern,
-                                older_than=older_than, folders=True):
+    for entry in _stale_entries(target.parent, pattern, older_than=older_than, folders=True):
         shutil.rmtree(entry, ignore_errors=True)
         if not entry.exists():
             removed.append(entry)

@@ -212,9 +212,10 @@ def apply_precision(tied: onnx.ModelProto, precision: str, *, per_channel: bool 
         write_ties(tied, ties)
     from .int4 import DEFAULT_SYMMETRIC
 
+    if per_channel is None and precision == "int8":
+        per_channel = default_per_channel(tied, ties)
     options = PrecisionOptions(
-        per_channel=(default_per_channel(tied, ties) if precision == "int8" else DEFAULT_PER_CHANNEL)
-        if per_channel is None else per_channel,
+        per_channel=DEFAULT_PER_CHANNEL if per_channel is None else per_channel,
         reduce_range=REDUCE_RANGE if reduce_range is None else reduce_range,
         block_size=DEFAULT_BLOCK_SIZE if block_size is None else block_size,
         symmetric=DEFAULT_SYMMETRIC if symmetric is None else symmetric,

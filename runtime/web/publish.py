@@ -41,7 +41,7 @@ def check_targets(out_dir: Path, files: list[str], *, force: bool) -> None:
     """
     if os.path.lexists(out_dir) and not out_dir.is_dir():
         raise UsageError(f"Site folder is a file (or a dangling link): {str(out_dir)!r}. Pass a folder path.")
-    parent = out_dir.parent if str(out_dir.parent) else Path(".")
+    parent = out_dir.parent
     if not parent.is_dir():
         raise UsageError(f"The site folder's parent does not exist. Received: {str(out_dir)!r}. "
                          "Create the parent folder first.")
@@ -77,7 +77,7 @@ def publish(out_dir: Path, contents: dict[str, bytes | Path], *, force: bool) ->
         OutputWriteError: an ``OSError`` while building (nothing published) or publishing.
         OutputExistsError: a target appeared meanwhile (without ``force``).
     """
-    parent = out_dir.parent if str(out_dir.parent) else Path(".")
+    parent = out_dir.parent
     order = sorted(contents, key=lambda name: (name == "index.html", name))  # index.html last
     remove_leftover_folders(out_dir)  # staging folders of killed writers
     try:
