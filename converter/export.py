@@ -163,12 +163,11 @@ def _warn_preprocessor(keras_model) -> None:
 
 def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify: bool = True,
            precision: str = "fp32", block_size: int | None = None, symmetric: bool | None = None,
-           short_names: bool | None = None, per_channel: bool | None = None,
-           reduce_range: bool | None = None, rounding: str | None = None, int8_ties: bool | None = None,
-           force: bool = False, ort: bool = False,
-           batch_sizes=DEFAULT_BATCH_SIZES, unsafe: bool = False,
-           import_modules=(), external_threshold: int | None = None, input_spec=None,
-           graph_passes=(), on_step: Callable[[str], None] | None = None) -> ExportReport:
+           short_names: bool | None = None, per_channel: bool | None = None, reduce_range: bool | None = None,
+           rounding: str | None = None, int8_ties: bool | None = None, force: bool = False, ort: bool = False,
+           batch_sizes=DEFAULT_BATCH_SIZES, unsafe: bool = False, import_modules=(), input_spec=None,
+           external_threshold: int | None = None, graph_passes=(),
+           on_step: Callable[[str], None] | None = None) -> ExportReport:
     """Export a (tied) Keras model to an ONNX file with one initializer per tie.
 
     Args:
@@ -177,9 +176,8 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
         opset: ONNX opset (default :data:`DEFAULT_OPSET`).
         verify: compare Keras and onnxruntime outputs at ``batch_sizes`` before writing.
         precision: "fp32", "fp16", "int8" or "int4" weights.
-        block_size, symmetric, rounding, int8_ties: int4 only; per_channel, reduce_range: int8 only;
-            short_names: short internal tensor names (default: int4 only). See
-            :func:`tiedonnx.runtime.graph.quantize.to_precision`.
+        block_size, symmetric, rounding, int8_ties: int4 only; per_channel, reduce_range: int8 only; short_names:
+            short internal tensor names (default: int4 only). See :func:`tiedonnx.runtime.graph.quantize.to_precision`.
         force: overwrite an existing file.
         ort: also write an ORT-format copy (``path`` with suffix ``.ort``).
         unsafe: when ``model`` is a path, allow code stored in the file to run.
@@ -187,9 +185,8 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
             registered Keras classes load in safe mode (``["keras_hub"]``).
         external_threshold: serialized size above which weights are written to
             ``<path>.data`` (default :data:`~tiedonnx.runtime.model_save.EXTERNAL_DATA_THRESHOLD`).
-        input_spec: the inputs, one ``"NAME:DTYPE:AXES"`` per input
-            (``"token_ids:int32:batch,sequence"``), for a subclassed model that
-            declares none (see :mod:`tiedonnx.converter.input_specs`).
+        input_spec: the inputs, one ``"NAME:DTYPE:AXES"`` per input (``"token_ids:int32:batch,sequence"``),
+            for a subclassed model that declares none (see :mod:`tiedonnx.converter.input_specs`).
         graph_passes: extra ``ModelProto -> (ModelProto, detail)`` passes (the protocol
             of :mod:`tiedonnx.runtime.graph.passes`) run after retie and the shape fold,
             before the tie record and any precision change (the generation export folds
