@@ -126,12 +126,17 @@ def test_sigkill_during_export_publish(delay, tmp_path):
     assert target.read_bytes() == OLD
 
 
+def _dead_pid() -> int:
+    """The pid of a process that has exited (a finished child)."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    return int(gone.stdout)
+
+
 def test_leftover_removal_rules(tmp_path):
     """Only this target's temporaries, old enough, of processes that are gone, are removed."""
     target = tmp_path / "out.bin"
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
-    dead, alive = int(gone.stdout), os.getpid()
+    dead, alive = _dead_pid(), os.getpid()
     aged = time.time() - LEFTOVER_AGE_S - 60
     names = {
         f".out.bin.tiedonnx-{dead}-abc123.tmp.bin": True,       # old, process gone: removed
@@ -172,9 +177,7 @@ def test_leftover_staging_folders_of_a_site_are_removed_by_the_next_write(tmp_pa
     from tiedonnx.runtime.web.publish import check_targets, publish
 
     out = tmp_path / "site"
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
-    dead, alive = int(gone.stdout), os.getpid()
+    dead, alive = _dead_pid(), os.getpid()
     aged = time.time() - LEFTOVER_AGE_S - 60
     names = {
         f".site.tiedonnx-{dead}-k2j4x_9a.tmp": True,      # old, process gone: removed with its files
@@ -203,9 +206,7 @@ def test_leftover_staging_folders_of_a_site_are_removed_by_the_next_write(tmp_pa
 def test_generation_folder_staging_removes_leftovers_and_uses_the_same_naming(tmp_path):
     from tiedonnx.converter.generation_write import _staging_folder
 
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
-    stale = tmp_path / f".lm-gen.tiedonnx-{int(gone.stdout)}-k2j4x_9a.tmp"
+    stale = tmp_path / f".lm-gen.tiedonnx-{_dead_pid()}-k2j4x_9a.tmp"
     stale.mkdir()
     aged = time.time() - LEFTOVER_AGE_S - 60
     os.utime(stale, (aged, aged))
