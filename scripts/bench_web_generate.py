@@ -17,7 +17,10 @@ greedy, the same ``--prompt`` random token ids and ``--new`` new tokens each, no
 
 Time to first token = prompt run + first sample; decode tokens/s = (new - 1) tokens over the
 time after the first token. Median of ``--rounds`` rounds, contenders interleaved round by
-round after one warm-up call each. Greedy tokens are compared with the native row.
+round after the same ``--warmup`` seconds of throwaway generation each (V8 runs wasm in a
+baseline tier first and tiers a function up once it has run a while: on the tiny model the
+first ~1.5 s of steps are 2-4x slower; ``--warmup 0`` measures that cold start). Greedy
+tokens are compared with the native row.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -136,7 +140,7 @@ def bench_precision(browser, folder: Path, precision: str, ids: list[int], args)
     rows = []
     with serving(site) as base:
         for threads in args.threads:
-            contenders = {"tiedonnx page": open_page(browser, f"{base}?threads={threads}")}
+            contenders = {"tiedonnx page": open_page(browser, f"{base}?threads={threads}&warmup={args.warmup}")}
             lm = load_lm(folder, threads=threads)
             native = lambda n: _native(lm, ids, n)  # noqa: E731
             runs = {"tiedonnx page": lambda n, p=contenders["tiedonnx page"]: p.evaluate(PAGE_RUN, [ids, n]),
@@ -151,8 +155,8 @@ def bench_precision(browser, folder: Path, precision: str, ids: list[int], args)
                 except Exception as exc:  # a peer that does not load is one line, not a traceback
                     tjs_missing = f"transformers.js did not run: {str(exc).splitlines()[0][:200]}"
             results = {name: [] for name in runs}
-            for name, run in runs.items():
-                run(4)  # warm-up
+            for name, run in runs.items():  # the page warmed itself up for --warmup s at load
+                warm_up(run, 0 if name == "tiedonnx page" else args.warmup)
             for _ in range(args.rounds):
                 for name, run in runs.items():
                     settle()
@@ -170,6 +174,14 @@ def bench_precision(browser, folder: Path, precision: str, ids: list[int], args)
         print(f"{precision}: {tjs_missing}")
     shutil.rmtree(site, ignore_errors=True)
     return rows
+
+
+def warm_up(run, seconds: float) -> None:
+    """One short call, then throwaway calls until ``seconds`` have passed (V8 tiers wasm up as it runs)."""
+    start = time.perf_counter()
+    run(4)
+    while time.perf_counter() - start < seconds:
+        run(16)
 
 
 def _native(lm, ids: list[int], n: int) -> dict:
@@ -218,6 +230,9 @@ def main() -> int:
     parser.add_argument("--threads", default="1,2", help="wasm and native thread counts, comma-separated")
     parser.add_argument("--folders", default=None, help="keep (and reuse) the generation folders here")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    parser.add_argument("--warmup", type=float, default=2.0,
+                        help="seconds of throwaway generation before timing, for every contender (the page's "
+                             "own ?warmup=S at load; repeated calls for the others); 0: a 4-token call only")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     args.threads = [int(t) for t in args.threads.split(",")]
@@ -229,7 +244,7 @@ def main() -> int:
     version = subprocess.run([args.chromium, "--version"], capture_output=True, text=True).stdout.strip()
     print(describe())
     print(f"{version}; onnxruntime-web {ORT_WEB_VERSION} (wasm); config {args.config}: {CONFIGS[args.config]}; "
-          f"prompt {args.prompt} tokens, {args.new} new, greedy; median of {args.rounds} rounds; "
+          f"prompt {args.prompt} tokens, {args.new} new, greedy; {args.warmup:g} s warm-up; median of {args.rounds} rounds; "
           f"load average {os.getloadavg()[0]:.1f} at start")
     ids = np.random.default_rng(0).integers(1, CONFIGS[args.config]["vocabulary_size"], args.prompt).tolist()
     rows = []

@@ -147,7 +147,7 @@ def _python(folder, prompt, **options):
 
 @needs_chromium
 @pytest.mark.slow  # headless Chromium and a KerasHub export
-@pytest.mark.parametrize("precision", ["fp32", "int8", "int4"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", "int4"])
 def test_greedy_tokens_equal_the_python_runtime(folders, precision):
     folder, site = folders(precision)
     got = evaluate_in_site(site, GENERATE_ALL, [PROMPTS, {"max_new_tokens": NEW, "sampler": "greedy",
@@ -226,6 +226,7 @@ STREAM = """async (maxNew) => {
     const $ = (id) => document.getElementById(id);
     await new Promise((ok) => { const wait = () => ($("result").dataset.status ? ok() : setTimeout(wait, 20)); wait(); });
     if ($("result").dataset.status !== "ready") return { error: $("result").textContent };
+    const ready = JSON.parse($("result").textContent);
     $("prompt").value = "The tie";
     $("sampler").value = "greedy";
     $("max_new_tokens").value = String(maxNew);
@@ -238,7 +239,7 @@ STREAM = """async (maxNew) => {
         };
         requestAnimationFrame(frame);
     });
-    return { seen, output: $("output").textContent, result: JSON.parse($("result").textContent),
+    return { seen, ready, output: $("output").textContent, result: JSON.parse($("result").textContent),
              speed: $("speed").textContent, download: $("download").textContent };
 }"""
 
@@ -247,7 +248,9 @@ STREAM = """async (maxNew) => {
 @pytest.mark.slow  # headless Chromium
 def test_the_page_streams_text_as_it_is_generated(folders):
     folder, site = folders("fp32")
-    got = evaluate_in_site(site, STREAM, 120)
+    # ?warmup=0: a cold page decodes a few hundred tokens/s, so frames are painted mid-way; a warmed-up one
+    # can finish 120 tokens of this tiny model within two or three frames.
+    got = evaluate_in_site(site, STREAM, 120, query="?warmup=0")
     assert "error" not in got, got
     expected = _load_lm(folder).generate("The tie", max_new_tokens=120, sampler="greedy")
     assert got["result"]["tokens"] == expected.tokens[0]
@@ -255,3 +258,53 @@ def test_the_page_streams_text_as_it_is_generated(folders):
     growing = sorted(set(n for n in got["seen"] if len("The tie") < n < len(got["output"])))
     assert len(growing) >= 2, got["seen"]  # frames painted with partial text: it streamed
     assert "tokens/s" in got["speed"] and got["download"].startswith("download ")
+    assert got["ready"]["warmup_steps"] == 0, got["ready"]
+
+
+READY = """async () => {
+    const $ = (id) => document.getElementById(id);
+    await new Promise((ok) => { const wait = () => ($("result").dataset.status ? ok() : setTimeout(wait, 20)); wait(); });
+    return { result: JSON.parse($("result").textContent), speed: $("speed").textContent };
+}"""
+
+
+@needs_chromium
+@pytest.mark.slow  # headless Chromium
+def test_the_page_warms_up_for_two_seconds_before_it_reports_ready(folders):
+    _, site = folders("fp32")
+    got = evaluate_in_site(site, READY)
+    assert got["result"]["status"] == "ready", got
+    assert got["result"]["warmup_steps"] >= 10 and 2 <= got["result"]["warmup_s"] < 10, got
+    assert got["speed"].startswith(f"warmed up: {got['result']['warmup_steps']} decoder steps in "), got
+
+
+WARM_THEN_CLICK = """async (maxNew) => {
+    const $ = (id) => document.getElementById(id);
+    await new Promise((ok) => { const wait = () => (window.tiedonnxLM || $("result").dataset.status ? ok() : setTimeout(wait, 20)); wait(); });
+    if (!window.tiedonnxLM) return { error: $("result").textContent };
+    const lm = window.tiedonnxLM, warming = lm.warming !== null;
+    const bad = [-1, "2", NaN].map((v) => { try { lm.warmUp(v); return null; } catch (e) { return `${e.name}: ${e.message}`; } });
+    $("prompt").value = "The tie";
+    $("sampler").value = "greedy";
+    $("max_new_tokens").value = String(maxNew);
+    const start = performance.now();
+    $("go").click();
+    await new Promise((ok) => { const wait = () => ($("result").dataset.status ? ok() : setTimeout(wait, 20)); wait(); });
+    const seconds = (performance.now() - start) / 1000;
+    await new Promise((ok) => setTimeout(ok, 300));  // the stopped warm-up must not report "ready" after "done"
+    return { warming, bad, seconds, status: $("result").dataset.status, result: JSON.parse($("result").textContent) };
+}"""
+
+
+@needs_chromium
+@pytest.mark.slow  # headless Chromium
+def test_a_click_during_the_warm_up_stops_it_and_generates(folders):
+    folder, site = folders("fp32")
+    got = evaluate_in_site(site, WARM_THEN_CLICK, 12, query="?warmup=120")
+    assert "error" not in got, got
+    assert got["warming"], "the page did not start warming up after loading"
+    assert got["seconds"] < 60, got  # the 120 s warm-up stopped at the click
+    assert got["status"] == "done", got
+    assert got["result"]["tokens"] == _load_lm(folder).generate("The tie", max_new_tokens=12, sampler="greedy").tokens[0]
+    for value, error in zip(["-1", "'2'", "NaN"], got["bad"]):
+        assert error == f"UsageError: warm-up seconds must be a number >= 0. Received: {value}.", got["bad"]

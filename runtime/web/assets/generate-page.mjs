@@ -1,7 +1,9 @@
 // The generation page: load the site's generation folder (lm/), stream generated text
 // into #output, show tokens/s and the download size. The page's state is also written
 // as JSON into #result (data-status="ready" | "done" | "error") for headless checks.
-// URL parameters: ?threads=N (wasm threads; default 2 when cross-origin isolated, else 1).
+// URL parameters: ?threads=N (wasm threads; default 2 when cross-origin isolated, else 1),
+// ?warmup=S (seconds of throwaway decoder steps after loading, default 2; 0 for none:
+// see LanguageModel.warmUp in generate.mjs). "ready" is reported after the warm-up.
 import { loadLM } from "./generate.mjs";
 import { ortVersion } from "./tiedonnx.mjs";
 
@@ -59,7 +61,8 @@ async function generate(lm) {
 
 async function main() {
   const site = await (await fetch("site.json")).json();
-  const threadsParam = new URLSearchParams(location.search).get("threads");
+  const params = new URLSearchParams(location.search);
+  const threadsParam = params.get("threads");
   const numThreads = threadsParam ? Number(threadsParam) : globalThis.crossOriginIsolated ? 2 : 1;
   const wasm = site.runtime.files.find((f) => f.name.endsWith(".wasm"));
   const lm = await loadLM(site.lm.url, {
@@ -71,10 +74,16 @@ async function main() {
   for (const key of ["sampler", "temperature", "top_k", "top_p"]) if (d[key] !== undefined) $(key).value = d[key];
   if (!lm.tokenizer) $("prompt").value = "1 2 3";
   $("prompt").setAttribute("placeholder", lm.tokenizer ? "text" : "token ids, e.g. 1 2 3 (this folder has no tokenizer)");
-  $("go").onclick = () => generate(lm);
+  let started = false;
+  $("go").onclick = () => { started = true; generate(lm); };
   $("go").disabled = false;
   window.tiedonnxLM = lm;  // for the console and headless checks
-  report("ready", { precision: site.lm.precision, threads: numThreads });
+  $("speed").textContent = "warming up the runtime (a click on Generate stops it)";
+  const warm = await lm.warmUp(Number(params.get("warmup") ?? 2));
+  if (started) return;  // a generation already runs: it reports for itself
+  $("speed").textContent = `warmed up: ${warm.steps} decoder steps in ${warm.seconds.toFixed(1)} s`;
+  report("ready", { precision: site.lm.precision, threads: numThreads, warmup_steps: warm.steps,
+    warmup_s: warm.seconds });
 }
 
 main().catch((err) => report("error", { error: `${err.name}: ${err.message}` }));

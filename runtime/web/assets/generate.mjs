@@ -207,9 +207,15 @@ export async function loadLM(url, options = undefined) {
 const kvNames = (n, prefix, kinds = ["key", "value"]) =>
   Array.from({ length: n }, (_, i) => kinds.map((k) => `${prefix}.${i}.${k}`)).flat();
 
-// A macrotask between tokens lets the page paint the text streamed so far.
-const nextTask = () => (globalThis.scheduler?.yield ? globalThis.scheduler.yield()
-  : new Promise((resolve) => { const c = new MessageChannel(); c.port1.onmessage = () => resolve(); c.port2.postMessage(0); }));
+// A plain macrotask: whatever the page has queued (paint, clicks, timers) runs first.
+const queuedTask = () => new Promise((resolve) => {
+  const c = new MessageChannel();
+  c.port1.onmessage = () => resolve();
+  c.port2.postMessage(0);
+});
+// Between tokens: lets the page paint the text streamed so far. scheduler.yield() resumes
+// ahead of other queued tasks (the generation keeps its place); the warm-up uses queuedTask.
+const nextTask = () => (globalThis.scheduler?.yield ? globalThis.scheduler.yield() : queuedTask());
 
 export class LanguageModel {
   constructor(url, config, model, tokenizer) {
@@ -230,6 +236,41 @@ export class LanguageModel {
     const dtype = (name) => model.inputs.find((s) => s.name === name).dtype;
     this.idsType = dtype("input_ids");
     this.cacheType = dtype(this.pastNames[0]);
+    this.warming = null;
+  }
+
+  /**
+   * Run throwaway one-token decoder steps for `seconds` (contexts up to 64 tokens), then stop.
+   * V8 first runs onnxruntime-web's wasm in its baseline tier and compiles a function with
+   * its optimizing tier only once that function has run for a while: on a tiny decoder the
+   * first ~1.5 s of steps are 2-4x slower than the later ones. Warming up at load time, while
+   * the visitor types, moves that cost out of the first generate() call. A generate() called
+   * during the warm-up stops it after the current step. Resolves {steps, seconds}.
+   */
+  warmUp(seconds = 2) {
+    if (!isNum(seconds) || seconds < 0) {
+      throw new UsageError(`warm-up seconds must be a number >= 0. Received: ${pyRepr(seconds)}.`);
+    }
+    this.warming = this.warmLoop(seconds * 1000).finally(() => { this.warming = null; });
+    return this.warming;
+  }
+
+  async warmLoop(ms) {
+    const run = new Run(this, null, null, new Set(), {}, false);
+    const longest = Math.min(64, (this.config.max_length ?? 65) - 1), start = performance.now();
+    let past = run.emptyPast(), length = 0, steps = 0, yielded = start;
+    this.stopWarming = false;
+    while (!this.stopWarming && performance.now() - start < ms) {
+      if (length === longest) [past, length] = [run.emptyPast(), 0];
+      [, past] = await run.step([0], past);
+      length += 1;
+      steps += 1;
+      if (performance.now() - yielded > 10) {  // a run resolves in microtasks: let the page paint and take clicks
+        await queuedTask();
+        yielded = performance.now();
+      }
+    }
+    return { steps, seconds: (performance.now() - start) / 1000 };
   }
 
   /** Token ids of `text`, after the start token where the model's preprocessor adds one. */
@@ -305,6 +346,10 @@ export class LanguageModel {
     if (!ids.length) throw new InputError("Prompt 0 is empty (0 tokens). Give every prompt at least one token.");
     this.checkFits(ids.length, o.max_new_tokens);
     const stops = new Set(o.stop_token_ids ?? this.config.eos_token_ids ?? []);
+    if (this.warming) {
+      this.stopWarming = true;
+      await this.warming;
+    }
     const run = new Run(this, settings, new Mulberry32(o.seed ?? 0), stops, o, isText && this.tokenizer !== null);
     return run.go(ids);
   }
@@ -331,7 +376,7 @@ class Run {
 
   /** One decoder call; returns the last position's logits and the present.* tensors as the next past. */
   async step(ids, past) {
-    const out = await this.lm.model.session.run({ input_ids: this.idsTensor(ids), ...past });
+    const out = await this.lm.model.runTensors({ input_ids: this.idsTensor(ids), ...past });
     const logits = out.logits, [, seq, vocab] = logits.dims;
     const row = Float32Array.from(logits.data.subarray((seq - 1) * vocab, seq * vocab));
     logits.dispose();

@@ -138,6 +138,12 @@ function spec(meta) {
 
 export const shapeText = (shape) => (shape.length === 1 ? `(${shape[0]},)` : `(${shape.join(", ")})`);
 
+// onnxruntime-web's wasm backend runs one session.run at a time in a page: a second run
+// started while one is in flight (another session, or a warm-up beside a generation) fails
+// inside OrtRun ("output name cannot be empty"). Every run of this module and generate.mjs
+// waits its turn in this one queue.
+let runQueue = Promise.resolve();
+
 export class TiedModel {
   constructor(session, url, bytes) {
     this.session = session;
@@ -157,13 +163,20 @@ export class TiedModel {
     const ready = prepareFeeds(feeds, this.inputs, { allowNonfinite });
     const tensors = Object.fromEntries(Object.entries(ready).map(([name, f]) =>
       [name, new ort.Tensor(f.dtype, f.data, f.dims)]));
-    const results = await this.session.run(tensors);
+    const results = await this.runTensors(tensors);
     const out = {};
     for (const s of this.outputs) {
       const t = results[s.name];
       out[s.name] = { data: t.data, dims: [...t.dims], dtype: t.type };
     }
     return out;
+  }
+
+  /** session.run(tensors) of ort.Tensor feeds, in turn with every other run in the page. */
+  runTensors(tensors) {
+    const result = runQueue.then(() => this.session.run(tensors));
+    runQueue = result.catch(() => {});
+    return result;
   }
 }
 
