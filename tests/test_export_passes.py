@@ -40,4 +40,4 @@ def test_an_extra_pass_sees_one_initializer_per_tie_and_no_keras_names_yet(tmp_p
     assert recorded_ties(onnx.load(str(path)))[0]["keras"]["decoder"] == "dec"
     lines = [r.getMessage().split(" (")[0] for r in caplog.records if r.name == "tiedonnx.runtime.graph.passes"]
     assert lines == ["export pass retie", "export pass fold_shapes", "export pass probe", "export pass record",
-                     "int8 pass int8", "int8 pass lookup_axis", "export pass precision"]
+                     "int8 pass int8", "int8 pass lookup_axis", "int8 pass tie_input", "export pass precision"]

@@ -21,7 +21,7 @@ from tiedonnx.runtime.graph.quantize import PRECISION_PASSES, SHORT_NAMES
 
 def test_every_precision_has_its_passes_in_order_each_saying_why():
     assert {k: [p.name for p in v] for k, v in PRECISION_PASSES.items()} == {
-        "fp32": [], "fp16": ["fp16"], "int8": ["int8", "lookup_axis"], "int4": ["int4_views", "int4"]}
+        "fp32": [], "fp16": ["fp16"], "int8": ["int8", "lookup_axis", "tie_input"], "int4": ["int4_views", "int4"]}
     for step in [*(p for v in PRECISION_PASSES.values() for p in v), SHORT_NAMES]:
         assert len(step.order) > 20, step.name  # the ordering constraint, in words
 

@@ -346,3 +346,44 @@ def test_lookup_axis_pass_keeps_ids_of_any_rank_and_refuses_unknown_ranks():
             got = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"]).run(
                 None, {"ids": ids})[0]
             assert np.array_equal(got, w.T[ids])
+
+
+@pytest.mark.parametrize("per_channel", [True, False], ids=["per_channel", "per_tensor"])
+def test_the_int8_tie_is_also_a_graph_input_so_no_packed_copy_is_kept_beside_it(per_channel):
+    """onnxruntime pre-packs a constant 2-D B of MatMulInteger into a copy of its own while the lookup keeps
+    reading the original; an initializer that is also a graph input is neither folded nor pre-packed."""
+    table = _table()
+    q = to_precision(_lm_graph(table), "int8", per_channel=per_channel)
+    (tie,) = read_ties(q)
+    assert [i.name for i in q.graph.input] == ["ids", "x", tie.initializer]
+    listed = next(i for i in q.graph.input if i.name == tie.initializer)
+    stored = next(i for i in q.graph.initializer if i.name == tie.initializer)
+    assert listed.type.tensor_type.elem_type == stored.data_type
+    assert [d.dim_value for d in listed.type.tensor_type.shape.dim] == list(stored.dims)
+    assert inspect_model(q).ties_ok
+    sess = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["ids", "x"]  # the caller's contract is unchanged
+    assert [i.name for i in sess.get_overridable_initializers()] == [tie.initializer]
+    # The same numbers as the graph without the listing: the pass changes memory only.
+    plain = onnx.ModelProto()
+    plain.CopyFrom(q)
+    del plain.graph.input[2]
+    ids, x = np.array([0, 7, VOCAB - 1], np.int64), np.random.default_rng(1).normal(size=(3, HIDDEN)).astype(np.float32)
+    for got, want in zip(sess.run(["embedded", "logits"], {"ids": ids, "x": x}), _run(plain, ids, x)):
+        assert np.array_equal(got, want)
+
+
+def test_only_an_8_bit_tie_read_by_a_lookup_and_an_integer_projection_is_listed():
+    from tiedonnx.runtime.graph.lookup_axis import leave_tie_unpacked
+
+    fp32 = to_precision(_lm_graph(_table()), "fp32")
+    assert leave_tie_unpacked(fp32)[1] == 0  # a float tie: onnxruntime's lean Gemm keeps it once already
+    q = to_precision(_lm_graph(_table()), "int8")
+    assert leave_tie_unpacked(q)[1] == 0  # already listed: not twice
+    assert [i.name for i in q.graph.input].count(read_ties(q)[0].initializer) == 1
+    no_lookup = to_precision(_lm_graph(_table()), "int8")
+    del no_lookup.graph.input[2]
+    for node in no_lookup.graph.node:
+        if node.op_type == "Gather" and node.input[0] == read_ties(no_lookup)[0].initializer:
+            node.op_type, node.domain = "GatherElements", ""  # any reader but a Gather: not a lookup
+    assert leave_tie_unpacked(no_lookup)[1] == 0

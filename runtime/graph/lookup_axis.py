@@ -20,9 +20,26 @@ lookup                                    pre-packing on   pre-packing off
 =======================================  ===============  ================
 
 The projection's pre-packed B is a copy of its own, kept beside the original
-that the lookup reads; ``memory="lean"`` disables pre-packing where a weight is
-read by several nodes (:mod:`tiedonnx.runtime.lean`), so the tie is then held
-once.
+that the lookup reads. :func:`leave_tie_unpacked` (the next pass) lists such a
+tie among the graph's inputs as well: onnxruntime then treats it as an
+overridable initializer, which it neither folds nor pre-packs, so the session
+holds it once with every other weight still pre-packed. onnxruntime's integer
+MatMul kernels pre-pack only a constant 2-D B (``MatMulIntegerBase::PrePack``).
+Measured on the GPT-2 small int8 decoder (2 threads, 2-core AMD EPYC, load 3-4;
+``/tmp``-free commands in the README's "Generate text"):
+
+==========================================  ===================  ==================
+tie                                          session (x file)     decode step, past 128
+==========================================  ===================  ==================
+constant (pre-packed copy + original)         177.9 MiB (1.46x)    34.5 ms
+graph input too (held once)                   141.1 MiB (1.16x)    38.2 ms (0.90x)
+stored ``[1, hidden, vocab]`` (3-D B)         141.1 MiB (1.16x)    37.0 ms
+pre-packing off for the session (``lean``)    140.4 MiB (1.15x)    about 0.6x
+==========================================  ===================  ==================
+
+The 3-D form would change the stored tensor's shape and the tie record; the
+graph-input form changes nothing but the input list (``get_inputs()`` leaves
+overridable initializers out, so the decoder's contract is unchanged).
 """
 
 from __future__ import annotations
@@ -38,7 +55,7 @@ from .metadata import read_ties, write_ties
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["gather_transposed_columns"]
+__all__ = ["gather_transposed_columns", "leave_tie_unpacked"]
 
 
 def _transposed_lookup(index: GraphIndex, node: onnx.NodeProto) -> onnx.NodeProto | None:
@@ -103,3 +120,35 @@ def _repoint_uses(model: onnx.ModelProto, moved: dict[str, str]) -> None:
         for use in tie.uses:
             use.output = moved.get(use.output, use.output)
     write_ties(model, ties)
+
+
+_INT8 = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+
+
+def leave_tie_unpacked(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """List an 8-bit tie read by a lookup and an integer MatMul as a graph input too; a pass (:mod:`.passes`).
+
+    onnxruntime neither constant-folds nor pre-packs an initializer that is also
+    a graph input, so the projection reads the stored tie instead of a packed
+    copy kept beside it (see the module docstring for the cost). Ties read
+    otherwise, and float or 4-bit ties, are left alone. Edits ``model`` in place;
+    returns it and the number of ties listed.
+    """
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    listed = {i.name for i in graph.input}
+    added = 0
+    for tie in read_ties(model):
+        init = inits.get(tie.initializer)
+        if init is None or init.data_type not in _INT8 or tie.initializer in listed:
+            continue
+        readers = [n for n in graph.node if tie.initializer in n.input]
+        looked_up = any(n.op_type == "Gather" and n.domain in ("", "ai.onnx") and n.input[0] == tie.initializer
+                        and tie.initializer not in n.input[1:] for n in readers)
+        projected = any(n.op_type == "MatMulInteger" and n.input[1] == tie.initializer for n in readers)
+        if looked_up and projected:
+            graph.input.append(helper.make_tensor_value_info(tie.initializer, init.data_type, list(init.dims)))
+            added += 1
+    if added:
+        logger.info("%d int8 tie(s) listed as graph inputs: held once, not pre-packed", added)
+    return model, added

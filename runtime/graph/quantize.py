@@ -275,6 +275,12 @@ def _lookup_axis_pass(model: onnx.ModelProto, options: PrecisionOptions):
     return gather_transposed_columns(model)
 
 
+def _tie_input_pass(model: onnx.ModelProto, options: PrecisionOptions):
+    from .lookup_axis import leave_tie_unpacked
+
+    return leave_tie_unpacked(model)
+
+
 def _int4_views_pass(model: onnx.ModelProto, options: PrecisionOptions):
     from .int4_views import flatten_weight_reshapes
 
@@ -306,7 +312,9 @@ PRECISION_PASSES: dict[str, tuple[GraphPass, ...]] = {
     "int8": (GraphPass("int8", _int8_pass, "after retie: ties_in_graph's record says which uses to re-tie "
                        "after quantize_dynamic"),
              GraphPass("lookup_axis", _lookup_axis_pass, "after int8: the lookup reads the Transpose that "
-                       "re-tying put over the int8 tie stored in the projection's layout")),
+                       "re-tying put over the int8 tie stored in the projection's layout"),
+             GraphPass("tie_input", _tie_input_pass, "after lookup_axis: the tie must be read directly by its "
+                       "lookup and its projection, with no Transpose left to fold")),
     "int4": (GraphPass("int4_views", _int4_views_pass, "before int4: a rank-3+ weight must be a 2-D view "
                        "for MatMulNBits; ties are left alone (the record must be complete, so after retie)"),
              GraphPass("int4", _int4_pass, "after int4_views: quantizes the 2-D weights it made")),
