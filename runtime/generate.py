@@ -21,21 +21,17 @@ stop token (kept as the row's last token).
 ``memory="auto"`` (the default) opens fp32 and fp16 folders with
 ``memory="lean"``: the logits projection then reads the stored embedding
 through ``Gemm(transB=1)`` (:mod:`tiedonnx.runtime.lean`), so the tie is held
-once in memory. int8 and int4 folders open with ``"fast"``: their tie is
-one integer tensor in the file, read by the lookup and the projection, but
-onnxruntime pre-packs the projection's copy and keeps the original for the
-lookup, so memory holds it twice. For int8 ``memory="lean"`` holds it once
-(the lookup gathers columns of the stored ``[hidden, vocabulary]`` tie,
-:mod:`tiedonnx.runtime.graph.lookup_axis`, and pre-packing is off) at a
-decode cost that grows with the tie's share of the weights. Measured (2
-threads, RSS growth over session creation after onnx and onnxruntime are
-loaded; 2-core AMD EPYC with AVX2 under load from other work), int8
-per-channel folders: GPT-2 small (122 MiB file) fast 177.5 MiB (1.46x) at
-35-45 tokens/s, lean 140.3 MiB (1.15x) at 23-26; 2 layers, hidden 768,
-vocabulary 50257 (54 MiB) fast 103.6 MiB (1.93x) at 116-121, lean 66.5 MiB
-(1.24x) at 51-75. Earlier, on the 2-layer model: fp32 (214 MB file) fast 380
-MiB at 25.9 tokens/s, lean 240 MiB at 19.8; int4 (31 MB) fast 83 MiB at
-29.6, lean 91 MiB at 1.8.
+once in memory. int8 and int4 folders open with ``"fast"``. An int8 tie is
+held once there too: the lookup gathers columns of the stored ``[hidden,
+vocabulary]`` tie (:mod:`tiedonnx.runtime.graph.lookup_axis`) and the tie is
+also a graph input, which onnxruntime neither folds nor pre-packs, while the
+other weights stay pre-packed (GPT-2 small int8: 141.1 MiB after session
+start, 1.158x the file, against 177.9 MiB, 1.46x, unlisted; decode step
+0.90x). ``memory="lean"`` on an int8 folder turns pre-packing off for the
+whole session: no smaller, slower (about 0.6x). A 4-bit tie is held twice:
+``MatMulNBits`` pre-packs a copy of its own, and without pre-packing it runs
+34x slower, so ``lean`` does not help int4 (2-layer, hidden 768, vocabulary
+50257 int4: fast 83 MiB at 29.6 tokens/s, lean 91 MiB at 1.8).
 """
 
 from __future__ import annotations

@@ -50,6 +50,10 @@ columns of the stored ``[hidden, vocabulary]`` tensor
 projection's ``MatMulInteger``. Shared, it gets no pre-packing in lean mode,
 and is then held once (GPT-2 small int8: 140.3 MiB after session creation
 against 177.5 for ``fast``, decode about 0.6x; :mod:`tiedonnx.runtime.generate`).
+Since then export also lists such a tie as a graph input
+(:func:`tiedonnx.runtime.graph.lookup_axis.leave_tie_unpacked`): ``fast`` then
+holds it once as well (141.1 MiB) with every other weight pre-packed, at 0.90x
+the decode step, so lean gains nothing more on those files.
 Also measured and rejected, each with one int8 copy: the folded transpose
 without pre-packing (1.58x), the decoder as ``W_q @ h_q^T`` with ``W_q`` as
 ``MatMulInteger``'s A (2.5x at batch 1, 11.6x at batch 256: no fast signed-A

@@ -184,6 +184,10 @@ MUTATIONS = [
     M("lookup_axis_unknown_rank_rewritten", G + "lookup_axis.py",
       "        if rank is None:\n            logger.info(", "        if rank is None and False:\n            logger.info(",
       "tests/test_lm_int8.py::test_lookup_axis_pass_keeps_ids_of_any_rank_and_refuses_unknown_ranks"),
+    M("tie_input_not_listed", G + "lookup_axis.py",
+      "        if looked_up and projected:", "        if looked_up and projected and False:", "tests/test_lm_int8.py"),
+    M("tie_input_without_a_lookup", G + "lookup_axis.py",
+      "        if looked_up and projected:", "        if projected:", "tests/test_lm_int8.py"),
     # --- layer norm fusion
     M("layer_norm_fused_below_opset_17", G + "layer_norm.py",
       "if main_opset(model) < LAYER_NORM_OPSET or", "if main_opset(model) < 1 or", LN),

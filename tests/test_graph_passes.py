@@ -21,7 +21,7 @@ from tiedonnx.runtime.graph.quantize import PRECISION_PASSES, SHORT_NAMES
 
 def test_every_precision_has_its_passes_in_order_each_saying_why():
     assert {k: [p.name for p in v] for k, v in PRECISION_PASSES.items()} == {
-        "fp32": [], "fp16": ["fp16"], "int8": ["int8", "lookup_axis", "tie_input"], "int4": ["int4_views", "int4"]}
+        "fp32": [], "fp16": ["fp16"], "int8": ["int8", "lookup_axis", "tie_input"], "int4": ["int4_views", "int4", "lookup_axis", "tie_input"]}
     for step in [*(p for v in PRECISION_PASSES.values() for p in v), SHORT_NAMES]:
         assert len(step.order) > 20, step.name  # the ordering constraint, in words
 
@@ -55,7 +55,8 @@ def test_v_logs_counts_and_bytes_before_and_after_each_pass(tmp_path, caplog):
         tiedonnx_logger.setLevel(level)
     lines = [r.getMessage() for r in caplog.records if r.name == "tiedonnx.runtime.graph.passes"]
     assert [line.split(" (")[0] for line in lines] == [
-        "int4 pass int4_views", "int4 pass int4", "int4 pass short_names"]
+        "int4 pass int4_views", "int4 pass int4", "int4 pass lookup_axis", "int4 pass tie_input",
+        "int4 pass short_names"]
     pattern = re.compile(r"(\d+) nodes, (\d+) initializers \(([\d,]+) bytes\) -> (\d+) nodes, (\d+) initializers "
                          r"\(([\d,]+) bytes\)")
     sizes = [tuple(int(g.replace(",", "")) for g in pattern.search(line).groups()) for line in lines]

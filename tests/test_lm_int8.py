@@ -22,11 +22,11 @@ from tiedonnx.runtime.graph.quantize import to_precision
 VOCAB, HIDDEN = 50, 12
 
 
-def _table(seed: int = 0) -> np.ndarray:
-    """E[VOCAB, HIDDEN]: row i has magnitude 10**(-3 i / VOCAB), from 1 down to about 1e-3."""
+def _table(seed: int = 0, hidden: int = HIDDEN) -> np.ndarray:
+    """E[VOCAB, hidden]: row i has magnitude 10**(-3 i / VOCAB), from 1 down to about 1e-3."""
     rng = np.random.default_rng(seed)
     magnitudes = 10.0 ** (-3.0 * np.arange(VOCAB) / VOCAB)
-    return (rng.uniform(-1, 1, (VOCAB, HIDDEN)) * magnitudes[:, None]).astype(np.float32)
+    return (rng.uniform(-1, 1, (VOCAB, hidden)) * magnitudes[:, None]).astype(np.float32)
 
 
 def _lm_graph(table: np.ndarray) -> onnx.ModelProto:
@@ -40,8 +40,8 @@ def _lm_graph(table: np.ndarray) -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes, "lm",
         [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"]),
-         helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", HIDDEN])],
-        [helper.make_tensor_value_info("embedded", TensorProto.FLOAT, ["n", HIDDEN]),
+         helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", table.shape[1]])],
+        [helper.make_tensor_value_info("embedded", TensorProto.FLOAT, ["n", table.shape[1]]),
          helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", VOCAB])],
         [numpy_helper.from_array(table, "E")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -348,12 +348,15 @@ def test_lookup_axis_pass_keeps_ids_of_any_rank_and_refuses_unknown_ranks():
             assert np.array_equal(got, w.T[ids])
 
 
-@pytest.mark.parametrize("per_channel", [True, False], ids=["per_channel", "per_tensor"])
-def test_the_int8_tie_is_also_a_graph_input_so_no_packed_copy_is_kept_beside_it(per_channel):
+@pytest.mark.parametrize("precision, options", [("int8", {"per_channel": True}), ("int8", {"per_channel": False}),
+                                                ("int4", {"int8_ties": True})],
+                         ids=["per_channel", "per_tensor", "int4_int8_ties"])
+def test_the_int8_tie_is_also_a_graph_input_so_no_packed_copy_is_kept_beside_it(precision, options):
     """onnxruntime pre-packs a constant 2-D B of MatMulInteger into a copy of its own while the lookup keeps
     reading the original; an initializer that is also a graph input is neither folded nor pre-packed."""
-    table = _table()
-    q = to_precision(_lm_graph(table), "int8", per_channel=per_channel)
+    table = _table(hidden=32)  # int4 blocks of 32 along the hidden axis
+    q = to_precision(_lm_graph(table), precision, **options)
+    assert not [n for n in q.graph.node if n.op_type == "Transpose" and n.input[0] == read_ties(q)[0].initializer]
     (tie,) = read_ties(q)
     assert [i.name for i in q.graph.input] == ["ids", "x", tie.initializer]
     listed = next(i for i in q.graph.input if i.name == tie.initializer)
@@ -368,7 +371,7 @@ def test_the_int8_tie_is_also_a_graph_input_so_no_packed_copy_is_kept_beside_it(
     plain = onnx.ModelProto()
     plain.CopyFrom(q)
     del plain.graph.input[2]
-    ids, x = np.array([0, 7, VOCAB - 1], np.int64), np.random.default_rng(1).normal(size=(3, HIDDEN)).astype(np.float32)
+    ids, x = np.array([0, 7, VOCAB - 1], np.int64), np.random.default_rng(1).normal(size=(3, 32)).astype(np.float32)
     for got, want in zip(sess.run(["embedded", "logits"], {"ids": ids, "x": x}), _run(plain, ids, x)):
         assert np.array_equal(got, want)
 

@@ -26,7 +26,7 @@ overridable initializer, which it neither folds nor pre-packs, so the session
 holds it once with every other weight still pre-packed. onnxruntime's integer
 MatMul kernels pre-pack only a constant 2-D B (``MatMulIntegerBase::PrePack``).
 Measured on the GPT-2 small int8 decoder (2 threads, 2-core AMD EPYC, load 3-4;
-``/tmp``-free commands in the README's "Generate text"):
+the commands are in the README's "Generate text"):
 
 ==========================================  ===================  ==================
 tie                                          session (x file)     decode step, past 128

@@ -317,7 +317,11 @@ PRECISION_PASSES: dict[str, tuple[GraphPass, ...]] = {
                        "lookup and its projection, with no Transpose left to fold")),
     "int4": (GraphPass("int4_views", _int4_views_pass, "before int4: a rank-3+ weight must be a 2-D view "
                        "for MatMulNBits; ties are left alone (the record must be complete, so after retie)"),
-             GraphPass("int4", _int4_pass, "after int4_views: quantizes the 2-D weights it made")),
+             GraphPass("int4", _int4_pass, "after int4_views: quantizes the 2-D weights it made"),
+             GraphPass("lookup_axis", _lookup_axis_pass, "after int4: with --int8-ties the lookup reads a "
+                       "Transpose of the int8 tie (a 4-bit tie is read by GatherBlockQuantized: untouched)"),
+             GraphPass("tie_input", _tie_input_pass, "after lookup_axis: as in int8, an int8 tie read by its "
+                       "lookup and its integer projection directly is kept once")),
 }
 #: Optional last pass (``short_names``): it renames what every earlier pass made, and the tie record.
 SHORT_NAMES = GraphPass("short_names", _short_names_pass, "last: renames the tensors every earlier pass "
