@@ -83,6 +83,20 @@ def test_bad_folders_and_precisions_are_refused_before_writing(tmp_path, capsys)
     assert not (tmp_path / "site").exists()
 
 
+def test_cli_says_int4_runs_slowly_in_the_browser_and_int8_does_not(tmp_path, capsys):
+    from tiedonnx.runtime.cli import main
+    from tiedonnx.runtime.commands.web import INT4_NOTE
+
+    tiny_decoder_folder(tmp_path / "gen")
+    onnx_dir = tmp_path / "gen" / "onnx"
+    for name in ("model_q4.onnx", "model_quantized.onnx"):  # the page copies the file: its bytes do not matter here
+        (onnx_dir / name).write_bytes((onnx_dir / "model.onnx").read_bytes())
+    for precision, noted in (("int4", True), ("int8", False), ("fp32", False)):
+        assert main(["web", str(tmp_path / "gen"), str(tmp_path / f"site-{precision}"), "--precision", precision]) == 0
+        out = capsys.readouterr().out
+        assert (INT4_NOTE in out) is noted, (precision, out)
+
+
 def test_cli_precision_choices_are_the_folder_model_files():
     from tiedonnx.runtime.commands import web
     from tiedonnx.runtime.generation_folder import MODEL_FILES

@@ -62,7 +62,14 @@ def run(args: argparse.Namespace) -> int:
                                            f"page {report.page_bytes:,}")
 
 
+#: Measured with scripts/bench_web_generate.py (README "Deploy in a browser").
+INT4_NOTE = ("  note: onnxruntime-web's wasm build has no SIMD kernel for int4's MatMulNBits and "
+             "GatherBlockQuantized: the GPT-2 small int4 page decoded at 0.02-0.11x native onnxruntime, "
+             "the int8 page at 0.32x. int4 is the smallest download; for speed, publish --precision int8.")
+
+
 def _generation_site(args: argparse.Namespace) -> int:
+    from ..generation_folder import MODEL_FILES
     from ..web import write_generation_site
 
     report = write_generation_site(args.model, args.out, precision=args.precision, runtime=args.runtime,
@@ -71,6 +78,8 @@ def _generation_site(args: argparse.Namespace) -> int:
     data = sum(f["bytes"] for f in report.data_files)
     lines = [f"wrote {report.out_dir}/ ({len(report.written)} files, runtime={report.runtime}): text generation",
              f"  decoder {model['file']} ({model['bytes']:,} bytes)"]
+    if model["file"].endswith("/" + MODEL_FILES["int4"]):
+        lines.append(INT4_NOTE)
     return _emit_site(args, report, lines, f"runtime and tokenizer library {report.runtime_bytes:,}, decoder "
                                            f"{model['bytes']:,}, tokenizer and config files {data:,}, "
                                            f"page {report.page_bytes:,}")
