@@ -1,0 +1,85 @@
+"""Optimum's peer row: export with optimum-onnx, run with ORTModelForCausalLM (in the optimum venv).
+
+    ~/.cache/tiedonnx/peers/optimum/bin/python scripts/peers/optimum_run.py export --hf HF --onnx OUT
+    ... bench --onnx OUT --prompts prompts.json --new 128 --rounds 3     # TTFT, tokens/s b1 and b8, tokens
+    ... probe --onnx OUT --prompts prompts.json --new 128                # RSS, fresh process
+
+Each step prints one JSON line. Greedy, exactly ``--new`` tokens (min_new_tokens = max_new_tokens);
+onnxruntime's session gets ``intra_op_num_threads = --threads``, torch (logits processing) as many.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from common import arguments, embedding_copies, emit, load_prompts, rss_mib, time_batches
+
+
+def onnx_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if ".onnx" in p.name)
+
+
+def export(hf: str, out: Path) -> dict:
+    import json
+
+    from optimum.exporters.onnx import main_export
+
+    start = time.perf_counter()
+    main_export(hf, out, task="text-generation-with-past", do_validation=False)
+    config = json.loads((Path(hf) / "config.json").read_text())
+    hidden = config.get("hidden_size") or config["n_embd"]
+    return {"export_s": time.perf_counter() - start, "bytes": onnx_bytes(out),
+            "embedding_copies": embedding_copies(out, config["vocab_size"], hidden)}
+
+
+def load(folder: str, threads: int):
+    import onnxruntime as ort
+    import torch
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    torch.set_num_threads(threads)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ORTModelForCausalLM.from_pretrained(folder, session_options=options, provider="CPUExecutionProvider")
+
+
+def generator(model):
+    import torch
+
+    def generate(prompts: list[list[int]], n: int) -> list[list[int]]:
+        ids = torch.tensor(prompts, dtype=torch.int64)
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                                 min_new_tokens=n, do_sample=False, num_beams=1, pad_token_id=0)
+        return out[:, ids.shape[1]:].tolist()
+
+    return generate
+
+
+def probe(folder: str, prompts, new: int, threads: int) -> dict:
+    import onnxruntime  # noqa: F401  the libraries are paid before measuring, as bench_generate's probe
+    import torch  # noqa: F401
+    from optimum.onnxruntime import ORTModelForCausalLM  # noqa: F401  (lazy modules imported here)
+    from transformers import GenerationMixin  # noqa: F401
+
+    before = rss_mib()
+    model = load(folder, threads)
+    loaded = rss_mib()
+    generator(model)(prompts[:1], new)
+    return {"session_mib": loaded - before, "after_mib": rss_mib() - before}
+
+
+def main() -> None:
+    args = arguments(__doc__)
+    if args.step == "export":
+        emit(export(args.hf, Path(args.onnx)))
+    elif args.step == "bench":
+        emit(time_batches(generator(load(args.onnx, args.threads)), load_prompts(args.prompts), args.new,
+                          args.rounds))
+    else:
+        emit(probe(args.onnx, load_prompts(args.prompts), args.new, args.threads))
+
+
+if __name__ == "__main__":
+    main()
