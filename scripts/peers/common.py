@@ -17,6 +17,13 @@ from typing import Callable
 SETTLE_S = 0.15  # tiedonnx.runtime.timing.SETTLE_S
 
 
+def trim() -> None:
+    """Hand freed heap back to the system before a baseline, as bench_generate's probe does."""
+    import ctypes
+
+    ctypes.CDLL(None).malloc_trim(0)
+
+
 def rss_mib() -> float:
     with open("/proc/self/status", encoding="ascii") as fh:
         return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import arguments, embedding_copies, emit, load_prompts, rss_mib, time_batches
+from common import arguments, embedding_copies, emit, load_prompts, rss_mib, time_batches, trim
 
 
 def export(hf: str, out: Path, precision: str) -> dict:
@@ -71,6 +71,7 @@ def probe(folder: str, prompts, new: int, threads: int) -> dict:
     import numpy  # noqa: F401  the libraries are paid before measuring, as bench_generate's probe
     import onnxruntime_genai  # noqa: F401
 
+    trim()
     before = rss_mib()
     model = load(folder, threads)
     loaded = rss_mib()

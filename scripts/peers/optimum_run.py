@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from common import arguments, embedding_copies, emit, load_prompts, rss_mib, time_batches
+from common import arguments, embedding_copies, emit, load_prompts, rss_mib, time_batches, trim
 
 
 def onnx_bytes(folder: Path) -> int:
@@ -63,6 +63,7 @@ def probe(folder: str, prompts, new: int, threads: int) -> dict:
     from optimum.onnxruntime import ORTModelForCausalLM  # noqa: F401  (lazy modules imported here)
     from transformers import GenerationMixin  # noqa: F401
 
+    trim()
     before = rss_mib()
     model = load(folder, threads)
     loaded = rss_mib()
