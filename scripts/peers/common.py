@@ -1,4 +1,4 @@
-"""What both peer drivers share: arguments, RSS, the settle pause, timing and the one JSON line.
+"""What both peer drivers share: their steps (export, bench, probe), RSS, the settle pause, timing.
 
 The drivers run in the peers' own virtual environments (scripts/setup_peers.sh), where tiedonnx is
 not installed: RSS is read as :mod:`tiedonnx.runtime.rss` reads it (``VmRSS``) and the pause between
@@ -8,20 +8,15 @@ timed runs is :data:`tiedonnx.runtime.timing.SETTLE_S`, copied here.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 SETTLE_S = 0.15  # tiedonnx.runtime.timing.SETTLE_S
-
-
-def trim() -> None:
-    """Hand freed heap back to the system before a baseline, as bench_generate's probe does."""
-    import ctypes
-
-    ctypes.CDLL(None).malloc_trim(0)
 
 
 def rss_mib() -> float:
@@ -29,7 +24,7 @@ def rss_mib() -> float:
         return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024
 
 
-def arguments(doc: str) -> argparse.Namespace:
+def _arguments(doc: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("step", choices=("export", "bench", "probe"))
     parser.add_argument("--hf", help="the Hugging Face folder written by KerasHub's export_to_transformers")
@@ -42,34 +37,55 @@ def arguments(doc: str) -> argparse.Namespace:
     return parser.parse_args()
 
 
-def load_prompts(path: str) -> list[list[int]]:
+def _load_prompts(path: str) -> list[list[int]]:
     with open(path) as fh:
         return json.load(fh)
 
 
-def time_batches(generate: Callable[[list[list[int]], int], list[list[int]]], prompts, new: int,
-                 rounds: int) -> dict:
-    """TTFT and decode rate at batch 1 and 8 as bench_generate times KerasHub: one-token runs and
-    ``new``-token runs, median over rounds, decode = (new - 1) tokens over the difference."""
+def _probe(load, generator, folder: str, prompts, new: int, threads: int) -> dict:
+    """RSS growth over loading the model and after the prompt plus ``new`` tokens (batch 1); the
+    driver imported its libraries first and freed heap goes back, as bench_generate's probe does."""
+    ctypes.CDLL(None).malloc_trim(0)
+    before = rss_mib()
+    model = load(folder, threads)
+    loaded = rss_mib()
+    generator(model)(prompts[:1], new)
+    return {"session_mib": loaded - before, "after_mib": rss_mib() - before}
+
+
+def main(doc: str, export, load, generator, libraries) -> None:
+    """A driver's steps: ``export(hf, out, precision)``, ``load(folder, threads)`` -> model,
+    ``generator(model)`` -> ``generate(prompts, n)`` -> (new tokens, first-token s, after-first s); ``libraries()`` imports what
+    loading needs (before the probe's baseline)."""
+    args = _arguments(doc)
+    if args.step == "export":
+        result = export(args.hf, Path(args.onnx), args.precision)
+    elif args.step == "bench":
+        result = time_batches(generator(load(args.onnx, args.threads)), _load_prompts(args.prompts), args.new,
+                              args.rounds)
+    else:
+        libraries()
+        result = _probe(load, generator, args.onnx, _load_prompts(args.prompts), args.new, args.threads)
+    print(json.dumps(result))
+    sys.stdout.flush()
+
+
+def time_batches(generate: Callable, prompts, new: int, rounds: int) -> dict:
+    """TTFT and decode rate at batch 1 and 8, median over rounds. ``generate(prompts, n)`` returns the
+    new tokens, the seconds to the first one and the seconds after it (decode = (n - 1) tokens over
+    those): tiedonnx's ``GenerationResult`` figures."""
     row: dict = {}
     for batch in (1, 8):
         p = prompts[:batch]
         generate(p, 2)  # warm-up
-        ones, fulls, tokens = [], [], None
+        runs = []
         for _ in range(rounds):
             time.sleep(SETTLE_S)
-            start = time.perf_counter()
-            generate(p, 1)
-            ones.append(time.perf_counter() - start)
-            time.sleep(SETTLE_S)
-            start = time.perf_counter()
-            out = generate(p, new)
-            fulls.append(time.perf_counter() - start)
-            tokens = tokens or out
-        t1, tn = statistics.median(ones), statistics.median(fulls)
-        row[f"tps_b{batch}"] = (new - 1) / max(tn - t1, 1e-9)
+            runs.append(generate(p, new))
+        row[f"tps_b{batch}"] = (new - 1) / statistics.median(r[2] for r in runs)
         if batch == 1:
-            row["ttft_ms"], row["tokens"] = t1 * 1e3, [int(t) for t in tokens[0]]
+            row["ttft_ms"] = statistics.median(r[1] for r in runs) * 1e3
+            row["tokens"] = [int(t) for t in runs[0][0][0]]
     return row
 
 
@@ -85,8 +101,3 @@ def embedding_copies(folder, vocab: int, hidden: int) -> int:
         graph = onnx.load(str(path), load_external_data=False).graph
         count += sum(1 for t in graph.initializer if math.prod(t.dims) in sizes)
     return count
-
-
-def emit(result: dict) -> None:
-    print(json.dumps(result))
-    sys.stdout.flush()

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import arguments, embedding_copies, emit, load_prompts, rss_mib, time_batches, trim
+from common import embedding_copies, main
 
 
 def export(hf: str, out: Path, precision: str) -> dict:
@@ -53,42 +53,28 @@ def generator(model):
     import numpy as np
     import onnxruntime_genai as og
 
-    def generate(prompts: list[list[int]], n: int) -> list[list[int]]:
+    def generate(prompts: list[list[int]], n: int):
+        start = time.perf_counter()
         params = og.GeneratorParams(model)
         params.set_search_options(do_sample=False, max_length=len(prompts[0]) + n, batch_size=len(prompts))
         gen = og.Generator(model, params)
-        gen.append_tokens(np.asarray(prompts, dtype=np.int32))
-        for _ in range(n):
+        gen.append_tokens(np.asarray(prompts, dtype=np.int32))  # runs the prompt
+        gen.generate_next_token()
+        first = time.perf_counter()
+        for _ in range(n - 1):
             if gen.is_done():
                 break
             gen.generate_next_token()
-        return [list(gen.get_sequence(i))[len(prompts[0]):] for i in range(len(prompts))]
+        last = time.perf_counter()
+        return [list(gen.get_sequence(i))[len(prompts[0]):] for i in range(len(prompts))], first - start, last - first
 
     return generate
 
 
-def probe(folder: str, prompts, new: int, threads: int) -> dict:
-    import numpy  # noqa: F401  the libraries are paid before measuring, as bench_generate's probe
+def libraries() -> None:
+    import numpy  # noqa: F401
     import onnxruntime_genai  # noqa: F401
-
-    trim()
-    before = rss_mib()
-    model = load(folder, threads)
-    loaded = rss_mib()
-    generator(model)(prompts[:1], new)
-    return {"session_mib": loaded - before, "after_mib": rss_mib() - before}
-
-
-def main() -> None:
-    args = arguments(__doc__)
-    if args.step == "export":
-        emit(export(args.hf, Path(args.onnx), args.precision))
-    elif args.step == "bench":
-        emit(time_batches(generator(load(args.onnx, args.threads)), load_prompts(args.prompts), args.new,
-                          args.rounds))
-    else:
-        emit(probe(args.onnx, load_prompts(args.prompts), args.new, args.threads))
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, export, load, generator, libraries)

@@ -13,14 +13,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from common import arguments, embedding_copies, emit, load_prompts, rss_mib, time_batches, trim
+from common import embedding_copies, main
 
 
 def onnx_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if ".onnx" in p.name)
 
 
-def export(hf: str, out: Path) -> dict:
+def export(hf: str, out: Path, precision: str) -> dict:
     import json
 
     from optimum.exporters.onnx import main_export
@@ -46,41 +46,38 @@ def load(folder: str, threads: int):
 
 def generator(model):
     import torch
+    from transformers.generation.streamers import BaseStreamer
 
-    def generate(prompts: list[list[int]], n: int) -> list[list[int]]:
-        ids = torch.tensor(prompts, dtype=torch.int64)
+    class Clock(BaseStreamer):
+        """generate() hands the streamer the prompt, then each new token: the times of those calls."""
+
+        def __init__(self):
+            self.times = []
+
+        def put(self, value):
+            self.times.append(time.perf_counter())
+
+        def end(self):
+            self.times.append(time.perf_counter())
+
+    def generate(prompts: list[list[int]], n: int):
+        ids, clock = torch.tensor(prompts, dtype=torch.int64), Clock()
+        start = time.perf_counter()
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                                 min_new_tokens=n, do_sample=False, num_beams=1, pad_token_id=0)
-        return out[:, ids.shape[1]:].tolist()
+                                 min_new_tokens=n, do_sample=False, num_beams=1, pad_token_id=0, streamer=clock)
+        first, last = clock.times[1], clock.times[-1]  # [0]: the prompt; [1]: the first new token
+        return out[:, ids.shape[1]:].tolist(), first - start, last - first
 
     return generate
 
 
-def probe(folder: str, prompts, new: int, threads: int) -> dict:
-    import onnxruntime  # noqa: F401  the libraries are paid before measuring, as bench_generate's probe
+def libraries() -> None:
+    import onnxruntime  # noqa: F401
     import torch  # noqa: F401
     from optimum.onnxruntime import ORTModelForCausalLM  # noqa: F401  (lazy modules imported here)
     from transformers import GenerationMixin  # noqa: F401
 
-    trim()
-    before = rss_mib()
-    model = load(folder, threads)
-    loaded = rss_mib()
-    generator(model)(prompts[:1], new)
-    return {"session_mib": loaded - before, "after_mib": rss_mib() - before}
-
-
-def main() -> None:
-    args = arguments(__doc__)
-    if args.step == "export":
-        emit(export(args.hf, Path(args.onnx)))
-    elif args.step == "bench":
-        emit(time_batches(generator(load(args.onnx, args.threads)), load_prompts(args.prompts), args.new,
-                          args.rounds))
-    else:
-        emit(probe(args.onnx, load_prompts(args.prompts), args.new, args.threads))
-
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, export, load, generator, libraries)
