@@ -252,7 +252,6 @@ def _print(rows: list[dict], reference: list[int]) -> None:
               f"{cell('tps_b8', '{:.1f}')} | {same} |")
 
 
-
 def _summary(rows: list[dict], new: int) -> None:
     """Ratios under the table: decode against KerasHub, total against the forward-only loop, RSS per byte."""
     keras_tps = rows[0]["tps_b1"]
