@@ -304,20 +304,22 @@ def tiedonnx_rows(lm, root: Path, prompts, args) -> list[dict]:
         if not (args.reuse and (root / "forward.onnx").is_file()):
             export(lm, root / "forward.onnx", force=True, verify=False)
             print(f"forward export {time.perf_counter() - start:.1f} s", flush=True)
-        # Batch 8 of the cacheless loop re-runs 8 growing prefixes per token: minutes per round beyond tiny.
-        rows.append(forward_loop_row(root / "forward.onnx", prompts, args.new, args.rounds,
-                                     batches=(1, 8) if args.config.endswith("tiny") else (1,)))
+        if not args.export_only:  # batch 8 re-runs 8 growing prefixes per token: minutes beyond tiny
+            rows.append(forward_loop_row(root / "forward.onnx", prompts, args.new, args.rounds,
+                                         batches=(1, 8) if args.config.endswith("tiny") else (1,)))
     for precision in args.precisions.split(","):
-        start = time.perf_counter()
+        start, folder = time.perf_counter(), root / precision
         options = PRECISION_OPTIONS.get(precision, {})
-        try:
-            export_generation(lm, root / precision, precision=precision, force=True, **options)
-        except ParityError as exc:  # a failed precision is a row with its reason, the rest still runs
-            rows.append({"name": f"tiedonnx cached {precision}", "error": f"parity failed: {str(exc)[:160]}"})
-            continue
-        print(f"generation export {precision} {options or ''} {time.perf_counter() - start:.1f} s", flush=True)
-        rows.append(cached_row(root / precision, precision, prompts, args.new, args.rounds))
-    if "fp32" in args.precisions.split(","):
+        if not (args.reuse and (folder / "tiedonnx.json").is_file()):
+            try:
+                export_generation(lm, folder, precision=precision, force=True, **options)
+            except ParityError as exc:  # a failed precision is a row with its reason, the rest still runs
+                rows.append({"name": f"tiedonnx cached {precision}", "error": f"parity failed: {str(exc)[:160]}"})
+                continue
+            print(f"generation export {precision} {options or ''} {time.perf_counter() - start:.1f} s", flush=True)
+        if not args.export_only:
+            rows.append(cached_row(folder, precision, prompts, args.new, args.rounds))
+    if "fp32" in args.precisions.split(",") and not args.export_only:
         rows.append(transformers_js_row(root / "fp32", prompts, args.new))
     return rows
 
@@ -333,12 +335,18 @@ def _arguments() -> argparse.Namespace:
                         help="only: KerasHub and the peers (no forward-only loop, no tiedonnx rows)")
     parser.add_argument("--no-loop", action="store_true", help="leave out the forward-only loop (its export "
                         "and minutes of cacheless decoding beyond the tiny configs)")
+    parser.add_argument("--export-only", action="store_true", help="only write the tiedonnx folders into --out "
+                        "(a process of its own: less memory), for a later run with --reuse")
     parser.add_argument("--out", default=None, help="keep the folders here (default: a temporary folder)")
-    parser.add_argument("--reuse", action="store_true", help="keep an existing forward.onnx in --out")
+    parser.add_argument("--reuse", action="store_true", help="keep an existing forward.onnx and "
+                        "precision folders in --out")
     parser.add_argument("--probe", default=None, metavar="DIR",
                         help="only measure one folder's RSS (session, after --prompt + --new tokens), as JSON")
     parser.add_argument("--memory", default="auto", choices=("auto", "fast", "lean"), help="with --probe")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.export_only and not args.out:
+        parser.error("--export-only needs --out (the folder a later --reuse run reads)")
+    return args
 
 
 def main() -> int:
@@ -354,9 +362,12 @@ def main() -> int:
     print(f"config {args.config}: {CONFIGS[args.config]}; prompt {args.prompt} tokens, {args.new} new; "
           f"{THREADS} threads; median of {args.rounds} rounds")
     family, lm = build_lm(args.config)
-    prompts = _prompts(CONFIGS[args.config]["vocabulary_size"], 8, args.prompt)
     root = Path(args.out or tempfile.mkdtemp(prefix="bench-generate-"))
     root.mkdir(parents=True, exist_ok=True)
+    if args.export_only:
+        tiedonnx_rows(lm, root, [], args)
+        return 0
+    prompts = _prompts(CONFIGS[args.config]["vocabulary_size"], 8, args.prompt)
     rows = [keras_hub_row(lm, prompts, args.new, args.rounds)]
     if args.peers != "only":
         rows += tiedonnx_rows(lm, root, prompts, args)
