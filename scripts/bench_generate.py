@@ -3,7 +3,9 @@
     python scripts/bench_generate.py                   # tiny GPT-2 (vocabulary 1000, hidden 64, 2 layers)
     python scripts/bench_generate.py --config gpt2-small --precisions fp32,int8,int4
     python scripts/bench_generate.py --config qwen-tiny     # Qwen architecture: genai's builder runs it
-    python scripts/bench_generate.py --config qwen-100m --precisions int4 --peers only
+    python scripts/bench_generate.py --config qwen-100m --precisions fp32,int4 --peers only
+    python scripts/bench_generate.py --config qwen-100m --precisions int4 --no-loop --export-only --out DIR
+    python scripts/bench_generate.py --config qwen-100m --precisions int4 --no-loop --reuse --peers no --out DIR
 
 Rows (2 threads for every onnxruntime contender; KerasHub uses TensorFlow's own):
 
