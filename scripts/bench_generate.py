@@ -2,6 +2,10 @@
 
     python scripts/bench_generate.py                   # tiny GPT-2 (vocabulary 1000, hidden 64, 2 layers)
     python scripts/bench_generate.py --config gpt2-small --precisions fp32,int8,int4
+    python scripts/bench_generate.py --config qwen-tiny     # Qwen architecture: genai's builder runs it
+    python scripts/bench_generate.py --config qwen-100m --precisions fp32,int4 --peers only
+    python scripts/bench_generate.py --config qwen-100m --precisions int4 --no-loop --export-only --out DIR
+    python scripts/bench_generate.py --config qwen-100m --precisions int4 --no-loop --reuse --peers no --out DIR
 
 Rows (2 threads for every onnxruntime contender; KerasHub uses TensorFlow's own):
 
@@ -10,9 +14,11 @@ Rows (2 threads for every onnxruntime contender; KerasHub uses TensorFlow's own)
   whole prefix for every new token (no cache);
 * tiedonnx cached, per precision: the generation folder through ``tiedonnx.runtime.generate``;
 * transformers.js 4.3.2 in node reading the same fp32 folder (Optimum's contract), when installed;
-* Optimum (``optimum-onnx``) and onnxruntime-genai: these need torch / transformers and Hugging
-  Face files; when they are not installed the row says so in one line (they belong in a
-  separate environment, never in CI).
+* Optimum (``optimum-onnx``, ``ORTModelForCausalLM``, fp32) and onnxruntime-genai's model builder
+  (fp32, int4; Qwen only: it has no GPT-2) on the same weights, each in its own venv
+  (``bash scripts/setup_peers.sh``; never CI): see scripts/bench_generate_peers.py. A peer that is
+  not installed or fails is a row with its error in one line. ``--peers only`` leaves out the
+  forward-only loop and tiedonnx's rows; ``--peers no`` the peers.
 
 Columns: files' bytes; RSS growth over session creation and after the prompt plus ``--new``
 tokens (fresh process each); time to first token for a ``--prompt``-token prompt; decode
@@ -35,6 +41,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_generate_peers import peer_rows, unused_token  # noqa: E402
 from machine import describe  # noqa: E402
 from tiedonnx.runtime.timing import settle  # noqa: E402
 
@@ -44,6 +51,11 @@ CONFIGS = {
                  max_sequence_length=512),
     "gpt2-small": dict(vocabulary_size=50257, num_layers=12, num_heads=12, hidden_dim=768,
                        intermediate_dim=3072, max_sequence_length=1024),
+    "qwen-tiny": dict(vocabulary_size=1000, num_layers=2, num_query_heads=4, num_key_value_heads=2, hidden_dim=64,
+                      intermediate_dim=128, tie_word_embeddings=True),
+    # 24.6 M embedding + 12 x 6.3 M (attention 1.6 M with 4 KV heads, SwiGLU 4.7 M): 100.1 M parameters.
+    "qwen-100m": dict(vocabulary_size=32000, num_layers=12, num_query_heads=12, num_key_value_heads=4,
+                      hidden_dim=768, intermediate_dim=2048, tie_word_embeddings=True),
 }
 # int8 per channel: the default per-tensor 7-bit int8 misses the parity bound on GPT-2 small's
 # random weights (logits 0.068 against 0.05 x 1.25, measured with this script).
@@ -135,6 +147,7 @@ def keras_hub_row(lm, prompts, new: int, rounds: int) -> dict:
         row[f"tps_b{batch}"] = (new - 1) / max(tn - t1, 1e-9)
         if batch == 1:
             row["ttft_ms"], row["tokens"] = t1 * 1e3, tokens[0].tolist()
+        row[f"tokens_b{batch}"] = tokens.tolist()
     return row
 
 
@@ -199,6 +212,9 @@ def transformers_js_row(folder: Path, prompts, new: int) -> dict:
     if node is None or not (TJS / "@huggingface/transformers").is_dir():
         return {"name": "transformers.js (node)", "error": f"not installed (npm install --prefix {TJS.parent} "
                 "--ignore-scripts @huggingface/transformers@4.3.2)"}
+    if not (folder / "config.json").is_file():
+        return {"name": "transformers.js (node)", "error": "not run: no config.json in the folder (tiedonnx writes "
+                "transformers.js's files for the GPT-2 family only)"}
     script = f"""
 import path from "node:path";
 const {{ env, AutoModelForCausalLM, Tensor }} = await import({json.dumps(str(TJS))} +
@@ -224,21 +240,6 @@ console.log(JSON.stringify({{ t1, tn, tokens: Array.from(out.data, Number).slice
             "tps_b1": (new - 1) / max((got["tn"] - got["t1"]) / 1e3, 1e-9), "tokens": got["tokens"]}
 
 
-def peer_rows() -> list[dict]:
-    rows = []
-    for name, module, how in [("Optimum ORTModelForCausalLM", "optimum.onnxruntime", "optimum-onnx + torch"),
-                              ("onnxruntime-genai", "onnxruntime_genai", "onnxruntime-genai + transformers>=5")]:
-        try:
-            __import__(module)
-        except Exception as exc:  # a missing peer is one line, not a traceback
-            rows.append({"name": name, "error": f"not run: {type(exc).__name__}: {exc} (needs {how}, in its own "
-                                                 "environment, with the weights exported by KerasHub's "
-                                                 "export_to_transformers)"})
-        else:
-            rows.append({"name": name, "error": "installed, but this script does not drive it yet"})
-    return rows
-
-
 def _print(rows: list[dict], reference: list[int]) -> None:
     print("| contender | bytes | session MiB | after MiB | TTFT ms | tok/s b1 | tok/s b8 | = KerasHub |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")
@@ -253,71 +254,131 @@ def _print(rows: list[dict], reference: list[int]) -> None:
               f"{cell('tps_b8', '{:.1f}')} | {same} |")
 
 
-def main() -> int:
+def _summary(rows: list[dict], new: int) -> None:
+    """Ratios under the table: decode against KerasHub, total against the forward-only loop, RSS per byte."""
+    keras_tps = rows[0]["tps_b1"]
+    loop = next((r for r in rows if r["name"].startswith("forward-only") and "tps_b1" in r), None)
+    for r in rows[1:]:
+        if "error" in r and "tps_b1" in r:
+            print(f"{r['name']}: {r['error']}")
+        if r is loop or "tps_b1" not in r:
+            continue
+        line = f"{r['name']}: decode {r['tps_b1'] / keras_tps:.2f}x KerasHub"
+        if loop is not None:
+            total_ms = r["ttft_ms"] + 1e3 * (new - 1) / r["tps_b1"]
+            loop_ms = 1e3 * new / loop["tps_b1"] + loop["ttft_ms"]
+            line += f"; prompt + {new} tokens {loop_ms / total_ms:.2f}x faster than the forward-only loop"
+        if "session_mib" in r and r.get("bytes"):
+            line += f"; session RSS {r['session_mib'] * 2**20 / r['bytes']:.2f}x file"
+        if "embedding_copies" in r:
+            line += f"; vocab x hidden initializers {r['embedding_copies']}; export {r['export_s']:.1f} s"
+        print(line)
+
+
+def build_lm(config: str):
+    import keras
+    import keras_hub
+    import numpy as np
+
+    keras.utils.set_random_seed(0)
+    m = keras_hub.models
+    if config.startswith("qwen"):
+        lm = m.QwenCausalLM(m.QwenBackbone(**CONFIGS[config]), preprocessor=None)
+        # KerasHub's Qwen layers draw key and value (and query and output) kernels from one seeded
+        # initializer: equal arrays, which Optimum's export then stores once, a saving real weights
+        # never give. Seeded N(0, 0.02) noise on every weight makes no two equal.
+        rng = np.random.default_rng(0)
+        for weight in lm.weights:
+            weight.assign(weight.numpy() + rng.normal(0, 0.02, weight.shape).astype(weight.dtype))
+        return "qwen", lm
+    return "gpt2", m.GPT2CausalLM(m.GPT2Backbone(**CONFIGS[config]), preprocessor=None)
+
+
+def tiedonnx_rows(lm, root: Path, prompts, args) -> list[dict]:
+    """The forward-only loop and tiedonnx cached per precision (a precision failing parity is one row)."""
+    from tiedonnx.converter.export import export
+    from tiedonnx.converter.generation import export_generation
+    from tiedonnx.runtime.errors import ParityError
+
+    rows = []
+    if not args.no_loop:
+        start = time.perf_counter()
+        if not (args.reuse and (root / "forward.onnx").is_file()):
+            export(lm, root / "forward.onnx", force=True, verify=False)
+            print(f"forward export {time.perf_counter() - start:.1f} s", flush=True)
+        if not args.export_only:  # batch 8 re-runs 8 growing prefixes per token: minutes beyond tiny
+            rows.append(forward_loop_row(root / "forward.onnx", prompts, args.new, args.rounds,
+                                         batches=(1, 8) if args.config.endswith("tiny") else (1,)))
+    for precision in args.precisions.split(","):
+        start, folder = time.perf_counter(), root / precision
+        options = PRECISION_OPTIONS.get(precision, {})
+        if not (args.reuse and (folder / "tiedonnx.json").is_file()):
+            try:
+                export_generation(lm, folder, precision=precision, force=True, **options)
+            except ParityError as exc:  # a failed precision is a row with its reason, the rest still runs
+                rows.append({"name": f"tiedonnx cached {precision}", "error": f"parity failed: {str(exc)[:160]}"})
+                continue
+            print(f"generation export {precision} {options or ''} {time.perf_counter() - start:.1f} s", flush=True)
+        if not args.export_only:
+            rows.append(cached_row(folder, precision, prompts, args.new, args.rounds))
+    if "fp32" in args.precisions.split(",") and not args.export_only:
+        rows.append(transformers_js_row(root / "fp32", prompts, args.new))
+    return rows
+
+
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny")
     parser.add_argument("--precisions", default="fp32,int8,int4")
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--new", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--peers", choices=("yes", "no", "only"), default="yes",
+                        help="only: KerasHub and the peers (no forward-only loop, no tiedonnx rows)")
+    parser.add_argument("--no-loop", action="store_true", help="leave out the forward-only loop (its export "
+                        "and minutes of cacheless decoding beyond the tiny configs)")
+    parser.add_argument("--export-only", action="store_true", help="only write the tiedonnx folders into --out "
+                        "(a process of its own: less memory), for a later run with --reuse")
     parser.add_argument("--out", default=None, help="keep the folders here (default: a temporary folder)")
-    parser.add_argument("--reuse", action="store_true", help="keep an existing forward.onnx in --out")
+    parser.add_argument("--reuse", action="store_true", help="keep an existing forward.onnx and "
+                        "precision folders in --out")
     parser.add_argument("--probe", default=None, metavar="DIR",
                         help="only measure one folder's RSS (session, after --prompt + --new tokens), as JSON")
     parser.add_argument("--memory", default="auto", choices=("auto", "fast", "lean"), help="with --probe")
     args = parser.parse_args()
+    if args.export_only and not args.out:
+        parser.error("--export-only needs --out (the folder a later --reuse run reads)")
+    return args
+
+
+def main() -> int:
+    args = _arguments()
     if args.probe:
         probe(args.probe, args.prompt, args.new, args.memory)
         return 0
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras
-    import keras_hub
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(THREADS)
-    from tiedonnx.converter.export import export
-    from tiedonnx.converter.generation import export_generation
-    from tiedonnx.runtime.errors import ParityError
-
     print(describe())
     print(f"config {args.config}: {CONFIGS[args.config]}; prompt {args.prompt} tokens, {args.new} new; "
           f"{THREADS} threads; median of {args.rounds} rounds")
-    keras.utils.set_random_seed(0)
-    m = keras_hub.models
-    lm = m.GPT2CausalLM(m.GPT2Backbone(**CONFIGS[args.config]), preprocessor=None)
-    prompts = _prompts(CONFIGS[args.config]["vocabulary_size"], 8, args.prompt)
+    family, lm = build_lm(args.config)
     root = Path(args.out or tempfile.mkdtemp(prefix="bench-generate-"))
     root.mkdir(parents=True, exist_ok=True)
+    if args.export_only:
+        tiedonnx_rows(lm, root, [], args)
+        return 0
+    prompts = _prompts(CONFIGS[args.config]["vocabulary_size"], 8, args.prompt)
     rows = [keras_hub_row(lm, prompts, args.new, args.rounds)]
-    start = time.perf_counter()
-    if not (args.reuse and (root / "forward.onnx").is_file()):
-        export(lm, root / "forward.onnx", force=True, verify=False)
-        print(f"forward export {time.perf_counter() - start:.1f} s", flush=True)
-    # Batch 8 of the cacheless loop re-runs 8 growing prefixes per token: minutes per round beyond tiny.
-    rows.append(forward_loop_row(root / "forward.onnx", prompts, args.new, args.rounds,
-                                 batches=(1, 8) if args.config == "tiny" else (1,)))
-    for precision in args.precisions.split(","):
-        start = time.perf_counter()
-        options = PRECISION_OPTIONS.get(precision, {})
-        try:
-            export_generation(lm, root / precision, precision=precision, force=True, **options)
-        except ParityError as exc:  # a failed precision is a row with its reason, the rest still runs
-            rows.append({"name": f"tiedonnx cached {precision}", "error": f"parity failed: {str(exc)[:160]}"})
-            continue
-        print(f"generation export {precision} {options or ''} {time.perf_counter() - start:.1f} s", flush=True)
-        rows.append(cached_row(root / precision, precision, prompts, args.new, args.rounds))
-    if "fp32" in args.precisions.split(","):
-        rows.append(transformers_js_row(root / "fp32", prompts, args.new))
-    rows += peer_rows()
+    if args.peers != "only":
+        rows += tiedonnx_rows(lm, root, prompts, args)
+    if args.peers != "no":
+        stop_id = unused_token(CONFIGS[args.config]["vocabulary_size"], rows[0]["tokens_b8"])
+        rows += peer_rows(lm, family, root / "peers", prompts, args.new, args.rounds,
+                          args.precisions.split(","), stop_id)
     _print(rows, rows[0]["tokens"])
-    keras_tps = rows[0]["tps_b1"]
-    loop_ms = 1e3 * args.new / rows[1]["tps_b1"] + rows[1]["ttft_ms"]
-    for r in rows[2:]:
-        if r["name"].startswith("tiedonnx") and "tps_b1" in r:
-            total_ms = r["ttft_ms"] + 1e3 * (args.new - 1) / r["tps_b1"]
-            ratio = r.get("session_mib", float("nan")) * 2**20 / r["bytes"]
-            print(f"{r['name']}: decode {r['tps_b1'] / keras_tps:.2f}x KerasHub; prompt + {args.new} tokens "
-                  f"{loop_ms / total_ms:.2f}x faster than the forward-only loop; session RSS {ratio:.2f}x file")
+    _summary(rows, args.new)
     if not args.out:
         shutil.rmtree(root, ignore_errors=True)
     return 0
