@@ -49,7 +49,7 @@ import logging
 import onnx
 from onnx import helper
 
-from .edit import gathers_rows, transpose_perm, value_ranks
+from .edit import consumers, gathers_rows, transpose_perm, value_ranks
 from .index import GraphIndex
 from .metadata import read_ties, write_ties
 
@@ -142,7 +142,7 @@ def leave_tie_unpacked(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         init = inits.get(tie.initializer)
         if init is None or init.data_type not in _INT8 or tie.initializer in listed:
             continue
-        readers = [n for n in graph.node if tie.initializer in n.input]
+        readers = consumers(graph, tie.initializer)
         looked_up = any(n.op_type == "Gather" and n.domain in ("", "ai.onnx") and n.input[0] == tie.initializer
                         and tie.initializer not in n.input[1:] for n in readers)
         projected = any(n.op_type == "MatMulInteger" and n.input[1] == tie.initializer for n in readers)

@@ -303,6 +303,13 @@ def _short_names_pass(model: onnx.ModelProto, options: PrecisionOptions):
     return shorten_names(model)
 
 
+#: After the quantizing pass of int8, and of int4 (whose --int8-ties stores the tie as int8; a 4-bit tie
+#: is read by GatherBlockQuantized and left alone by both).
+LOOKUP_AXIS = GraphPass("lookup_axis", _lookup_axis_pass, "after the quantizing pass: the lookup reads the "
+                        "Transpose that re-tying put over the int8 tie stored in the projection's layout")
+TIE_INPUT = GraphPass("tie_input", _tie_input_pass, "after lookup_axis: the int8 tie must be read directly by "
+                      "its lookup and its integer projection, with no Transpose left to fold")
+
 #: The passes of each precision, in order, after ``retie`` (which :func:`to_precision` runs first,
 #: on its one copy of the model: every pass reads one initializer per tie). Each entry says what
 #: its place depends on. A new precision or option step is one more entry here.
@@ -311,17 +318,11 @@ PRECISION_PASSES: dict[str, tuple[GraphPass, ...]] = {
     "fp16": (GraphPass("fp16", _fp16_pass, "after retie: a tie is one float32 initializer, cast once"),),
     "int8": (GraphPass("int8", _int8_pass, "after retie: ties_in_graph's record says which uses to re-tie "
                        "after quantize_dynamic"),
-             GraphPass("lookup_axis", _lookup_axis_pass, "after int8: the lookup reads the Transpose that "
-                       "re-tying put over the int8 tie stored in the projection's layout"),
-             GraphPass("tie_input", _tie_input_pass, "after lookup_axis: the tie must be read directly by its "
-                       "lookup and its projection, with no Transpose left to fold")),
+             LOOKUP_AXIS, TIE_INPUT),
     "int4": (GraphPass("int4_views", _int4_views_pass, "before int4: a rank-3+ weight must be a 2-D view "
                        "for MatMulNBits; ties are left alone (the record must be complete, so after retie)"),
              GraphPass("int4", _int4_pass, "after int4_views: quantizes the 2-D weights it made"),
-             GraphPass("lookup_axis", _lookup_axis_pass, "after int4: with --int8-ties the lookup reads a "
-                       "Transpose of the int8 tie (a 4-bit tie is read by GatherBlockQuantized: untouched)"),
-             GraphPass("tie_input", _tie_input_pass, "after lookup_axis: as in int8, an int8 tie read by its "
-                       "lookup and its integer projection directly is kept once")),
+             LOOKUP_AXIS, TIE_INPUT),
 }
 #: Optional last pass (``short_names``): it renames what every earlier pass made, and the tie record.
 SHORT_NAMES = GraphPass("short_names", _short_names_pass, "last: renames the tensors every earlier pass "
