@@ -166,7 +166,7 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
            short_names: bool | None = None, per_channel: bool | None = None, reduce_range: bool | None = None,
            rounding: str | None = None, int8_ties: bool | None = None, force: bool = False, ort: bool = False,
            batch_sizes=DEFAULT_BATCH_SIZES, unsafe: bool = False, import_modules=(), input_spec=None,
-           external_threshold: int | None = None, graph_passes=(),
+           external_threshold: int | None = None, graph_passes=(), convert=None,
            on_step: Callable[[str], None] | None = None) -> ExportReport:
     """Export a (tied) Keras model to an ONNX file with one initializer per tie.
 
@@ -191,6 +191,9 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
             of :mod:`tiedonnx.runtime.graph.passes`) run after retie and the shape fold,
             before the tie record and any precision change (the generation export folds
             its cache stacks); see :data:`~tiedonnx.converter.export_passes.EXPORT_PASSES`.
+        convert: ``(keras_model, opset) -> (ModelProto or None, reason)`` that writes the graph itself
+            (the generation export's fused decoder, :mod:`.generation_fused`); tf2onnx converts
+            the model when it returns None (default: always tf2onnx).
         on_step: called with a short message as each step starts (the CLI prints it; default: an info log).
 
     Returns:
@@ -214,7 +217,7 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
     step, start = on_step or (lambda message: logger.info("%s", message)), time.perf_counter()
     keras_model, ties, plain, convert_seconds = _load_and_convert(
         model, step, start, unsafe=unsafe, import_modules=import_modules, precision=precision, opset=opset,
-        input_spec=input_spec)
+        input_spec=input_spec, convert=convert)
     proto, retie_report = _store_ties_once(keras_model, ties, plain, step, opset=opset, precision=precision,
                                            options=options, short_names=short_names, graph_passes=graph_passes)
     parity = _check_parity(keras_model, proto, step, batch_sizes, precision, input_spec) if verify else None
@@ -224,7 +227,7 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
 
 
 def _load_and_convert(model, step, start: float, *, unsafe: bool, import_modules, precision: str, opset: int,
-                      input_spec):
+                      input_spec, convert=None):
     """Load and check the Keras model, find its ties and convert it with tf2onnx.
 
     Returns the Keras model, its ties, tf2onnx's graph and the seconds since ``start``.
@@ -236,8 +239,15 @@ def _load_and_convert(model, step, start: float, *, unsafe: bool, import_modules
     _warn_preprocessor(keras_model)
     ties = find_ties(keras_model)
 
-    step(f"converting with tf2onnx (opset {opset})")
-    plain = keras_to_onnx(keras_model, opset=opset, input_spec=input_spec)
+    plain, reason = convert(keras_model, opset) if convert is not None else (None, None)
+    if plain is not None:
+        step(f"wrote the graph directly (opset {opset})")
+    else:
+        if reason:
+            step(f"converting with tf2onnx (opset {opset}): {reason}")
+        else:
+            step(f"converting with tf2onnx (opset {opset})")
+        plain = keras_to_onnx(keras_model, opset=opset, input_spec=input_spec)
     return keras_model, ties, plain, time.perf_counter() - start
 
 

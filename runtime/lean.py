@@ -90,7 +90,12 @@ class LeanReport:
         kept_transposes: Transpose-of-initializer nodes that could not be rewritten.
         kept_integer: those of them that transpose an integer (quantized) tensor.
         shared: weights (rank >= 2 initializers) that several nodes read after
-            the rewrite; a kept transpose counts as a weight of its own.
+            the rewrite and that onnxruntime would pre-pack; a kept transpose
+            counts as a weight of its own.
+        listed: float32 initializers read directly by several nodes, now also
+            listed as graph inputs (onnxruntime neither folds nor pre-packs
+            such an overridable initializer, so it is held once while every
+            other weight is pre-packed).
     """
 
     rewritten: list[str] = field(default_factory=list)
@@ -98,6 +103,7 @@ class LeanReport:
     kept_transposes: list[str] = field(default_factory=list)
     kept_integer: list[str] = field(default_factory=list)
     shared: list[str] = field(default_factory=list)
+    listed: list[str] = field(default_factory=list)
 
     @property
     def integer_only(self) -> bool:
@@ -113,13 +119,16 @@ class LeanReport:
     def prepacking(self) -> bool:
         """Whether the session may pre-pack weights: only where it costs lean no memory.
 
-        That is where every kept transpose is of an integer tensor and no
-        weight is read by several nodes: the int8 tie is two tensors of memory
-        either way (measured on the 4096x2048 int8 tie, RSS growth over load and
-        one run: 16.4 MiB with the Transpose run per call and no pre-packing,
-        16.1 MiB folded and pre-packed, as ``fast``).
+        That is where no weight it would pre-pack is read by several nodes
+        (a float tie read directly is :attr:`listed` instead) and no float
+        transpose is kept (it runs per call: one copy at rest). A kept integer
+        transpose is two tensors of memory either way (measured on the
+        4096x2048 int8 tie, RSS growth over load and one run: 16.4 MiB with the
+        Transpose run per call and no pre-packing, 16.1 MiB folded and
+        pre-packed, as ``fast``).
         """
-        return self.integer_only and not self.shared
+        float_kept = bool(self.kept_transposes) and not self.integer_only
+        return not float_kept and not self.shared
 
     @property
     def session_config(self) -> dict[str, str]:
@@ -154,9 +163,31 @@ def lean_rewrite(model: onnx.ModelProto) -> tuple[onnx.ModelProto, LeanReport]:
     integers = {init.name for init in graph.initializer if init.data_type in types}
     report.kept_integer = [n.name or n.output[0] for n in kept.values() if n.input[0] in integers]
     weights = {name for name, rank in ranks_of.items() if rank >= 2}
-    report.shared = _shared_weights(graph, weights, set(kept) if report.integer_only else set())
+    shared = _shared_weights(graph, weights, set(kept) if report.integer_only else set())
+    report.listed = _list_float_ties(graph, shared)
+    inputs = {i.name for i in graph.input}
+    report.shared = [name for name in shared if name not in inputs]
     _log(report)
     return model, report
+
+
+def _list_float_ties(graph, shared: list[str]) -> list[str]:
+    """List each shared float32 initializer as a graph input too; returns their names.
+
+    A tie's Cast (fp16 files) is not an initializer: constant folding must turn it
+    into the one float32 copy, so it is left to the no-pre-packing rule.
+    """
+    from onnx import TensorProto, helper
+
+    inputs = {i.name for i in graph.input}
+    inits = {i.name: i for i in graph.initializer}
+    listed = []
+    for name in shared:
+        init = inits.get(name)
+        if init is not None and init.data_type == TensorProto.FLOAT and name not in inputs:
+            graph.input.append(helper.make_tensor_value_info(name, init.data_type, list(init.dims)))
+            listed.append(name)
+    return listed
 
 
 def _rewrite_uses(model, transposes: dict, report: LeanReport) -> None:
@@ -227,6 +258,8 @@ def _flat_gemm(graph, node, weight: str, rank: int) -> list:
 def _log(report: LeanReport) -> None:
     for name in report.rewritten:
         logger.info("lean: %s reads its tied initializer directly (Gemm transB)", name)
+    for name in report.listed:
+        logger.info("lean: %s is listed as a graph input: held once, not pre-packed; other weights are", name)
     if report.integer_only:
         logger.info("lean: integer transposes %s are folded%s: an int8 tie is two tensors of memory "
                     "either way", report.kept_integer,

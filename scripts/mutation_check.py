@@ -247,7 +247,9 @@ MUTATIONS = [
     M("lean_read_transpose_dropped", "runtime/lean.py",
       "            if node.output[0] not in used:", "            if True:", LEAN),
     M("lean_float_tie_pre_packed", "runtime/lean.py",
-      "return self.integer_only and not self.shared", "return not self.shared", LEAN, MUT),
+      "return not float_kept and not self.shared", "return not self.shared", LEAN, MUT),
+    M("lean_float_tie_not_listed", "runtime/lean.py",
+      "report.listed = _list_float_ties(graph, shared)", "report.listed = []", LEAN, LEAN),
     # --- parity (converter/parity_compare.py, converter/parity.py)
     M("parity_dtype_not_reported", "converter/parity_compare.py",
       "        if a.dtype != e.dtype:\n", "        if False:\n", PAR),

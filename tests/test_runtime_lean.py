@@ -157,10 +157,13 @@ def test_int8_transpose_is_folded_and_pre_packed(tmp_path, rng, caplog):
     np.testing.assert_array_equal(load(path, providers="cpu", memory="lean").run(x)["y"], fast)
 
 
-def test_float_ties_keep_pre_packing_off():
-    _, rewritten = lean_rewrite(tied_ae())
-    assert rewritten.shared == ["W"] and not rewritten.prepacking
-    assert rewritten.session_config == {"session.disable_prepacking": "1"}
+def test_a_float_tie_read_directly_is_listed_and_other_weights_stay_pre_packed():
+    model, rewritten = lean_rewrite(tied_ae())
+    # W is read by the encoder's MatMul and the decoder's Gemm(transB=1): listed as a graph input,
+    # which onnxruntime neither folds nor pre-packs, so pre-packing stays on for everything else.
+    assert rewritten.listed == ["W"] and rewritten.shared == [] and rewritten.prepacking
+    assert rewritten.session_config == {}
+    assert "W" in {i.name for i in model.graph.input}
     _, kept = lean_rewrite(_opset12(tied_ae(rank=3)))  # a float transpose runs per call: one copy at rest
     assert kept.kept_integer == [] and not kept.prepacking
     assert kept.session_config == {"session.disable_prepacking": "1"}

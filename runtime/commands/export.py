@@ -22,6 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=None, metavar="N",
                         help="--task generate: longest prompt + new tokens (default: the model's position "
                              "table, unbounded for rotary models)")
+    parser.add_argument("--decoder", choices=("auto", "fused", "traced"), default=None,
+                        help="--task generate: auto (default) writes Qwen/Llama/Mistral decoders with "
+                             "onnxruntime's fused ops (GroupQueryAttention) and traces other families; "
+                             "fused refuses other families; traced always traces KerasHub's call_with_cache")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                         choices=list(SUPPORTED_OPSETS), metavar="N",
                         help=f"ONNX opset, {SUPPORTED_OPSETS[0]} to {SUPPORTED_OPSETS[-1]} "
@@ -54,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
         from ..errors import UsageError
 
         raise UsageError("--max-length applies to --task generate only. Add --task generate or drop --max-length.")
+    if args.decoder is not None:
+        from ..errors import UsageError
+
+        raise UsageError("--decoder applies to --task generate only. Add --task generate or drop --decoder.")
     # Step lines on a terminal only: a pipe or a log gets one result or error line.
     with StepPrinter(enabled=False if args.json or args.quiet else None) as step:
         step("loading TensorFlow and Keras")
@@ -77,17 +85,25 @@ def _run_generate(args: argparse.Namespace) -> int:
         verify=not args.no_verify, force=args.force, unsafe=args.unsafe_load_code,
         import_modules=args.import_modules, block_size=args.block_size, symmetric=args.symmetric,
         short_names=args.short_names, per_channel=args.per_channel, reduce_range=args.reduce_range,
-        rounding=args.rounding, int8_ties=args.int8_ties)
+        rounding=args.rounding, int8_ties=args.int8_ties, decoder=args.decoder or "auto")
     _flags.emit(report.as_dict(), as_json=args.json, lines=render_generation(report))
     return 0
 
 
+def _graph_detail(report) -> str:
+    if report.decoder == "fused":
+        return "(onnxruntime's fused ops)"
+    return "(tf2onnx through call_with_cache" + (f": {report.decoder_note})" if report.decoder_note else ")")
+
+
 def render_generation(report) -> list[str]:
     c = report.config
-    lines = [f"wrote generation folder {report.folder}: {report.model_file} {_flags.human_bytes(report.bytes)}, "
+    lines = [f"wrote generation folder {report.folder}: {report.model_file} "
+             f"{_flags.human_bytes(report.bytes)}, "
              f"precision {report.precision}",
              f"  decoder: {c.num_layers} layers, {c.num_kv_heads} key/value heads of {c.head_dim}, vocabulary "
              f"{c.vocabulary_size}, max length {c.max_length or 'unbounded'}; ties stored once: {len(report.ties)}",
+             f"  graph: {report.decoder} " + _graph_detail(report),
              "  tokenizer: " + (report.tokenizer or "none (generate from token ids)")]
     if report.parity_max_abs is not None:
         lines.append(f"  parity vs Keras on cached steps: max abs diff {report.parity_max_abs:.3g}")

@@ -47,8 +47,15 @@ def attribute(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
+#: onnxruntime's fused ops (no ONNX schema, so shape inference stops there) whose listed outputs have
+#: their first input's rank: the generation decoder's normalizations and attention.
+SAME_RANK_FUSED_OPS = {"SkipSimplifiedLayerNormalization": (0, 3), "SkipLayerNormalization": (0, 3),
+                       "SimplifiedLayerNormalization": (0,), "GroupQueryAttention": (0,)}
+
+
 def value_ranks(model: onnx.ModelProto) -> dict[str, int]:
-    """Rank of every initializer and of every value ONNX shape inference can tell (main graph)."""
+    """Rank of every initializer and of every value ONNX shape inference can tell (main graph),
+    and of the outputs of :data:`SAME_RANK_FUSED_OPS`."""
     from onnx import shape_inference
 
     graph = shape_inference.infer_shapes(model).graph
@@ -57,6 +64,12 @@ def value_ranks(model: onnx.ModelProto) -> dict[str, int]:
         tensor = info.type.tensor_type
         if tensor.HasField("shape"):
             ranks[info.name] = len(tensor.shape.dim)
+    for node in graph.node:
+        rank = ranks.get(node.input[0]) if node.input else None
+        if node.op_type in SAME_RANK_FUSED_OPS and rank is not None:
+            for i in SAME_RANK_FUSED_OPS[node.op_type]:
+                if i < len(node.output) and node.output[i]:
+                    ranks.setdefault(node.output[i], rank)
     return ranks
 
 

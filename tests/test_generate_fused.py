@@ -1,0 +1,138 @@
+"""The fused generation decoder (converter/generation_fused.py) against KerasHub and the traced decoder.
+
+Tiny Qwen and tied Llama models with head size 16 (onnxruntime's GroupQueryAttention takes
+multiples of 16): 2 layers, hidden 32, 2 query heads, 1 key/value head, vocabulary 97;
+seeded random weights, norm scales and biases randomised so that a swapped or dropped
+weight changes the logits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+keras_hub = pytest.importorskip("keras_hub", reason="KerasHub is not installed (pip install -e '.[hub]')")
+ort = pytest.importorskip("onnxruntime")
+
+import onnx  # noqa: E402
+
+from tiedonnx.converter.generation import export_generation  # noqa: E402
+from tiedonnx.converter.generation_fused import fused_decoder  # noqa: E402
+from tiedonnx.runtime.cli import main  # noqa: E402
+from tiedonnx.runtime.errors import UsageError  # noqa: E402
+from tiedonnx.runtime.generate import load_lm  # noqa: E402
+from tiedonnx.runtime.graph.inspect import inspect_file  # noqa: E402
+
+from . import models  # noqa: E402
+from .test_generate import STEP_TOL, _keras_hub_greedy, _keras_steps, _onnx_steps, _prompts  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:You are using a softmax over axis")
+KINDS = ("qwen", "llama_tied")
+
+
+def _lm(kind: str):
+    lm = models.causal_lm(kind, hidden=32)
+    rng = np.random.default_rng(7)
+    for v in lm.backbone.weights:  # scales around 1 and biases around 0, not KerasHub's ones and zeros
+        if v.path.endswith(("scale", "bias")):
+            v.assign((1.0 if v.path.endswith("scale") else 0.0) + 0.3 * rng.standard_normal(v.shape).astype("float32"))
+    return lm
+
+
+@pytest.fixture(scope="module")
+def fused(tmp_path_factory):
+    """(kind, precision, decoder) -> (model, folder, report), each exported once."""
+    root, made, lms = tmp_path_factory.mktemp("fused"), {}, {}
+
+    def get(kind: str, precision: str = "fp32", decoder: str = "auto"):
+        key = (kind, precision, decoder)
+        if key not in made:
+            lms.setdefault(kind, _lm(kind))
+            folder = root / "-".join(key)
+            made[key] = (lms[kind], folder, export_generation(lms[kind], folder, precision=precision, decoder=decoder))
+        return made[key]
+
+    return get
+
+
+def _op_types(folder) -> list[str]:
+    config = json.loads((folder / "tiedonnx.json").read_text())
+    return [n.op_type for n in onnx.load(str(folder / config["model_file"])).graph.node]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fused_decoder_is_chosen_and_uses_onnxruntime_fused_ops(fused, kind):
+    _, folder, report = fused(kind)
+    assert report.decoder == "fused" and report.decoder_note is None
+    ops = _op_types(folder)
+    assert ops.count("GroupQueryAttention") == 2 and ops.count("SkipSimplifiedLayerNormalization") == 4
+    assert "Tile" not in ops and "Concat" not in ops  # no repeated heads, no emulated static cache
+    _, traced, traced_report = fused(kind, decoder="traced")
+    assert traced_report.decoder == "traced"
+    assert len(ops) * 4 < len(_op_types(traced))  # 48 against 378 nodes on the 2-layer Qwen
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fused_greedy_tokens_equal_keras_hub_generate(fused, kind):
+    lm, folder, _ = fused(kind)
+    prompts = _prompts(20)  # one batch of 20 prompts of 1-23 tokens
+    expected = _keras_hub_greedy(lm, prompts, 64)
+    assert load_lm(folder).generate(prompts, max_new_tokens=64, sampler="greedy", stop_token_ids=[]).tokens == expected
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_fused_step_matches_call_with_cache(fused, kind):
+    lm, folder, report = fused(kind)
+    assert report.parity_max_abs is not None and report.parity_max_abs <= STEP_TOL
+    ids = np.random.default_rng(2).integers(0, 97, (2, 14)).astype("int64")
+    for i, (e, a) in enumerate(zip(_keras_steps(lm, ids, prompt=6), _onnx_steps(folder, ids, prompt=6))):
+        assert a.shape == e.shape
+        assert np.abs(a - e).max() <= STEP_TOL, f"step {i}"
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8", "int4"])
+def test_fused_quantized_folders_keep_one_tie_and_mostly_agree(fused, precision):
+    _, fp32, _ = fused("qwen")
+    lm, folder, report = fused("qwen", precision)
+    assert report.decoder == "fused"
+    config = json.loads((folder / "tiedonnx.json").read_text())
+    info = inspect_file(str(folder / config["model_file"]))
+    assert len(info.ties) == 1 and info.ties[0]["status"] == "ok" and not info.untied_duplicates
+    vocab, hidden = lm.backbone.token_embedding.embeddings.shape
+    assert sum(1 for i in info.initializers if sorted(i["shape"]) == sorted([vocab, hidden])) <= 1
+    prompts = _prompts(8, seed=3)
+    ref = load_lm(fp32).generate(prompts, max_new_tokens=1, sampler="greedy", stop_token_ids=[]).tokens
+    got = load_lm(folder).generate(prompts, max_new_tokens=1, sampler="greedy", stop_token_ids=[]).tokens
+    # Same floors as the traced folders' test (test_generate.py): a broken file is at chance (1/97).
+    assert np.mean([a == b for a, b in zip(ref, got)]) >= {"fp16": 1.0, "int8": 0.75, "int4": 0.5}[precision]
+
+
+def test_models_of_another_shape_are_traced_and_fused_refuses_them(tmp_path):
+    gpt2 = models.causal_lm("gpt2")
+    proto, reason = fused_decoder(gpt2, (2, 2, 8), opset=17)
+    assert proto is None and "GPT2Backbone is not one of" in reason
+    small_heads = models.causal_lm("qwen")  # hidden 16, 2 heads: head size 8
+    assert "multiples of 16" in fused_decoder(small_heads, (2, 1, 8), opset=17)[1]
+    report = export_generation(small_heads, tmp_path / "auto")
+    assert report.decoder == "traced" and "multiples of 16" in report.decoder_note
+    with pytest.raises(UsageError, match="decoder='fused' cannot write GPT2CausalLM: GPT2Backbone is not one of"):
+        export_generation(gpt2, tmp_path / "fused", decoder="fused")
+    with pytest.raises(UsageError, match="decoder must be one of auto, fused, traced. Received: decoder='fast'"):
+        export_generation(gpt2, tmp_path / "bad", decoder="fast")
+    assert sorted(os.listdir(tmp_path)) == ["auto"]  # nothing written for a refusal
+
+
+def test_cli_decoder_flag(tmp_path, capsys):
+    _lm("qwen").save(tmp_path / "lm.keras")
+    base = ["export", str(tmp_path / "lm.keras"), "--task", "generate", "--import", "keras_hub"]
+    assert main(base + ["-o", str(tmp_path / "traced"), "--decoder", "traced"]) == 0
+    assert "graph: traced (tf2onnx through call_with_cache)" in capsys.readouterr().out
+    assert main(base + ["-o", str(tmp_path / "fused")]) == 0
+    assert "graph: fused (onnxruntime's fused ops)" in capsys.readouterr().out
+    assert main(["export", str(tmp_path / "lm.keras"), "-o", str(tmp_path / "x.onnx"), "--decoder", "fused",
+                 "--import", "keras_hub"]) == 2
+    assert "--decoder applies to --task generate only" in capsys.readouterr().err
