@@ -40,7 +40,7 @@ The cache design (measured and chosen here):
   Last, a reshaped or transposed view of an untied weight is stored as the weight
   (:mod:`~tiedonnx.runtime.graph.weight_views`), so the quantizers see every
   ``MatMul``'s weight (the attention output kernel stayed fp32 in int8 files).
-* **Qwen, Llama and Mistral (no sliding window) are written, not traced.**
+* **Qwen and Llama are written, not traced.**
   :mod:`.generation_fused` writes their decoder from the Keras weights with
   onnxruntime's fused ops (``GroupQueryAttention`` with the rotary embedding,
   ``SkipSimplifiedLayerNormalization``, one packed QKV projection): 48 nodes
@@ -365,8 +365,8 @@ def export_generation(model, folder: str | os.PathLike, *, precision: str = "fp3
         verify: check the decoder against Keras on cached steps before publishing.
         force: replace an existing folder.
         unsafe, import_modules: as in :func:`~tiedonnx.converter.export.export`.
-        decoder: "auto" (default: the fused graph of :mod:`.generation_fused` for Qwen, Llama and
-            Mistral-without-sliding-window models, else traced), "fused" (refuse other models) or
+        decoder: "auto" (default: the fused graph of :mod:`.generation_fused` for Qwen and Llama
+            models, else traced), "fused" (refuse other models) or
             "traced" (tf2onnx through ``call_with_cache``, every family).
         **precision_options: block_size, symmetric, rounding, int8_ties, per_channel, reduce_range,
             short_names.
