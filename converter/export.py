@@ -142,6 +142,10 @@ def _check_before_work(path, *, opset: int, precision: str, options: dict, short
     check_precision_options(precision, short_names=short_names, **options)
     path = model_save.check_model_targets(path, force=force)  # and its external-data file
     ort_path = path.with_suffix(".ort") if ort else None
+    if ort and options.get("accuracy_level"):
+        raise UsageError(f"accuracy_level={options['accuracy_level']} cannot go into an ORT-format file: onnxruntime "
+                         "1.32 computes MatMulNBits wrongly at level 4 when the scales are not folded first, as in "
+                         ".ort files. Drop ort=True (CLI: --ort) or the accuracy level.")
     if ort_path is not None:
         from tiedonnx.runtime.graph.ort_format import config_path_for
 
@@ -164,7 +168,8 @@ def _warn_preprocessor(keras_model) -> None:
 def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify: bool = True,
            precision: str = "fp32", block_size: int | None = None, symmetric: bool | None = None,
            short_names: bool | None = None, per_channel: bool | None = None, reduce_range: bool | None = None,
-           rounding: str | None = None, int8_ties: bool | None = None, force: bool = False, ort: bool = False,
+           rounding: str | None = None, int8_ties: bool | None = None, accuracy_level: int | None = None,
+           force: bool = False, ort: bool = False,
            batch_sizes=DEFAULT_BATCH_SIZES, unsafe: bool = False, import_modules=(), input_spec=None,
            external_threshold: int | None = None, graph_passes=(), convert=None,
            on_step: Callable[[str], None] | None = None) -> ExportReport:
@@ -176,8 +181,8 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
         opset: ONNX opset (default :data:`DEFAULT_OPSET`).
         verify: compare Keras and onnxruntime outputs at ``batch_sizes`` before writing.
         precision: "fp32", "fp16", "int8" or "int4" weights.
-        block_size, symmetric, rounding, int8_ties: int4 only; per_channel, reduce_range: int8 only; short_names:
-            short internal tensor names (default: int4 only). See :func:`tiedonnx.runtime.graph.quantize.to_precision`.
+        block_size, symmetric, rounding, int8_ties, accuracy_level: int4 only; per_channel, reduce_range: int8
+            only; short_names: short internal tensor names (default: int4 only). See :func:`tiedonnx.runtime.graph.quantize.to_precision`.
         force: overwrite an existing file.
         ort: also write an ORT-format copy (``path`` with suffix ``.ort``).
         unsafe: when ``model`` is a path, allow code stored in the file to run.
@@ -211,7 +216,7 @@ def export(model, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify
         (803810, 1606318)
     """
     options = dict(block_size=block_size, symmetric=symmetric, per_channel=per_channel, reduce_range=reduce_range,
-                   rounding=rounding, int8_ties=int8_ties)
+                   rounding=rounding, int8_ties=int8_ties, accuracy_level=accuracy_level)
     path, ort_path = _check_before_work(path, opset=opset, precision=precision, options=options,
                                         short_names=short_names, force=force, ort=ort, input_spec=input_spec)
     step, start = on_step or (lambda message: logger.info("%s", message)), time.perf_counter()

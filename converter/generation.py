@@ -368,8 +368,8 @@ def export_generation(model, folder: str | os.PathLike, *, precision: str = "fp3
         decoder: "auto" (default: the fused graph of :mod:`.generation_fused` for Qwen and Llama
             models, else traced), "fused" (refuse other models) or
             "traced" (tf2onnx through ``call_with_cache``, every family).
-        **precision_options: block_size, symmetric, rounding, int8_ties, per_channel, reduce_range,
-            short_names.
+        **precision_options: block_size, symmetric, rounding, int8_ties, accuracy_level, per_channel,
+            reduce_range, short_names. int4 folders default to ``accuracy_level=4`` (int8 activations).
             int8 folders default to ``per_channel=True`` (one scale per output channel); every
             folder defaults to ``short_names=True`` (tensor names t0, t1, ...: a smaller file).
 
@@ -392,6 +392,10 @@ def export_generation(model, folder: str | os.PathLike, *, precision: str = "fp3
         # configuration: logits 0.068 off against 0.05 x 1.25 (scripts/bench_generate.py, random
         # weights); one scale per output channel passes it, at the same size.
         precision_options["per_channel"] = True
+    if precision == "int4" and precision_options.get("accuracy_level") is None:
+        # int8 activations in MatMulNBits: 232.3 decode tokens/s against 75.8 at level 0 on the 100M Qwen
+        # (runtime/options.py ACCURACY_LEVELS); folders are opened with constant folding on.
+        precision_options["accuracy_level"] = 4
     # A folder is what gets deployed: tf2onnx's tensor names (cached_decoder_1/decoder_1/...) cost about
     # 26 KB per layer of file (52,809 B on a 2-layer, hidden-768 GPT-2). Short names keep the inputs,
     # outputs and the tie record; short_names=False keeps tf2onnx's names.

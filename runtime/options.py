@@ -36,6 +36,13 @@ DEFAULT_BLOCK_SIZE = 32
 #: int4 rounding (``rounding=``, ``quantize --rounding``): onnxruntime's round-to-nearest, or a
 #: per-block scale search (runtime/graph/int4_search.py; figures: scripts/bench_quality.py).
 INT4_ROUNDINGS = ("rtn", "search")
+#: int4 ``MatMulNBits`` accuracy levels offered: 0, float activations (onnxruntime's default), and 4,
+#: activations quantized to int8 per block (onnxruntime's int8 kernels). Level 4 measured 3.1x the
+#: decode tokens/s of level 0 on the 100M-parameter Qwen generation folder (232.3 against 75.8, 2-core
+#: AVX2 host, onnxruntime 1.32; scripts/bench_generate.py) and is what generation folders use. It
+#: needs the scales folded to an initializer before pre-packing, which constant folding does; with
+#: it off (an ORT-format file) onnxruntime 1.32 computes wrong results, so ``ort`` refuses it.
+ACCURACY_LEVELS = (0, 4)
 
 # ONNX opset 15 is tf2onnx's own default (PREFERRED_OPSET) and runs on
 # onnxruntime >= 1.10, TensorRT >= 8.2 and ORT Mobile builds from 2021 on;

@@ -102,6 +102,11 @@ def test_fused_quantized_folders_keep_one_tie_and_mostly_agree(fused, precision)
     config = json.loads((folder / "tiedonnx.json").read_text())
     info = inspect_file(str(folder / config["model_file"]))
     assert len(info.ties) == 1 and info.ties[0]["status"] == "ok" and not info.untied_duplicates
+    if precision == "int4":  # generation folders take int8 activations in MatMulNBits (runtime/options.py)
+        nbits = [n for n in onnx.load(str(folder / config["model_file"])).graph.node if n.op_type == "MatMulNBits"]
+        assert len(nbits) == 2 * 5 + 1 and all(  # per layer qkv, output, gate, up, down; the head
+            {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}.get("accuracy_level") == 4
+            for n in nbits)
     vocab, hidden = lm.backbone.token_embedding.embeddings.shape
     assert sum(1 for i in info.initializers if sorted(i["shape"]) == sorted([vocab, hidden])) <= 1
     prompts = _prompts(8, seed=3)

@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
                         precision=args.precision, block_size=args.block_size,
                         symmetric=args.symmetric, short_names=args.short_names,
                         per_channel=args.per_channel, reduce_range=args.reduce_range,
-                        rounding=args.rounding, int8_ties=args.int8_ties, force=args.force, ort=args.ort, unsafe=args.unsafe_load_code,
+                        rounding=args.rounding, int8_ties=args.int8_ties, accuracy_level=args.accuracy_level,
+                        force=args.force, ort=args.ort, unsafe=args.unsafe_load_code,
                         import_modules=args.import_modules, input_spec=args.input_spec, on_step=step)
     _flags.emit(report.as_dict(), as_json=args.json, lines=render(report))
     return 0
@@ -85,7 +86,8 @@ def _run_generate(args: argparse.Namespace) -> int:
         verify=not args.no_verify, force=args.force, unsafe=args.unsafe_load_code,
         import_modules=args.import_modules, block_size=args.block_size, symmetric=args.symmetric,
         short_names=args.short_names, per_channel=args.per_channel, reduce_range=args.reduce_range,
-        rounding=args.rounding, int8_ties=args.int8_ties, decoder=args.decoder or "auto")
+        rounding=args.rounding, int8_ties=args.int8_ties, accuracy_level=args.accuracy_level,
+        decoder=args.decoder or "auto")
     _flags.emit(report.as_dict(), as_json=args.json, lines=render_generation(report))
     return 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..options import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, INT4_ROUNDINGS, PRECISIONS
+from ..options import ACCURACY_LEVELS, BLOCK_SIZES, DEFAULT_BLOCK_SIZE, INT4_ROUNDINGS, PRECISIONS
 from . import _flags
 
 HELP = "Store an .onnx file's weights as fp16, int8 or int4, one tensor per tie (ties restored first)."
@@ -38,6 +38,10 @@ def add_int4_arguments(parser: argparse.ArgumentParser) -> None:
                         help="int4 only: rtn, onnxruntime's round-to-nearest (default); search, each "
                              "block's scale chosen by least squares over narrower ranges (slower to write, "
                              "closer to the float model: see README 'Quantization quality')")
+    parser.add_argument("--accuracy-level", type=int, choices=ACCURACY_LEVELS, default=None, metavar="N",
+                        help="int4 only: MatMulNBits' accuracy level, 0 float activations or 4 int8 "
+                             "activations (about 3x the decode speed on a language model; default: 0, and 4 "
+                             "for export --task generate)")
     parser.add_argument("--int8-ties", action=argparse.BooleanOptionalAction, default=None,
                         help="int4 only: keep each tie (a language model's embedding and head) in int8, "
                              "the other weights in int4 (default: off)")
@@ -74,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                            per_channel=args.per_channel, block_size=args.block_size,
                            symmetric=args.symmetric, short_names=args.short_names,
                            reduce_range=args.reduce_range, rounding=args.rounding,
-                           int8_ties=args.int8_ties, force=args.force)
+                           int8_ties=args.int8_ties, accuracy_level=args.accuracy_level, force=args.force)
     stored = ", ".join(f"{t.initializer} ({t.dtype}{_origin(t)})" for t in report.ties) or "none"
     line = (f"wrote {report.path}: {report.precision}, {report.bytes:,} B "
             f"({report.bytes / report.bytes_before:.2f}x of {report.bytes_before:,} B); "

@@ -114,11 +114,12 @@ class _Weight:
 
 
 def to_int4(model: onnx.ModelProto, *, block_size: int, symmetric: bool,
-            rounding: str = "rtn") -> tuple[onnx.ModelProto, list[str]]:
+            rounding: str = "rtn", accuracy_level: int = 0) -> tuple[onnx.ModelProto, list[str]]:
     """Store ``model``'s weights (ties folded and recorded) as 4-bit blocks, in place (a pass, :mod:`.passes`).
 
     Called by :func:`.quantize.to_precision`, which validates the options and first stores rank-3+ weights
     as 2-D views (:mod:`.int4_views`). ``rounding``: ``"rtn"`` (onnxruntime's) or ``"search"`` (:mod:`.int4_search`).
+    ``accuracy_level``: set on every ``MatMulNBits`` when not 0 (:data:`tiedonnx.runtime.options.ACCURACY_LEVELS`).
 
     Returns:
         ``(model, sources)``: the model and the float initializers now stored in 4 bits.
@@ -132,6 +133,10 @@ def to_int4(model: onnx.ModelProto, *, block_size: int, symmetric: bool,
     for weight in weights:
         _store_4bit(index, weight, block_size=block_size, symmetric=symmetric, rounding=rounding)
     _finish(model, opset, symmetric=symmetric)
+    if accuracy_level:
+        for node in model.graph.node:
+            if node.op_type == "MatMulNBits" and node.domain == MS_DOMAIN:
+                node.attribute.append(helper.make_attribute("accuracy_level", accuracy_level))
     write_ties(model, [w.tie for w in tied] + kept)
     return model, [w.source for w in weights]
 

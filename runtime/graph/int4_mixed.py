@@ -32,10 +32,10 @@ def nodes_off_ties(graph: onnx.GraphProto, ties: list[TieRecord]) -> list[str]:
 
 
 def to_int4_int8_ties(model: onnx.ModelProto, *, block_size: int, symmetric: bool, rounding: str,
-                      reduce_range: bool) -> tuple[onnx.ModelProto, list[str]]:
+                      reduce_range: bool, accuracy_level: int = 0) -> tuple[onnx.ModelProto, list[str]]:
     """int8 ties and int4 other matrices (``model``, ties folded and recorded, is consumed; a pass)."""
     from .int4 import to_int4
     from .int8 import to_int8_ties
 
     return to_int4(to_int8_ties(model, reduce_range=reduce_range), block_size=block_size, symmetric=symmetric,
-                   rounding=rounding)
+                   rounding=rounding, accuracy_level=accuracy_level)
