@@ -40,14 +40,15 @@ The cache design (measured and chosen here):
   Last, a reshaped or transposed view of an untied weight is stored as the weight
   (:mod:`~tiedonnx.runtime.graph.weight_views`), so the quantizers see every
   ``MatMul``'s weight (the attention output kernel stayed fp32 in int8 files).
-* **Qwen and Llama are written, not traced.**
+* **GPT-2, Qwen and Llama are written, not traced.**
   :mod:`.generation_fused` writes their decoder from the Keras weights with
-  onnxruntime's fused ops (``GroupQueryAttention`` with the rotary embedding,
-  ``SkipSimplifiedLayerNormalization``, one packed QKV projection): 48 nodes
-  against 378 on a 2-layer Qwen, and on the 100M-parameter Qwen 71.2 decoded
-  tokens/s against 36.5 traced (onnxruntime-genai's builder: 70.8). Other
-  families, head sizes that are not multiples of 16, and ``decoder="traced"``
-  take the traced path below; both pass the same parity check.
+  onnxruntime's fused ops (``GroupQueryAttention``, with the rotary embedding
+  where the family has one; skip layer norms; one packed QKV projection): 48
+  nodes against 378 on a 2-layer Qwen, and on the 100M-parameter Qwen 71.2
+  decoded tokens/s against 36.5 traced (onnxruntime-genai's builder: 70.8).
+  Other families, head sizes that are not multiples of 16, and
+  ``decoder="traced"`` take the traced path below; both pass the same parity
+  check.
 * **The tie stays one tensor** through :func:`tiedonnx.converter.export.export`
   (retie, precision, proofs); the folder's decoder is checked against Keras on
   steps with and without a past before anything is published.
@@ -365,8 +366,8 @@ def export_generation(model, folder: str | os.PathLike, *, precision: str = "fp3
         verify: check the decoder against Keras on cached steps before publishing.
         force: replace an existing folder.
         unsafe, import_modules: as in :func:`~tiedonnx.converter.export.export`.
-        decoder: "auto" (default: the fused graph of :mod:`.generation_fused` for Qwen and Llama
-            models, else traced), "fused" (refuse other models) or
+        decoder: "auto" (default: the fused graph of :mod:`.generation_fused` for GPT-2, Qwen
+            and Llama models, else traced), "fused" (refuse other models) or
             "traced" (tf2onnx through ``call_with_cache``, every family).
         **precision_options: block_size, symmetric, rounding, int8_ties, accuracy_level, per_channel,
             reduce_range, short_names. int4 folders default to ``accuracy_level=4`` (int8 activations).

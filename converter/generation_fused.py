@@ -1,4 +1,4 @@
-"""The generation decoder of a Llama-style KerasHub model, written with onnxruntime's fused ops.
+"""The generation decoder of a GPT-2, Qwen or Llama KerasHub model, written with onnxruntime's fused ops.
 
 Why: the traced decoder (:mod:`.generation`: KerasHub's ``call_with_cache``
 through tf2onnx) is correct for every family, but one step of it is about 170
@@ -13,10 +13,10 @@ builder writes the same model with fused contrib ops and ran it at 70.8
 tokens/s against the traced decoder's 36.5.
 
 So for the families whose layers are all of one known shape -- Qwen and
-Llama -- the decoder is written here directly from the Keras weights, with
-the contract unchanged (Optimum's
-``input_ids`` + ``past_key_values.{i}.key/value`` -> ``logits`` +
-``present.{i}.key/value``)::
+Llama (:func:`_llama_layers`), GPT-2 (:func:`_gpt2_layers`) -- the decoder is
+written here directly from the Keras weights, with the contract unchanged
+(Optimum's ``input_ids`` + ``past_key_values.{i}.key/value`` -> ``logits`` +
+``present.{i}.key/value``). Qwen and Llama::
 
     x = Gather(E, input_ids)                          E: the tie, [vocabulary, hidden], stored once
     per layer:
@@ -27,6 +27,13 @@ the contract unchanged (Optimum's
       h, x = SkipSimplifiedLayerNormalization(MatMul(a, Wo), x)
       o = MatMul(silu(MatMul(h, Wg)) * MatMul(h, Wu), Wd)
     logits = MatMul(SkipSimplifiedLayerNormalization(o, x), Transpose(E))
+
+GPT-2 is the same frame with its own blocks: the learned position rows
+``Slice``d at the past length and added to the lookup, ``LayerNormalization``
+then ``SkipLayerNormalization`` (which also adds the attention and MLP output
+biases), ``GroupQueryAttention`` with as many key/value heads as query heads
+and no rotary, and ``FastGelu`` (the tanh GELU KerasHub's GPT-2 uses, with the
+intermediate bias).
 
 ``GroupQueryAttention`` applies the rotary embedding (``do_rotary``, halves
 rotated as KerasHub does), appends the new keys and values to the past, reads
@@ -41,6 +48,10 @@ variant this cannot express returns ``None`` with the reason, and the caller
 traces the model instead. The folder's parity check against Keras then runs
 on the result as on any decoder.
 
+An empty past may come with batch 0 (transformers.js's first step): each past
+is reshaped to ``[batch, heads, -1, dim]`` before the attention, which gives
+the kernel its batch and leaves any other past as it is.
+
 One limit comes from onnxruntime's kernel: a step of more than one token
 after a past needs batch 1 ("batch_size must be 1 when sequence_length > 1
 and past context is given"). The runtime never makes such a step: a batch's
@@ -50,6 +61,7 @@ prompt runs with an empty past, then every step is one token.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -58,7 +70,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["FUSED_FAMILIES", "fused_decoder"]
 
 #: KerasHub backbones whose decoder this module writes (class names).
-FUSED_FAMILIES = ("QwenBackbone", "LlamaBackbone")  # Mistral: a sliding window, not written yet
+FUSED_FAMILIES = ("QwenBackbone", "LlamaBackbone", "GPT2Backbone")  # Mistral: a sliding window, not yet
 #: Positions checked when comparing the rotary table with the Keras layer's.
 _ROTARY_CHECK = 64
 MS_DOMAIN = "com.microsoft"
@@ -102,7 +114,7 @@ def _rotary(attention, head_dim: int) -> tuple[np.ndarray, float]:
     return inverse, scale
 
 
-def _check_layer(layer, backbone) -> None:
+def _check_layer(layer) -> None:
     names = ("_self_attention_layernorm", "_self_attention_layer", "_feedforward_layernorm",
              "_feedforward_gate_dense", "_feedforward_intermediate_dense", "_feedforward_output_dense")
     missing = [n for n in names if not hasattr(layer, n)]
@@ -176,60 +188,83 @@ def _skip_norm(g: _Graph, x: str, skip: str, scale: str, epsilon: float, hidden:
     return g.typed(normed, ["batch", "sequence", hidden]), g.typed(total, ["batch", "sequence", hidden])
 
 
-def _build(lm, shape: tuple[int, int, int], opset: int):
-    from onnx import TensorProto, helper
+@dataclass
+class _Step:
+    """What every layer of a step reads: the lengths (GroupQueryAttention's) and the cache names."""
+
+    seqlens: str
+    total: str
+    positions: str  # float [total]: 0 .. total - 1
+    past_length: str  # int64 [1]
+    new_length: str  # int64 [1]
+    past: list
+    present: list
+    past_shape: str  # int64 [4]: batch, key/value heads, -1, head size
+
+
+def _step(g: _Graph, num_layers: int, kv_heads: int, head_dim: int) -> _Step:
+    from onnx import TensorProto
 
     from tiedonnx.runtime.generation_folder import kv_input_names, kv_output_names
 
-    backbone = lm.backbone
-    if type(backbone).__name__ not in FUSED_FAMILIES:
-        raise _Unsupported(f"{type(backbone).__name__} is not one of {', '.join(FUSED_FAMILIES)}")
-    if str(lm.compute_dtype) != "float32":
-        raise _Unsupported(f"compute dtype {lm.compute_dtype}")
-    num_layers, kv_heads, head_dim = shape
-    if head_dim % 16:
-        raise _Unsupported(f"head size {head_dim}: onnxruntime's GroupQueryAttention takes multiples of 16")
+    past, ids = kv_input_names(num_layers), "input_ids"
+    past_len = g.op("Shape", [past[0]], start=2, end=3)
+    new_len = g.op("Shape", [ids], start=1, end=2)
+    total64 = g.op("Add", [past_len, new_len])
+    total32 = g.op("Cast", [total64], to=TensorProto.INT32)
+    seqlens = g.op("Expand", [g.op("Sub", [total32, g.constant("one", np.array([1], np.int32))]),
+                              g.op("Shape", [ids], start=0, end=1)])  # the past length is the same in every row
+    positions = g.op("Cast", [g.op("Range", [g.constant("zero", np.int64(0)), g.op("Squeeze", [total64]),
+                                             g.constant("step", np.int64(1))])], to=TensorProto.FLOAT)
+    batch = g.op("Shape", [ids], start=0, end=1)
+    past_shape = g.op("Concat", [batch, g.constant("heads_rest", np.array([kv_heads, -1, head_dim], np.int64))], axis=0)
+    return _Step(seqlens, g.op("Squeeze", [total32]), positions, past_len, new_len, past, kv_output_names(num_layers),
+                 past_shape)
+
+
+def _attention(g: _Graph, step: _Step, i: int, qkv: str, *, q_heads: int, kv_heads: int, head_dim: int,
+               scale: float, rotary: tuple[str, str] | None) -> str:
+    """``GroupQueryAttention`` over the packed projection ``qkv``: layer ``i``'s output; writes its present."""
+    # An empty past may come as [0, heads, 0, dim] (transformers.js's first step); GroupQueryAttention
+    # wants the batch: Reshape to [batch, heads, -1, dim] gives [batch, heads, 0, dim], any other past as is.
+    key, value = (g.op("Reshape", [step.past[2 * i + j], step.past_shape]) for j in (0, 1))
+    inputs = [qkv, "", "", key, value, step.seqlens, step.total]
+    out, _, _ = g.op("GroupQueryAttention", inputs + list(rotary or ()),
+                     outputs=[g.name("attention"), step.present[2 * i], step.present[2 * i + 1]],
+                     domain=MS_DOMAIN, num_heads=q_heads, kv_num_heads=kv_heads, do_rotary=int(rotary is not None),
+                     rotary_interleaved=0, scale=scale)
+    return g.typed(out, ["batch", "sequence", q_heads * head_dim])
+
+
+def _packed_qkv(g: _Graph, i: int, h: str, dense: tuple, hidden: int) -> str:
+    """One MatMul (and one bias Add) for the query, key and value projections (EinsumDense kernels)."""
+    qkv = g.op("MatMul", [h, g.constant(f"qkv{i}", np.concatenate([_array(d.kernel).reshape(hidden, -1)
+                                                                  for d in dense], axis=1))])
+    biases = [getattr(d, "bias", None) for d in dense]
+    if all(b is None for b in biases):
+        return qkv
+    if any(b is None for b in biases):
+        raise _Unsupported("only some of the query/key/value projections have a bias")
+    return g.op("Add", [qkv, g.constant(f"qkv_bias{i}", np.concatenate([_array(b).ravel() for b in biases]))])
+
+
+def _llama_layers(g: _Graph, backbone, step: _Step, x: str, shape, hidden: int) -> str:
+    """Qwen / Llama: RMS norms, rotary attention over grouped key/value heads, a SiLU-gated MLP."""
     layers = list(backbone.transformer_layers)
-    if len(layers) != num_layers:
-        raise _Unsupported(f"{len(layers)} decoder layers against a cache of {num_layers}")
-    embedding = backbone.token_embedding
-    if getattr(embedding, "logit_soft_cap", None):
-        raise _Unsupported("soft-capped logits")
     for layer in layers:
-        _check_layer(layer, backbone)
+        _check_layer(layer)
     attention = layers[0]._self_attention_layer
+    _, kv_heads, head_dim = shape
     q_heads = int(attention.num_query_heads)
     if int(attention.num_key_value_heads) != kv_heads:
         raise _Unsupported("key/value heads differ from the cache's")
     inverse, rotary_scale = _rotary(attention, head_dim)
-    scale = float(attention._inv_norm_factor)
-
-    g = _Graph()
-    table = _array(embedding.embeddings)  # [vocabulary, hidden]
-    vocabulary, hidden = table.shape
-    tie = g.constant("token_embedding", table)
-    ids = "input_ids"
-    x = g.op("Gather", [tie, ids], axis=0)
-
-    # Positions: past length P, new tokens S; total T = P + S.
-    past0 = kv_input_names(num_layers)[0]
-    past_len = g.op("Shape", [past0], start=2, end=3)
-    new_len = g.op("Shape", [ids], start=1, end=2)
-    total64 = g.op("Add", [past_len, new_len])
-    total32 = g.op("Cast", [total64], to=TensorProto.INT32)
-    total = g.op("Squeeze", [total32])
-    seqlens = g.op("Expand", [g.op("Sub", [total32, g.constant("one", np.array([1], np.int32))]),
-                              g.op("Shape", [ids], start=0, end=1)])
-    positions = g.op("Cast", [g.op("Range", [g.constant("zero", np.int64(0)), g.op("Squeeze", [total64]),
-                                             g.constant("step", np.int64(1))])], to=TensorProto.FLOAT)
-    angles = g.op("Mul", [g.op("Unsqueeze", [positions, g.constant("axis", np.array([1], np.int64))]),
+    angles = g.op("Mul", [g.op("Unsqueeze", [step.positions, g.constant("axis", np.array([1], np.int64))]),
                           g.constant("inverse_frequencies", inverse.reshape(1, -1))])
     cos, sin = g.op("Cos", [angles]), g.op("Sin", [angles])
     if rotary_scale != 1.0:
         factor = g.constant("rotary_factor", np.float32(rotary_scale))
         cos, sin = g.op("Mul", [cos, factor]), g.op("Mul", [sin, factor])
-
-    past_names, present_names = kv_input_names(num_layers), kv_output_names(num_layers)
     residual, pending = x, None
     for i, layer in enumerate(layers):
         att = layer._self_attention_layer
@@ -239,19 +274,9 @@ def _build(lm, shape: tuple[int, int, int], opset: int):
             h = _rms_norm(g, residual, gamma, float(norm.epsilon))
         else:
             h, residual = _skip_norm(g, pending, residual, gamma, float(norm.epsilon), hidden)
-        kernels = [_array(d.kernel).reshape(hidden, -1) for d in (att._query_dense, att._key_dense, att._value_dense)]
-        qkv = g.op("MatMul", [h, g.constant(f"qkv{i}", np.concatenate(kernels, axis=1))])
-        biases = [getattr(d, "bias", None) for d in (att._query_dense, att._key_dense, att._value_dense)]
-        if any(b is not None for b in biases):
-            if any(b is None for b in biases):
-                raise _Unsupported("only some of the query/key/value projections have a bias")
-            qkv = g.op("Add", [qkv, g.constant(f"qkv_bias{i}", np.concatenate([_array(b).ravel() for b in biases]))])
-        out, _, _ = g.op("GroupQueryAttention", [qkv, "", "", past_names[2 * i], past_names[2 * i + 1], seqlens,
-                                                 total, cos, sin],
-                         outputs=[g.name("attention"), present_names[2 * i], present_names[2 * i + 1]],
-                         domain=MS_DOMAIN, num_heads=q_heads, kv_num_heads=kv_heads, do_rotary=1,
-                         rotary_interleaved=0, scale=scale)
-        g.typed(out, ["batch", "sequence", q_heads * head_dim])
+        qkv = _packed_qkv(g, i, h, (att._query_dense, att._key_dense, att._value_dense), hidden)
+        out = _attention(g, step, i, qkv, q_heads=q_heads, kv_heads=kv_heads, head_dim=head_dim,
+                         scale=float(att._inv_norm_factor), rotary=(cos, sin))
         attended = g.op("MatMul", [out, g.constant(f"attention_output{i}",
                                                    _array(att._output_dense.kernel).reshape(-1, hidden))])
         ff_norm = layer._feedforward_layernorm
@@ -265,20 +290,108 @@ def _build(lm, shape: tuple[int, int, int], opset: int):
     final = backbone.layer_norm
     h = g.op("SkipSimplifiedLayerNormalization", [pending, residual, g.constant("final_norm", _array(final.scale))],
              outputs=1, domain=MS_DOMAIN, epsilon=float(final.epsilon))
-    g.typed(h, ["batch", "sequence", hidden])
+    return g.typed(h, ["batch", "sequence", hidden])
+
+
+def _layer_norm_weights(g: _Graph, norm, name: str) -> tuple[str, str, float]:
+    if not isinstance(norm, __import__("keras").layers.LayerNormalization) or getattr(norm, "rms_scaling", False) \
+            or not (norm.center and norm.scale) or tuple(norm.axis) not in ((-1,), (2,)):
+        raise _Unsupported(f"{norm.name} is not a last-axis LayerNormalization with a scale and a center")
+    return (g.constant(f"{name}_gamma", _array(norm.gamma)), g.constant(f"{name}_beta", _array(norm.beta)),
+            float(norm.epsilon))
+
+
+def _gpt2_layers(g: _Graph, backbone, step: _Step, x: str, shape, hidden: int) -> str:
+    """GPT-2: learned positions, pre-norm LayerNorm blocks, multi-head attention, a tanh-GELU MLP."""
+    _, heads, head_dim = shape
+    table = _array(backbone.position_embedding.position_embeddings)
+    rows = g.op("Slice", [g.constant("position_embeddings", table), step.past_length,
+                          g.op("Add", [step.past_length, step.new_length]), g.constant("axes", np.array([0]))])
+    residual, pending, pending_bias = g.op("Add", [x, rows]), None, None
+    for i, layer in enumerate(backbone.transformer_layers):
+        if not getattr(layer, "normalize_first", False) or getattr(layer, "_cross_attention_layer", None):
+            raise _Unsupported(f"{layer.name} is not a pre-norm decoder-only block")
+        activation = getattr(layer._feedforward_intermediate_dense.activation, "__name__", "")
+        if "gelu" not in activation:
+            raise _Unsupported(f"{layer.name}'s activation is {activation}, not the tanh GELU")
+        att = layer._self_attention_layer
+        if int(att.num_heads) != heads or int(att.key_dim) != head_dim:
+            raise _Unsupported("attention heads differ from the cache's")
+        gamma, beta, eps = _layer_norm_weights(g, layer._self_attention_layer_norm, f"attention_norm{i}")
+        if pending is None:
+            h = g.op("LayerNormalization", [residual, gamma, beta], axis=-1, epsilon=eps)
+        else:
+            h, residual = _skip_layer_norm(g, pending, residual, gamma, beta, pending_bias, eps, hidden)
+        qkv = _packed_qkv(g, i, h, (att._query_dense, att._key_dense, att._value_dense), hidden)
+        out = _attention(g, step, i, qkv, q_heads=heads, kv_heads=heads, head_dim=head_dim,
+                         scale=1.0 / float(np.sqrt(head_dim)), rotary=None)
+        attended = g.op("MatMul", [out, g.constant(f"attention_output{i}",
+                                                   _array(att._output_dense.kernel).reshape(-1, hidden))])
+        gamma, beta, eps = _layer_norm_weights(g, layer._feedforward_layer_norm, f"feedforward_norm{i}")
+        h, residual = _skip_layer_norm(g, attended, residual, gamma, beta,
+                                       g.constant(f"attention_output_bias{i}", _array(att._output_dense.bias)),
+                                       eps, hidden)
+        inner = layer._feedforward_intermediate_dense
+        up = g.op("MatMul", [h, g.constant(f"up{i}", _array(inner.kernel))])
+        gelu = g.op("FastGelu", [up, g.constant(f"up_bias{i}", _array(inner.bias))], domain=MS_DOMAIN)
+        g.typed(gelu, ["batch", "sequence", int(inner.units)])
+        outer = layer._feedforward_output_dense
+        pending = g.op("MatMul", [gelu, g.constant(f"down{i}", _array(outer.kernel))])
+        pending_bias = g.constant(f"down_bias{i}", _array(outer.bias))
+    gamma, beta, eps = _layer_norm_weights(g, backbone.layer_norm, "final_norm")
+    h, _ = _skip_layer_norm(g, pending, residual, gamma, beta, pending_bias, eps, hidden)
+    return h
+
+
+def _skip_layer_norm(g: _Graph, x: str, skip: str, gamma: str, beta: str, bias: str | None, epsilon: float,
+                     hidden: int) -> tuple[str, str]:
+    """``SkipLayerNormalization``: the layer norm of ``x + skip + bias``, and that sum (the next residual)."""
+    normed, _, _, total = g.op("SkipLayerNormalization", [x, skip, gamma, beta] + ([bias] if bias else []),
+                               outputs=[None, "", "", None], domain=MS_DOMAIN, epsilon=epsilon)
+    return g.typed(normed, ["batch", "sequence", hidden]), g.typed(total, ["batch", "sequence", hidden])
+
+
+#: Backbone class -> the writer of its layers (and final norm).
+_WRITERS = {"QwenBackbone": _llama_layers, "LlamaBackbone": _llama_layers, "GPT2Backbone": _gpt2_layers}
+
+
+def _build(lm, shape: tuple[int, int, int], opset: int):
+    from onnx import TensorProto, helper
+
+    backbone = lm.backbone
+    writer = _WRITERS.get(type(backbone).__name__)
+    if writer is None:
+        raise _Unsupported(f"{type(backbone).__name__} is not one of {', '.join(FUSED_FAMILIES)}")
+    if str(lm.compute_dtype) != "float32":
+        raise _Unsupported(f"compute dtype {lm.compute_dtype}")
+    num_layers, kv_heads, head_dim = shape
+    if head_dim % 16:
+        raise _Unsupported(f"head size {head_dim}: onnxruntime's GroupQueryAttention takes multiples of 16")
+    if len(backbone.transformer_layers) != num_layers:
+        raise _Unsupported(f"{len(backbone.transformer_layers)} decoder layers against a cache of {num_layers}")
+    embedding = backbone.token_embedding
+    if getattr(embedding, "logit_soft_cap", None):
+        raise _Unsupported("soft-capped logits")
+
+    g = _Graph()
+    table = _array(embedding.embeddings)  # [vocabulary, hidden]
+    vocabulary, hidden = table.shape
+    tie = g.constant("token_embedding", table)
+    x = g.op("Gather", [tie, "input_ids"], axis=0)
+    step = _step(g, num_layers, kv_heads, head_dim)
+    h = writer(g, backbone, step, x, shape, hidden)
     if getattr(embedding, "tie_weights", True):
         projection = g.op("Transpose", [tie], perm=[1, 0])
     else:
         projection = g.constant("reverse_embeddings", _array(embedding.reverse_embeddings))
     g.op("MatMul", [h, projection], outputs=["logits"])
 
-    past_axis = "past_sequence"
-    inputs = [helper.make_tensor_value_info(ids, TensorProto.INT64, ["batch", "sequence"])]
-    inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", kv_heads, past_axis, head_dim])
-               for n in past_names]
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])]
+    inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", kv_heads, "past_sequence", head_dim])
+               for n in step.past]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence", vocabulary])]
     outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", kv_heads, "total_sequence", head_dim])
-                for n in present_names]
+                for n in step.present]
     graph = helper.make_graph(g.nodes, "fused_decoder", inputs, outputs, g.initializers, value_info=g.value_info)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(MS_DOMAIN, 1)],
                               producer_name="tiedonnx")

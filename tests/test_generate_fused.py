@@ -1,15 +1,17 @@
 """The fused generation decoder (converter/generation_fused.py) against KerasHub and the traced decoder.
 
-Tiny Qwen and tied Llama models with head size 16 (onnxruntime's GroupQueryAttention takes
-multiples of 16): 2 layers, hidden 32, 2 query heads, 1 key/value head, vocabulary 97;
-seeded random weights, norm scales and biases randomised so that a swapped or dropped
-weight changes the logits.
+Tiny GPT-2, Qwen and tied Llama models with head size 16 (onnxruntime's GroupQueryAttention
+takes multiples of 16): 2 layers, hidden 32, 2 query heads (Qwen, Llama: 1 key/value head),
+vocabulary 97; seeded random weights, norm scales and biases randomised so that a swapped or
+dropped weight changes the logits.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -28,18 +30,23 @@ from tiedonnx.runtime.generate import load_lm  # noqa: E402
 from tiedonnx.runtime.graph.inspect import inspect_file  # noqa: E402
 
 from . import models  # noqa: E402
-from .test_generate import STEP_TOL, _keras_hub_greedy, _keras_steps, _onnx_steps, _prompts  # noqa: E402
+from .test_generate import (STEP_TOL, TRANSFORMERS_JS, _TJS_SCRIPT, _keras_hub_greedy, _keras_steps,  # noqa: E402
+                            _onnx_steps, _prompts)
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are using a softmax over axis")
-KINDS = ("qwen", "llama_tied")
+KINDS = ("gpt2", "qwen", "llama_tied")
+#: The fused normalization between blocks: GPT-2's LayerNorm, the others' RMS norm.
+SKIP_NORM = {"gpt2": "SkipLayerNormalization", "qwen": "SkipSimplifiedLayerNormalization",
+             "llama_tied": "SkipSimplifiedLayerNormalization"}
 
 
 def _lm(kind: str):
     lm = models.causal_lm(kind, hidden=32)
     rng = np.random.default_rng(7)
     for v in lm.backbone.weights:  # scales around 1 and biases around 0, not KerasHub's ones and zeros
-        if v.path.endswith(("scale", "bias")):
-            v.assign((1.0 if v.path.endswith("scale") else 0.0) + 0.3 * rng.standard_normal(v.shape).astype("float32"))
+        if v.path.endswith(("scale", "gamma", "bias", "beta")):
+            one = 1.0 if v.path.endswith(("scale", "gamma")) else 0.0
+            v.assign(one + 0.3 * rng.standard_normal(v.shape).astype("float32"))
     return lm
 
 
@@ -69,11 +76,12 @@ def test_fused_decoder_is_chosen_and_uses_onnxruntime_fused_ops(fused, kind):
     _, folder, report = fused(kind)
     assert report.decoder == "fused" and report.decoder_note is None
     ops = _op_types(folder)
-    assert ops.count("GroupQueryAttention") == 2 and ops.count("SkipSimplifiedLayerNormalization") == 4
-    assert "Tile" not in ops and "Concat" not in ops  # no repeated heads, no emulated static cache
+    assert ops.count("GroupQueryAttention") == 2 and ops.count(SKIP_NORM[kind]) == 4
+    assert "Tile" not in ops and ops.count("Concat") == 1  # no repeated heads, no emulated static cache (one
+    # Concat builds the past's shape)
     _, traced, traced_report = fused(kind, decoder="traced")
     assert traced_report.decoder == "traced"
-    assert len(ops) * 4 < len(_op_types(traced))  # 48 against 378 nodes on the 2-layer Qwen
+    assert len(ops) * 4 < len(_op_types(traced))  # 48 against 378 nodes on the 2-layer Qwen of bench_generate
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -117,17 +125,17 @@ def test_fused_quantized_folders_keep_one_tie_and_mostly_agree(fused, precision)
 
 
 def test_models_of_another_shape_are_traced_and_fused_refuses_them(tmp_path):
-    gpt2 = models.causal_lm("gpt2")
-    proto, reason = fused_decoder(gpt2, (2, 2, 8), opset=17)
-    assert proto is None and "GPT2Backbone is not one of" in reason
+    opt = models.causal_lm("opt", hidden=32)
+    proto, reason = fused_decoder(opt, (2, 2, 16), opset=17)
+    assert proto is None and "OPTBackbone is not one of" in reason
     small_heads = models.causal_lm("qwen")  # hidden 16, 2 heads: head size 8
     assert "multiples of 16" in fused_decoder(small_heads, (2, 1, 8), opset=17)[1]
     report = export_generation(small_heads, tmp_path / "auto")
     assert report.decoder == "traced" and "multiples of 16" in report.decoder_note
-    with pytest.raises(UsageError, match="decoder='fused' cannot write GPT2CausalLM: GPT2Backbone is not one of"):
-        export_generation(gpt2, tmp_path / "fused", decoder="fused")
+    with pytest.raises(UsageError, match="decoder='fused' cannot write OPTCausalLM: OPTBackbone is not one of"):
+        export_generation(opt, tmp_path / "fused", decoder="fused")
     with pytest.raises(UsageError, match="decoder must be one of auto, fused, traced. Received: decoder='fast'"):
-        export_generation(gpt2, tmp_path / "bad", decoder="fast")
+        export_generation(opt, tmp_path / "bad", decoder="fast")
     assert sorted(os.listdir(tmp_path)) == ["auto"]  # nothing written for a refusal
 
 
@@ -141,3 +149,23 @@ def test_cli_decoder_flag(tmp_path, capsys):
     assert main(["export", str(tmp_path / "lm.keras"), "-o", str(tmp_path / "x.onnx"), "--decoder", "fused",
                  "--import", "keras_hub"]) == 2
     assert "--decoder applies to --task generate only" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision,dtype", [("fp32", "fp32"), ("int4", "q4")])
+def test_transformers_js_generates_the_same_greedy_tokens_from_a_fused_gpt2_folder(fused, tmp_path, precision, dtype):
+    """The fused ops keep Optimum's contract: transformers.js (onnxruntime-node) runs the folder as written."""
+    node = shutil.which("node")
+    if node is None or not (TRANSFORMERS_JS / "@huggingface/transformers").is_dir():
+        pytest.skip(f"node or transformers.js is missing ({TRANSFORMERS_JS}); .ci/run installs "
+                    "@huggingface/transformers@4.3.2 there")
+    _, folder, report = fused("gpt2", precision)
+    assert report.decoder == "fused"
+    (tmp_path / "gen.mjs").write_text(_TJS_SCRIPT)
+    for prompt in ([5, 17, 33, 2, 9], [42], list(range(1, 30))):
+        ours = load_lm(folder).generate(prompt, max_new_tokens=20, sampler="greedy", stop_token_ids=[]).tokens[0]
+        proc = subprocess.run([node, str(tmp_path / "gen.mjs"), str(TRANSFORMERS_JS), str(folder),
+                               ",".join(map(str, prompt)), "20", dtype], capture_output=True, text=True,
+                              timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout.strip().splitlines()[-1]) == ours, prompt

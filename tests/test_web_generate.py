@@ -124,9 +124,12 @@ def folders(tmp_path_factory):
             if "lm" not in state:
                 tokenizer = models.tiny_bpe()
                 pre = keras_hub.models.GPT2CausalLMPreprocessor(tokenizer, sequence_length=64)
-                state["lm"] = models.causal_lm("gpt2", vocabulary=tokenizer.vocabulary_size(), preprocessor=pre)
+                # hidden 32, 2 heads: head size 16, so the folder holds the fused decoder (GroupQueryAttention)
+                state["lm"] = models.causal_lm("gpt2", vocabulary=tokenizer.vocabulary_size(), hidden=32,
+                                               preprocessor=pre)
             # verify=False: test_generate.py checks the export against Keras; here the folder is the reference.
-            export_generation(state["lm"], root / precision, precision=precision, verify=False)
+            kind, _, decoder = precision.partition("-")
+            export_generation(state["lm"], root / precision, precision=kind, verify=False, decoder=decoder or "auto")
             write_generation_site(root / precision, root / f"site-{precision}")
             made[precision] = root / precision
         return made[precision], root / f"site-{precision}"
@@ -161,7 +164,7 @@ def _python(folder, prompt, **options):
 
 @needs_chromium
 @pytest.mark.slow  # headless Chromium and a KerasHub export
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", "int4"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", "int4", "fp32-traced"])
 def test_greedy_tokens_equal_the_python_runtime(folders, precision):
     folder, site = folders(precision)
     got = evaluate_in_site(site, GENERATE_ALL, [PROMPTS, {"max_new_tokens": NEW, "sampler": "greedy",
@@ -261,9 +264,10 @@ STREAM = """async (maxNew) => {
 @needs_chromium
 @pytest.mark.slow  # headless Chromium
 def test_the_page_streams_text_as_it_is_generated(folders):
-    folder, site = folders("fp32")
-    # ?warmup=0: a cold page decodes a few hundred tokens/s, so frames are painted mid-way; a warmed-up one
-    # can finish 120 tokens of this tiny model within two or three frames.
+    folder, site = folders("fp32-traced")
+    # ?warmup=0 and the traced decoder: a cold page then decodes a few hundred tokens/s, so frames are
+    # painted mid-way; a warmed-up one, or the fused decoder even cold, can finish 120 tokens of this tiny
+    # model within two or three frames.
     got = evaluate_in_site(site, STREAM, 120, query="?warmup=0")
     assert "error" not in got, got
     expected = _load_lm(folder).generate("The tie", max_new_tokens=120, sampler="greedy")

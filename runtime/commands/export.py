@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--task generate: longest prompt + new tokens (default: the model's position "
                              "table, unbounded for rotary models)")
     parser.add_argument("--decoder", choices=("auto", "fused", "traced"), default=None,
-                        help="--task generate: auto (default) writes Qwen and Llama decoders with "
+                        help="--task generate: auto (default) writes GPT-2, Qwen and Llama decoders with "
                              "onnxruntime's fused ops (GroupQueryAttention) and traces other families; "
                              "fused refuses other families; traced always traces KerasHub's call_with_cache")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
