@@ -44,8 +44,9 @@ The cache design (measured and chosen here):
   :mod:`.generation_fused` writes their decoder from the Keras weights with
   onnxruntime's fused ops (``GroupQueryAttention``, with the rotary embedding
   where the family has one; skip layer norms; one packed QKV projection): 48
-  nodes against 378 on a 2-layer Qwen, and on the 100M-parameter Qwen 71.2
-  decoded tokens/s against 36.5 traced (onnxruntime-genai's builder: 70.8).
+  nodes against 378 on a 2-layer Qwen, and on the 100M-parameter Qwen 66.6
+  decoded tokens/s against 48.6 traced in one run (onnxruntime-genai's
+  builder: 67.8; README "Generate text").
   Other families, head sizes that are not multiples of 16, and
   ``decoder="traced"`` take the traced path below; both pass the same parity
   check.
@@ -394,7 +395,7 @@ def export_generation(model, folder: str | os.PathLike, *, precision: str = "fp3
         # weights); one scale per output channel passes it, at the same size.
         precision_options["per_channel"] = True
     if precision == "int4" and precision_options.get("accuracy_level") is None:
-        # int8 activations in MatMulNBits: 232.3 decode tokens/s against 75.8 at level 0 on the 100M Qwen
+        # int8 activations in MatMulNBits: 220.7 decode tokens/s against 70.9 at level 0 on the 100M Qwen
         # (runtime/options.py ACCURACY_LEVELS); folders are opened with constant folding on.
         precision_options["accuracy_level"] = 4
     # A folder is what gets deployed: tf2onnx's tensor names (cached_decoder_1/decoder_1/...) cost about

@@ -38,8 +38,9 @@ DEFAULT_BLOCK_SIZE = 32
 INT4_ROUNDINGS = ("rtn", "search")
 #: int4 ``MatMulNBits`` accuracy levels offered: 0, float activations (onnxruntime's default), and 4,
 #: activations quantized to int8 per block (onnxruntime's int8 kernels). Level 4 measured 3.1x the
-#: decode tokens/s of level 0 on the 100M-parameter Qwen generation folder (232.3 against 75.8, 2-core
-#: AVX2 host, onnxruntime 1.32; scripts/bench_generate.py) and is what generation folders use. It
+#: decode tokens/s of level 0 on the 100M-parameter Qwen generation folder (220.7 against 70.9, 2-core
+#: AVX2 host, onnxruntime 1.32; scripts/bench_generate.py --precisions int4,int4-acc0) and is what
+#: generation folders use. It
 #: needs the scales folded to an initializer before pre-packing, which constant folding does; with
 #: it off (an ORT-format file) onnxruntime 1.32 computes wrong results, so ``ort`` refuses it.
 ACCURACY_LEVELS = (0, 4)

@@ -6,6 +6,7 @@
     python scripts/bench_generate.py --config qwen-100m --precisions fp32,int4 --peers only
     python scripts/bench_generate.py --config qwen-100m --precisions int4 --no-loop --export-only --out DIR
     python scripts/bench_generate.py --config qwen-100m --precisions int4 --no-loop --reuse --peers no --out DIR
+    python scripts/bench_generate.py --precisions fp32,fp32-traced,int4,int4-acc0 --peers no   # the variants
 
 Rows (2 threads for every onnxruntime contender; KerasHub uses TensorFlow's own):
 
@@ -60,6 +61,20 @@ CONFIGS = {
 # int8 per channel: the default per-tensor 7-bit int8 misses the parity bound on GPT-2 small's
 # random weights (logits 0.068 against 0.05 x 1.25, measured with this script).
 PRECISION_OPTIONS = {"int8": {"per_channel": True}}
+#: Variants a --precisions entry may add after a dash: fp32-traced (the traced decoder where the fused one
+#: applies), int4-acc0 (MatMulNBits with float activations instead of the generation default, 4).
+VARIANTS = {"traced": {"decoder": "traced"}, "acc0": {"accuracy_level": 0}}
+
+
+def _precision_options(entry: str) -> tuple[str, dict]:
+    """``fp32``, ``int4-acc0``, ``fp32-traced``... -> (precision, export_generation options)."""
+    precision, *variants = entry.split("-")
+    options = dict(PRECISION_OPTIONS.get(precision, {}))
+    for variant in variants:
+        if variant not in VARIANTS:
+            raise SystemExit(f"unknown variant {variant!r} in --precisions {entry!r}; use {', '.join(VARIANTS)}")
+        options.update(VARIANTS[variant])
+    return precision, options
 TJS = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tiedonnx/transformers-js/node_modules"
 
 
@@ -309,18 +324,20 @@ def tiedonnx_rows(lm, root: Path, prompts, args) -> list[dict]:
         if not args.export_only:  # batch 8 re-runs 8 growing prefixes per token: minutes beyond tiny
             rows.append(forward_loop_row(root / "forward.onnx", prompts, args.new, args.rounds,
                                          batches=(1, 8) if args.config.endswith("tiny") else (1,)))
-    for precision in args.precisions.split(","):
-        start, folder = time.perf_counter(), root / precision
-        options = PRECISION_OPTIONS.get(precision, {})
+    for entry in args.precisions.split(","):
+        start, folder = time.perf_counter(), root / entry
+        precision, options = _precision_options(entry)
         if not (args.reuse and (folder / "tiedonnx.json").is_file()):
             try:
-                export_generation(lm, folder, precision=precision, force=True, verify=not args.no_verify, **options)
+                report = export_generation(lm, folder, precision=precision, force=True, verify=not args.no_verify,
+                                           **options)
             except ParityError as exc:  # a failed precision is a row with its reason, the rest still runs
-                rows.append({"name": f"tiedonnx cached {precision}", "error": f"parity failed: {str(exc)[:160]}"})
+                rows.append({"name": f"tiedonnx cached {entry}", "error": f"parity failed: {str(exc)[:160]}"})
                 continue
-            print(f"generation export {precision} {options or ''} {time.perf_counter() - start:.1f} s", flush=True)
+            print(f"generation export {entry} {options or ''} ({report.decoder} decoder) "
+                  f"{time.perf_counter() - start:.1f} s", flush=True)
         if not args.export_only:
-            rows.append(cached_row(folder, precision, prompts, args.new, args.rounds))
+            rows.append(cached_row(folder, entry, prompts, args.new, args.rounds))
     if "fp32" in args.precisions.split(",") and not args.export_only:
         rows.append(transformers_js_row(root / "fp32", prompts, args.new))
     return rows

@@ -13,7 +13,7 @@ and that a canary mutation is caught. Then, one at a time: apply, run the tests
 
 Usage (from the repository root, its venv active)::
 
-    python scripts/mutation_check.py              # all 66
+    python scripts/mutation_check.py              # all 73
     python scripts/mutation_check.py --only int4_layout_most_padding parity_keeps_best
     python scripts/mutation_check.py --list       # ids, files and tests; runs nothing
     python scripts/mutation_check.py --check      # only that every snippet is found exactly once
@@ -60,6 +60,7 @@ def M(id, file, find, replace, *tests, timeout=None):  # noqa: N802  (a table ro
 
 RETIE, DUPS = "tests/test_retie.py", "tests/test_retie.py"
 INT4, FP16, NAMES = "tests/test_int4.py", "tests/test_fp16.py", "tests/test_names.py"
+FUSED = "tests/test_generate_fused.py"
 LN, WV, SC, SP = ("tests/test_layer_norm.py", "tests/test_weight_views.py", "tests/test_shape_chains.py",
                   "tests/test_stack_pick.py")
 LEAN, PAR = "tests/test_runtime_lean.py", "tests/test_parity_mismatches.py"
@@ -268,6 +269,19 @@ MUTATIONS = [
     M("parity_hint_on_any_values_mismatch", "converter/parity.py",
       "if problems and all(p.kind == VALUES for p in problems):",
       "if problems and any(p.kind == VALUES for p in problems):", PAR),
+    # --- the fused generation decoder (converter/generation_fused.py) and int4 accuracy level
+    M("fused_rotary_interleaved", "converter/generation_fused.py",
+      "rotary_interleaved=0, scale=scale)", "rotary_interleaved=1, scale=scale)", FUSED),
+    M("fused_gpt2_drops_output_bias", "converter/generation_fused.py",
+      "h, residual = _skip_layer_norm(g, attended, residual, gamma, beta,\n"
+      "                                       g.constant(f\"attention_output_bias{i}\", _array(att._output_dense.bias)),",
+      "h, residual = _skip_layer_norm(g, attended, residual, gamma, beta,\n"
+      "                                       None,", FUSED),
+    M("fused_qkv_bias_ignored", "converter/generation_fused.py",
+      "    if all(b is None for b in biases):\n        return qkv", "    if True:\n        return qkv", FUSED),
+    M("int4_accuracy_level_dropped", G + "int4.py",
+      "    if accuracy_level:\n        for node in model.graph.node:", "    if False:\n        for node in model.graph.node:",
+      INT4),
 ]
 
 #: Must be caught, or the harness itself is broken (tests not reaching the copy).
