@@ -61,12 +61,11 @@ prompt runs with an empty past, then every step is one token.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+from tiedonnx.runtime.graph.edit import MS_DOMAIN
 
 __all__ = ["FUSED_FAMILIES", "fused_decoder"]
 
@@ -74,7 +73,6 @@ __all__ = ["FUSED_FAMILIES", "fused_decoder"]
 FUSED_FAMILIES = ("QwenBackbone", "LlamaBackbone", "GPT2Backbone")  # Mistral: a sliding window, not yet
 #: Positions checked when comparing the rotary table with the Keras layer's.
 _ROTARY_CHECK = 64
-MS_DOMAIN = "com.microsoft"
 
 
 class _Unsupported(Exception):
@@ -295,8 +293,13 @@ def _llama_layers(g: _Graph, backbone, step: _Step, x: str, shape, hidden: int) 
 
 
 def _layer_norm_weights(g: _Graph, norm, name: str) -> tuple[str, str, float]:
-    if not isinstance(norm, __import__("keras").layers.LayerNormalization) or getattr(norm, "rms_scaling", False) \
-            or not (norm.center and norm.scale) or tuple(norm.axis) not in ((-1,), (2,)):
+    """``norm``'s gamma and beta as initializers, and its epsilon (a plain last-axis LayerNormalization only)."""
+    import keras
+
+    axis = getattr(norm, "axis", None)
+    axes = tuple(axis) if isinstance(axis, (list, tuple)) else (axis,)
+    if not isinstance(norm, keras.layers.LayerNormalization) or getattr(norm, "rms_scaling", False) \
+            or not (norm.center and norm.scale) or axes not in ((-1,), (2,)):  # built: [2] for [batch, seq, hidden]
         raise _Unsupported(f"{norm.name} is not a last-axis LayerNormalization with a scale and a center")
     return (g.constant(f"{name}_gamma", _array(norm.gamma)), g.constant(f"{name}_beta", _array(norm.beta)),
             float(norm.epsilon))

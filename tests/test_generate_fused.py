@@ -139,6 +139,18 @@ def test_models_of_another_shape_are_traced_and_fused_refuses_them(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["auto"]  # nothing written for a refusal
 
 
+def test_an_untied_llama_is_written_with_its_own_head(tmp_path):
+    keras.utils.set_random_seed(3)
+    backbone = keras_hub.models.LlamaBackbone(vocabulary_size=97, num_layers=2, hidden_dim=32, intermediate_dim=64,
+                                              num_query_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
+    lm = keras_hub.models.LlamaCausalLM(backbone, preprocessor=None)
+    report = export_generation(lm, tmp_path / "untied")
+    assert report.decoder == "fused" and report.parity_max_abs <= STEP_TOL
+    prompts = _prompts(4, seed=9)
+    assert load_lm(tmp_path / "untied").generate(prompts, max_new_tokens=16, sampler="greedy",
+                                                 stop_token_ids=[]).tokens == _keras_hub_greedy(lm, prompts, 16)
+
+
 def test_cli_decoder_flag(tmp_path, capsys):
     _lm("qwen").save(tmp_path / "lm.keras")
     base = ["export", str(tmp_path / "lm.keras"), "--task", "generate", "--import", "keras_hub"]
