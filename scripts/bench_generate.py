@@ -6,7 +6,7 @@
     python scripts/bench_generate.py --config qwen-100m --precisions fp32,int4 --peers only
     python scripts/bench_generate.py --config qwen-100m --precisions int4 --no-loop --export-only --out DIR
     python scripts/bench_generate.py --config qwen-100m --precisions int4 --no-loop --reuse --peers no --out DIR
-    python scripts/bench_generate.py --precisions fp32,fp32-traced,int4,int4-acc0 --peers no   # the variants
+    python scripts/bench_generate.py --precisions fp32,fp32-traced,int4,int4-acc0,int4-sym --peers no   # variants
 
 Rows (2 threads for every onnxruntime contender; KerasHub uses TensorFlow's own):
 
@@ -62,8 +62,9 @@ CONFIGS = {
 # random weights (logits 0.068 against 0.05 x 1.25, measured with this script).
 PRECISION_OPTIONS = {"int8": {"per_channel": True}}
 #: Variants a --precisions entry may add after a dash: fp32-traced (the traced decoder where the fused one
-#: applies), int4-acc0 (MatMulNBits with float activations instead of the generation default, 4).
-VARIANTS = {"traced": {"decoder": "traced"}, "acc0": {"accuracy_level": 0}}
+#: applies), int4-acc0 (MatMulNBits with float activations instead of the generation default, 4), int4-sym
+#: (symmetric blocks, no zero points).
+VARIANTS = {"traced": {"decoder": "traced"}, "acc0": {"accuracy_level": 0}, "sym": {"symmetric": True}}
 
 
 def _precision_options(entry: str) -> tuple[str, dict]:
