@@ -15,11 +15,20 @@ graph / session options                                 session MB
 Transpose + MatMul, full optimizations (``fast``)       74
 same, pre-packing disabled                              74
 Gemm(transB=1) over W, pre-packing on                   74
-Gemm(transB=1) over W, pre-packing disabled (``lean``)  42
+Gemm(transB=1) over W, pre-packing disabled            42
 =====================================================  ===========
 
-So lean needs both: the rewrite (nothing left to fold) and
-``session.disable_prepacking`` (no packed second copy). The rewrite turns
+So lean needs both: the rewrite (nothing left to fold) and no packed second
+copy of ``W``. An fp32 ``W`` read directly by several nodes after the rewrite
+is listed as a graph input of the session's copy of the graph
+(:attr:`LeanReport.listed`): onnxruntime neither folds nor pre-packs such an
+overridable initializer, so pre-packing stays on for every other weight
+(4096x2048 tie: lean 49.6 MiB in a fresh process, 32.1 against fast's 64.0 over
+load and one run, batch 1 at 1.03x fast's time; the 100M-parameter Qwen
+generation folder decodes at fast's speed in 1.03x its file). Before that,
+lean disabled pre-packing for the whole session, which cost the other
+weights' speed; it still does where the shared weight is not an fp32
+initializer (an fp16 tie's Cast) or a float transpose is kept. The rewrite turns
 ``MatMul(A, Transpose(W))`` with a rank-2 ``A`` into ``Gemm(A, W, transB=1)``
 and flips ``transB`` of a ``Gemm`` that reads ``Transpose(W)``. In fp16 files
 ``W`` is ``Cast(W16)``: both uses then read the Cast, which constant folding
