@@ -20,15 +20,18 @@ stop token (kept as the row's last token).
 
 ``memory="auto"`` (the default) opens fp32 and fp16 folders with
 ``memory="lean"``: the logits projection then reads the stored embedding
-through ``Gemm(transB=1)`` (:mod:`tiedonnx.runtime.lean`), so the tie is held
-once in memory. int8 and int4 folders open with ``"fast"``. An int8 tie is
+through ``Gemm(transB=1)`` (:mod:`tiedonnx.runtime.lean`), and an fp32 tie is
+listed as a graph input of the session's graph, so the tie is held once in
+memory while every other weight stays pre-packed (100M Qwen fused fp32: 1.03x
+the file, fast's decode speed). int8 and int4 folders open with ``"fast"``. An int8 tie is
 held once there too: the lookup gathers columns of the stored ``[hidden,
 vocabulary]`` tie (:mod:`tiedonnx.runtime.graph.lookup_axis`) and the tie is
 also a graph input, which onnxruntime neither folds nor pre-packs, while the
 other weights stay pre-packed (GPT-2 small int8: 141.1 MiB after session
 start, 1.158x the file, against 177.9 MiB, 1.46x, unlisted; decode step
-0.90x). ``memory="lean"`` on an int8 folder turns pre-packing off for the
-whole session: no smaller, slower (about 0.6x). A 4-bit tie is held twice:
+0.90x). ``memory="lean"`` on an int8 folder now runs the same session (its
+tie is already an input, so nothing disables pre-packing; before, lean turned
+it off: no smaller, about 0.6x the speed). A 4-bit tie is held twice:
 ``MatMulNBits`` pre-packs a copy of its own, and without pre-packing it runs
 34x slower, so ``lean`` does not help int4 (2-layer, hidden 768, vocabulary
 50257 int4: fast 83 MiB at 29.6 tokens/s, lean 91 MiB at 1.8).
