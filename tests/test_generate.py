@@ -340,11 +340,15 @@ console.log(JSON.stringify(Array.from(out.data, Number).slice(ids.length)));
 @pytest.mark.parametrize("precision,dtype", [("fp32", "fp32"), ("int8", "q8"), ("int4", "q4")])
 def test_transformers_js_generates_the_same_greedy_tokens_from_the_folder(folders, tmp_path, precision, dtype):
     """Optimum's contract, proved by another runtime: transformers.js in node, local files only."""
+    assert_transformers_js_generates_like_tiedonnx(folders("gpt2", precision)[1], tmp_path, dtype)
+
+
+def assert_transformers_js_generates_like_tiedonnx(folder: Path, tmp_path: Path, dtype: str) -> None:
+    """transformers.js (node) generates tiedonnx's greedy tokens from ``folder`` for three prompts."""
     node = shutil.which("node")
     if node is None or not (TRANSFORMERS_JS / "@huggingface/transformers").is_dir():
         pytest.skip(f"node or transformers.js is missing ({TRANSFORMERS_JS}); .ci/run installs "
                     "@huggingface/transformers@4.3.2 there")
-    _, folder = folders("gpt2", precision)
     (tmp_path / "gen.mjs").write_text(_TJS_SCRIPT)
     for prompt in ([5, 17, 33, 2, 9], [42], list(range(1, 30))):
         ours = load_lm(folder).generate(prompt, max_new_tokens=20, sampler="greedy", stop_token_ids=[]).tokens[0]

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -30,8 +28,8 @@ from tiedonnx.runtime.generate import load_lm  # noqa: E402
 from tiedonnx.runtime.graph.inspect import inspect_file  # noqa: E402
 
 from . import models  # noqa: E402
-from .test_generate import (STEP_TOL, TRANSFORMERS_JS, _TJS_SCRIPT, _keras_hub_greedy, _keras_steps,  # noqa: E402
-                            _onnx_steps, _prompts)
+from .test_generate import (STEP_TOL, _keras_hub_greedy, _keras_steps, _onnx_steps, _prompts,  # noqa: E402
+                            assert_transformers_js_generates_like_tiedonnx)
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are using a softmax over axis")
 KINDS = ("gpt2", "qwen", "llama_tied")
@@ -167,17 +165,6 @@ def test_cli_decoder_flag(tmp_path, capsys):
 @pytest.mark.parametrize("precision,dtype", [("fp32", "fp32"), ("int4", "q4")])
 def test_transformers_js_generates_the_same_greedy_tokens_from_a_fused_gpt2_folder(fused, tmp_path, precision, dtype):
     """The fused ops keep Optimum's contract: transformers.js (onnxruntime-node) runs the folder as written."""
-    node = shutil.which("node")
-    if node is None or not (TRANSFORMERS_JS / "@huggingface/transformers").is_dir():
-        pytest.skip(f"node or transformers.js is missing ({TRANSFORMERS_JS}); .ci/run installs "
-                    "@huggingface/transformers@4.3.2 there")
     _, folder, report = fused("gpt2", precision)
     assert report.decoder == "fused"
-    (tmp_path / "gen.mjs").write_text(_TJS_SCRIPT)
-    for prompt in ([5, 17, 33, 2, 9], [42], list(range(1, 30))):
-        ours = load_lm(folder).generate(prompt, max_new_tokens=20, sampler="greedy", stop_token_ids=[]).tokens[0]
-        proc = subprocess.run([node, str(tmp_path / "gen.mjs"), str(TRANSFORMERS_JS), str(folder),
-                               ",".join(map(str, prompt)), "20", dtype], capture_output=True, text=True,
-                              timeout=120, check=False)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        assert json.loads(proc.stdout.strip().splitlines()[-1]) == ours, prompt
+    assert_transformers_js_generates_like_tiedonnx(folder, tmp_path, dtype)
