@@ -248,10 +248,7 @@ def _load_and_convert(model, step, start: float, *, unsafe: bool, import_modules
     if plain is not None:
         step(f"wrote the graph directly (opset {opset})")
     else:
-        if reason:
-            step(f"converting with tf2onnx (opset {opset}): {reason}")
-        else:
-            step(f"converting with tf2onnx (opset {opset})")
+        step(f"converting with tf2onnx (opset {opset})" + (f": {reason}" if reason else ""))
         plain = keras_to_onnx(keras_model, opset=opset, input_spec=input_spec)
     return keras_model, ties, plain, time.perf_counter() - start
 

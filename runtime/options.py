@@ -97,3 +97,6 @@ def check_positive_int(name: str, value: object, *, allow_none: bool = False) ->
 #: written by :mod:`.graph.quantize`, read by :func:`tiedonnx.runtime.load` (which warns on
 #: x86 CPUs without VNNI). Here, not in the quantizer, so loading never imports it.
 FULL_RANGE_KEY = "tiedonnx.int8.full_range"
+#: ``export --task generate --decoder`` / ``export_generation(decoder=)``: the fused graph where the
+#: family allows it, else traced (auto); fused only; tf2onnx through call_with_cache only.
+DECODER_KINDS = ("auto", "fused", "traced")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..options import DEFAULT_OPSET, PRECISIONS, SUPPORTED_OPSETS
+from ..options import DECODER_KINDS, DEFAULT_OPSET, PRECISIONS, SUPPORTED_OPSETS
 from . import _flags
 from .quantize import add_int4_arguments, add_int8_arguments
 
@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=None, metavar="N",
                         help="--task generate: longest prompt + new tokens (default: the model's position "
                              "table, unbounded for rotary models)")
-    parser.add_argument("--decoder", choices=("auto", "fused", "traced"), default=None,
+    parser.add_argument("--decoder", choices=DECODER_KINDS, default=None,
                         help="--task generate: auto (default) writes GPT-2, Qwen and Llama decoders with "
                              "onnxruntime's fused ops (GroupQueryAttention) and traces other families; "
                              "fused refuses other families; traced always traces KerasHub's call_with_cache")
