@@ -82,6 +82,9 @@ from tiedonnx.runtime.errors import ParityError, UsageError
 from tiedonnx.runtime.generation_folder import (
     CONFIG_NAME, FORMAT_VERSION, MODEL_FILES, GenerationConfig, kv_input_names, kv_output_names)
 
+from tiedonnx.runtime.options import DECODER_KINDS
+
+from .generation_fused import decoder_writer
 from .generation_write import _staging_folder, _write_transformers_config
 
 logger = logging.getLogger(__name__)
@@ -305,33 +308,6 @@ def _resolve_lm(model, *, unsafe: bool, import_modules):
     return _resolve_model(model, unsafe, import_modules)
 
 
-#: ``decoder=`` choices of :func:`export_generation`.
-DECODER_KINDS = ("auto", "fused", "traced")
-
-
-def _decoder_writer(lm, shape, kind: str):
-    """The ``convert`` hook for :func:`~tiedonnx.converter.export.export` and a record of what it chose.
-
-    ``fused``: :mod:`.generation_fused` writes the graph (a UsageError if the model is not of its shape);
-    ``traced``: tf2onnx traces ``call_with_cache``; ``auto``: fused where it applies, else traced.
-    """
-    from .generation_fused import fused_decoder
-
-    chosen = {"decoder": "traced", "note": None}
-
-    def convert(_keras_model, opset):
-        if kind == "traced":
-            return None, None
-        proto, reason = fused_decoder(lm, shape, opset=opset)
-        if proto is None and kind == "fused":
-            raise UsageError(f"decoder='fused' cannot write {type(lm).__name__}: {reason}. "
-                             "Use decoder='auto' or 'traced' (CLI: --decoder auto|traced).")
-        chosen.update(decoder="fused" if proto is not None else "traced", note=reason)
-        return proto, (f"no fused decoder ({reason})" if reason else None)
-
-    return convert, chosen
-
-
 def _export_decoder(decoder, staging: Path, precision: str, precision_options: dict, convert=None):
     """Export the decoder to ``staging/onnx/`` with the generation passes (unverified: the folder checks steps).
 
@@ -408,7 +384,7 @@ def export_generation(model, folder: str | os.PathLike, *, precision: str = "fp3
         lm = _resolve_lm(model, unsafe=unsafe, import_modules=import_modules)
         shape = cache_shape(lm)
         keras_decoder = decoder_model(lm, shape)
-        convert, chosen = _decoder_writer(lm, shape, decoder)
+        convert, chosen = decoder_writer(lm, shape, decoder)
         model_file, report = _export_decoder(keras_decoder, staging, precision, precision_options, convert)
         special = write_tokenizer(lm, staging)
         config = generation_config(lm, shape=shape, max_length=max_length, model_file=model_file, precision=precision,

@@ -65,9 +65,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tiedonnx.runtime.errors import UsageError
 from tiedonnx.runtime.graph.edit import MS_DOMAIN
 
-__all__ = ["FUSED_FAMILIES", "fused_decoder"]
+from .fused_graph import Graph, rms_norm, skip_layer_norm, skip_norm
+
+__all__ = ["FUSED_FAMILIES", "decoder_writer", "fused_decoder"]
 
 #: KerasHub backbones whose decoder this module writes (class names).
 FUSED_FAMILIES = ("QwenBackbone", "LlamaBackbone", "GPT2Backbone")  # Mistral: a sliding window, not yet
@@ -137,56 +140,6 @@ def _check_layer(layer) -> None:
             raise _Unsupported(f"{norm.name} is not an RMS norm with one scale")
 
 
-class _Graph:
-    """Nodes and initializers, with short unique names."""
-
-    def __init__(self):
-        from onnx import helper
-
-        self.helper, self.nodes, self.initializers, self._count = helper, [], [], 0
-        self.value_info = []  # the fused ops' outputs: onnx's shape inference cannot type them
-
-    def typed(self, name: str, dims: list) -> str:
-        from onnx import TensorProto
-
-        self.value_info.append(self.helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
-        return name
-
-    def name(self, hint: str) -> str:
-        self._count += 1
-        return f"{hint}_{self._count}"
-
-    def constant(self, hint: str, value: np.ndarray) -> str:
-        from onnx import numpy_helper
-
-        name = self.name(hint)
-        self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
-
-    def op(self, op_type: str, inputs, outputs=1, domain: str = "", **attributes):
-        if isinstance(outputs, int):
-            names = [self.name(op_type.lower()) for _ in range(outputs)]
-        else:
-            names = [self.name(op_type.lower()) if n is None else n for n in outputs]
-        self.nodes.append(self.helper.make_node(op_type, list(inputs), names, name=self.name(op_type),
-                                                domain=domain, **attributes))
-        return names[0] if len(names) == 1 else names
-
-
-def _rms_norm(g: _Graph, x: str, scale: str, epsilon: float) -> str:
-    """The RMS norm as onnxruntime's SimplifiedLayerNormFusion expects it (Pow, ReduceMean, Add, Sqrt, Div, Mul)."""
-    mean = g.op("ReduceMean", [g.op("Pow", [x, g.constant("two", np.float32(2.0))])], axes=[-1], keepdims=1)
-    root = g.op("Sqrt", [g.op("Add", [mean, g.constant("epsilon", np.float32(epsilon))])])
-    return g.op("Mul", [g.op("Div", [x, root]), scale])
-
-
-def _skip_norm(g: _Graph, x: str, skip: str, scale: str, epsilon: float, hidden: int) -> tuple[str, str]:
-    """``SkipSimplifiedLayerNormalization``: the RMS norm of ``x + skip``, and ``x + skip`` (the next residual)."""
-    normed, _, _, total = g.op("SkipSimplifiedLayerNormalization", [x, skip, scale], outputs=[None, "", "", None],
-                               domain=MS_DOMAIN, epsilon=epsilon)
-    return g.typed(normed, ["batch", "sequence", hidden]), g.typed(total, ["batch", "sequence", hidden])
-
-
 @dataclass
 class _Step:
     """What every layer of a step reads: the lengths (GroupQueryAttention's) and the cache names."""
@@ -201,7 +154,7 @@ class _Step:
     past_shape: str  # int64 [4]: batch, key/value heads, -1, head size
 
 
-def _step(g: _Graph, num_layers: int, kv_heads: int, head_dim: int) -> _Step:
+def _step(g: Graph, num_layers: int, kv_heads: int, head_dim: int) -> _Step:
     from onnx import TensorProto
 
     from tiedonnx.runtime.generation_folder import kv_input_names, kv_output_names
@@ -221,7 +174,7 @@ def _step(g: _Graph, num_layers: int, kv_heads: int, head_dim: int) -> _Step:
                  past_shape)
 
 
-def _attention(g: _Graph, step: _Step, i: int, qkv: str, *, q_heads: int, kv_heads: int, head_dim: int,
+def _attention(g: Graph, step: _Step, i: int, qkv: str, *, q_heads: int, kv_heads: int, head_dim: int,
                scale: float, rotary: tuple[str, str] | None) -> str:
     """``GroupQueryAttention`` over the packed projection ``qkv``: layer ``i``'s output; writes its present."""
     # An empty past may come as [0, heads, 0, dim] (transformers.js's first step); GroupQueryAttention
@@ -235,7 +188,7 @@ def _attention(g: _Graph, step: _Step, i: int, qkv: str, *, q_heads: int, kv_hea
     return g.typed(out, ["batch", "sequence", q_heads * head_dim])
 
 
-def _packed_qkv(g: _Graph, i: int, h: str, dense: tuple, hidden: int) -> str:
+def _packed_qkv(g: Graph, i: int, h: str, dense: tuple, hidden: int) -> str:
     """One MatMul (and one bias Add) for the query, key and value projections (EinsumDense kernels)."""
     qkv = g.op("MatMul", [h, g.constant(f"qkv{i}", np.concatenate([_array(d.kernel).reshape(hidden, -1)
                                                                   for d in dense], axis=1))])
@@ -247,7 +200,7 @@ def _packed_qkv(g: _Graph, i: int, h: str, dense: tuple, hidden: int) -> str:
     return g.op("Add", [qkv, g.constant(f"qkv_bias{i}", np.concatenate([_array(b).ravel() for b in biases]))])
 
 
-def _llama_layers(g: _Graph, backbone, step: _Step, x: str, shape, hidden: int) -> str:
+def _llama_layers(g: Graph, backbone, step: _Step, x: str, shape, hidden: int) -> str:
     """Qwen / Llama: RMS norms, rotary attention over grouped key/value heads, a SiLU-gated MLP."""
     layers = list(backbone.transformer_layers)
     for layer in layers:
@@ -270,16 +223,16 @@ def _llama_layers(g: _Graph, backbone, step: _Step, x: str, shape, hidden: int) 
         norm = layer._self_attention_layernorm
         gamma = g.constant(f"attention_norm{i}", _array(norm.scale))
         if pending is None:
-            h = _rms_norm(g, residual, gamma, float(norm.epsilon))
+            h = rms_norm(g, residual, gamma, float(norm.epsilon))
         else:
-            h, residual = _skip_norm(g, pending, residual, gamma, float(norm.epsilon), hidden)
+            h, residual = skip_norm(g, pending, residual, gamma, float(norm.epsilon), hidden)
         qkv = _packed_qkv(g, i, h, (att._query_dense, att._key_dense, att._value_dense), hidden)
         out = _attention(g, step, i, qkv, q_heads=q_heads, kv_heads=kv_heads, head_dim=head_dim,
                          scale=float(att._inv_norm_factor), rotary=(cos, sin))
         attended = g.op("MatMul", [out, g.constant(f"attention_output{i}",
                                                    _array(att._output_dense.kernel).reshape(-1, hidden))])
         ff_norm = layer._feedforward_layernorm
-        h, residual = _skip_norm(g, attended, residual, g.constant(f"feedforward_norm{i}", _array(ff_norm.scale)),
+        h, residual = skip_norm(g, attended, residual, g.constant(f"feedforward_norm{i}", _array(ff_norm.scale)),
                                  float(ff_norm.epsilon), hidden)
         gate = g.op("MatMul", [h, g.constant(f"gate{i}", _array(layer._feedforward_gate_dense.kernel))])
         up = g.op("MatMul", [h, g.constant(f"up{i}", _array(layer._feedforward_intermediate_dense.kernel))])
@@ -292,7 +245,7 @@ def _llama_layers(g: _Graph, backbone, step: _Step, x: str, shape, hidden: int) 
     return g.typed(h, ["batch", "sequence", hidden])
 
 
-def _layer_norm_weights(g: _Graph, norm, name: str) -> tuple[str, str, float]:
+def _layer_norm_weights(g: Graph, norm, name: str) -> tuple[str, str, float]:
     """``norm``'s gamma and beta as initializers, and its epsilon (a plain last-axis LayerNormalization only)."""
     import keras
 
@@ -305,7 +258,7 @@ def _layer_norm_weights(g: _Graph, norm, name: str) -> tuple[str, str, float]:
             float(norm.epsilon))
 
 
-def _gpt2_layers(g: _Graph, backbone, step: _Step, x: str, shape, hidden: int) -> str:
+def _gpt2_layers(g: Graph, backbone, step: _Step, x: str, shape, hidden: int) -> str:
     """GPT-2: learned positions, pre-norm LayerNorm blocks, multi-head attention, a tanh-GELU MLP."""
     _, heads, head_dim = shape
     table = _array(backbone.position_embedding.position_embeddings)
@@ -325,14 +278,14 @@ def _gpt2_layers(g: _Graph, backbone, step: _Step, x: str, shape, hidden: int) -
         if pending is None:
             h = g.op("LayerNormalization", [residual, gamma, beta], axis=-1, epsilon=eps)
         else:
-            h, residual = _skip_layer_norm(g, pending, residual, gamma, beta, pending_bias, eps, hidden)
+            h, residual = skip_layer_norm(g, pending, residual, gamma, beta, pending_bias, eps, hidden)
         qkv = _packed_qkv(g, i, h, (att._query_dense, att._key_dense, att._value_dense), hidden)
         out = _attention(g, step, i, qkv, q_heads=heads, kv_heads=heads, head_dim=head_dim,
                          scale=1.0 / float(np.sqrt(head_dim)), rotary=None)
         attended = g.op("MatMul", [out, g.constant(f"attention_output{i}",
                                                    _array(att._output_dense.kernel).reshape(-1, hidden))])
         gamma, beta, eps = _layer_norm_weights(g, layer._feedforward_layer_norm, f"feedforward_norm{i}")
-        h, residual = _skip_layer_norm(g, attended, residual, gamma, beta,
+        h, residual = skip_layer_norm(g, attended, residual, gamma, beta,
                                        g.constant(f"attention_output_bias{i}", _array(att._output_dense.bias)),
                                        eps, hidden)
         inner = layer._feedforward_intermediate_dense
@@ -343,16 +296,8 @@ def _gpt2_layers(g: _Graph, backbone, step: _Step, x: str, shape, hidden: int) -
         pending = g.op("MatMul", [gelu, g.constant(f"down{i}", _array(outer.kernel))])
         pending_bias = g.constant(f"down_bias{i}", _array(outer.bias))
     gamma, beta, eps = _layer_norm_weights(g, backbone.layer_norm, "final_norm")
-    h, _ = _skip_layer_norm(g, pending, residual, gamma, beta, pending_bias, eps, hidden)
+    h, _ = skip_layer_norm(g, pending, residual, gamma, beta, pending_bias, eps, hidden)
     return h
-
-
-def _skip_layer_norm(g: _Graph, x: str, skip: str, gamma: str, beta: str, bias: str | None, epsilon: float,
-                     hidden: int) -> tuple[str, str]:
-    """``SkipLayerNormalization``: the layer norm of ``x + skip + bias``, and that sum (the next residual)."""
-    normed, _, _, total = g.op("SkipLayerNormalization", [x, skip, gamma, beta] + ([bias] if bias else []),
-                               outputs=[None, "", "", None], domain=MS_DOMAIN, epsilon=epsilon)
-    return g.typed(normed, ["batch", "sequence", hidden]), g.typed(total, ["batch", "sequence", hidden])
 
 
 #: Backbone class -> the writer of its layers (and final norm).
@@ -377,7 +322,7 @@ def _build(lm, shape: tuple[int, int, int], opset: int):
     if getattr(embedding, "logit_soft_cap", None):
         raise _Unsupported("soft-capped logits")
 
-    g = _Graph()
+    g = Graph()
     table = _array(embedding.embeddings)  # [vocabulary, hidden]
     vocabulary, hidden = table.shape
     tie = g.constant("token_embedding", table)
@@ -412,3 +357,25 @@ def fused_decoder(lm, shape: tuple[int, int, int], *, opset: int):
         return _build(lm, shape, opset), None
     except _Unsupported as exc:
         return None, str(exc)
+
+
+def decoder_writer(lm, shape: tuple[int, int, int], kind: str):
+    """The ``convert`` hook of :func:`~tiedonnx.converter.export.export` for ``export_generation(decoder=kind)``,
+    and a record of what it chose.
+
+    ``fused``: :mod:`.generation_fused` writes the graph (a UsageError if the model is not of its shape);
+    ``traced``: tf2onnx traces ``call_with_cache``; ``auto``: fused where it applies, else traced.
+    """
+    chosen = {"decoder": "traced", "note": None}
+
+    def convert(_keras_model, opset):
+        if kind == "traced":
+            return None, None
+        proto, reason = fused_decoder(lm, shape, opset=opset)
+        if proto is None and kind == "fused":
+            raise UsageError(f"decoder='fused' cannot write {type(lm).__name__}: {reason}. "
+                             "Use decoder='auto' or 'traced' (CLI: --decoder auto|traced).")
+        chosen.update(decoder="fused" if proto is not None else "traced", note=reason)
+        return proto, (f"no fused decoder ({reason})" if reason else None)
+
+    return convert, chosen

@@ -273,9 +273,9 @@ MUTATIONS = [
     M("fused_rotary_interleaved", "converter/generation_fused.py",
       "rotary_interleaved=0, scale=scale)", "rotary_interleaved=1, scale=scale)", FUSED),
     M("fused_gpt2_drops_output_bias", "converter/generation_fused.py",
-      "h, residual = _skip_layer_norm(g, attended, residual, gamma, beta,\n"
+      "h, residual = skip_layer_norm(g, attended, residual, gamma, beta,\n"
       "                                       g.constant(f\"attention_output_bias{i}\", _array(att._output_dense.bias)),",
-      "h, residual = _skip_layer_norm(g, attended, residual, gamma, beta,\n"
+      "h, residual = skip_layer_norm(g, attended, residual, gamma, beta,\n"
       "                                       None,", FUSED),
     M("fused_qkv_bias_ignored", "converter/generation_fused.py",
       "    if all(b is None for b in biases):\n        return qkv", "    if True:\n        return qkv", FUSED),

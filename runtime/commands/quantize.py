@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         from ..inputs import check_array_file
 
         check_array_file(args.input)  # before any work
-    from ..graph.quantize import quantize_file
+    from ..quantize_file import quantize_file
 
     report = quantize_file(args.model, args.output, precision=args.precision,
                            per_channel=args.per_channel, block_size=args.block_size,

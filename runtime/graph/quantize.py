@@ -42,8 +42,7 @@ in :mod:`.int4`. The passes of each precision, in order, are :data:`PRECISION_PA
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import onnx
 
@@ -59,9 +58,9 @@ from .retie import retie
 logger = logging.getLogger(__name__)
 
 __all__ = ["PRECISIONS", "PRECISION_KEY", "PRECISION_PASSES", "DEFAULT_PER_CHANNEL", "FULL_RANGE_KEY", "REDUCE_RANGE",
-           "PrecisionOptions", "QuantizeReport", "apply_precision",
+           "PrecisionOptions", "apply_precision",
            "check_precision_options", "default_per_channel",
-           "quantize_file", "read_precision", "ties_in_graph", "to_precision"]
+           "read_precision", "ties_in_graph", "to_precision"]
 
 
 # Per-tensor for most models, per-channel for language models (default_per_channel).
@@ -363,46 +362,3 @@ def ties_in_graph(model: onnx.ModelProto) -> list[TieRecord]:
             tie.uses.append(TieUse(relation="transpose", output=node.output[0],
                                    perm=transpose_perm(node, len(source.dims))))
     return ties
-
-
-@dataclass
-class QuantizeReport:
-    """What :func:`quantize_file` wrote."""
-
-    path: str
-    precision: str
-    bytes: int
-    bytes_before: int
-    ties: list[TieRecord] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return {"path": self.path, "precision": self.precision, "bytes": self.bytes,
-                "bytes_before": self.bytes_before, "ties": [t.as_dict() for t in self.ties]}
-
-
-def quantize_file(source: str | os.PathLike, target: str | os.PathLike, *, precision: str,
-                  per_channel: bool | None = None, block_size: int | None = None,
-                  symmetric: bool | None = None, short_names: bool | None = None,
-                  reduce_range: bool | None = None, rounding: str | None = None,
-                  int8_ties: bool | None = None, accuracy_level: int | None = None,
-                  force: bool = False) -> QuantizeReport:
-    """Read the ONNX file ``source``, store its weights at ``precision`` and write ``target``.
-
-    The input is read with the checks every model gets
-    (:func:`tiedonnx.runtime.model_file.read_model`); ``target`` is checked
-    before any work and written atomically. See :func:`to_precision`.
-    """
-    from ..model_file import read_model
-    from ..model_save import check_model_targets, save_model
-
-    check_precision_options(precision, per_channel=per_channel, block_size=block_size, symmetric=symmetric,
-                            reduce_range=reduce_range, short_names=short_names, rounding=rounding,
-                            int8_ties=int8_ties, accuracy_level=accuracy_level)
-    check_model_targets(target, force=force)
-    checked = read_model(source)
-    out = to_precision(checked.proto, precision, per_channel=per_channel, block_size=block_size,
-                       symmetric=symmetric, short_names=short_names, reduce_range=reduce_range,
-                       rounding=rounding, int8_ties=int8_ties, accuracy_level=accuracy_level)
-    saved = save_model(out, target, force=force)
-    return QuantizeReport(path=str(target), precision=precision, bytes=saved.total_bytes,
-                          bytes_before=checked.path.stat().st_size, ties=read_ties(out))
