@@ -6,7 +6,13 @@ import numpy as np
 
 from tiedonnx.runtime.graph.edit import MS_DOMAIN
 
-__all__ = ["Graph", "rms_norm", "skip_layer_norm", "skip_norm"]
+__all__ = ["BATCH", "NEW", "PAST", "PRESENT", "TOTAL", "Graph", "rms_norm", "skip_layer_norm", "skip_norm"]
+
+#: Symbolic axes, named as Optimum names them: transformers.js fills an empty first past by these
+#: names (``batch_size`` from the input ids; any name it does not know gets size 0).
+BATCH, NEW, PAST, TOTAL = "batch_size", "sequence_length", "past_sequence_length", "total_sequence_length"
+#: The present's positions: the past and the new ones, or a shared buffer's length (:mod:`.generation_fused`).
+PRESENT = "present_sequence_length"
 
 
 class Graph:
@@ -56,7 +62,7 @@ def skip_norm(g: Graph, x: str, skip: str, scale: str, epsilon: float, hidden: i
     """``SkipSimplifiedLayerNormalization``: the RMS norm of ``x + skip``, and ``x + skip`` (the next residual)."""
     normed, _, _, total = g.op("SkipSimplifiedLayerNormalization", [x, skip, scale], outputs=[None, "", "", None],
                                domain=MS_DOMAIN, epsilon=epsilon)
-    return g.typed(normed, ["batch", "sequence", hidden]), g.typed(total, ["batch", "sequence", hidden])
+    return g.typed(normed, [BATCH, NEW, hidden]), g.typed(total, [BATCH, NEW, hidden])
 
 
 def skip_layer_norm(g: Graph, x: str, skip: str, gamma: str, beta: str, bias: str | None, epsilon: float,
@@ -64,4 +70,4 @@ def skip_layer_norm(g: Graph, x: str, skip: str, gamma: str, beta: str, bias: st
     """``SkipLayerNormalization``: the layer norm of ``x + skip + bias``, and that sum (the next residual)."""
     normed, _, _, total = g.op("SkipLayerNormalization", [x, skip, gamma, beta] + ([bias] if bias else []),
                                outputs=[None, "", "", None], domain=MS_DOMAIN, epsilon=epsilon)
-    return g.typed(normed, ["batch", "sequence", hidden]), g.typed(total, ["batch", "sequence", hidden])
+    return g.typed(normed, [BATCH, NEW, hidden]), g.typed(total, [BATCH, NEW, hidden])

@@ -3,7 +3,8 @@
 The cache design (measured and chosen here):
 
 * **Optimum's growing past, not a static buffer.** The decoder takes
-  ``input_ids [batch, sequence]`` and, for each layer ``i``,
+  ``input_ids [batch, sequence]``, ``attention_mask [batch, past_sequence +
+  sequence]`` (all ones: it carries the lengths) and, for each layer ``i``,
   ``past_key_values.{i}.key/value [batch, kv_heads, past_sequence, head_dim]``
   and returns ``logits [batch, sequence, vocabulary]`` and
   ``present.{i}.key/value`` with ``past_sequence + sequence`` positions. The
@@ -12,8 +13,10 @@ The cache design (measured and chosen here):
   and transformers.js / onnxruntime-genai-style loops read, so other runtimes
   can load the folder. A static ``max_length`` buffer updated in place (what
   KerasHub's ``call_with_cache`` does) would copy the whole buffer through
-  every step in ONNX (``ScatterND`` writes a new tensor) and attend over all
-  ``max_length`` positions; the growing past copies only what exists.
+  every step in a traced graph (``ScatterND`` writes a new tensor) and attend
+  over all ``max_length`` positions; the growing past copies only what exists.
+  The fused decoders below also run in place: their attention kernel writes
+  into a buffer bound as both past and present (:mod:`.generation_fused`).
 * **KerasHub's own layers compute the step.** :class:`CachedDecoder` builds
   the static cache KerasHub expects from the past plus ``sequence`` empty
   slots and calls the model's ``call_with_cache`` with the update index at
@@ -22,8 +25,9 @@ The cache design (measured and chosen here):
   result written as a concatenation (:func:`_concat_slice_update`), so every
   family with ``call_with_cache`` (GPT-2, OPT, Bloom, GPT-NeoX, Falcon, Llama,
   Mistral, Qwen, Qwen3, Gemma, Phi-3, SmolLM3, ...) converts without a
-  per-family rewrite. Positions come from the update index, as in KerasHub;
-  no ``position_ids`` or ``attention_mask`` input is needed, because a batch
+  per-family rewrite. Positions come from the update index (the mask's length
+  less the new tokens), as in KerasHub; no ``position_ids`` input and no
+  padding in the mask are needed, because a batch
   of prompts of different lengths is generated the way KerasHub does it
   (right-padded, every row stepped from the shortest prompt, prompt tokens
   forced where a row still has them): each row attends only to its own
@@ -166,9 +170,9 @@ def _make_cached_decoder_class():
             self.lm = lm
             self.num_layers = num_layers
 
-        def call(self, input_ids, past):
-            past_length = ops.shape(past[0])[2]
+        def call(self, input_ids, attention_mask, past):
             batch, new = ops.shape(input_ids)[0], ops.shape(input_ids)[1]
+            past_length = ops.shape(attention_mask)[1] - new  # the contract's lengths (see module doc)
             layers = []
             for i in range(self.num_layers):
                 key = ops.transpose(past[2 * i], (0, 2, 1, 3))  # KerasHub: [batch, seq, heads, dim]
@@ -225,9 +229,11 @@ def decoder_model(lm, shape: tuple[int, int, int] | None = None):
 
     layers, heads, dim = shape or cache_shape(lm)
     ids = keras.Input((None,), dtype="int64", name="input_ids")  # int64 as in Optimum (transformers.js feeds int64)
+    mask = keras.Input((None,), dtype="int64", name="attention_mask")
     past = [keras.Input((heads, None, dim), dtype=lm.compute_dtype, name=n) for n in kv_input_names(layers)]
-    outputs = CachedDecoder(lm, layers, name="decoder")(ids, past)
-    return keras.Model({"input_ids": ids, **{p.name: p for p in past}}, outputs, name="cached_decoder")
+    outputs = CachedDecoder(lm, layers, name="decoder")(ids, mask, past)
+    return keras.Model({"input_ids": ids, "attention_mask": mask, **{p.name: p for p in past}}, outputs,
+                       name="cached_decoder")
 
 
 def parity_feeds(config: GenerationConfig, *, dtype: str = "float32", seed: int = 0) -> list[dict]:
@@ -237,7 +243,8 @@ def parity_feeds(config: GenerationConfig, *, dtype: str = "float32", seed: int 
     for batch, past, new in PARITY_STEPS:
         if config.max_length and past + new > config.max_length:
             continue
-        feed = {"input_ids": rng.integers(0, config.vocabulary_size, (batch, new)).astype("int64")}
+        feed = {"input_ids": rng.integers(0, config.vocabulary_size, (batch, new)).astype("int64"),
+                "attention_mask": np.ones((batch, past + new), "int64")}
         for name in kv_input_names(config.num_layers):
             feed[name] = rng.standard_normal((batch, config.num_kv_heads, past, config.head_dim)).astype(dtype)
         feeds.append(feed)
@@ -389,6 +396,7 @@ def export_generation(model, folder: str | os.PathLike, *, precision: str = "fp3
         special = write_tokenizer(lm, staging)
         config = generation_config(lm, shape=shape, max_length=max_length, model_file=model_file, precision=precision,
                                    special=special)
+        config.past_present_share_buffer = chosen["decoder"] == "fused"
         worst = _verify_steps(keras_decoder, staging / model_file, config, precision) if verify else None
         config.write(staging / CONFIG_NAME)
         _write_transformers_config(lm, config, staging)

@@ -49,9 +49,25 @@ variant this cannot express returns ``None`` with the reason, and the caller
 traces the model instead. The folder's parity check against Keras then runs
 on the result as on any decoder.
 
-An empty past may come with batch 0 (transformers.js's first step): each past
-is reshaped to ``[batch, heads, -1, dim]`` before the attention, which gives
-the kernel its batch and leaves any other past as it is.
+The lengths come from ``attention_mask [batch_size, total_sequence_length]``
+(Optimum's input; every row is stepped at one position, so only its length is
+read): the past length is the mask's length less the new tokens, not the
+past's own length. So the same graph runs two ways:
+
+* a growing past (transformers.js, the browser page): ``present`` is the past
+  plus the new positions, a new tensor each step;
+* one buffer per layer, shared (``past_present_share_buffer`` in
+  ``tiedonnx.json``; the Python runtime): the caller allocates
+  ``[batch, kv_heads, L, head_dim]`` once for the whole generation and binds it
+  as both ``past`` and ``present``; ``GroupQueryAttention`` then writes only the
+  new positions into it instead of copying the whole past into a new
+  ``present`` every step (the copy was 1.1 ms of a 5 ms step on the 100M Qwen
+  at 256 positions; onnxruntime-genai runs its decoders the same way).
+
+The symbolic axes carry Optimum's names (``batch_size``,
+``past_sequence_length``, ...): transformers.js fills an empty first past by
+those names, and an axis named otherwise gets size 0 (a batch of 0, which the
+kernel refuses).
 
 One limit comes from onnxruntime's kernel: a step of more than one token
 after a past needs batch 1 ("batch_size must be 1 when sequence_length > 1
@@ -68,12 +84,14 @@ import numpy as np
 from tiedonnx.runtime.errors import UsageError
 from tiedonnx.runtime.graph.edit import MS_DOMAIN
 
-from .fused_graph import Graph, rms_norm, skip_layer_norm, skip_norm
+from .fused_graph import BATCH, NEW, PAST, PRESENT, TOTAL, Graph, rms_norm, skip_layer_norm, skip_norm
 
 __all__ = ["FUSED_FAMILIES", "decoder_writer", "fused_decoder"]
 
 #: KerasHub backbones whose decoder this module writes (class names).
 FUSED_FAMILIES = ("QwenBackbone", "LlamaBackbone", "GPT2Backbone")  # Mistral: a sliding window, not yet
+#: The lengths' input (Optimum's name; see the module doc).
+MASK = "attention_mask"
 #: Positions checked when comparing the rotary table with the Keras layer's.
 _ROTARY_CHECK = 64
 
@@ -151,41 +169,35 @@ class _Step:
     new_length: str  # int64 [1]
     past: list
     present: list
-    past_shape: str  # int64 [4]: batch, key/value heads, -1, head size
 
 
-def _step(g: Graph, num_layers: int, kv_heads: int, head_dim: int) -> _Step:
+def _step(g: Graph, num_layers: int) -> _Step:
     from onnx import TensorProto
 
     from tiedonnx.runtime.generation_folder import kv_input_names, kv_output_names
 
-    past, ids = kv_input_names(num_layers), "input_ids"
-    past_len = g.op("Shape", [past[0]], start=2, end=3)
+    ids = "input_ids"
+    total64 = g.op("Shape", [MASK], start=1, end=2)  # not the past's length: a shared buffer is longer
     new_len = g.op("Shape", [ids], start=1, end=2)
-    total64 = g.op("Add", [past_len, new_len])
+    past_len = g.op("Sub", [total64, new_len])
     total32 = g.op("Cast", [total64], to=TensorProto.INT32)
     seqlens = g.op("Expand", [g.op("Sub", [total32, g.constant("one", np.array([1], np.int32))]),
                               g.op("Shape", [ids], start=0, end=1)])  # the past length is the same in every row
     positions = g.op("Cast", [g.op("Range", [g.constant("zero", np.int64(0)), g.op("Squeeze", [total64]),
                                              g.constant("step", np.int64(1))])], to=TensorProto.FLOAT)
-    batch = g.op("Shape", [ids], start=0, end=1)
-    past_shape = g.op("Concat", [batch, g.constant("heads_rest", np.array([kv_heads, -1, head_dim], np.int64))], axis=0)
-    return _Step(seqlens, g.op("Squeeze", [total32]), positions, past_len, new_len, past, kv_output_names(num_layers),
-                 past_shape)
+    return _Step(seqlens, g.op("Squeeze", [total32]), positions, past_len, new_len, kv_input_names(num_layers),
+                 kv_output_names(num_layers))
 
 
 def _attention(g: Graph, step: _Step, i: int, qkv: str, *, q_heads: int, kv_heads: int, head_dim: int,
                scale: float, rotary: tuple[str, str] | None) -> str:
     """``GroupQueryAttention`` over the packed projection ``qkv``: layer ``i``'s output; writes its present."""
-    # An empty past may come as [0, heads, 0, dim] (transformers.js's first step); GroupQueryAttention
-    # wants the batch: Reshape to [batch, heads, -1, dim] gives [batch, heads, 0, dim], any other past as is.
-    key, value = (g.op("Reshape", [step.past[2 * i + j], step.past_shape]) for j in (0, 1))
-    inputs = [qkv, "", "", key, value, step.seqlens, step.total]
+    inputs = [qkv, "", "", step.past[2 * i], step.past[2 * i + 1], step.seqlens, step.total]
     out, _, _ = g.op("GroupQueryAttention", inputs + list(rotary or ()),
                      outputs=[g.name("attention"), step.present[2 * i], step.present[2 * i + 1]],
                      domain=MS_DOMAIN, num_heads=q_heads, kv_num_heads=kv_heads, do_rotary=int(rotary is not None),
                      rotary_interleaved=0, scale=scale)
-    return g.typed(out, ["batch", "sequence", q_heads * head_dim])
+    return g.typed(out, [BATCH, NEW, q_heads * head_dim])
 
 
 def _packed_qkv(g: Graph, i: int, h: str, dense: tuple, hidden: int) -> str:
@@ -242,7 +254,7 @@ def _llama_layers(g: Graph, backbone, step: _Step, x: str, shape, hidden: int) -
     final = backbone.layer_norm
     h = g.op("SkipSimplifiedLayerNormalization", [pending, residual, g.constant("final_norm", _array(final.scale))],
              outputs=1, domain=MS_DOMAIN, epsilon=float(final.epsilon))
-    return g.typed(h, ["batch", "sequence", hidden])
+    return g.typed(h, [BATCH, NEW, hidden])
 
 
 def _layer_norm_weights(g: Graph, norm, name: str) -> tuple[str, str, float]:
@@ -291,7 +303,7 @@ def _gpt2_layers(g: Graph, backbone, step: _Step, x: str, shape, hidden: int) ->
         inner = layer._feedforward_intermediate_dense
         up = g.op("MatMul", [h, g.constant(f"up{i}", _array(inner.kernel))])
         gelu = g.op("FastGelu", [up, g.constant(f"up_bias{i}", _array(inner.bias))], domain=MS_DOMAIN)
-        g.typed(gelu, ["batch", "sequence", int(inner.units)])
+        g.typed(gelu, [BATCH, NEW, int(inner.units)])
         outer = layer._feedforward_output_dense
         pending = g.op("MatMul", [gelu, g.constant(f"down{i}", _array(outer.kernel))])
         pending_bias = g.constant(f"down_bias{i}", _array(outer.bias))
@@ -327,7 +339,7 @@ def _build(lm, shape: tuple[int, int, int], opset: int):
     vocabulary, hidden = table.shape
     tie = g.constant("token_embedding", table)
     x = g.op("Gather", [tie, "input_ids"], axis=0)
-    step = _step(g, num_layers, kv_heads, head_dim)
+    step = _step(g, num_layers)
     h = writer(g, backbone, step, x, shape, hidden)
     if getattr(embedding, "tie_weights", True):
         projection = g.op("Transpose", [tie], perm=[1, 0])
@@ -335,11 +347,12 @@ def _build(lm, shape: tuple[int, int, int], opset: int):
         projection = g.constant("reverse_embeddings", _array(embedding.reverse_embeddings))
     g.op("MatMul", [h, projection], outputs=["logits"])
 
-    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])]
-    inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", kv_heads, "past_sequence", head_dim])
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [BATCH, NEW]),
+              helper.make_tensor_value_info(MASK, TensorProto.INT64, [BATCH, TOTAL])]
+    inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, [BATCH, kv_heads, PAST, head_dim])
                for n in step.past]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence", vocabulary])]
-    outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", kv_heads, "total_sequence", head_dim])
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [BATCH, NEW, vocabulary])]
+    outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, [BATCH, kv_heads, PRESENT, head_dim])
                 for n in step.present]
     graph = helper.make_graph(g.nodes, "fused_decoder", inputs, outputs, g.initializers, value_info=g.value_info)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(MS_DOMAIN, 1)],

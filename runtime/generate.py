@@ -5,10 +5,18 @@
 returns a :class:`LanguageModel`; :meth:`LanguageModel.generate` runs the
 prompt once and then one decoder step per new token.
 
-The cache never leaves onnxruntime: each step's ``present.*`` outputs are
-``OrtValue`` s that I/O binding feeds back as the next step's
-``past_key_values.*`` (no copy into numpy and back); only the logits of the
-last position come out as an array.
+The cache never leaves onnxruntime, and only the logits of the last position
+come out as an array. A folder whose ``tiedonnx.json`` says
+``past_present_share_buffer`` (the fused decoders) gets one ``OrtValue`` per
+``past_key_values.*`` input, as long as the whole generation (longest prompt +
+``max_new_tokens``), allocated once and bound by I/O binding as both the past
+and the matching ``present.*`` output: each step writes only its new
+positions, and ``attention_mask`` (all ones, ``[batch, past + new]``) gives
+the kernel the lengths. Before, every step copied the whole past into a new
+``present`` (100M Qwen int4, 128 + 128 tokens: see README "Generate text").
+Other folders grow the past: each step's ``present.*`` outputs are
+``OrtValue`` s fed back as the next step's ``past_key_values.*`` (no copy into
+numpy and back).
 
 A batch of prompts of different lengths runs the way KerasHub's ``generate``
 does, so each row's tokens are those it would get alone: tokens are laid out
@@ -49,7 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, ModelFileError, UsageError
-from .generation_folder import GenerationConfig, kv_input_names, kv_output_names
+from .generation_folder import MASK, GenerationConfig, check_decoder_io, kv_input_names, kv_output_names
 from .sampling import Mulberry32, SamplerSettings, sample
 
 logger = logging.getLogger(__name__)
@@ -129,12 +137,7 @@ class LanguageModel:
     def _check_contract(self) -> None:
         inputs = [i.name for i in self._session.get_inputs()]
         outputs = [o.name for o in self._session.get_outputs()]
-        want_in, want_out = ["input_ids", *self._past_names], ["logits", *self._present_names]
-        if sorted(inputs) != sorted(want_in) or sorted(outputs) != sorted(want_out):
-            raise ModelFileError(
-                f"{self.config.model_file!r} is not the decoder {self.folder / 'tiedonnx.json'} describes: inputs "
-                f"{inputs[:4]}..., outputs {outputs[:4]}...; expected input_ids and past_key_values.* for "
-                f"{self.config.num_layers} layers. Export the folder again.")
+        self._mask = check_decoder_io(inputs, outputs, self.config, self.config.model_file)
         self._ids_dtype = np.int64 if self._session.get_inputs()[inputs.index("input_ids")].type == \
             "tensor(int64)" else np.int32
 
@@ -273,27 +276,38 @@ class _Run:
             self.streams = [DecodeStream(skip_special_tokens=True) for _ in rows]
             self.shown = [""] * len(rows)  # what the callback was given, per row
         self.io = lm._session.io_binding()
+        self.shared = lm.config.past_present_share_buffer
 
-    def _step(self, ids: np.ndarray, past: list):
+    def _step(self, ids: np.ndarray, past: list, total: int):
+        """One decoder call over ``ids`` at positions ``total - len(ids) .. total - 1``: the last logits, the past."""
         io, lm = self.io, self.lm
         io.clear_binding_inputs()
         io.clear_binding_outputs()
         io.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=lm._ids_dtype))
+        if lm._mask:
+            io.bind_cpu_input(MASK, np.ones((len(ids), total), np.int64))
         for name, value in zip(lm._past_names, past):
             io.bind_ortvalue_input(name, value)
         io.bind_output("logits", "cpu")
-        for name in lm._present_names:
-            io.bind_output(name, lm._device)
+        for name, value in zip(lm._present_names, past):
+            if self.shared:  # the kernel writes the new positions into the buffer it reads
+                io.bind_ortvalue_output(name, value)
+            else:
+                io.bind_output(name, lm._device)
         lm._session.run_with_iobinding(io)
         outputs = io.get_outputs()
-        return outputs[0].numpy()[:, -1, :], outputs[1:]
+        return outputs[0].numpy()[:, -1, :], (past if self.shared else outputs[1:])
 
     def _empty_past(self) -> list:
+        """A past of length 0, or with a shared buffer, one zeroed buffer per input for every position."""
         import onnxruntime as ort
 
         c = self.lm.config
-        empty = np.zeros((len(self.lengths), c.num_kv_heads, 0, c.head_dim), dtype=np.dtype(c.cache_dtype))
-        return [ort.OrtValue.ortvalue_from_numpy(empty, self.lm._device, 0) for _ in self.lm._past_names]
+        length = int(self.ends.max()) if self.shared else 0
+        shape = (len(self.lengths), c.num_kv_heads, length, c.head_dim)
+        # One array each: a CPU OrtValue is a view of its array, and each layer writes its own buffer.
+        return [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.dtype(c.cache_dtype)), self.lm._device, 0)
+                for _ in self.lm._past_names]
 
     def _emit(self, row: int, token: int, position: int) -> None:
         self.tokens[row, position] = token
@@ -320,7 +334,7 @@ class _Run:
     def go(self) -> GenerationResult:
         start = time.perf_counter()
         first = int(self.lengths.min())
-        logits, past = self._step(self.tokens[:, :first], self._empty_past())
+        logits, past = self._step(self.tokens[:, :first], self._empty_past(), first)
         first_token_at = decode_start = None
         steps = 0
         for position in range(first, int(self.ends.max())):
@@ -336,7 +350,7 @@ class _Run:
                     steps += 1
             if all(self.done[r] or position + 1 >= self.ends[r] for r in range(len(self.lengths))):
                 break
-            logits, past = self._step(self.tokens[:, position:position + 1], past)
+            logits, past = self._step(self.tokens[:, position:position + 1], past, position + 1)
         end = time.perf_counter()
         return GenerationResult(
             tokens=self.new, text=[self.lm.decode(t) for t in self.new] if self.decode else None,

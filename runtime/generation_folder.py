@@ -60,6 +60,31 @@ def kv_output_names(num_layers: int) -> list[str]:
     return [f"present.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
 
 
+#: The decoder input that carries the lengths (Optimum's name): all ones, [batch, past + new].
+MASK = "attention_mask"
+
+
+def check_decoder_io(inputs: list[str], outputs: list[str], config: GenerationConfig, label: str) -> bool:
+    """Whether the decoder takes :data:`MASK`; refuses a decoder that is not the one ``config`` describes.
+
+    Inputs: ``input_ids``, ``past_key_values.*`` and ``attention_mask`` (folders written before it have
+    none; a ``past_present_share_buffer`` decoder needs it); outputs ``logits`` and ``present.*``.
+
+    Raises:
+        ModelFileError: other inputs or outputs.
+    """
+    has_mask = MASK in inputs
+    want_in = ["input_ids", *kv_input_names(config.num_layers)] + ([MASK] if has_mask else [])
+    want_out = ["logits", *kv_output_names(config.num_layers)]
+    if (sorted(inputs) != sorted(want_in) or sorted(outputs) != sorted(want_out)
+            or (config.past_present_share_buffer and not has_mask)):
+        raise ModelFileError(
+            f"{label!r} is not the decoder tiedonnx.json describes: inputs {sorted(inputs)[:4]}..., outputs "
+            f"{sorted(outputs)[:4]}...; expected input_ids, {MASK} and past_key_values.* for {config.num_layers} "
+            "layers. Export the folder again.")
+    return has_mask
+
+
 @dataclass
 class GenerationConfig:
     """What a generation folder's decoder is and how to drive it."""
@@ -80,6 +105,9 @@ class GenerationConfig:
     pad_token_id: int | None = None
     defaults: dict = field(default_factory=dict)
     tokenizer: str | None = None
+    #: The decoder takes one buffer per layer bound as both past and present (its lengths come from
+    #: ``attention_mask``), so a step writes only its new positions (:mod:`tiedonnx.converter.generation_fused`).
+    past_present_share_buffer: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -159,6 +187,10 @@ def _validated(raw: dict, path: Path) -> dict:
     if tokenizer is not None and (not isinstance(tokenizer, str) or "/" in tokenizer or tokenizer.startswith(".")):
         raise _bad(path, "tokenizer", tokenizer, "a file name in the folder, or null")
     out["tokenizer"] = tokenizer
+    share = raw.get("past_present_share_buffer", False)
+    if not isinstance(share, bool):
+        raise _bad(path, "past_present_share_buffer", share, "true or false")
+    out["past_present_share_buffer"] = share
     defaults = raw.get("defaults", {})
     if not isinstance(defaults, dict) or defaults.get("sampler", "greedy") not in SAMPLERS:
         raise _bad(path, "defaults", defaults, f"an object whose sampler is one of {list(SAMPLERS)}")

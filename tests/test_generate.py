@@ -108,16 +108,33 @@ def _keras_steps(lm, ids: np.ndarray, prompt: int) -> list[np.ndarray]:
     return steps
 
 
-def _onnx_steps(folder: Path, ids: np.ndarray, prompt: int) -> list[np.ndarray]:
+def _onnx_steps(folder: Path, ids: np.ndarray, prompt: int, *, shared: bool = False) -> list[np.ndarray]:
+    """The decoder's logits over the same steps: a growing past, or (``shared``) one buffer per layer bound as
+    both past and present, as the runtime drives a folder whose ``past_present_share_buffer`` is true."""
     config = json.loads((folder / "tiedonnx.json").read_text())
     session = ort.InferenceSession(str(folder / config["model_file"]))
+    has_mask = "attention_mask" in [i.name for i in session.get_inputs()]
     names = kv_input_names(config["num_layers"])
-    past = {n: np.zeros((len(ids), config["num_kv_heads"], 0, config["head_dim"]), "float32") for n in names}
+    length = ids.shape[1] if shared else 0
+    past = {n: ort.OrtValue.ortvalue_from_numpy(np.zeros((len(ids), config["num_kv_heads"], length,
+                                                          config["head_dim"]), "float32")) for n in names}
     steps = []
     for start, stop in [(0, prompt)] + [(p, p + 1) for p in range(prompt, ids.shape[1])]:
-        logits, *present = session.run(None, {"input_ids": ids[:, start:stop], **past})
-        steps.append(logits)
-        past = dict(zip(names, present))
+        io = session.io_binding()
+        io.bind_cpu_input("input_ids", np.ascontiguousarray(ids[:, start:stop]))
+        if has_mask:
+            io.bind_cpu_input("attention_mask", np.ones((len(ids), stop), "int64"))
+        for name, value in past.items():
+            io.bind_ortvalue_input(name, value)
+        io.bind_output("logits")
+        for name, value in past.items():
+            present = name.replace("past_key_values", "present")
+            io.bind_ortvalue_output(present, value) if shared else io.bind_output(present)
+        session.run_with_iobinding(io)
+        logits, *present = io.get_outputs()
+        steps.append(logits.numpy())
+        if not shared:
+            past = dict(zip(names, present))
     return steps
 
 

@@ -75,8 +75,10 @@ def test_fused_decoder_is_chosen_and_uses_onnxruntime_fused_ops(fused, kind):
     assert report.decoder == "fused" and report.decoder_note is None
     ops = _op_types(folder)
     assert ops.count("GroupQueryAttention") == 2 and ops.count(SKIP_NORM[kind]) == 4
-    assert "Tile" not in ops and ops.count("Concat") == 1  # no repeated heads, no emulated static cache (one
-    # Concat builds the past's shape)
+    # no repeated heads, no emulated static cache, no per-step Reshape of the past
+    assert "Tile" not in ops and "Concat" not in ops and "Reshape" not in ops
+    config = json.loads((folder / "tiedonnx.json").read_text())
+    assert config["past_present_share_buffer"] is True
     _, traced, traced_report = fused(kind, decoder="traced")
     assert traced_report.decoder == "traced"
     assert len(ops) * 4 < len(_op_types(traced))  # 53 against 378 nodes on the 2-layer Qwen of bench_generate
@@ -95,9 +97,13 @@ def test_each_fused_step_matches_call_with_cache(fused, kind):
     lm, folder, report = fused(kind)
     assert report.parity_max_abs is not None and report.parity_max_abs <= STEP_TOL
     ids = np.random.default_rng(2).integers(0, 97, (2, 14)).astype("int64")
-    for i, (e, a) in enumerate(zip(_keras_steps(lm, ids, prompt=6), _onnx_steps(folder, ids, prompt=6))):
-        assert a.shape == e.shape
-        assert np.abs(a - e).max() <= STEP_TOL, f"step {i}"
+    expected = _keras_steps(lm, ids, prompt=6)
+    for shared in (False, True):  # transformers.js's growing past, and the runtime's shared buffers
+        actual = _onnx_steps(folder, ids, prompt=6, shared=shared)
+        assert len(actual) == len(expected) == 9
+        for i, (e, a) in enumerate(zip(expected, actual)):
+            assert a.shape == e.shape
+            assert np.abs(a - e).max() <= STEP_TOL, f"step {i}, shared={shared}"
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8", "int4"])

@@ -36,8 +36,8 @@ def test_the_cache_holds_every_position(tmp_path):
     from tiedonnx.runtime.sampling import Mulberry32, SamplerSettings
 
     run = _Run(lm, [[1, 2]], 3, SamplerSettings(), Mulberry32(0), set(), None, decode=False)
-    _, past = run._step(np.array([[1, 2]]), run._empty_past())
-    _, past = run._step(np.array([[7]]), past)
+    _, past = run._step(np.array([[1, 2]]), run._empty_past(), 2)
+    _, past = run._step(np.array([[7]]), past, 3)
     key = past[0].numpy()  # [batch, heads, 3 positions, dim]: the embeddings of 1, 2, 7
     assert key.shape == (1, 2, 3, 3)
     np.testing.assert_array_equal(key[0].transpose(1, 0, 2).reshape(3, 6), emb[[1, 2, 7]])
@@ -103,3 +103,32 @@ def test_a_character_cut_by_the_last_token_is_streamed_when_the_row_ends(tmp_pat
     run, pieces = _stream(tmp_path, tok, ids)
     assert run.done[0] == "length"
     assert "".join(pieces) == tok.decode(ids) and pieces[0] == "a" and pieces[-1] != ""
+
+
+def _edit_config(folder, **fields):
+    import json
+
+    path = folder / "tiedonnx.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+
+
+def test_a_shared_buffer_folder_needs_the_mask_input(tmp_path):
+    """past_present_share_buffer: the lengths come from attention_mask; a decoder without it is refused."""
+    from tiedonnx.runtime.errors import ModelFileError
+
+    tiny_decoder_folder(tmp_path / "gen")
+    _edit_config(tmp_path / "gen", past_present_share_buffer=True)
+    with pytest.raises(ModelFileError, match=r"'onnx/model.onnx' is not the decoder tiedonnx.json describes: .*"
+                                             r"expected input_ids, attention_mask and past_key_values"):
+        load_lm(tmp_path / "gen", providers="cpu")
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_past_present_share_buffer_must_be_a_boolean(tmp_path, value):
+    from tiedonnx.runtime.errors import ModelFileError
+
+    tiny_decoder_folder(tmp_path / "gen")
+    _edit_config(tmp_path / "gen", past_present_share_buffer=value)
+    with pytest.raises(ModelFileError, match=r"field 'past_present_share_buffer' must be true or false. "
+                                             rf"Received: {value!r}"):
+        load_lm(tmp_path / "gen", providers="cpu")

@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ..errors import ModelFileError, UsageError
-from ..generation_folder import MODEL_FILES, GenerationConfig, kv_input_names, kv_output_names
+from ..generation_folder import MODEL_FILES, GenerationConfig, check_decoder_io
 from .site import SiteReport, _describe, _Extra, _write
 
 LM_FOLDER = "lm"
@@ -109,11 +109,4 @@ def _model_file(folder: Path, config: GenerationConfig, precision: str | None) -
 
 def _check_contract(model: dict, config: GenerationConfig, path: Path) -> None:
     """The decoder takes and returns what ``tiedonnx.json`` says (as :class:`LanguageModel` checks)."""
-    inputs = sorted(s["name"] for s in model["inputs"])
-    outputs = sorted(s["name"] for s in model["outputs"])
-    if (inputs != sorted(["input_ids", *kv_input_names(config.num_layers)])
-            or outputs != sorted(["logits", *kv_output_names(config.num_layers)])):
-        raise ModelFileError(
-            f"{str(path)!r} is not the decoder tiedonnx.json describes: inputs {inputs[:4]}..., outputs "
-            f"{outputs[:4]}...; expected input_ids and past_key_values.* for {config.num_layers} layers. "
-            "Export the folder again.")
+    check_decoder_io([s["name"] for s in model["inputs"]], [s["name"] for s in model["outputs"]], config, str(path))

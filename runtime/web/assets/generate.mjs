@@ -227,11 +227,14 @@ export class LanguageModel {
     this.presentNames = kvNames(config.num_layers, "present");
     const inputs = model.inputs.map((s) => s.name).sort();
     const outputs = model.outputs.map((s) => s.name).sort();
-    if (JSON.stringify(inputs) !== JSON.stringify(["input_ids", ...this.pastNames].sort()) ||
+    // attention_mask (all ones, past + new positions) carries the lengths; folders written before it have none.
+    this.hasMask = inputs.includes("attention_mask");
+    const wanted = ["input_ids", ...this.pastNames, ...(this.hasMask ? ["attention_mask"] : [])];
+    if (JSON.stringify(inputs) !== JSON.stringify(wanted.sort()) ||
         JSON.stringify(outputs) !== JSON.stringify(["logits", ...this.presentNames].sort())) {
       throw new ModelFileError(`'${config.model_file}' is not the decoder ${url}tiedonnx.json describes: inputs ` +
-        `${pyRepr(inputs.slice(0, 4))}..., outputs ${pyRepr(outputs.slice(0, 4))}...; expected input_ids and ` +
-        `past_key_values.* for ${config.num_layers} layers. Export the folder again.`);
+        `${pyRepr(inputs.slice(0, 4))}..., outputs ${pyRepr(outputs.slice(0, 4))}...; expected input_ids, ` +
+        `attention_mask and past_key_values.* for ${config.num_layers} layers. Export the folder again.`);
     }
     const dtype = (name) => model.inputs.find((s) => s.name === name).dtype;
     this.idsType = dtype("input_ids");
@@ -376,7 +379,12 @@ class Run {
 
   /** One decoder call; returns the last position's logits and the present.* tensors as the next past. */
   async step(ids, past) {
-    const out = await this.lm.model.runTensors({ input_ids: this.idsTensor(ids), ...past });
+    const feeds = { input_ids: this.idsTensor(ids), ...past };
+    if (this.lm.hasMask) {  // the page grows the past: its length plus the new tokens
+      const total = past[this.lm.pastNames[0]].dims[2] + ids.length;
+      feeds.attention_mask = new ort.Tensor("int64", new BigInt64Array(total).fill(1n), [1, total]);
+    }
+    const out = await this.lm.model.runTensors(feeds);
     const logits = out.logits, [, seq, vocab] = logits.dims;
     const row = Float32Array.from(logits.data.subarray((seq - 1) * vocab, seq * vocab));
     logits.dispose();
