@@ -11,11 +11,10 @@ The cache design (measured and chosen here):
   first step passes a past of length 0; the prompt runs once, each new token
   is one step of length 1. This is the contract Hugging Face Optimum writes
   and transformers.js / onnxruntime-genai-style loops read, so other runtimes
-  can load the folder. A static ``max_length`` buffer updated in place (what
-  KerasHub's ``call_with_cache`` does) would copy the whole buffer through
-  every step in a traced graph (``ScatterND`` writes a new tensor) and attend
-  over all ``max_length`` positions; the growing past copies only what exists.
-  The fused decoders below also run in place: their attention kernel writes
+  can load the folder. A static buffer updated in place (KerasHub's
+  ``call_with_cache``) would copy the whole buffer through every traced step
+  (``ScatterND`` writes a new tensor); the growing past copies only what
+  exists. The fused decoders also run in place: their attention kernel writes
   into a buffer bound as both past and present (:mod:`.generation_fused`).
 * **KerasHub's own layers compute the step.** :class:`CachedDecoder` builds
   the static cache KerasHub expects from the past plus ``sequence`` empty
@@ -26,12 +25,10 @@ The cache design (measured and chosen here):
   family with ``call_with_cache`` (GPT-2, OPT, Bloom, GPT-NeoX, Falcon, Llama,
   Mistral, Qwen, Qwen3, Gemma, Phi-3, SmolLM3, ...) converts without a
   per-family rewrite. Positions come from the update index (the mask's length
-  less the new tokens), as in KerasHub; no ``position_ids`` input and no
-  padding in the mask are needed, because a batch
-  of prompts of different lengths is generated the way KerasHub does it
-  (right-padded, every row stepped from the shortest prompt, prompt tokens
-  forced where a row still has them): each row attends only to its own
-  earlier positions.
+  less the new tokens), as in KerasHub; no ``position_ids`` and no padding in
+  the mask are needed, because a batch of prompts of different lengths is
+  generated as KerasHub does it (right-padded, every row stepped from the
+  shortest prompt, prompt tokens forced where a row still has them).
 * **Fewer nodes per step.** A small model's step is mostly per-node overhead
   (about 350 nodes on a 2-layer GPT-2), so three passes run on the decoder:
   the cache stacks' copies are folded (:mod:`~tiedonnx.runtime.graph.stack_pick`)
@@ -44,16 +41,11 @@ The cache design (measured and chosen here):
   Last, a reshaped or transposed view of an untied weight is stored as the weight
   (:mod:`~tiedonnx.runtime.graph.weight_views`), so the quantizers see every
   ``MatMul``'s weight (the attention output kernel stayed fp32 in int8 files).
-* **GPT-2, Qwen and Llama are written, not traced.**
-  :mod:`.generation_fused` writes their decoder from the Keras weights with
-  onnxruntime's fused ops (``GroupQueryAttention``, with the rotary embedding
-  where the family has one; skip layer norms; one packed QKV projection): 53
-  nodes against 378 on a 2-layer Qwen, and on the 100M-parameter Qwen 66.6
-  decoded tokens/s against 48.6 traced in one run (onnxruntime-genai's
-  builder: 67.8; README "Generate text").
-  Other families, head sizes that are not multiples of 16, and
-  ``decoder="traced"`` take the traced path below; both pass the same parity
-  check.
+* **GPT-2, Qwen and Llama are written, not traced** (:mod:`.generation_fused`:
+  onnxruntime's fused ops, 53 nodes against 378 on a 2-layer Qwen; README
+  "Generate text" has the speeds). Other families, head sizes that are not
+  multiples of 16, and ``decoder="traced"`` take the traced path below; both
+  pass the same parity check.
 * **The tie stays one tensor** through :func:`tiedonnx.converter.export.export`
   (retie, precision, proofs); the folder's decoder is checked against Keras on
   steps with and without a past before anything is published.
@@ -89,7 +81,7 @@ from tiedonnx.runtime.generation_folder import (
 from tiedonnx.runtime.options import DECODER_KINDS
 
 from .generation_fused import decoder_writer
-from .generation_write import _staging_folder, _write_transformers_config
+from .generation_write import _staging_folder, _write_transformers_config, folder_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -372,19 +364,7 @@ def export_generation(model, folder: str | os.PathLike, *, precision: str = "fp3
     check_precision(precision)
     if decoder not in DECODER_KINDS:
         raise UsageError(f"decoder must be one of {', '.join(DECODER_KINDS)}. Received: decoder={decoder!r}.")
-    if precision == "int8" and precision_options.get("per_channel") is None:
-        # Per-tensor int8 (export's default) fails this folder's own parity check on the GPT-2 small
-        # configuration: logits 0.068 off against 0.05 x 1.25 (scripts/bench_generate.py, random
-        # weights); one scale per output channel passes it, at the same size.
-        precision_options["per_channel"] = True
-    if precision == "int4" and precision_options.get("accuracy_level") is None:
-        # int8 activations in MatMulNBits: 220.7 decode tokens/s against 70.9 at level 0 on the 100M Qwen
-        # (runtime/options.py ACCURACY_LEVELS); folders are opened with constant folding on.
-        precision_options["accuracy_level"] = 4
-    # A folder is what gets deployed: tf2onnx's tensor names (cached_decoder_1/decoder_1/...) cost about
-    # 26 KB per layer of file (52,809 B on a 2-layer, hidden-768 GPT-2). Short names keep the inputs,
-    # outputs and the tie record; short_names=False keeps tf2onnx's names.
-    precision_options.setdefault("short_names", True)
+    folder_defaults(precision, precision_options)
     target = Path(folder)
     start = time.perf_counter()
     with _staging_folder(target, force=force) as staging:
@@ -396,7 +376,7 @@ def export_generation(model, folder: str | os.PathLike, *, precision: str = "fp3
         special = write_tokenizer(lm, staging)
         config = generation_config(lm, shape=shape, max_length=max_length, model_file=model_file, precision=precision,
                                    special=special)
-        config.past_present_share_buffer = chosen["decoder"] == "fused"
+        config.past_present_share_buffer = chosen["decoder"] == "fused"  # see generation_fused
         worst = _verify_steps(keras_decoder, staging / model_file, config, precision) if verify else None
         config.write(staging / CONFIG_NAME)
         _write_transformers_config(lm, config, staging)

@@ -277,26 +277,46 @@ class _Run:
             self.shown = [""] * len(rows)  # what the callback was given, per row
         self.io = lm._session.io_binding()
         self.shared = lm.config.past_present_share_buffer
+        self._bound = False  # the one-token bindings of a shared cache are in place (see _step)
 
     def _step(self, ids: np.ndarray, past: list, total: int):
-        """One decoder call over ``ids`` at positions ``total - len(ids) .. total - 1``: the last logits, the past."""
+        """One decoder call over ``ids`` at positions ``total - len(ids) .. total - 1``: the last logits, the past.
+
+        With a shared buffer, one-token steps keep the cache and logits bindings of the previous step
+        and rebind only ``input_ids`` and the mask: about 50 bindings and 25 output wrappers less per step.
+        """
         io, lm = self.io, self.lm
-        io.clear_binding_inputs()
-        io.clear_binding_outputs()
+        single = self.shared and ids.shape[1] == 1
+        if not (single and self._bound):
+            self._bind_cache(past, single)
         io.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=lm._ids_dtype))
         if lm._mask:
             io.bind_cpu_input(MASK, np.ones((len(ids), total), np.int64))
+        lm._session.run_with_iobinding(io)
+        if single:  # the logits were written into self._logits
+            return self._logits[:, -1, :], past
+        outputs = io.get_outputs()
+        return outputs[0].numpy()[:, -1, :], (past if self.shared else outputs[1:])
+
+    def _bind_cache(self, past: list, single: bool) -> None:
+        import onnxruntime as ort
+
+        io, lm = self.io, self.lm
+        io.clear_binding_inputs()
+        io.clear_binding_outputs()
         for name, value in zip(lm._past_names, past):
             io.bind_ortvalue_input(name, value)
-        io.bind_output("logits", "cpu")
+        if single:
+            self._logits = np.empty((len(self.lengths), 1, lm.config.vocabulary_size), np.float32)
+            io.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self._logits))
+        else:
+            io.bind_output("logits", "cpu")
         for name, value in zip(lm._present_names, past):
             if self.shared:  # the kernel writes the new positions into the buffer it reads
                 io.bind_ortvalue_output(name, value)
             else:
                 io.bind_output(name, lm._device)
-        lm._session.run_with_iobinding(io)
-        outputs = io.get_outputs()
-        return outputs[0].numpy()[:, -1, :], (past if self.shared else outputs[1:])
+        self._bound = single
 
     def _empty_past(self) -> list:
         """A past of length 0, or with a shared buffer, one zeroed buffer per input for every position."""

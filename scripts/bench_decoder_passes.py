@@ -42,16 +42,22 @@ def _session(path: Path):
 
 def _decode(session, prompt: int, new: int) -> tuple[float, np.ndarray]:
     """Tokens/s of ``new`` single-token steps after the prompt, and the last logits."""
-    inputs = session.get_inputs()
-    heads, dim = inputs[1].shape[1], inputs[1].shape[3]
-    feeds = {"input_ids": np.ones((1, prompt), np.int64),
-             **{i.name: np.zeros((1, heads, 0, dim), np.float32) for i in inputs[1:]}}
+    past = [i for i in session.get_inputs() if i.name.startswith("past_key_values")]
+    heads, dim = past[0].shape[1], past[0].shape[3]
+    mask = any(i.name == "attention_mask" for i in session.get_inputs())  # folders written before it have none
+
+    def with_mask(feeds: dict, total: int) -> dict:
+        return {**feeds, "attention_mask": np.ones((1, total), np.int64)} if mask else feeds
+
+    feeds = with_mask({"input_ids": np.ones((1, prompt), np.int64),
+                       **{i.name: np.zeros((1, heads, 0, dim), np.float32) for i in past}}, prompt)
     names = [o.name for o in session.get_outputs()]
     outs = session.run(None, feeds)
     start = time.perf_counter()
-    for _ in range(new):
-        feeds = {"input_ids": np.ones((1, 1), np.int64),
-                 **{n.replace("present", "past_key_values"): v for n, v in zip(names, outs) if n != "logits"}}
+    for step in range(new):
+        feeds = with_mask({"input_ids": np.ones((1, 1), np.int64),
+                           **{n.replace("present", "past_key_values"): v for n, v in zip(names, outs)
+                              if n != "logits"}}, prompt + step + 1)
         outs = session.run(None, feeds)
     return new / (time.perf_counter() - start), outs[names.index("logits")]
 

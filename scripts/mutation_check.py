@@ -279,6 +279,13 @@ MUTATIONS = [
       "                                       None,", FUSED),
     M("fused_qkv_bias_ignored", "converter/generation_fused.py",
       "    if all(b is None for b in biases):\n        return qkv", "    if True:\n        return qkv", FUSED),
+    # --- the shared cache buffer (runtime/generate.py, converter/generation_fused.py)
+    M("shared_cache_not_written_in_place", "runtime/generate.py",
+      "            if self.shared:  # the kernel writes", "            if False:  # the kernel writes", FUSED),
+    M("fused_lengths_from_the_past", "converter/generation_fused.py",
+      'total64 = g.op("Shape", [MASK], start=1, end=2)',
+      'total64 = g.op("Add", [g.op("Shape", [kv_input_names(num_layers)[0]], start=2, end=3), '
+      'g.op("Shape", [ids], start=1, end=2)])', FUSED),
     M("int4_accuracy_level_dropped", G + "int4.py",
       "    if accuracy_level:\n        for node in model.graph.node:", "    if False:\n        for node in model.graph.node:",
       INT4),
