@@ -42,7 +42,7 @@ The cache design (measured and chosen here):
   (:mod:`~tiedonnx.runtime.graph.weight_views`), so the quantizers see every
   ``MatMul``'s weight (the attention output kernel stayed fp32 in int8 files).
 * **GPT-2, Qwen and Llama are written, not traced** (:mod:`.generation_fused`:
-  onnxruntime's fused ops, 53 nodes against 378 on a 2-layer Qwen; README
+  onnxruntime's fused ops, 47 nodes against 380 on a 2-layer Qwen; README
   "Generate text" has the speeds). Other families, head sizes that are not
   multiples of 16, and ``decoder="traced"`` take the traced path below; both
   pass the same parity check.
@@ -76,7 +76,7 @@ import numpy as np
 
 from tiedonnx.runtime.errors import ParityError, UsageError
 from tiedonnx.runtime.generation_folder import (
-    CONFIG_NAME, FORMAT_VERSION, MODEL_FILES, GenerationConfig, kv_input_names, kv_output_names)
+    CONFIG_NAME, FORMAT_VERSION, MASK, MODEL_FILES, GenerationConfig, kv_input_names, kv_output_names)
 
 from tiedonnx.runtime.options import DECODER_KINDS
 
@@ -221,10 +221,10 @@ def decoder_model(lm, shape: tuple[int, int, int] | None = None):
 
     layers, heads, dim = shape or cache_shape(lm)
     ids = keras.Input((None,), dtype="int64", name="input_ids")  # int64 as in Optimum (transformers.js feeds int64)
-    mask = keras.Input((None,), dtype="int64", name="attention_mask")
+    mask = keras.Input((None,), dtype="int64", name=MASK)
     past = [keras.Input((heads, None, dim), dtype=lm.compute_dtype, name=n) for n in kv_input_names(layers)]
     outputs = CachedDecoder(lm, layers, name="decoder")(ids, mask, past)
-    return keras.Model({"input_ids": ids, "attention_mask": mask, **{p.name: p for p in past}}, outputs,
+    return keras.Model({"input_ids": ids, MASK: mask, **{p.name: p for p in past}}, outputs,
                        name="cached_decoder")
 
 
@@ -236,7 +236,7 @@ def parity_feeds(config: GenerationConfig, *, dtype: str = "float32", seed: int 
         if config.max_length and past + new > config.max_length:
             continue
         feed = {"input_ids": rng.integers(0, config.vocabulary_size, (batch, new)).astype("int64"),
-                "attention_mask": np.ones((batch, past + new), "int64")}
+                MASK: np.ones((batch, past + new), "int64")}
         for name in kv_input_names(config.num_layers):
             feed[name] = rng.standard_normal((batch, config.num_kv_heads, past, config.head_dim)).astype(dtype)
         feeds.append(feed)

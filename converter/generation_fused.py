@@ -84,6 +84,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tiedonnx.runtime.errors import UsageError
+from tiedonnx.runtime.generation_folder import MASK
 from tiedonnx.runtime.graph.edit import MS_DOMAIN
 
 from .fused_graph import BATCH, NEW, PAST, PRESENT, TOTAL, Graph, rms_norm, skip_layer_norm, skip_norm
@@ -92,8 +93,6 @@ __all__ = ["FUSED_FAMILIES", "decoder_writer", "fused_decoder"]
 
 #: KerasHub backbones whose decoder this module writes (class names).
 FUSED_FAMILIES = ("QwenBackbone", "LlamaBackbone", "GPT2Backbone")  # Mistral: a sliding window, not yet
-#: The lengths' input (Optimum's name; see the module doc).
-MASK = "attention_mask"
 #: Positions checked when comparing the rotary table with the Keras layer's.
 _ROTARY_CHECK = 64
 
@@ -166,8 +165,7 @@ class _Step:
 
     seqlens: str
     total: str
-    positions: str  # float [total]: 0 .. total - 1
-    past_length: str  # int64 [1]
+    total_length: str  # int64 [1]: past + new positions (the mask's length)
     new_length: str  # int64 [1]
     past: list
     present: list
@@ -180,15 +178,11 @@ def _step(g: Graph, num_layers: int) -> _Step:
 
     ids = "input_ids"
     total64 = g.op("Shape", [MASK], start=1, end=2)  # not the past's length: a shared buffer is longer
-    new_len = g.op("Shape", [ids], start=1, end=2)
-    past_len = g.op("Sub", [total64, new_len])
     total32 = g.op("Cast", [total64], to=TensorProto.INT32)
     seqlens = g.op("Expand", [g.op("Sub", [total32, g.constant("one", np.array([1], np.int32))]),
                               g.op("Shape", [ids], start=0, end=1)])  # the past length is the same in every row
-    positions = g.op("Cast", [g.op("Range", [g.constant("zero", np.int64(0)), g.op("Squeeze", [total64]),
-                                             g.constant("step", np.int64(1))])], to=TensorProto.FLOAT)
-    return _Step(seqlens, g.op("Squeeze", [total32]), positions, past_len, new_len, kv_input_names(num_layers),
-                 kv_output_names(num_layers))
+    return _Step(seqlens, g.op("Squeeze", [total32]), total64, g.op("Shape", [ids], start=1, end=2),
+                 kv_input_names(num_layers), kv_output_names(num_layers))
 
 
 def _attention(g: Graph, step: _Step, i: int, qkv: str, *, q_heads: int, kv_heads: int, head_dim: int,
@@ -216,6 +210,8 @@ def _packed_qkv(g: Graph, i: int, h: str, dense: tuple, hidden: int) -> str:
 
 def _llama_layers(g: Graph, backbone, step: _Step, x: str, shape, hidden: int) -> str:
     """Qwen / Llama: RMS norms, rotary attention over grouped key/value heads, a SiLU-gated MLP."""
+    from onnx import TensorProto
+
     layers = list(backbone.transformer_layers)
     for layer in layers:
         _check_layer(layer)
@@ -225,7 +221,10 @@ def _llama_layers(g: Graph, backbone, step: _Step, x: str, shape, hidden: int) -
     if int(attention.num_key_value_heads) != kv_heads:
         raise _Unsupported("key/value heads differ from the cache's")
     inverse, rotary_scale = _rotary(attention, head_dim)
-    angles = g.op("Mul", [g.op("Unsqueeze", [step.positions, g.constant("axis", np.array([1], np.int64))]),
+    total = g.op("Squeeze", [step.total_length])
+    positions = g.op("Cast", [g.op("Range", [g.constant("zero", np.int64(0)), total, g.constant("step", np.int64(1))])],
+                     to=TensorProto.FLOAT)  # 0 .. total - 1
+    angles = g.op("Mul", [g.op("Unsqueeze", [positions, g.constant("axis", np.array([1], np.int64))]),
                           g.constant("inverse_frequencies", inverse.reshape(1, -1))])
     cos, sin = g.op("Cos", [angles]), g.op("Sin", [angles])
     if rotary_scale != 1.0:
@@ -276,8 +275,8 @@ def _gpt2_layers(g: Graph, backbone, step: _Step, x: str, shape, hidden: int) ->
     """GPT-2: learned positions, pre-norm LayerNorm blocks, multi-head attention, a tanh-GELU MLP."""
     _, heads, head_dim = shape
     table = _array(backbone.position_embedding.position_embeddings)
-    rows = g.op("Slice", [g.constant("position_embeddings", table), step.past_length,
-                          g.op("Add", [step.past_length, step.new_length]), g.constant("axes", np.array([0]))])
+    rows = g.op("Slice", [g.constant("position_embeddings", table), g.op("Sub", [step.total_length, step.new_length]),
+                          step.total_length, g.constant("axes", np.array([0]))])
     residual, pending, pending_bias = g.op("Add", [x, rows]), None, None
     for i, layer in enumerate(backbone.transformer_layers):
         if not getattr(layer, "normalize_first", False) or getattr(layer, "_cross_attention_layer", None):
