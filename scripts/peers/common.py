@@ -26,7 +26,7 @@ def rss_mib() -> float:
 
 def _arguments(doc: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
-    parser.add_argument("step", choices=("export", "bench", "probe"))
+    parser.add_argument("step", choices=("export", "bench", "probe", "serve"))
     parser.add_argument("--hf", help="the Hugging Face folder written by KerasHub's export_to_transformers")
     parser.add_argument("--onnx", required=True, help="the peer's ONNX folder (written by step export)")
     parser.add_argument("--prompts", help="JSON file: a list of 8 prompts of token ids")
@@ -58,6 +58,9 @@ def main(doc: str, export, load, generator, libraries) -> None:
     ``generator(model)`` -> ``generate(prompts, n)`` -> (new tokens, first-token s, after-first s); ``libraries()`` imports what
     loading needs (before the probe's baseline)."""
     args = _arguments(doc)
+    if args.step == "serve":
+        serve(generator(load(args.onnx, args.threads)), args.threads)
+        return
     if args.step == "export":
         result = export(args.hf, Path(args.onnx), args.precision)
     elif args.step == "bench":
@@ -68,6 +71,16 @@ def main(doc: str, export, load, generator, libraries) -> None:
         result = _probe(load, generator, args.onnx, _load_prompts(args.prompts), args.new, args.threads)
     print(json.dumps(result))
     sys.stdout.flush()
+
+
+def serve(generate: Callable, threads: int) -> None:
+    """Worker of scripts/bench_decode_ab.py: one JSON request per stdin line (``{"prompt": [ids],
+    "new": n}``), one JSON answer per line (new tokens, first-token s, after-first s), until stdin ends."""
+    print(json.dumps({"ready": True, "threads": threads}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        tokens, first, after = generate([request["prompt"]], request["new"])
+        print(json.dumps({"tokens": [int(t) for t in tokens[0]], "first_s": first, "after_s": after}), flush=True)
 
 
 def time_batches(generate: Callable, prompts, new: int, rounds: int) -> dict:

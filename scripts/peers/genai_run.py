@@ -3,6 +3,7 @@
     ~/.cache/tiedonnx/peers/genai/bin/python scripts/peers/genai_run.py export --hf HF --onnx OUT --precision int4
     ... bench --onnx OUT --prompts prompts.json --new 128 --rounds 3     # TTFT, tokens/s b1 and b8, tokens
     ... probe --onnx OUT --prompts prompts.json --new 128                # RSS, fresh process
+    ... serve --onnx OUT --threads 2      # a worker of scripts/bench_decode_ab.py (JSON lines on stdin/stdout)
 
 Each step prints one JSON line. The builder (``python -m onnxruntime_genai.models.builder -p fp32|int4
 -e cpu``) adds its tokenizer's end-of-turn id to ``eos_token_id``; export writes the Hugging Face

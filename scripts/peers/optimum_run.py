@@ -3,6 +3,7 @@
     ~/.cache/tiedonnx/peers/optimum/bin/python scripts/peers/optimum_run.py export --hf HF --onnx OUT
     ... bench --onnx OUT --prompts prompts.json --new 128 --rounds 3     # TTFT, tokens/s b1 and b8, tokens
     ... probe --onnx OUT --prompts prompts.json --new 128                # RSS, fresh process
+    ... serve --onnx OUT --threads 2      # a worker of scripts/bench_decode_ab.py (JSON lines on stdin/stdout)
 
 Each step prints one JSON line. Greedy, exactly ``--new`` tokens: ``eos_token_id=None`` (no stop; the
 ``min_new_tokens`` way adds logits processors that cost more than a GPT-2 small decode step here:
