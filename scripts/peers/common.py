@@ -55,8 +55,8 @@ def _probe(load, generator, folder: str, prompts, new: int, threads: int) -> dic
 
 def main(doc: str, export, load, generator, libraries) -> None:
     """A driver's steps: ``export(hf, out, precision)``, ``load(folder, threads)`` -> model,
-    ``generator(model)`` -> ``generate(prompts, n)`` -> (new tokens, first-token s, after-first s); ``libraries()`` imports what
-    loading needs (before the probe's baseline)."""
+    ``generator(model)`` -> ``generate(prompts, n)`` -> (new tokens, first-token s, after-first s);
+    ``libraries()`` imports what loading needs (before the probe's baseline)."""
     args = _arguments(doc)
     if args.step == "serve":
         serve(generator(load(args.onnx, args.threads)), args.threads)
