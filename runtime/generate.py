@@ -364,18 +364,21 @@ class _Run:
         logits, past = self._step(self.tokens[:, :first], self._empty_past(), first)
         first_token_at = decode_start = None
         steps = 0
+        # Python ints, not numpy scalars, and no copy of the logits when every row samples: after each
+        # step the interpreter runs with caches the decoder's weights just flushed (about 0.1 ms a step).
+        rows = list(zip(range(len(self.lengths)), self.lengths.tolist(), self.ends.tolist()))
         for position in range(first, int(self.ends.max())):
-            generating = [r for r in range(len(self.lengths)) if not self.done[r] and position >= self.lengths[r]
-                          and position < self.ends[r]]
+            generating = [r for r, length, end in rows if not self.done[r] and length <= position < end]
             if generating:
-                chosen = sample(logits[generating], self.settings, self.rng)
+                chosen = sample(logits if len(generating) == len(rows) else logits[generating], self.settings,
+                                self.rng)
                 for row, token in zip(generating, chosen):
                     self._emit(row, int(token), position)
                 if first_token_at is None:
                     first_token_at = decode_start = time.perf_counter()
                 else:
                     steps += 1
-            if all(self.done[r] or position + 1 >= self.ends[r] for r in range(len(self.lengths))):
+            if all(self.done[r] or position + 1 >= end for r, _, end in rows):
                 break
             logits, past = self._step(self.tokens[:, position:position + 1], past, position + 1)
         end = time.perf_counter()
