@@ -1,5 +1,6 @@
 """scripts/bench_decode_ab.py: contenders stay loaded in worker processes and take turns; a contender
-that cannot start is one line, never a traceback. (Run on hand-built folders: no peer, no TensorFlow.)"""
+that cannot start is one line, never a traceback. Also profile_decode.py's loop split. (Run on
+hand-built folders: no peer, no TensorFlow.)"""
 
 from __future__ import annotations
 
@@ -59,3 +60,17 @@ def test_a_worker_that_dies_is_its_last_error_line(tmp_path):
     assert out.returncode == 1 and "Traceback" not in out.stdout
     line = next(x for x in out.stdout.splitlines() if x.startswith(f"tiedonnx:{tmp_path / 'b'}: not run: "))
     assert line.startswith(f"tiedonnx:{tmp_path / 'b'}: not run: worker exited: ")
+
+
+def test_profile_decode_loop_splits_the_step(tmp_path):
+    """scripts/profile_decode.py loop: the decode step and its part outside onnxruntime, both positive."""
+    import re
+
+    tiny_decoder_folder(tmp_path / "a", max_length=300)
+    script = SCRIPT.parent / "profile_decode.py"
+    out = subprocess.run([sys.executable, str(script), "loop", str(tmp_path / "a"), "--rounds", "2"],
+                         capture_output=True, text=True, check=False, timeout=300)
+    assert out.returncode == 0, out.stderr
+    step, outside = map(float, re.search(r"decode step (\d+) us, of which outside run_with_iobinding ([\d.]+) us",
+                                         out.stdout).groups())
+    assert 0 < outside < step
