@@ -282,6 +282,8 @@ MUTATIONS = [
     # --- the shared cache buffer (runtime/generate.py, converter/generation_fused.py)
     M("shared_cache_not_written_in_place", "runtime/generate.py",
       "            if self.shared:  # the kernel writes", "            if False:  # the kernel writes", FUSED),
+    M("one_token_ids_not_written", "runtime/generate.py",
+      "            self._ids[:] = ids", "            pass", FUSED),
     M("fused_lengths_from_the_past", "converter/generation_fused.py",
       'total64 = g.op("Shape", [MASK], start=1, end=2)',
       'total64 = g.op("Add", [g.op("Shape", [kv_input_names(num_layers)[0]], start=2, end=3), '
