@@ -25,7 +25,8 @@ Columns: files' bytes; RSS growth over session creation and after the prompt plu
 tokens (fresh process each); time to first token for a ``--prompt``-token prompt; decode
 tokens/s at batch 1 and 8; greedy tokens identical to KerasHub's (batch 1, the first prompt).
 Decode rate = (new - 1) tokens over the time after the first token. Every contender gets
-the same prompts. Figures are the median of ``--rounds`` rounds, contenders interleaved.
+the same prompts. Figures are the median of ``--rounds`` rounds, each contender's rounds back to
+back: for speed ratios on a noisy machine, scripts/bench_decode_ab.py alternates the contenders.
 """
 
 from __future__ import annotations
