@@ -290,9 +290,7 @@ class _Run:
         io, lm = self.io, self.lm
         single = self.shared and ids.shape[1] == 1
         if not (single and self._bound):
-            self._bind_cache(past, single)
-            if not single:
-                io.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=lm._ids_dtype))
+            self._bind(ids, past, single)
         if single:  # the bound one-token array is read in place
             self._ids[:] = ids
         if lm._mask:  # all ones: any batch x total stretch of the preallocated ones is the mask
@@ -303,7 +301,8 @@ class _Run:
         outputs = io.get_outputs()
         return outputs[0].numpy()[:, -1, :], (past if self.shared else outputs[1:])
 
-    def _bind_cache(self, past: list, single: bool) -> None:
+    def _bind(self, ids: np.ndarray, past: list, single: bool) -> None:
+        """Every binding but the mask; ``single``: the one-token arrays that later steps reuse."""
         import onnxruntime as ort
 
         io, lm = self.io, self.lm
@@ -317,6 +316,7 @@ class _Run:
             self._ids = np.empty((len(self.lengths), 1), lm._ids_dtype)
             io.bind_ortvalue_input("input_ids", ort.OrtValue.ortvalue_from_numpy(self._ids))
         else:
+            io.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=lm._ids_dtype))
             io.bind_output("logits", "cpu")
         for name, value in zip(lm._present_names, past):
             if self.shared:  # the kernel writes the new positions into the buffer it reads

@@ -90,16 +90,19 @@ class Contender:
 
 
 def worker(folder: str, threads: int) -> None:
-    """The tiedonnx side of the protocol in scripts/peers/common.py ``serve``."""
+    """A tiedonnx folder behind the peers' ``serve`` protocol (scripts/peers/common.py)."""
+    sys.path.insert(0, str(DRIVERS))
+    from common import serve
+
     from tiedonnx.runtime.generate import load_lm
 
     lm = load_lm(folder, threads=threads)
-    print(json.dumps({"ready": True, "threads": threads}), flush=True)
-    for line in sys.stdin:
-        request = json.loads(line)
-        result = lm.generate(request["prompt"], max_new_tokens=request["new"], sampler="greedy", stop_token_ids=[])
-        print(json.dumps({"tokens": result.tokens[0], "first_s": result.time_to_first_token_s,
-                          "after_s": result.decode_seconds}), flush=True)
+
+    def generate(prompts: list[list[int]], n: int):
+        result = lm.generate(prompts, max_new_tokens=n, sampler="greedy", stop_token_ids=[])
+        return result.tokens, result.time_to_first_token_s, result.decode_seconds
+
+    serve(generate, threads)
 
 
 def interleave(contenders: list[Contender], prompt: list[int], new: int, rounds: int) -> dict[str, list]:
